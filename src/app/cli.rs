@@ -1,0 +1,97 @@
+//! The command line (clap): `serve`, `token`.
+
+use crate::auth::Claims;
+use crate::config::{Config, Overrides};
+use clap::{Args, Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "confer",
+    version,
+    about = "Video and audio calls in one binary: signaling (REST + WebSocket), SFU, TURN, analytics, metrics.",
+    long_about = "confer serves a signaling API (REST + WebSocket /rtc), forwards media for group rooms, runs a \
+TURN server behind GET /ice-config and exports Prometheus metrics, with an embedded store.\n\n\
+Start a development server with `confer serve --dev` and open http://127.0.0.1:8080/.\n\
+Configuration: config/confer.toml (every key documented there), overridden by CONFER_<SECTION>_<KEY> \
+environment variables and then by flags."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the server: HTTP + WebSocket, SFU media, TURN.
+    Serve(ServeArgs),
+    /// Print a signed access token (uses the same config and data dir as `serve`).
+    Token(TokenArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ConfigArgs {
+    /// TOML config file [default: config/confer.toml when it exists, else built-in defaults].
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Data directory: the sled store and generated secrets (overrides store.path).
+    #[arg(long, value_name = "DIR")]
+    pub data: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub common: ConfigArgs,
+    /// Development mode: enables guest tokens (POST /auth/guest) for the built-in web page.
+    #[arg(long)]
+    pub dev: bool,
+    /// HTTP + WebSocket listen address, e.g. 127.0.0.1:8080 or 0.0.0.0:0 (overrides http.listen).
+    #[arg(long, value_name = "ADDR")]
+    pub http: Option<SocketAddr>,
+    /// Log one JSON object per line (overrides log.json).
+    #[arg(long)]
+    pub log_json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct TokenArgs {
+    #[command(flatten)]
+    pub common: ConfigArgs,
+    /// User id (the token's `sub`).
+    #[arg(long, value_name = "ID")]
+    pub user: String,
+    /// Display name.
+    #[arg(long, value_name = "N")]
+    pub name: Option<String>,
+    /// Lifetime, e.g. 30m, 1h, 7d.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    pub ttl: std::time::Duration,
+    /// Grant admin rights (read any call, delete any room).
+    #[arg(long)]
+    pub admin: bool,
+    /// A private room (id or name) this token may join; repeat for several.
+    #[arg(long = "room", value_name = "ROOM")]
+    pub rooms: Vec<String>,
+}
+
+impl ConfigArgs {
+    pub fn load(&self, http: Option<SocketAddr>, dev: bool) -> anyhow::Result<Config> {
+        let o = Overrides { http_listen: http, data_dir: self.data.clone(), dev };
+        Ok(Config::load(self.config.as_deref(), &o)?)
+    }
+}
+
+impl TokenArgs {
+    pub fn claims(&self) -> anyhow::Result<Claims> {
+        if self.user.is_empty() {
+            anyhow::bail!("--user must not be empty");
+        }
+        let mut c = Claims::new(self.user.as_str().into(), self.ttl);
+        c.name = self.name.clone();
+        c.admin = self.admin;
+        c.rooms = self.rooms.clone();
+        Ok(c)
+    }
+}

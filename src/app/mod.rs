@@ -1,0 +1,173 @@
+//! The composition root: builds every part from the [`Config`], binds the
+//! sockets, runs until a shutdown signal, then shuts down in SPEC 1's order.
+//! Also the `token` command, which shares the config and data dir.
+
+pub mod cli;
+
+use crate::auth::{self, Claims, TokenKeys};
+use crate::config::Config;
+use crate::http::{self, AppState, IceSettings};
+use crate::metrics::Metrics;
+use crate::signal::calls::CallService;
+use crate::signal::hub::Hub;
+use crate::signal::rooms::RoomService;
+use crate::signal::session::Limits;
+use crate::signal::Signaling;
+use crate::store::{SledStore, Store};
+use anyhow::Context;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+/// How long shutdown may take before the process gives up waiting (SPEC 1).
+pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(10);
+
+pub const AUTH_SECRET_FILE: &str = "auth.secret";
+pub const TURN_SECRET_FILE: &str = "turn.secret";
+
+/// A bound, not yet running server.
+pub struct Server {
+    http: TcpListener,
+    http_addr: SocketAddr,
+    state: AppState,
+    signal: Arc<Signaling>,
+    store: Arc<SledStore>,
+}
+
+impl Server {
+    /// Open the store, build the services and bind every socket.
+    pub async fn bind(config: Config) -> anyhow::Result<Server> {
+        let data = &config.store.path;
+        std::fs::create_dir_all(data).with_context(|| format!("cannot create data dir {}", data.display()))?;
+        let auth_secret = auth::load_or_create_secret(config.auth.secret.as_deref(), data, AUTH_SECRET_FILE)
+            .with_context(|| format!("cannot read or create {}/{AUTH_SECRET_FILE}", data.display()))?;
+        let turn_secret = auth::load_or_create_secret(config.turn.secret.as_deref(), data, TURN_SECRET_FILE)
+            .with_context(|| format!("cannot read or create {}/{TURN_SECRET_FILE}", data.display()))?;
+        let store = Arc::new(SledStore::open(data)?);
+        let metrics = Metrics::new();
+        let hub = Arc::new(Hub::new());
+        let dyn_store: Arc<dyn Store> = store.clone();
+        let calls = CallService::new(
+            dyn_store.clone(),
+            hub.clone(),
+            metrics.clone(),
+            config.calls.ring_timeout.0,
+            config.calls.reconnect_grace.0,
+        );
+        let settled = calls.recover()?;
+        if settled > 0 {
+            tracing::info!(calls = settled, "ended calls left live by the previous run (endReason server-restart)");
+        }
+        let rooms = RoomService::open(
+            dyn_store.clone(),
+            hub.clone(),
+            metrics.clone(),
+            config.rooms.max_participants,
+            config.rooms.reservation_ttl.0,
+        )?;
+        let signal = Arc::new(Signaling { calls, rooms, hub, keys: TokenKeys::new(auth_secret.as_bytes()), metrics: metrics.clone() });
+
+        if config.http.tls_cert.is_some() || config.http.tls_self_signed {
+            anyhow::bail!("HTTPS (http.tls_cert / http.tls_self_signed) is not available in this build yet; terminate TLS in front of confer for now");
+        }
+        let http = TcpListener::bind(config.http.listen)
+            .await
+            .with_context(|| format!("cannot listen on http.listen = {} (is another server running?)", config.http.listen))?;
+        let http_addr = http.local_addr()?;
+
+        let turn_host_port = config.turn.enabled.then(|| {
+            let host = config.turn.public_host.clone().unwrap_or_else(|| match config.turn.listen.ip() {
+                std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+                ip => ip.to_string(),
+            });
+            format!("{host}:{}", config.turn.listen.port())
+        });
+        let state = AppState {
+            signal: signal.clone(),
+            store: dyn_store,
+            metrics,
+            ice: Arc::new(IceSettings { turn_host_port, secret: turn_secret.into_bytes(), ttl: config.turn.credential_ttl.0 }),
+            allow_guests: config.auth.allow_guests,
+            metrics_token: config.metrics.token.clone(),
+            ws_limits: Arc::new(Limits {
+                ping_interval: config.ws.ping_interval.0,
+                idle_timeout: config.ws.idle_timeout.0,
+                token_grace: config.ws.token_grace.0,
+                ..Limits::default()
+            }),
+            sockets_ready: Arc::new(AtomicBool::new(false)),
+        };
+        Ok(Server { http, http_addr, state, signal, store })
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// The `listening ...` line of SPEC 1.
+    pub fn listening_line(&self) -> String {
+        format!("listening http={} media=off turn=off", self.http_addr)
+    }
+
+    /// Serve until `shutdown` resolves, then shut down gracefully.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let Server { http, state, signal, store, .. } = self;
+        state.sockets_ready.store(true, Ordering::Release);
+        let app = http::app(state.clone());
+
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let signal_for_stop = signal.clone();
+        let stopper = tokio::spawn(async move {
+            shutdown.await;
+            tracing::info!("shutting down: telling clients, ending calls, flushing the store");
+            state.sockets_ready.store(false, Ordering::Release);
+            signal_for_stop.shutdown();
+            let _ = stop_tx.send(());
+        });
+        let serve = axum::serve(http, app).with_graceful_shutdown(async move {
+            let _ = stop_rx.await;
+        });
+        let served = tokio::spawn(async move { serve.await });
+        // Wait for the shutdown request, then give the server the deadline.
+        let _ = stopper.await;
+        match tokio::time::timeout(SHUTDOWN_DEADLINE, served).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "HTTP server ended with an error"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "HTTP server task failed"),
+            Err(_) => tracing::warn!("connections still open after {SHUTDOWN_DEADLINE:?}; exiting anyway"),
+        }
+        store.flush().context("flushing the store")?;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// A future that resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}
+
+/// Mint an access token with the same secret `serve` uses.
+pub fn mint_token(config: &Config, claims: &Claims) -> anyhow::Result<String> {
+    let data = &config.store.path;
+    let secret = auth::load_or_create_secret(config.auth.secret.as_deref(), data, AUTH_SECRET_FILE)
+        .with_context(|| format!("cannot read or create {}/{AUTH_SECRET_FILE}", data.display()))?;
+    Ok(TokenKeys::new(secret.as_bytes()).sign(claims))
+}

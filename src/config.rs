@@ -1,0 +1,419 @@
+//! Configuration: one root with a section per subsystem, defaults beside each
+//! section, unknown keys rejected.
+//!
+//! Precedence (SPEC 12): built-in defaults < TOML file < `CONFER_<SECTION>_<KEY>`
+//! environment variables < CLI flags. Layering is figment's; only the env-name
+//! mapping is ours (the first `_` after the prefix separates section and key, so
+//! `CONFER_TURN_ALLOW_LOOPBACK_PEERS` is `turn.allow_loopback_peers`).
+
+use figment::providers::{Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// A duration written as a human string (`"30s"`, `"24h"`, `"500ms"`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl Serialize for HumanDuration {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(self.0).to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(s.trim())
+            .map(HumanDuration)
+            .map_err(|e| serde::de::Error::custom(format!("bad duration {s:?}: {e} (write e.g. \"30s\", \"24h\")")))
+    }
+}
+
+impl From<Duration> for HumanDuration {
+    fn from(d: Duration) -> Self {
+        Self(d)
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub http: HttpConfig,
+    pub auth: AuthConfig,
+    pub media: MediaConfig,
+    pub turn: TurnConfig,
+    pub store: StoreConfig,
+    pub calls: CallsConfig,
+    pub rooms: RoomsConfig,
+    pub ws: WsConfig,
+    pub metrics: MetricsConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// HTTP + WebSocket listen address.
+    pub listen: SocketAddr,
+    /// PEM certificate chain; HTTPS when set together with `tls_key`.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// Generate a self-signed certificate into `certs/`.
+    pub tls_self_signed: bool,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self { listen: "127.0.0.1:8080".parse().unwrap(), tls_cert: None, tls_key: None, tls_self_signed: false }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// HS256 secret for access tokens; generated into the data dir when unset.
+    pub secret: Option<String>,
+    /// Allow `POST /auth/guest` (on with `--dev`).
+    pub allow_guests: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MediaConfig {
+    /// The SFU's UDP socket (one port for every PeerConnection).
+    pub listen: SocketAddr,
+    /// Address advertised in ICE candidates (deployments behind NAT).
+    pub public_ip: Option<std::net::IpAddr>,
+}
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        Self { listen: "127.0.0.1:7882".parse().unwrap(), public_ip: None }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TurnConfig {
+    pub enabled: bool,
+    /// TURN over UDP and TCP on the same port.
+    pub listen: SocketAddr,
+    pub tls_listen: Option<SocketAddr>,
+    /// Host put in `/ice-config` URLs; the listen IP when unset.
+    pub public_host: Option<String>,
+    pub realm: String,
+    /// Shared secret for TURN REST credentials; generated when unset.
+    pub secret: Option<String>,
+    pub credential_ttl: HumanDuration,
+    pub relay_port_min: u16,
+    pub relay_port_max: u16,
+    pub allow_loopback_peers: bool,
+    pub allowed_peer_ranges: Vec<String>,
+}
+
+impl Default for TurnConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: "127.0.0.1:3478".parse().unwrap(),
+            tls_listen: None,
+            public_host: None,
+            realm: "confer".into(),
+            secret: None,
+            credential_ttl: Duration::from_secs(24 * 3600).into(),
+            relay_port_min: 49160,
+            relay_port_max: 49400,
+            allow_loopback_peers: false,
+            allowed_peer_ranges: Vec::new(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// sled directory; also holds the generated secrets.
+    pub path: PathBuf,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self { path: PathBuf::from("./data") }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CallsConfig {
+    /// ringing → missed after this long.
+    pub ring_timeout: HumanDuration,
+    /// A party's last WebSocket gone this long → call ended (`disconnected`).
+    pub reconnect_grace: HumanDuration,
+}
+
+impl Default for CallsConfig {
+    fn default() -> Self {
+        Self { ring_timeout: Duration::from_secs(30).into(), reconnect_grace: Duration::from_secs(20).into() }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoomsConfig {
+    /// Upper bound for a room's `maxParticipants`.
+    pub max_participants: u32,
+    /// How long a REST join (`POST /rooms/:id/join`) holds a seat.
+    pub reservation_ttl: HumanDuration,
+}
+
+impl Default for RoomsConfig {
+    fn default() -> Self {
+        Self { max_participants: 100, reservation_ttl: Duration::from_secs(60).into() }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WsConfig {
+    /// The server pings every connection this often.
+    pub ping_interval: HumanDuration,
+    /// A connection that sent nothing (not even a pong) this long is closed.
+    pub idle_timeout: HumanDuration,
+    /// After `token-expired`, how long a client has to send `refresh`.
+    pub token_grace: HumanDuration,
+}
+
+impl Default for WsConfig {
+    fn default() -> Self {
+        Self {
+            ping_interval: Duration::from_secs(15).into(),
+            idle_timeout: Duration::from_secs(45).into(),
+            token_grace: Duration::from_secs(30).into(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// When set, `/metrics` requires `Authorization: Bearer <token>`.
+    pub token: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `tracing` filter, e.g. `info` or `confer=debug,info`; `RUST_LOG` wins.
+    pub level: String,
+    /// One JSON object per line instead of human-readable text.
+    pub json: bool,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { level: "info".into(), json: false }
+    }
+}
+
+/// Overrides from CLI flags: the last layer.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    pub http_listen: Option<SocketAddr>,
+    pub data_dir: Option<PathBuf>,
+    pub dev: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {0} does not exist (pass --config FILE, or remove the flag to use defaults)")]
+    Missing(PathBuf),
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// The default config file, used when it exists and no `--config` is given.
+pub const DEFAULT_PATH: &str = "config/confer.toml";
+
+impl Config {
+    /// Load defaults, then `file` (an explicit file must exist; the default one
+    /// may be absent), then `CONFER_*` env, then `overrides`.
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Self, ConfigError> {
+        Self::load_with_env(file, overrides, std::env::vars())
+    }
+
+    /// As [`Config::load`], with the environment given (for tests).
+    pub fn load_with_env(
+        file: Option<&Path>,
+        overrides: &Overrides,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        match file {
+            Some(p) if !p.exists() => return Err(ConfigError::Missing(p.to_owned())),
+            Some(p) => fig = fig.merge(Toml::file_exact(p)),
+            None if Path::new(DEFAULT_PATH).exists() => fig = fig.merge(Toml::file_exact(DEFAULT_PATH)),
+            None => {}
+        }
+        // Env: figment's Env reads the process environment; we feed it our own
+        // list so tests need not mutate global state.
+        let env: Vec<(String, String)> = env.into_iter().filter(|(k, _)| k.starts_with("CONFER_")).collect();
+        let mut env_toml = toml::Table::new();
+        for (k, v) in &env {
+            let rest = &k["CONFER_".len()..];
+            let Some((section, key)) = rest.split_once('_') else {
+                return Err(ConfigError::Invalid(format!(
+                    "environment variable {k}: expected CONFER_<SECTION>_<KEY>"
+                )));
+            };
+            let section = section.to_ascii_lowercase();
+            let key = key.to_ascii_lowercase();
+            let value = parse_env_value(v);
+            env_toml
+                .entry(section)
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+                .as_table_mut()
+                .ok_or_else(|| ConfigError::Invalid(format!("environment variable {k}")))?
+                .insert(key, value);
+        }
+        fig = fig.merge(Toml::string(&toml::to_string(&env_toml).map_err(|e| ConfigError::Invalid(e.to_string()))?));
+
+        if let Some(a) = overrides.http_listen {
+            fig = fig.merge(Serialized::default("http.listen", a));
+        }
+        if let Some(d) = &overrides.data_dir {
+            fig = fig.merge(Serialized::default("store.path", d));
+        }
+        if overrides.dev {
+            fig = fig.merge(Serialized::default("auth.allow_guests", true));
+        }
+        let cfg: Config = fig.extract().map_err(|e| ConfigError::Invalid(describe(e)))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.turn.relay_port_min > self.turn.relay_port_max {
+            return Err(ConfigError::Invalid("turn.relay_port_min is greater than turn.relay_port_max".into()));
+        }
+        if self.rooms.max_participants < 2 {
+            return Err(ConfigError::Invalid("rooms.max_participants must be at least 2".into()));
+        }
+        if self.http.tls_cert.is_some() != self.http.tls_key.is_some() {
+            return Err(ConfigError::Invalid("http.tls_cert and http.tls_key must be set together".into()));
+        }
+        if let Some(s) = &self.auth.secret {
+            if s.len() < 16 {
+                return Err(ConfigError::Invalid("auth.secret must be at least 16 characters".into()));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An env value as TOML: numbers, booleans and arrays as such, else a string.
+fn parse_env_value(v: &str) -> toml::Value {
+    let wrapped = format!("v = {v}");
+    match wrapped.parse::<toml::Table>() {
+        Ok(mut t) => t.remove("v").unwrap_or_else(|| toml::Value::String(v.into())),
+        Err(_) => toml::Value::String(v.into()),
+    }
+}
+
+/// figment's error with the full key path (`unknown field: found `foo` in `http``).
+fn describe(e: figment::Error) -> String {
+    e.into_iter()
+        .map(|e| {
+            let path = e.path.join(".");
+            let src = e.metadata.as_ref().and_then(|m| m.source.as_ref()).map(|s| format!(" (from {s})"));
+            if path.is_empty() {
+                format!("{}{}", e.kind, src.unwrap_or_default())
+            } else {
+                format!("{path}: {}{}", e.kind, src.unwrap_or_default())
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(toml: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, toml).unwrap();
+        let env = env.iter().map(|(a, b)| (a.to_string(), b.to_string()));
+        Config::load_with_env(Some(&p), &Overrides::default(), env)
+    }
+
+    #[test]
+    fn defaults_match_spec() {
+        let c = load("", &[]).unwrap();
+        assert_eq!(c.http.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.media.listen.to_string(), "127.0.0.1:7882");
+        assert_eq!(c.turn.listen.to_string(), "127.0.0.1:3478");
+        assert_eq!(c.calls.ring_timeout.0, Duration::from_secs(30));
+        assert_eq!(c.turn.credential_ttl.0, Duration::from_secs(86400));
+        assert!(!c.auth.allow_guests);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = load("[http]\nlisten = \"127.0.0.1:1\"\nlisen = 3\n", &[]).unwrap_err().to_string();
+        assert!(e.contains("lisen"), "{e}");
+        let e = load("[bogus]\nx = 1\n", &[]).unwrap_err().to_string();
+        assert!(e.contains("bogus"), "{e}");
+    }
+
+    #[test]
+    fn env_overrides_file_and_cli_overrides_env() {
+        let c = load(
+            "[calls]\nring_timeout = \"5s\"\n[turn]\nallow_loopback_peers = false\n",
+            &[("CONFER_CALLS_RING_TIMEOUT", "7s"), ("CONFER_TURN_ALLOW_LOOPBACK_PEERS", "true")],
+        )
+        .unwrap();
+        assert_eq!(c.calls.ring_timeout.0, Duration::from_secs(7));
+        assert!(c.turn.allow_loopback_peers);
+
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, "[http]\nlisten = \"127.0.0.1:1000\"\n").unwrap();
+        let o = Overrides { http_listen: Some("127.0.0.1:2000".parse().unwrap()), ..Default::default() };
+        let c = Config::load_with_env(Some(&p), &o, [("CONFER_HTTP_LISTEN".into(), "127.0.0.1:3000".into())]).unwrap();
+        assert_eq!(c.http.listen.port(), 2000);
+    }
+
+    #[test]
+    fn unknown_env_key_is_an_error() {
+        let e = load("", &[("CONFER_HTTP_LISTN", "x")]).unwrap_err().to_string();
+        assert!(e.contains("listn"), "{e}");
+    }
+
+    #[test]
+    fn bad_duration_says_what_to_write() {
+        let e = load("[calls]\nring_timeout = \"soon\"\n", &[]).unwrap_err().to_string();
+        assert!(e.contains("ring_timeout") && e.contains("30s"), "{e}");
+    }
+
+    #[test]
+    fn shipped_config_file_is_valid_and_complete() {
+        let shipped = include_str!("../config/confer.toml");
+        let c = load(shipped, &[]).unwrap();
+        // Every key of the defaults appears in the documented file.
+        let defaults = toml::to_string(&Config::default()).unwrap();
+        let table: toml::Table = defaults.parse().unwrap();
+        for (section, v) in table {
+            for key in v.as_table().unwrap().keys() {
+                assert!(
+                    shipped.contains(&format!("{key} =")) || shipped.contains(&format!("# {key} =")),
+                    "config/confer.toml does not document {section}.{key}"
+                );
+            }
+        }
+        assert_eq!(c.http.listen.port(), 8080);
+    }
+}

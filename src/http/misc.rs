@@ -1,0 +1,154 @@
+//! `/ice-config`, `/auth/guest`, `/healthz`, `/readyz`, `/metrics`.
+
+use super::error::{ApiError, ApiJson};
+use super::{AppState, AuthUser};
+use crate::auth::Claims;
+use crate::ids::{random_token, UserId};
+use crate::turn::credentials;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(ice_config))
+        .routes(routes!(guest))
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(metrics))
+}
+
+/// What `/ice-config` hands out: where TURN listens and the credential scheme.
+#[derive(Clone, Debug)]
+pub struct IceSettings {
+    /// `host:port` for the `stun:`/`turn:` URLs; `None` when TURN is off.
+    pub turn_host_port: Option<String>,
+    pub secret: Vec<u8>,
+    pub ttl: Duration,
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IceServer {
+    urls: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    username: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    credential: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IceConfig {
+    ice_servers: Vec<IceServer>,
+    /// Seconds the credentials stay valid.
+    ttl: u64,
+}
+
+/// STUN and TURN servers with TURN REST API credentials for the caller.
+#[utoipa::path(get, path = "/ice-config", tag = "ice", security(("bearer" = [])),
+    responses((status = 200, body = IceConfig), (status = 401, body = super::error::ErrorBody)))]
+async fn ice_config(State(st): State<AppState>, AuthUser(actor): AuthUser) -> Json<IceConfig> {
+    let ice = &st.ice;
+    let ttl = ice.ttl.as_secs();
+    let ice_servers = match &ice.turn_host_port {
+        None => Vec::new(),
+        Some(hp) => {
+            let c = credentials::mint(&ice.secret, actor.user().as_str(), crate::auth::unix_now() + ttl);
+            vec![
+                IceServer { urls: vec![format!("stun:{hp}")], username: None, credential: None },
+                IceServer {
+                    urls: vec![format!("turn:{hp}?transport=udp"), format!("turn:{hp}?transport=tcp")],
+                    username: Some(c.username),
+                    credential: Some(c.credential),
+                },
+            ]
+        }
+    };
+    Json(IceConfig { ice_servers, ttl })
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GuestRequest {
+    /// Display name, 1..64 characters.
+    name: String,
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GuestToken {
+    token: String,
+    user_id: UserId,
+}
+
+pub const GUEST_TTL: Duration = Duration::from_secs(12 * 3600);
+
+/// A guest token (only with `--dev` or `auth.allow_guests`).
+#[utoipa::path(post, path = "/auth/guest", request_body = GuestRequest, tag = "auth",
+    responses((status = 200, body = GuestToken), (status = 400, body = super::error::ErrorBody),
+        (status = 403, body = super::error::ErrorBody)))]
+async fn guest(State(st): State<AppState>, ApiJson(req): ApiJson<GuestRequest>) -> Result<Json<GuestToken>, ApiError> {
+    if !st.allow_guests {
+        return Err(ApiError::forbidden("guest access is off: start with --dev or set auth.allow_guests = true"));
+    }
+    let name = req.name.trim();
+    if name.is_empty() || name.chars().count() > 64 || name.chars().any(char::is_control) {
+        return Err(ApiError::bad_request("name: 1 to 64 printable characters"));
+    }
+    let user_id = UserId::from(format!("guest-{}", random_token(10)));
+    let mut claims = Claims::new(user_id.clone(), GUEST_TTL);
+    claims.name = Some(name.to_owned());
+    Ok(Json(GuestToken { token: st.signal.keys.sign(&claims), user_id }))
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Health {
+    status: &'static str,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    failing: Vec<&'static str>,
+}
+
+/// Liveness: the process answers.
+#[utoipa::path(get, path = "/healthz", tag = "ops", responses((status = 200, body = Health)))]
+async fn healthz() -> Json<Health> {
+    Json(Health { status: "ok", failing: Vec::new() })
+}
+
+/// Readiness: the store is open and every socket is bound.
+#[utoipa::path(get, path = "/readyz", tag = "ops",
+    responses((status = 200, body = Health), (status = 503, body = Health)))]
+async fn readyz(State(st): State<AppState>) -> (StatusCode, Json<Health>) {
+    let mut failing = Vec::new();
+    if !st.store.is_healthy() {
+        failing.push("store");
+    }
+    if !st.sockets_ready.load(Ordering::Acquire) {
+        failing.push("sockets");
+    }
+    let code = if failing.is_empty() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (code, Json(Health { status: if failing.is_empty() { "ready" } else { "not-ready" }, failing }))
+}
+
+/// Prometheus metrics (text format); a bearer token when `metrics.token` is set.
+#[utoipa::path(get, path = "/metrics", tag = "ops",
+    responses((status = 200, content_type = "text/plain", body = String), (status = 401, body = super::error::ErrorBody)))]
+async fn metrics(State(st): State<AppState>, headers: HeaderMap) -> Result<impl IntoResponse, ApiError> {
+    if let Some(want) = &st.metrics_token {
+        let got = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|h| h.to_str().ok())
+            .and_then(|h| h.strip_prefix("Bearer "));
+        if got.map(str::trim) != Some(want.as_str()) {
+            return Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "metrics need Authorization: Bearer <metrics.token>"));
+        }
+    }
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], st.metrics.render()))
+}

@@ -1,0 +1,122 @@
+//! The axum edge: REST routes, the `/rtc` upgrade, `/metrics`, health, and the
+//! OpenAPI document generated from the handlers' annotations (utoipa), so the
+//! document cannot drift from the routes. The only module with status codes.
+
+mod calls;
+mod error;
+mod extract;
+mod misc;
+mod rooms;
+mod ws;
+
+pub use error::{ApiError, ApiJson};
+pub use extract::AuthUser;
+pub use misc::IceSettings;
+
+use crate::metrics::Metrics;
+use crate::signal::session::Limits;
+use crate::signal::Signaling;
+use crate::store::Store;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Instant;
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+use utoipa_axum::router::OpenApiRouter;
+
+/// Request bodies above this are refused with 413.
+pub const BODY_LIMIT: usize = 64 * 1024;
+
+/// Shared state of every handler.
+#[derive(Clone)]
+pub struct AppState {
+    pub signal: Arc<Signaling>,
+    pub store: Arc<dyn Store>,
+    pub metrics: Metrics,
+    pub ice: Arc<IceSettings>,
+    pub allow_guests: bool,
+    pub metrics_token: Option<String>,
+    pub ws_limits: Arc<Limits>,
+    /// Set by the app once every socket it needs is bound (`/readyz`).
+    pub sockets_ready: Arc<AtomicBool>,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "confer", description = "Video and audio calls: signaling, SFU, TURN, analytics. See SPEC.md."),
+    modifiers(&BearerAuth),
+    components(schemas(error::ErrorBody))
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme("bearer", SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)));
+    }
+}
+
+/// Every route with its OpenAPI description.
+fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(calls::router())
+        .merge(rooms::router())
+        .merge(misc::router())
+        .merge(ws::router())
+}
+
+/// The OpenAPI document of [`app`]'s routes.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    routes().split_for_parts().1
+}
+
+/// The whole HTTP application.
+pub fn app(state: AppState) -> Router {
+    let (router, api) = routes().split_for_parts();
+    let api = Arc::new(api);
+    router
+        .route("/openapi.json", axum::routing::get(move || async move { axum::Json(api.as_ref().clone()) }))
+        .method_not_allowed_fallback(method_not_allowed)
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), track))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(on_panic))
+        .with_state(state)
+}
+
+/// Count and time every matched request by its route pattern.
+async fn track(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let route = req.extensions().get::<MatchedPath>().map(|m| m.as_str().to_owned()).unwrap_or_default();
+    let started = Instant::now();
+    let resp = next.run(req).await;
+    let m = &state.metrics;
+    m.http_request_duration_seconds.with_label_values(&[&route]).observe(started.elapsed().as_secs_f64());
+    m.http_requests_total.with_label_values(&[&route, resp.status().as_str()]).inc();
+    resp
+}
+
+async fn not_found(State(state): State<AppState>) -> ApiError {
+    state.metrics.http_requests_total.with_label_values(&["unmatched", "404"]).inc();
+    ApiError::not_found("no such route; see /openapi.json")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(axum::http::StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed", "method not allowed on this route")
+}
+
+fn on_panic(err: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let what = err
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| err.downcast_ref::<&str>().copied())
+        .unwrap_or("unknown");
+    tracing::error!(panic = what, "handler panicked");
+    ApiError::new(axum::http::StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; the server logged the details")
+        .into_response()
+}

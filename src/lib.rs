@@ -1,0 +1,29 @@
+//! confer: video and audio calls for a social platform, in one binary.
+//!
+//! # Layout
+//! Dependencies point downwards; nothing below imports what is above it.
+//!
+//! - [`app`]: the composition root. Parses the CLI, loads [`config`], binds the
+//!   sockets, wires every part together and runs until shutdown.
+//! - [`http`]: the axum edge (REST, WebSocket upgrade, `/metrics`, OpenAPI). The
+//!   only module that knows HTTP status codes.
+//! - [`signal`]: calls, rooms and WebSocket sessions as state machines and
+//!   services. Never touches a socket or a status code; talks to clients through
+//!   per-connection channels.
+//! - [`turn`]: TURN REST credentials (and, later, the TURN server).
+//! - [`store`]: persistence behind the [`store::Store`] trait (sled on disk).
+//! - [`metrics`]: the Prometheus registry and every metric confer exports.
+//! - [`auth`]: access tokens (JWT, HS256) and their claims.
+//! - [`model`], [`config`], [`ids`], [`clock`]: plain data shared by everything above.
+
+pub mod app;
+pub mod auth;
+pub mod clock;
+pub mod config;
+pub mod http;
+pub mod ids;
+pub mod metrics;
+pub mod model;
+pub mod signal;
+pub mod store;
+pub mod turn;

@@ -1,0 +1,171 @@
+//! Who is connected: every open `/rtc` connection, by user, with the channel
+//! that feeds it. Services send events here; the session task owns the socket.
+//!
+//! An event is serialised once and shared by every connection it goes to. A
+//! connection whose queue is full (a client that stopped reading) is dropped
+//! from the hub, which closes its session, rather than letting memory grow.
+
+use super::messages::ServerEvent;
+use crate::ids::{ConnId, UserId};
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::sync::Arc;
+use tokio::sync::mpsc;
+
+/// What a session writes to its socket.
+#[derive(Clone, Debug)]
+pub enum Outbound {
+    Text(Arc<str>),
+    Close(u16, &'static str),
+}
+
+/// Per-connection queue depth before the client counts as too slow.
+pub const QUEUE_DEPTH: usize = 512;
+
+struct Conn {
+    id: ConnId,
+    tx: mpsc::Sender<Outbound>,
+}
+
+#[derive(Default)]
+pub struct Hub {
+    users: Mutex<HashMap<UserId, Vec<Conn>>>,
+}
+
+/// Which of a user's connections an event goes to.
+#[derive(Clone, Copy, Debug)]
+pub enum To<'a> {
+    All,
+    Only(&'a ConnId),
+    AllExcept(Option<&'a ConnId>),
+}
+
+impl Hub {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A new connection for `user`; returns the receiving end of its queue.
+    pub fn register(&self, user: &UserId, id: ConnId) -> mpsc::Receiver<Outbound> {
+        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        self.users.lock().entry(user.clone()).or_default().push(Conn { id, tx });
+        rx
+    }
+
+    /// Remove a connection. Returns true when it was the user's last one.
+    pub fn unregister(&self, user: &UserId, id: &ConnId) -> bool {
+        let mut users = self.users.lock();
+        let Some(conns) = users.get_mut(user) else { return true };
+        conns.retain(|c| &c.id != id);
+        if conns.is_empty() {
+            users.remove(user);
+            true
+        } else {
+            false
+        }
+    }
+
+    pub fn is_online(&self, user: &UserId) -> bool {
+        self.users.lock().contains_key(user)
+    }
+
+    pub fn has_conn(&self, user: &UserId, id: &ConnId) -> bool {
+        self.users.lock().get(user).is_some_and(|cs| cs.iter().any(|c| &c.id == id))
+    }
+
+    pub fn connection_count(&self) -> usize {
+        self.users.lock().values().map(Vec::len).sum()
+    }
+
+    /// Send `event` to some of `user`'s connections; returns how many got it.
+    pub fn send(&self, user: &UserId, to: To<'_>, event: &ServerEvent) -> usize {
+        let text: Arc<str> = event.to_text().into();
+        self.send_raw(user, to, Outbound::Text(text))
+    }
+
+    fn send_raw(&self, user: &UserId, to: To<'_>, out: Outbound) -> usize {
+        let mut users = self.users.lock();
+        let Some(conns) = users.get_mut(user) else { return 0 };
+        let mut sent = 0;
+        conns.retain(|c| {
+            let wanted = match to {
+                To::All => true,
+                To::Only(id) => &c.id == id,
+                To::AllExcept(ex) => Some(&c.id) != ex,
+            };
+            if !wanted {
+                return true;
+            }
+            match c.tx.try_send(out.clone()) {
+                Ok(()) => {
+                    sent += 1;
+                    true
+                }
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    tracing::warn!(user = %user, conn = %c.id, "client is not reading its WebSocket; dropping it");
+                    false
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => false,
+            }
+        });
+        if conns.is_empty() {
+            users.remove(user);
+        }
+        sent
+    }
+
+    /// Send to every connection (shutdown notices).
+    pub fn broadcast(&self, event: &ServerEvent) {
+        let text: Arc<str> = event.to_text().into();
+        self.broadcast_raw(Outbound::Text(text));
+    }
+
+    /// Ask every session to close with `code`.
+    pub fn close_all(&self, code: u16, reason: &'static str) {
+        self.broadcast_raw(Outbound::Close(code, reason));
+    }
+
+    fn broadcast_raw(&self, out: Outbound) {
+        let users = self.users.lock();
+        for c in users.values().flatten() {
+            let _ = c.tx.try_send(out.clone());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_to_the_right_connections() {
+        let hub = Hub::new();
+        let alice: UserId = "alice".into();
+        let (a1, a2) = (ConnId::from("a1"), ConnId::from("a2"));
+        let mut r1 = hub.register(&alice, a1.clone());
+        let mut r2 = hub.register(&alice, a2.clone());
+        let ev = ServerEvent::CallAnsweredElsewhere { call_id: "c".into() };
+        assert_eq!(hub.send(&alice, To::AllExcept(Some(&a1)), &ev), 1);
+        assert!(r1.try_recv().is_err());
+        assert!(r2.try_recv().is_ok());
+        assert_eq!(hub.send(&alice, To::Only(&a1), &ev), 1);
+        assert!(r1.try_recv().is_ok());
+        assert_eq!(hub.send(&"bob".into(), To::All, &ev), 0);
+        assert!(!hub.unregister(&alice, &a1));
+        assert!(hub.unregister(&alice, &a2));
+        assert!(!hub.is_online(&alice));
+    }
+
+    #[test]
+    fn a_full_queue_drops_the_connection() {
+        let hub = Hub::new();
+        let u: UserId = "u".into();
+        let _rx = hub.register(&u, "c".into());
+        let ev = ServerEvent::ServerShutdown {};
+        for _ in 0..QUEUE_DEPTH {
+            assert_eq!(hub.send(&u, To::All, &ev), 1);
+        }
+        assert_eq!(hub.send(&u, To::All, &ev), 0);
+        assert!(!hub.is_online(&u));
+    }
+}

@@ -1,0 +1,256 @@
+//! The `/rtc` wire protocol: one JSON object per text frame, `{"type": ...}`.
+//! [`ClientMessage`] is what clients may send, [`ServerEvent`] what the server
+//! sends. Parsing keeps the client's `reqId` even when the rest is invalid, so
+//! an `error` can echo it.
+
+use crate::ids::{CallId, RoomId, UserId};
+use crate::model::{CallMode, CallParticipant, CallSession, CallStatus, CallType};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// A parsed client frame: the message and the `reqId` it carried.
+#[derive(Debug)]
+pub struct Envelope {
+    pub req_id: Option<Value>,
+    pub msg: Result<ClientMessage, ParseError>,
+}
+
+#[derive(Debug, PartialEq)]
+pub struct ParseError {
+    pub code: &'static str,
+    pub message: String,
+}
+
+/// Room/SFU message types; answered `not-implemented` until the SFU lands.
+const ROOM_TYPES: &[&str] = &[
+    "room-join",
+    "room-leave",
+    "publish-offer",
+    "subscribe-answer",
+    "room-ice-candidate",
+    "track-mute",
+    "track-subscribe",
+];
+
+#[derive(Debug, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "kebab-case", rename_all_fields = "camelCase")]
+pub enum ClientMessage {
+    Ping {},
+    Refresh {
+        token: String,
+    },
+    CallInitiate {
+        callee_id: UserId,
+        call_type: CallType,
+        #[serde(default)]
+        room_name: Option<String>,
+        #[serde(default)]
+        mode: Option<CallMode>,
+        #[serde(default)]
+        sdp: Option<String>,
+    },
+    CallAccept {
+        call_id: CallId,
+    },
+    CallAnswer {
+        call_id: CallId,
+        sdp: String,
+    },
+    IceCandidate {
+        call_id: CallId,
+        candidate: IceCandidate,
+    },
+    CallSdpUpdate {
+        call_id: CallId,
+        sdp: String,
+        sdp_type: SdpType,
+    },
+    CallReject {
+        call_id: CallId,
+        #[serde(default)]
+        reason: Option<String>,
+    },
+    CallHangup {
+        call_id: CallId,
+    },
+    CallStats {
+        call_id: CallId,
+        stats: Vec<Value>,
+    },
+}
+
+/// A trickled ICE candidate as the browser's `RTCIceCandidateInit` has it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct IceCandidate {
+    pub candidate: String,
+    #[serde(default)]
+    pub sdp_mid: Option<String>,
+    #[serde(default, rename = "sdpMLineIndex")]
+    pub sdp_m_line_index: Option<u32>,
+    #[serde(default)]
+    pub username_fragment: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SdpType {
+    Offer,
+    Answer,
+}
+
+/// Parse one text frame.
+pub fn parse(text: &str) -> Envelope {
+    let value: Value = match serde_json::from_str(text) {
+        Ok(v) => v,
+        Err(e) => {
+            return Envelope {
+                req_id: None,
+                msg: Err(ParseError { code: "bad-request", message: format!("invalid JSON: {e}") }),
+            }
+        }
+    };
+    let req_id = value.get("reqId").cloned();
+    let Some(ty) = value.get("type").and_then(Value::as_str).map(str::to_owned) else {
+        return Envelope {
+            req_id,
+            msg: Err(ParseError { code: "bad-request", message: "missing field `type` (a string)".into() }),
+        };
+    };
+    if ROOM_TYPES.contains(&ty.as_str()) {
+        let message = format!("`{ty}` needs the SFU, which this server does not run yet");
+        return Envelope { req_id, msg: Err(ParseError { code: "not-implemented", message }) };
+    }
+    let msg = serde_json::from_value::<ClientMessage>(value)
+        .map_err(|e| ParseError { code: "bad-request", message: format!("{ty}: {e}") });
+    Envelope { req_id, msg }
+}
+
+/// Everything the server sends on `/rtc`.
+#[derive(Clone, Debug, Serialize)]
+#[serde(tag = "type", rename_all = "kebab-case", rename_all_fields = "camelCase")]
+pub enum ServerEvent {
+    Pong {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        req_id: Option<Value>,
+    },
+    Refreshed {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        req_id: Option<Value>,
+        exp: u64,
+    },
+    Error {
+        code: &'static str,
+        message: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        req_id: Option<Value>,
+    },
+    CallCreated {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        req_id: Option<Value>,
+        call_session: CallSession,
+        room_id: RoomId,
+    },
+    CallInitiate {
+        call_id: CallId,
+        from: UserId,
+        call_type: CallType,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        sdp: Option<String>,
+        call_session: CallSession,
+    },
+    CallAccept {
+        call_id: CallId,
+        from: UserId,
+        call_session: CallSession,
+    },
+    CallAnswer {
+        call_id: CallId,
+        from: UserId,
+        sdp: String,
+    },
+    IceCandidate {
+        call_id: CallId,
+        from: UserId,
+        candidate: IceCandidate,
+    },
+    CallSdpUpdate {
+        call_id: CallId,
+        from: UserId,
+        sdp: String,
+        sdp_type: SdpType,
+    },
+    CallReject {
+        call_id: CallId,
+        from: UserId,
+        reason: Option<String>,
+    },
+    CallHangup {
+        call_id: CallId,
+        from: UserId,
+        reason: String,
+    },
+    CallParticipantUpdated {
+        call_id: CallId,
+        participant: CallParticipant,
+    },
+    CallEnded {
+        call_id: CallId,
+        status: CallStatus,
+        end_reason: Option<String>,
+    },
+    CallAnsweredElsewhere {
+        call_id: CallId,
+    },
+    RoomDeleted {
+        room_id: RoomId,
+    },
+    ServerShutdown {},
+}
+
+impl ServerEvent {
+    pub fn error(code: &'static str, message: impl Into<String>, req_id: Option<Value>) -> Self {
+        Self::Error { code, message: message.into(), req_id }
+    }
+
+    pub fn to_text(&self) -> String {
+        serde_json::to_string(self).expect("server events always serialise")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_call_initiate_and_keeps_req_id() {
+        let e = parse(r#"{"type":"call-initiate","reqId":7,"calleeId":"bob","callType":"video"}"#);
+        assert_eq!(e.req_id, Some(Value::from(7)));
+        assert!(matches!(e.msg, Ok(ClientMessage::CallInitiate { ref callee_id, .. }) if callee_id.as_str() == "bob"));
+    }
+
+    #[test]
+    fn bad_field_is_named() {
+        let e = parse(r#"{"type":"call-accept","reqId":"a"}"#);
+        assert_eq!(e.req_id, Some(Value::from("a")));
+        let err = e.msg.unwrap_err();
+        assert_eq!(err.code, "bad-request");
+        assert!(err.message.contains("callId"), "{}", err.message);
+
+        let err = parse(r#"{"type":"call-initiate","calleeId":"b","callType":"hologram"}"#).msg.unwrap_err();
+        assert!(err.message.contains("hologram"), "{}", err.message);
+        let err = parse(r#"{"type":"teleport"}"#).msg.unwrap_err();
+        assert!(err.message.contains("teleport"), "{}", err.message);
+        assert_eq!(parse("not json").msg.unwrap_err().code, "bad-request");
+        assert_eq!(parse("[1,2]").msg.unwrap_err().code, "bad-request");
+        assert_eq!(parse(r#"{"type":"room-join","roomId":"x"}"#).msg.unwrap_err().code, "not-implemented");
+    }
+
+    #[test]
+    fn server_events_are_camel_case_with_type() {
+        let t = ServerEvent::CallAnsweredElsewhere { call_id: "c1".into() }.to_text();
+        assert_eq!(t, r#"{"type":"call-answered-elsewhere","callId":"c1"}"#);
+        let t = ServerEvent::error("bad-request", "x", Some(Value::from(3))).to_text();
+        assert_eq!(t, r#"{"type":"error","code":"bad-request","message":"x","reqId":3}"#);
+    }
+}

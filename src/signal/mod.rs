@@ -1,0 +1,107 @@
+//! Signaling: calls, rooms and the `/rtc` WebSocket sessions.
+//!
+//! Pure state machines ([`call`]) sit under services ([`calls::CallService`],
+//! [`rooms::RoomService`]) that persist through the [`crate::store::Store`]
+//! trait and reach clients through the [`hub::Hub`]'s per-connection queues.
+//! Nothing here touches a socket or knows an HTTP status code; [`SignalError`]
+//! carries the SPEC's error codes and `http` maps them to statuses.
+
+pub mod call;
+pub mod calls;
+pub mod hub;
+pub mod messages;
+pub mod ratelimit;
+pub mod rooms;
+pub mod session;
+
+use crate::auth::Claims;
+use crate::ids::{ConnId, UserId};
+use crate::store::StoreError;
+
+/// Who is acting: the token's claims and, over `/rtc`, the connection.
+#[derive(Clone, Debug)]
+pub struct Actor {
+    pub claims: Claims,
+    pub conn: Option<ConnId>,
+}
+
+impl Actor {
+    pub fn user(&self) -> &UserId {
+        &self.claims.sub
+    }
+
+    pub fn is_admin(&self) -> bool {
+        self.claims.admin
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SignalError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("room is full")]
+    RoomFull,
+    #[error("{0}")]
+    NotImplemented(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl SignalError {
+    /// The SPEC 12 error code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::BadRequest(_) => "bad-request",
+            Self::NotFound(_) => "not-found",
+            Self::Forbidden(_) => "forbidden",
+            Self::Conflict(_) => "conflict",
+            Self::RoomFull => "room-full",
+            Self::NotImplemented(_) => "not-implemented",
+            Self::Store(_) => "internal",
+        }
+    }
+
+    /// The message a client may see (never internals).
+    pub fn public_message(&self) -> String {
+        match self {
+            Self::Store(_) => "internal error; the server logged the details".into(),
+            e => e.to_string(),
+        }
+    }
+}
+
+impl From<call::CallError> for SignalError {
+    fn from(e: call::CallError) -> Self {
+        use call::CallError::*;
+        match e {
+            NotFound => Self::NotFound("call not found".into()),
+            NotAllowed(_) => Self::Forbidden(e.to_string()),
+            Final(_) | Conflict(_) => Self::Conflict(e.to_string()),
+        }
+    }
+}
+
+/// Everything a session or a REST handler needs from signaling.
+pub struct Signaling {
+    pub calls: std::sync::Arc<calls::CallService>,
+    pub rooms: std::sync::Arc<rooms::RoomService>,
+    pub hub: std::sync::Arc<hub::Hub>,
+    pub keys: crate::auth::TokenKeys,
+    pub metrics: crate::metrics::Metrics,
+}
+
+impl Signaling {
+    /// Graceful shutdown, in SPEC 1's order: tell every client, end every live
+    /// call with `server-shutdown`, then close every socket.
+    pub fn shutdown(&self) {
+        self.hub.broadcast(&messages::ServerEvent::ServerShutdown {});
+        self.calls.end_all(call::reason::SERVER_SHUTDOWN);
+        self.hub.close_all(session::CLOSE_GOING_AWAY, "server shutdown");
+    }
+}

@@ -1,0 +1,285 @@
+//! One `/rtc` connection: reads client frames, applies them to the services,
+//! writes replies and queued events, keeps the heartbeat, the rate and size
+//! limits and the token's lifetime (SPEC 2, 4, 12).
+//!
+//! Generic over any `Stream + Sink` of [`Frame`]s, so tests can drive it with
+//! channels and `http` adapts axum's WebSocket to it.
+
+use super::calls::NewCall;
+use super::hub::Outbound;
+use super::messages::{self, ClientMessage, ServerEvent};
+use super::ratelimit::TokenBucket;
+use super::{Actor, SignalError, Signaling};
+use crate::auth::{self, AuthError, Claims};
+use crate::ids::ConnId;
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use serde_json::Value;
+use std::time::Duration;
+use tokio::time::{interval_at, sleep_until, Instant, MissedTickBehavior};
+
+/// A WebSocket frame as the session sees it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Frame {
+    Text(String),
+    Binary(Vec<u8>),
+    Ping(Vec<u8>),
+    Pong(Vec<u8>),
+    Close(Option<(u16, String)>),
+}
+
+/// The limits of SPEC 4 and 12, adjustable for tests.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    pub max_message: usize,
+    pub ping_interval: Duration,
+    pub idle_timeout: Duration,
+    pub token_grace: Duration,
+    pub rate_per_sec: f64,
+    pub burst: f64,
+    /// Oversized frames tolerated before close 1008.
+    pub max_oversized: u32,
+    /// Rate-limited messages in a row tolerated before close 1008.
+    pub max_rate_limited: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_message: 64 * 1024,
+            ping_interval: Duration::from_secs(15),
+            idle_timeout: Duration::from_secs(45),
+            token_grace: Duration::from_secs(30),
+            rate_per_sec: 50.0,
+            burst: 100.0,
+            max_oversized: 20,
+            max_rate_limited: 50,
+        }
+    }
+}
+
+pub const CLOSE_POLICY: u16 = 1008;
+pub const CLOSE_GOING_AWAY: u16 = 1001;
+pub const CLOSE_TOKEN_EXPIRED: u16 = 4001;
+
+/// Instant at which `exp` (unix seconds) plus the JWT leeway passes.
+fn expiry_instant(exp: u64) -> Instant {
+    let left = (exp + auth::LEEWAY_SECS).saturating_sub(auth::unix_now());
+    Instant::now() + Duration::from_secs(left)
+}
+
+/// Serve one connection until it closes.
+pub async fn run<S, E>(socket: S, claims: Claims, signal: &Signaling, limits: &Limits)
+where
+    S: Stream<Item = Result<Frame, E>> + Sink<Frame> + Unpin,
+{
+    let conn = ConnId::random();
+    let user = claims.sub.clone();
+    let mut rx = signal.hub.register(&user, conn.clone());
+    signal.metrics.ws_connections.inc();
+    signal.calls.user_online(&user);
+    tracing::debug!(%user, %conn, "websocket open");
+
+    let (mut sink, mut stream) = socket.split();
+    let mut state = State {
+        actor: Actor { claims, conn: Some(conn.clone()) },
+        bucket: TokenBucket::new(limits.rate_per_sec, limits.burst, std::time::Instant::now()),
+        oversized: 0,
+        rate_limited: 0,
+    };
+    let mut ping = interval_at(Instant::now() + limits.ping_interval, limits.ping_interval);
+    ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut last_seen = Instant::now();
+    let mut token_deadline = expiry_instant(state.actor.claims.exp);
+    let mut token_warned = false;
+
+    let close: Option<(u16, &str)> = loop {
+        tokio::select! {
+            frame = stream.next() => {
+                let Some(Ok(frame)) = frame else { break None };
+                last_seen = Instant::now();
+                match frame {
+                    Frame::Text(text) => {
+                        let step = state.on_text(&text, signal, limits);
+                        for ev in step.replies {
+                            if sink.send(Frame::Text(ev.to_text())).await.is_err() {
+                                break;
+                            }
+                        }
+                        if let Some(exp) = step.refreshed {
+                            token_deadline = expiry_instant(exp);
+                            token_warned = false;
+                        }
+                        if let Some(c) = step.close {
+                            break Some(c);
+                        }
+                    }
+                    Frame::Binary(_) => {
+                        let ev = ServerEvent::error("bad-request", "binary frames are not supported; send JSON text", None);
+                        let _ = sink.send(Frame::Text(ev.to_text())).await;
+                    }
+                    Frame::Ping(_) | Frame::Pong(_) => {}
+                    Frame::Close(_) => break None,
+                }
+            }
+            out = rx.recv() => match out {
+                Some(Outbound::Text(t)) => {
+                    if sink.send(Frame::Text(t.to_string())).await.is_err() {
+                        break None;
+                    }
+                }
+                Some(Outbound::Close(code, why)) => break Some((code, why)),
+                None => break Some((CLOSE_POLICY, "too slow: the client is not reading its messages")),
+            },
+            _ = ping.tick() => {
+                if last_seen.elapsed() >= limits.idle_timeout {
+                    break Some((CLOSE_GOING_AWAY, "idle: nothing received for too long"));
+                }
+                if sink.send(Frame::Ping(Vec::new())).await.is_err() {
+                    break None;
+                }
+            }
+            _ = sleep_until(token_deadline) => {
+                if token_warned {
+                    break Some((CLOSE_TOKEN_EXPIRED, "token expired"));
+                }
+                token_warned = true;
+                token_deadline = Instant::now() + limits.token_grace;
+                let ev = ServerEvent::error(
+                    "token-expired",
+                    format!("access token expired: send {{\"type\":\"refresh\",\"token\":...}} within {}s", limits.token_grace.as_secs()),
+                    None,
+                );
+                let _ = sink.send(Frame::Text(ev.to_text())).await;
+            }
+        }
+    };
+    if let Some((code, why)) = close {
+        let _ = sink.send(Frame::Close(Some((code, why.to_owned())))).await;
+    }
+    let _ = sink.close().await;
+
+    signal.metrics.ws_connections.dec();
+    if signal.hub.unregister(&user, &conn) {
+        signal.calls.user_offline(&user);
+    }
+    tracing::debug!(%user, %conn, ?close, "websocket closed");
+}
+
+struct State {
+    actor: Actor,
+    bucket: TokenBucket,
+    oversized: u32,
+    rate_limited: u32,
+}
+
+/// What one client frame led to.
+#[derive(Default)]
+struct Step {
+    replies: Vec<ServerEvent>,
+    close: Option<(u16, &'static str)>,
+    /// New token expiry after a successful `refresh`.
+    refreshed: Option<u64>,
+}
+
+impl State {
+    fn on_text(&mut self, text: &str, signal: &Signaling, limits: &Limits) -> Step {
+        let mut step = Step::default();
+        if text.len() > limits.max_message {
+            self.oversized += 1;
+            step.replies.push(ServerEvent::error(
+                "too-large",
+                format!("message of {} bytes is over the {} byte limit", text.len(), limits.max_message),
+                None,
+            ));
+            if self.oversized >= limits.max_oversized {
+                step.close = Some((CLOSE_POLICY, "too many oversized messages"));
+            }
+            return step;
+        }
+        let env = messages::parse(text);
+        if !self.bucket.take(std::time::Instant::now()) {
+            self.rate_limited += 1;
+            step.replies.push(ServerEvent::error(
+                "rate-limited",
+                "more than 50 messages per second; slow down",
+                env.req_id,
+            ));
+            if self.rate_limited >= limits.max_rate_limited {
+                step.close = Some((CLOSE_POLICY, "rate limit exceeded repeatedly"));
+            }
+            return step;
+        }
+        self.rate_limited = 0;
+        let req_id = env.req_id;
+        let msg = match env.msg {
+            Ok(m) => m,
+            Err(e) => {
+                step.replies.push(ServerEvent::error(e.code, e.message, req_id));
+                return step;
+            }
+        };
+        let started = std::time::Instant::now();
+        match self.dispatch(msg, req_id.clone(), signal, &mut step) {
+            Ok(Some(reply)) => step.replies.push(reply),
+            Ok(None) => {}
+            Err(e) => {
+                if let SignalError::Store(inner) = &e {
+                    tracing::error!(error = %inner, user = %self.actor.user(), "store failure on /rtc");
+                }
+                step.replies.push(ServerEvent::error(e.code(), e.public_message(), req_id));
+            }
+        }
+        signal.metrics.signal_relay_seconds.observe(started.elapsed().as_secs_f64());
+        step
+    }
+
+    fn dispatch(
+        &mut self,
+        msg: ClientMessage,
+        req_id: Option<Value>,
+        signal: &Signaling,
+        step: &mut Step,
+    ) -> Result<Option<ServerEvent>, SignalError> {
+        let calls = &signal.calls;
+        let a = &self.actor;
+        Ok(match msg {
+            ClientMessage::Ping {} => Some(ServerEvent::Pong { req_id }),
+            ClientMessage::Refresh { token } => match signal.keys.verify(&token) {
+                Ok(c) if c.sub != self.actor.claims.sub => {
+                    return Err(SignalError::Forbidden("refresh token is for a different user".into()))
+                }
+                Ok(c) => {
+                    let exp = c.exp;
+                    self.actor.claims = c;
+                    step.refreshed = Some(exp);
+                    Some(ServerEvent::Refreshed { req_id, exp })
+                }
+                Err(AuthError::Expired) => {
+                    return Ok(Some(ServerEvent::error("token-expired", "refresh token is expired", req_id)))
+                }
+                Err(e) => return Ok(Some(ServerEvent::error("unauthorized", e.to_string(), req_id))),
+            },
+            ClientMessage::CallInitiate { callee_id, call_type, room_name, mode, sdp } => {
+                let req = NewCall {
+                    caller_id: a.user().clone(),
+                    callee_id,
+                    call_type,
+                    room_name,
+                    mode: mode.unwrap_or_default(),
+                    sdp,
+                };
+                let s = calls.create(a, req)?;
+                Some(ServerEvent::CallCreated { req_id, room_id: s.room_id.clone(), call_session: s })
+            }
+            ClientMessage::CallAccept { call_id } => calls.accept(a, &call_id).map(|_| None)?,
+            ClientMessage::CallAnswer { call_id, sdp } => calls.answer(a, &call_id, sdp).map(|_| None)?,
+            ClientMessage::IceCandidate { call_id, candidate } => calls.ice_candidate(a, &call_id, candidate).map(|_| None)?,
+            ClientMessage::CallSdpUpdate { call_id, sdp, sdp_type } => {
+                calls.sdp_update(a, &call_id, sdp, sdp_type).map(|_| None)?
+            }
+            ClientMessage::CallReject { call_id, reason } => calls.reject(a, &call_id, reason).map(|_| None)?,
+            ClientMessage::CallHangup { call_id } => calls.hangup(a, &call_id).map(|_| None)?,
+            ClientMessage::CallStats { call_id, stats } => calls.record_stats(a, &call_id, stats).map(|_| None)?,
+        })
+    }
+}

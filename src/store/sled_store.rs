@@ -1,0 +1,267 @@
+//! sled-backed [`Store`]. Trees:
+//! - `calls`: call id → JSON call
+//! - `calls_by_time`: created-at (ns, big-endian) ++ call id → () (all calls, newest last)
+//! - `user_calls`: user id ++ 0x00 ++ created-at ++ call id → () (a user's calls)
+//! - `rooms`: room id → JSON room (participants are not persisted: rooms restart empty)
+//! - `analytics`: key → JSON summary
+//!
+//! A call and its index entries are written in one transaction. sled flushes
+//! its log every 200 ms here, so a `kill -9` loses at most that much (SPEC 7:
+//! at most one second).
+
+use super::{HistoryPage, HistoryQuery, Store, StoreError};
+use crate::ids::{CallId, RoomId, UserId};
+use crate::model::{CallSession, Room};
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+use sled::Transactional;
+use std::path::Path;
+
+pub struct SledStore {
+    db: sled::Db,
+    calls: sled::Tree,
+    calls_by_time: sled::Tree,
+    user_calls: sled::Tree,
+    rooms: sled::Tree,
+    analytics: sled::Tree,
+}
+
+fn backend(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+impl SledStore {
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let db = sled::Config::new()
+            .path(path.join("db"))
+            .flush_every_ms(Some(200))
+            .open()
+            .map_err(|e| StoreError::Backend(format!("cannot open store at {}: {e}", path.display())))?;
+        Ok(Self {
+            calls: db.open_tree("calls").map_err(backend)?,
+            calls_by_time: db.open_tree("calls_by_time").map_err(backend)?,
+            user_calls: db.open_tree("user_calls").map_err(backend)?,
+            rooms: db.open_tree("rooms").map_err(backend)?,
+            analytics: db.open_tree("analytics").map_err(backend)?,
+            db,
+        })
+    }
+}
+
+fn time_key(call: &CallSession) -> [u8; 16] {
+    (call.created_at.unix_timestamp_nanos() as u128).to_be_bytes()
+}
+
+fn user_prefix(user: &UserId) -> Vec<u8> {
+    let mut k = user.as_str().as_bytes().to_vec();
+    k.push(0);
+    k
+}
+
+fn user_key(user: &UserId, call: &CallSession) -> Vec<u8> {
+    let mut k = user_prefix(user);
+    k.extend_from_slice(&time_key(call));
+    k.extend_from_slice(call.id.as_str().as_bytes());
+    k
+}
+
+fn by_time_key(call: &CallSession) -> Vec<u8> {
+    let mut k = time_key(call).to_vec();
+    k.extend_from_slice(call.id.as_str().as_bytes());
+    k
+}
+
+fn decode<T: serde::de::DeserializeOwned>(key: &[u8], v: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(v).map_err(|e| StoreError::Corrupt {
+        key: String::from_utf8_lossy(key).into_owned(),
+        reason: e.to_string(),
+    })
+}
+
+impl SledStore {
+    /// Index keys (newest first) of the calls a query may return.
+    fn index(&self, user: Option<&UserId>) -> Box<dyn Iterator<Item = Result<CallId, StoreError>> + '_> {
+        match user {
+            Some(u) => {
+                let plen = user_prefix(u).len() + 16;
+                Box::new(self.user_calls.scan_prefix(user_prefix(u)).rev().map(move |r| {
+                    let (k, _) = r.map_err(backend)?;
+                    Ok(CallId::from(String::from_utf8_lossy(&k[plen..]).into_owned()))
+                }))
+            }
+            None => Box::new(self.calls_by_time.iter().rev().map(|r| {
+                let (k, _) = r.map_err(backend)?;
+                Ok(CallId::from(String::from_utf8_lossy(&k[16..]).into_owned()))
+            })),
+        }
+    }
+}
+
+impl Store for SledStore {
+    fn put_call(&self, call: &CallSession) -> Result<(), StoreError> {
+        let value = serde_json::to_vec(call).map_err(backend)?;
+        let id = call.id.as_str().as_bytes();
+        let t_key = by_time_key(call);
+        let caller_key = user_key(&call.caller_id, call);
+        let callee_key = user_key(&call.callee_id, call);
+        (&self.calls, &self.calls_by_time, &self.user_calls)
+            .transaction(|(calls, by_time, user_calls)| {
+                calls.insert(id, value.as_slice())?;
+                by_time.insert(t_key.as_slice(), &[])?;
+                user_calls.insert(caller_key.as_slice(), &[])?;
+                user_calls.insert(callee_key.as_slice(), &[])?;
+                Ok::<_, ConflictableTransactionError<()>>(())
+            })
+            .map_err(|e: TransactionError<()>| backend(format!("{e:?}")))
+    }
+
+    fn get_call(&self, id: &CallId) -> Result<Option<CallSession>, StoreError> {
+        match self.calls.get(id.as_str()).map_err(backend)? {
+            Some(v) => decode(id.as_str().as_bytes(), &v).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn history(&self, q: &HistoryQuery) -> Result<HistoryPage, StoreError> {
+        let mut page = HistoryPage::default();
+        for id in self.index(q.user.as_ref()) {
+            let Some(call) = self.get_call(&id?)? else { continue };
+            if q.call_type.is_some_and(|t| t != call.call_type) || q.status.is_some_and(|s| s != call.status) {
+                continue;
+            }
+            if page.total >= q.offset && page.calls.len() < q.limit {
+                page.calls.push(call);
+            }
+            page.total += 1;
+        }
+        Ok(page)
+    }
+
+    fn live_calls(&self) -> Result<Vec<CallSession>, StoreError> {
+        let mut out = Vec::new();
+        for r in self.calls.iter() {
+            let (k, v) = r.map_err(backend)?;
+            let call: CallSession = decode(&k, &v)?;
+            if !call.status.is_final() {
+                out.push(call);
+            }
+        }
+        Ok(out)
+    }
+
+    fn put_room(&self, room: &Room) -> Result<(), StoreError> {
+        let mut stored = room.clone();
+        stored.participants.clear();
+        let v = serde_json::to_vec(&stored).map_err(backend)?;
+        self.rooms.insert(room.id.as_str(), v).map_err(backend)?;
+        Ok(())
+    }
+
+    fn get_room(&self, id: &RoomId) -> Result<Option<Room>, StoreError> {
+        match self.rooms.get(id.as_str()).map_err(backend)? {
+            Some(v) => decode(id.as_str().as_bytes(), &v).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn delete_room(&self, id: &RoomId) -> Result<(), StoreError> {
+        self.rooms.remove(id.as_str()).map_err(backend)?;
+        Ok(())
+    }
+
+    fn rooms(&self) -> Result<Vec<Room>, StoreError> {
+        self.rooms
+            .iter()
+            .map(|r| {
+                let (k, v) = r.map_err(backend)?;
+                decode(&k, &v)
+            })
+            .collect()
+    }
+
+    fn put_analytics(&self, key: &str, summary: &serde_json::Value) -> Result<(), StoreError> {
+        let v = serde_json::to_vec(summary).map_err(backend)?;
+        self.analytics.insert(key, v).map_err(backend)?;
+        Ok(())
+    }
+
+    fn get_analytics(&self, key: &str) -> Result<Option<serde_json::Value>, StoreError> {
+        match self.analytics.get(key).map_err(backend)? {
+            Some(v) => decode(key.as_bytes(), &v).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush().map(|_| ()).map_err(backend)
+    }
+
+    fn is_healthy(&self) -> bool {
+        self.db.was_recovered() || self.db.size_on_disk().is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::*;
+
+    fn call(id: &str, caller: &str, callee: &str, secs: i64, status: CallStatus) -> CallSession {
+        CallSession {
+            id: id.into(),
+            caller_id: caller.into(),
+            callee_id: callee.into(),
+            call_type: CallType::Video,
+            mode: CallMode::P2p,
+            status,
+            room_id: format!("room_{id}").as_str().into(),
+            room_name: None,
+            created_at: time::OffsetDateTime::from_unix_timestamp(1_700_000_000 + secs).unwrap(),
+            answered_at: None,
+            ended_at: None,
+            end_reason: None,
+            duration: 0.0,
+            participants: vec![],
+        }
+    }
+
+    #[test]
+    fn history_is_per_user_newest_first_and_paged() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SledStore::open(dir.path()).unwrap();
+        s.put_call(&call("c1", "alice", "bob", 1, CallStatus::Ended)).unwrap();
+        s.put_call(&call("c2", "bob", "carol", 2, CallStatus::Missed)).unwrap();
+        s.put_call(&call("c3", "carol", "alice", 3, CallStatus::Ringing)).unwrap();
+        // Rewriting a call must not duplicate its index entries.
+        s.put_call(&call("c3", "carol", "alice", 3, CallStatus::Active)).unwrap();
+
+        let q = |user: Option<&str>, offset, limit| HistoryQuery {
+            user: user.map(UserId::from),
+            limit,
+            offset,
+            ..Default::default()
+        };
+        let ids = |p: HistoryPage| p.calls.into_iter().map(|c| c.id.to_string()).collect::<Vec<_>>();
+        assert_eq!(ids(s.history(&q(Some("alice"), 0, 10)).unwrap()), ["c3", "c1"]);
+        assert_eq!(ids(s.history(&q(None, 0, 10)).unwrap()), ["c3", "c2", "c1"]);
+        let p = s.history(&q(None, 1, 1)).unwrap();
+        assert_eq!(p.total, 3);
+        assert_eq!(ids(p), ["c2"]);
+        let p = s
+            .history(&HistoryQuery { status: Some(CallStatus::Missed), limit: 10, ..Default::default() })
+            .unwrap();
+        assert_eq!(ids(p), ["c2"]);
+        assert_eq!(s.live_calls().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = SledStore::open(dir.path()).unwrap();
+            s.put_call(&call("c1", "alice", "bob", 1, CallStatus::Ended)).unwrap();
+            s.flush().unwrap();
+        }
+        let s = SledStore::open(dir.path()).unwrap();
+        assert_eq!(s.get_call(&"c1".into()).unwrap().unwrap().status, CallStatus::Ended);
+    }
+}
