@@ -1,0 +1,293 @@
+//! Shared harness: start the real server on port 0 (in-process, or the built
+//! binary as a child process), mint tokens, speak HTTP and WebSocket to it.
+#![allow(dead_code)]
+
+use confer::app::Server;
+use confer::auth::{Claims, TokenKeys};
+use confer::config::Config;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub const SECRET: &str = "test-secret-0123456789abcdef-0123456789";
+
+/// A server running in this process on 127.0.0.1 port 0.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub keys: TokenKeys,
+    pub http: reqwest::Client,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+/// A test config: port 0 everywhere, a fixed secret, a fresh data dir.
+pub fn test_config(dir: &std::path::Path) -> Config {
+    let mut c = Config::default();
+    c.http.listen = "127.0.0.1:0".parse().unwrap();
+    c.media.listen = "127.0.0.1:0".parse().unwrap();
+    c.turn.listen = "127.0.0.1:0".parse().unwrap();
+    c.store.path = dir.to_owned();
+    c.auth.secret = Some(SECRET.into());
+    c
+}
+
+impl TestServer {
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Start with a config adjusted by `tweak`.
+    pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = test_config(dir.path());
+        tweak(&mut config);
+        let mut s = Self::start_config(config).await;
+        s._dir = Some(dir);
+        s
+    }
+
+    pub async fn start_config(config: Config) -> Self {
+        let server = Server::bind(config).await.expect("server binds");
+        let addr = server.http_addr();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(server.run(async move {
+            let _ = rx.await;
+        }));
+        TestServer {
+            addr,
+            keys: TokenKeys::new(SECRET.as_bytes()),
+            http: reqwest::Client::new(),
+            stop: Some(tx),
+            task: Some(task),
+            _dir: None,
+        }
+    }
+
+    /// Shut down gracefully and wait for the server to finish.
+    pub async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        self.task.take().unwrap().await.unwrap().unwrap();
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn token(&self, user: &str) -> String {
+        self.keys.sign(&Claims::new(user.into(), Duration::from_secs(3600)))
+    }
+
+    pub fn token_with(&self, user: &str, f: impl FnOnce(&mut Claims)) -> String {
+        let mut c = Claims::new(user.into(), Duration::from_secs(3600));
+        f(&mut c);
+        self.keys.sign(&c)
+    }
+
+    /// A REST request as `user` (None: no token); returns status and JSON body.
+    pub async fn call(&self, method: &str, path: &str, user: Option<&str>, body: Option<Value>) -> (u16, Value) {
+        let token = user.map(|u| self.token(u));
+        self.call_token(method, path, token.as_deref(), body).await
+    }
+
+    pub async fn call_token(&self, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> (u16, Value) {
+        let mut rb = self.http.request(method.parse().unwrap(), self.url(path));
+        if let Some(t) = token {
+            rb = rb.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            rb = rb.json(&b);
+        }
+        let resp = rb.send().await.expect("request sent");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        let json = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        (status, json)
+    }
+
+    pub async fn get(&self, path: &str, user: &str) -> (u16, Value) {
+        self.call("GET", path, Some(user), None).await
+    }
+
+    pub async fn post(&self, path: &str, user: &str, body: Value) -> (u16, Value) {
+        self.call("POST", path, Some(user), Some(body)).await
+    }
+
+    pub async fn put(&self, path: &str, user: &str, body: Option<Value>) -> (u16, Value) {
+        self.call("PUT", path, Some(user), body).await
+    }
+
+    /// Create a ringing call from `caller` to `callee` over REST; its id.
+    pub async fn create_call(&self, caller: &str, callee: &str) -> String {
+        let (s, b) = self
+            .post("/calls", caller, serde_json::json!({"callerId": caller, "calleeId": callee, "callType": "video"}))
+            .await;
+        assert_eq!(s, 201, "{b}");
+        b["callSession"]["id"].as_str().unwrap().to_owned()
+    }
+
+    /// Open `/rtc` as `user` (token in the query string).
+    pub async fn ws(&self, user: &str) -> Ws {
+        self.ws_token(&self.token(user)).await.expect("websocket opens")
+    }
+
+    pub async fn ws_token(&self, token: &str) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
+        let url = format!("ws://{}/rtc?token={}", self.addr, token);
+        let (ws, _) = tokio_tungstenite::connect_async(url).await?;
+        Ok(Ws { inner: ws })
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+    }
+}
+
+/// A test WebSocket client.
+pub struct Ws {
+    pub inner: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+pub const WAIT: Duration = Duration::from_secs(5);
+
+impl Ws {
+    pub async fn send(&mut self, v: Value) {
+        self.inner.send(Message::Text(v.to_string().into())).await.expect("ws send");
+    }
+
+    pub async fn send_text(&mut self, t: String) {
+        self.inner.send(Message::Text(t.into())).await.expect("ws send");
+    }
+
+    /// The next JSON message (pings are answered and skipped).
+    pub async fn recv(&mut self) -> Value {
+        self.try_recv(WAIT).await.expect("a message within 5 s")
+    }
+
+    /// The next JSON message within `wait`, or None.
+    pub async fn try_recv(&mut self, wait: Duration) -> Option<Value> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let msg = tokio::time::timeout_at(deadline, self.inner.next()).await.ok()??;
+            match msg.ok()? {
+                Message::Text(t) => return Some(serde_json::from_str(&t).expect("server sends JSON")),
+                Message::Close(_) => return None,
+                _ => continue,
+            }
+        }
+    }
+
+    /// Skip messages until one of `ty` arrives.
+    pub async fn recv_type(&mut self, ty: &str) -> Value {
+        loop {
+            let m = self.recv().await;
+            if m["type"] == ty {
+                return m;
+            }
+        }
+    }
+
+    /// Assert nothing but pings arrives for `wait`.
+    pub async fn expect_silence(&mut self, wait: Duration) {
+        if let Some(m) = self.try_recv(wait).await {
+            panic!("expected no message, got {m}");
+        }
+    }
+
+    /// Round-trip a ping: every message sent before it has been processed.
+    pub async fn sync(&mut self) {
+        self.send(serde_json::json!({"type": "ping", "reqId": "sync"})).await;
+        let m = self.recv_type("pong").await;
+        assert_eq!(m["reqId"], "sync");
+    }
+
+    /// Wait for the server to close; returns the close code.
+    pub async fn closed(&mut self, wait: Duration) -> Option<u16> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            match tokio::time::timeout_at(deadline, self.inner.next()).await {
+                Err(_) => panic!("socket not closed within {wait:?}"),
+                Ok(None) => return None,
+                Ok(Some(Err(_))) => return None,
+                Ok(Some(Ok(Message::Close(f)))) => return f.map(|f| f.code.into()),
+                Ok(Some(Ok(_))) => continue,
+            }
+        }
+    }
+}
+
+/// A server started from the built binary, for crash and signal tests.
+pub struct ChildServer {
+    pub child: std::process::Child,
+    pub addr: SocketAddr,
+    pub stdout: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl ChildServer {
+    /// `confer serve --http 127.0.0.1:0 --data DIR` with a fixed secret and extra env.
+    pub fn spawn(data: &std::path::Path, env: &[(&str, &str)]) -> ChildServer {
+        use std::io::BufRead;
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_confer"));
+        cmd.args(["serve", "--http", "127.0.0.1:0", "--data"])
+            .arg(data)
+            .env("CONFER_AUTH_SECRET", SECRET)
+            .env("CONFER_MEDIA_LISTEN", "127.0.0.1:0")
+            .env("CONFER_TURN_LISTEN", "127.0.0.1:0")
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn confer");
+        let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).expect("read listening line");
+        let addr = parse_listening(&line, "http").unwrap_or_else(|| panic!("no listening line: {line:?}"));
+        ChildServer { child, addr, stdout }
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn sigterm(&self) {
+        let pid = self.child.id().to_string();
+        let ok = std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success();
+        assert!(ok, "kill -TERM failed");
+    }
+}
+
+impl Drop for ChildServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `http=IP:PORT` (or another key) from the `listening ...` line.
+pub fn parse_listening(line: &str, key: &str) -> Option<SocketAddr> {
+    let line = line.trim();
+    let rest = line.strip_prefix("listening ")?;
+    rest.split(' ').find_map(|kv| kv.strip_prefix(&format!("{key}="))?.parse().ok())
+}
+
+/// A plain client for a child server.
+pub fn child_client(addr: SocketAddr) -> TestServer {
+    TestServer {
+        addr,
+        keys: TokenKeys::new(SECRET.as_bytes()),
+        http: reqwest::Client::new(),
+        stop: None,
+        task: None,
+        _dir: None,
+    }
+}
