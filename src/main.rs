@@ -32,9 +32,38 @@ fn main() -> ExitCode {
     }
 }
 
+/// Raise the open-file limit as far as allowed: every WebSocket, TURN
+/// allocation and TCP client is a descriptor, and the usual soft limit (1024)
+/// would cap a server at about a thousand clients. A privileged process may also
+/// lift the hard limit (up to `fs.nr_open`); others get the soft limit raised to
+/// the hard one.
+fn raise_fd_limit() {
+    #[cfg(unix)]
+    unsafe {
+        let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return;
+        }
+        let before = lim.rlim_cur;
+        let want: libc::rlim_t = std::fs::read_to_string("/proc/sys/fs/nr_open")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(lim.rlim_max)
+            .min(1 << 20);
+        let wider = libc::rlimit { rlim_cur: want.max(lim.rlim_max), rlim_max: want.max(lim.rlim_max) };
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &wider) != 0 {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+        tracing::debug!(from = before, to = lim.rlim_cur, "open-file limit");
+    }
+}
+
 fn serve(args: confer::app::cli::ServeArgs) -> anyhow::Result<()> {
     let config = args.common.load(args.http, args.dev)?;
     init_logging(&config.log, args.log_json);
+    raise_fd_limit();
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
         let dev = args.dev;
