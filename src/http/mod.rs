@@ -120,3 +120,18 @@ fn on_panic(err: Box<dyn std::any::Any + Send + 'static>) -> Response {
     ApiError::new(axum::http::StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; the server logged the details")
         .into_response()
 }
+
+/// Parse `bytes` as each request body the API accepts (for the fuzz target and
+/// tests): every result is a value or a 400 that names where it failed.
+#[doc(hidden)]
+pub fn parse_every_body(bytes: &[u8]) -> Vec<Result<(), ApiError>> {
+    use error::parse_json;
+    vec![
+        parse_json::<calls::CreateCall>(bytes).map(drop),
+        parse_json::<calls::RejectBody>(bytes).map(drop),
+        parse_json::<calls::MuteBody>(bytes).map(drop),
+        parse_json::<calls::SwitchCameraBody>(bytes).map(drop),
+        parse_json::<rooms::CreateRoom>(bytes).map(drop),
+        parse_json::<misc::GuestRequest>(bytes).map(drop),
+    ]
+}

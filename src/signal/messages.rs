@@ -254,3 +254,40 @@ mod tests {
         assert_eq!(t, r#"{"type":"error","code":"bad-request","message":"x","reqId":3}"#);
     }
 }
+
+#[cfg(test)]
+mod fuzz_smoke {
+    //! A cheap stand-in for the cargo-fuzz target (`fuzz/`): mutated frames
+    //! never panic the parser and always yield a message or an error.
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    #[test]
+    fn mutated_frames_never_panic() {
+        let seeds = [
+            r#"{"type":"call-initiate","calleeId":"bob","callType":"video","sdp":"v=0","reqId":1}"#,
+            r#"{"type":"ice-candidate","callId":"c","candidate":{"candidate":"a","sdpMid":"0","sdpMLineIndex":0}}"#,
+            r#"{"type":"call-stats","callId":"c","stats":[{"type":"inbound-rtp"}]}"#,
+            r#"{"type":"refresh","token":"x"}"#,
+        ];
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        for _ in 0..20_000 {
+            let mut b = seeds[rng.gen_range(0..seeds.len())].as_bytes().to_vec();
+            for _ in 0..rng.gen_range(1..6) {
+                let i = rng.gen_range(0..b.len());
+                match rng.gen_range(0..3) {
+                    0 => b[i] = rng.gen(),
+                    1 => {
+                        b.remove(i);
+                    }
+                    _ => b.insert(i, b"{}[]\":,0"[rng.gen_range(0..8)]),
+                }
+            }
+            let text = String::from_utf8_lossy(&b);
+            let env = parse(&text);
+            if let Err(e) = env.msg {
+                assert!(!e.message.is_empty());
+            }
+        }
+    }
+}
