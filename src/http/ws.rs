@@ -19,6 +19,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 /// Frames above this are refused by the WebSocket layer itself; frames between
 /// the SPEC's 64 KiB and this get a `too-large` error and the socket stays up.
 const HARD_FRAME_LIMIT: usize = 1024 * 1024;
+const READ_BUFFER: usize = 4 * 1024;
 
 /// The signaling WebSocket (SPEC 4). Authenticate with `Authorization: Bearer`
 /// or `?token=`; 401 before any upgrade.
@@ -35,6 +36,10 @@ async fn rtc(State(st): State<AppState>, req: Request) -> Result<Response, ApiEr
         .await
         .map_err(|e| ApiError::bad_request(format!("/rtc needs a WebSocket upgrade: {e}")))?;
     Ok(upgrade
+        // Signaling is light and connections are many: small eager buffers
+        // (tungstenite's default read buffer is 128 KiB per connection).
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(0)
         .max_message_size(HARD_FRAME_LIMIT)
         .max_frame_size(HARD_FRAME_LIMIT)
         .on_upgrade(move |socket| async move {
