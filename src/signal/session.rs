@@ -60,6 +60,8 @@ impl Default for Limits {
 pub const CLOSE_POLICY: u16 = 1008;
 pub const CLOSE_GOING_AWAY: u16 = 1001;
 pub const CLOSE_TOKEN_EXPIRED: u16 = 4001;
+/// How long a closing session waits for the client's close frame.
+const CLOSE_DRAIN: Duration = Duration::from_secs(2);
 
 /// Instant at which `exp` (unix seconds) plus the JWT leeway passes.
 fn expiry_instant(exp: u64) -> Instant {
@@ -153,16 +155,27 @@ where
             }
         }
     };
-    if let Some((code, why)) = close {
-        let _ = sink.send(Frame::Close(Some((code, why.to_owned())))).await;
-    }
-    let _ = sink.close().await;
-
     signal.metrics.ws_connections.dec();
     if signal.hub.unregister(&user, &conn) {
         signal.calls.user_offline(&user);
     }
     tracing::debug!(%user, %conn, ?close, "websocket closed");
+
+    if let Some((code, why)) = close {
+        let _ = sink.send(Frame::Close(Some((code, why.to_owned())))).await;
+        // Wait for the client's close (RFC 6455 5.5.1) before dropping the
+        // socket: closing with unread input makes the kernel send a reset,
+        // which destroys our close frame and the replies before it.
+        let _ = tokio::time::timeout(CLOSE_DRAIN, async {
+            while let Some(Ok(f)) = stream.next().await {
+                if matches!(f, Frame::Close(_)) {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
+    let _ = sink.close().await;
 }
 
 struct State {

@@ -291,3 +291,66 @@ pub fn child_client(addr: SocketAddr) -> TestServer {
         _dir: None,
     }
 }
+
+// ---- Added for tests/ws_calls.rs, tests/shutdown.rs, tests/persistence.rs ----
+
+impl ChildServer {
+    /// As [`ChildServer::spawn`]; with `with_secret == false` no
+    /// `CONFER_AUTH_SECRET` is set, so the server uses (or generates)
+    /// `<data>/auth.secret`.
+    pub fn spawn_with(data: &std::path::Path, env: &[(&str, &str)], with_secret: bool) -> ChildServer {
+        use std::io::BufRead;
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_confer"));
+        cmd.args(["serve", "--http", "127.0.0.1:0", "--data"])
+            .arg(data)
+            .env_remove("CONFER_AUTH_SECRET")
+            .env("CONFER_MEDIA_LISTEN", "127.0.0.1:0")
+            .env("CONFER_TURN_LISTEN", "127.0.0.1:0")
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit());
+        if with_secret {
+            cmd.env("CONFER_AUTH_SECRET", SECRET);
+        }
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn confer");
+        let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).expect("read listening line");
+        let addr = parse_listening(&line, "http").unwrap_or_else(|| panic!("no listening line: {line:?}"));
+        ChildServer { child, addr, stdout }
+    }
+
+    /// Poll (without blocking the async runtime) until the process exits or
+    /// `wait` passes; its exit status, or None if it is still running.
+    pub async fn wait_exit(&mut self, wait: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            if let Some(st) = self.child.try_wait().expect("try_wait") {
+                return Some(st);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl TestServer {
+    /// The value of an unlabelled sample `name` in `GET /metrics` (no token).
+    pub async fn metric(&self, name: &str) -> Option<f64> {
+        let text = self.http.get(self.url("/metrics")).send().await.ok()?.text().await.ok()?;
+        text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+    }
+
+    /// Open `/rtc` as `user` and round-trip a ping, so the session is
+    /// registered with the server before the test goes on.
+    pub async fn ws_ready(&self, user: &str) -> Ws {
+        let mut w = self.ws(user).await;
+        w.sync().await;
+        w
+    }
+}
