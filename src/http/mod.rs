@@ -7,6 +7,7 @@ mod error;
 mod extract;
 mod misc;
 mod rooms;
+mod web;
 mod ws;
 
 pub use error::{ApiError, ApiJson};
@@ -82,6 +83,7 @@ pub fn app(state: AppState) -> Router {
     let api = Arc::new(api);
     router
         .route("/openapi.json", axum::routing::get(move || async move { axum::Json(api.as_ref().clone()) }))
+        .merge(web::router())
         .method_not_allowed_fallback(method_not_allowed)
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), track))
         .fallback(not_found)

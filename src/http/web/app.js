@@ -1,0 +1,565 @@
+// confer's built-in web client: rooms through the SFU and 1:1 P2P calls,
+// speaking the /rtc protocol of SPEC.md section 4. No framework, no build step.
+'use strict';
+
+const $ = (id) => document.getElementById(id);
+const params = new URLSearchParams(location.search);
+
+const S = {
+  token: null, userId: null, name: null, guestName: null,
+  ws: null, wsWanted: false, backoff: 500, seq: 0,
+  iceServers: [],
+  // room
+  roomId: null, roomName: null, peerId: null, pub: null, sub: null,
+  local: null, screen: null, myTracks: new Map(), // mid -> {source, trackId?}
+  tracks: new Map(), // server trackId -> {peerId, kind, source, muted}
+  tiles: new Map(), // peerId -> {el, video, stream, name}
+  midToTrack: new Map(), // subscriber mid -> server trackId (from the offer's msid)
+  // call
+  call: null, // {id, peer, pc, type}
+  incoming: null,
+  errors: [],
+};
+window.confer = S; // for tests and debugging
+
+// ---------- status and views ----------
+function status(text, isError) {
+  const el = $('status');
+  if (!text) { el.hidden = true; return; }
+  el.textContent = text; el.hidden = false;
+  el.className = isError ? 'error' : '';
+}
+function show(view) {
+  for (const id of ['signin', 'lobby', 'stage']) $(id).hidden = id !== view;
+}
+
+// ---------- auth ----------
+function claims(token) {
+  try {
+    const b = token.split('.')[1].replace(/-/g, '+').replace(/_/g, '/');
+    return JSON.parse(atob(b + '='.repeat((4 - b.length % 4) % 4)));
+  } catch { return null; }
+}
+async function api(method, path, body) {
+  const r = await fetch(path, {
+    method, headers: { 'Authorization': `Bearer ${S.token}`, 'Content-Type': 'application/json' },
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  let j = null; try { j = await r.json(); } catch { /* empty body */ }
+  if (!r.ok) {
+    const e = new Error(j?.error?.message || `HTTP ${r.status}`);
+    e.status = r.status; e.code = j?.error?.code; throw e;
+  }
+  return j;
+}
+async function guestToken(name) {
+  const r = await fetch('/auth/guest', { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify({ name }) });
+  const j = await r.json().catch(() => null);
+  if (r.status === 403) throw new Error('Guest access is off on this server: paste an access token instead.');
+  if (!r.ok) throw new Error(j?.error?.message || `HTTP ${r.status}`);
+  return j.token;
+}
+async function signIn(name, token) {
+  if (!token && name) { token = await guestToken(name); S.guestName = name; }
+  if (!token) throw new Error('Enter a name (dev servers) or paste an access token.');
+  const c = claims(token);
+  if (!c?.sub) throw new Error('That is not an access token.');
+  S.token = token; S.userId = c.sub; S.name = c.name || c.sub;
+  try {
+    const ice = await api('GET', '/ice-config');
+    S.iceServers = ice.iceServers;
+  } catch (e) {
+    S.token = null;
+    if (e.code === 'token-expired') throw new Error('Your access token has expired: get a new one.');
+    throw new Error(`The server refused the token: ${e.message}`);
+  }
+  sessionStorage.setItem('confer.token', token);
+  $('who').textContent = `${S.name} (${S.userId})`;
+  connect();
+  show('lobby');
+}
+
+// ---------- WebSocket ----------
+function send(msg) {
+  if (S.ws?.readyState === WebSocket.OPEN) S.ws.send(JSON.stringify(msg));
+}
+function connect() {
+  S.wsWanted = true;
+  const proto = location.protocol === 'https:' ? 'wss' : 'ws';
+  const ws = new WebSocket(`${proto}://${location.host}/rtc?token=${encodeURIComponent(S.token)}`);
+  S.ws = ws;
+  ws.onopen = () => {
+    S.backoff = 500;
+    if (S.lost) { status(''); S.lost = false; if (S.roomId) rejoin(); }
+  };
+  ws.onmessage = (ev) => { let m; try { m = JSON.parse(ev.data); } catch { return; } onMessage(m); };
+  ws.onclose = (ev) => {
+    if (S.ws !== ws) return;
+    if (ev.code === 4001) { status('Your access token expired. Sign in again.', true); return signOut(); }
+    if (!S.wsWanted) return;
+    S.lost = true;
+    status('Connection lost — reconnecting…', true);
+    setTimeout(connect, S.backoff);
+    S.backoff = Math.min(S.backoff * 2, 8000);
+  };
+}
+function signOut() {
+  S.wsWanted = false; S.ws?.close(); S.token = null;
+  sessionStorage.removeItem('confer.token');
+  show('signin');
+}
+
+async function onMessage(m) {
+  switch (m.type) {
+    case 'pong': return;
+    case 'error': return onError(m);
+    case 'server-shutdown': return status('The server is restarting — reconnecting…', true);
+    // rooms
+    case 'room-joined': return onRoomJoined(m);
+    case 'publish-answer': return S.pub?.setRemoteDescription({ type: 'answer', sdp: m.sdp });
+    case 'subscribe-offer': return onSubscribeOffer(m);
+    case 'room-ice-candidate': return onRoomCandidate(m);
+    case 'participant-joined': return addTile(m.participant.peerId, m.participant.name || m.participant.userId);
+    case 'participant-left': return removeTile(m.peerId || m.participant?.peerId);
+    case 'participant-updated': return onParticipantUpdated(m.participant);
+    case 'track-published': return onTrackPublished(m.peerId, m.track);
+    case 'track-unpublished': return onTrackUnpublished(m.peerId, m.trackId || m.track?.id);
+    case 'active-speakers': return onSpeakers(m.speakers || []);
+    case 'connection-quality': return onQuality(m.updates || []);
+    case 'room-deleted': status('This room was deleted.', true); return leaveRoom(false);
+    // calls
+    case 'call-created': if (S.call) S.call.id = m.callSession.id; return flushCallCandidates();
+    case 'call-initiate': return onIncomingCall(m);
+    case 'call-accept': return status('');
+    case 'call-answer': return S.call?.pc.setRemoteDescription({ type: 'answer', sdp: m.sdp });
+    case 'ice-candidate': return S.call?.pc.addIceCandidate(m.candidate).catch(() => {});
+    case 'call-sdp-update': return onCallSdpUpdate(m);
+    case 'call-reject': status(`${m.from} declined the call.`); return endCall(false);
+    case 'call-hangup': status(`${m.from} hung up.`); return endCall(false);
+    case 'call-ended': return onCallEnded(m);
+    case 'call-answered-elsewhere': if (S.incoming?.callId === m.callId) { S.incoming = null; $('incoming').hidden = true; } return;
+    case 'call-participant-updated': return onCallParticipant(m.participant);
+  }
+}
+
+async function onError(m) {
+  if (m.code === 'token-expired') {
+    if (S.guestName) {
+      try { const t = await guestToken(S.guestName); if (claims(t)) { S.token = t; send({ type: 'refresh', token: t }); } return; } catch { /* fall through */ }
+    }
+    return status('Your access token is about to expire: sign in again to keep the call.', true);
+  }
+  const texts = {
+    'room-full': 'This room is full.',
+    'forbidden': 'You are not allowed in this room.',
+    'not-found': 'That room or call no longer exists.',
+    'rate-limited': 'Too many actions at once; slow down.',
+  };
+  status(texts[m.code] || `Error: ${m.message}`, true);
+  if (['room-full', 'forbidden'].includes(m.code) && S.roomId && !S.peerId) leaveRoom(false);
+}
+
+// ---------- media devices ----------
+async function getMedia(kind) {
+  const cam = $('camera-select').value, mic = $('mic-select').value;
+  const want = {
+    audio: mic ? { deviceId: { exact: mic } } : true,
+    video: kind === 'audio' ? false : (cam ? { deviceId: { exact: cam } } : { width: 640, height: 360 }),
+  };
+  try {
+    return await navigator.mediaDevices.getUserMedia(want);
+  } catch (e) {
+    const why = e.name === 'NotAllowedError' ? 'Camera and microphone access was denied: allow it in the browser to send media.'
+      : e.name === 'NotFoundError' ? 'No camera or microphone found.'
+        : `Cannot open camera or microphone: ${e.message}`;
+    status(why + ' You can still see and hear the others.', true);
+    return null;
+  } finally { fillDevices(); }
+}
+async function fillDevices() {
+  if (!navigator.mediaDevices?.enumerateDevices) return;
+  const devs = await navigator.mediaDevices.enumerateDevices();
+  for (const [sel, kind] of [[$('camera-select'), 'videoinput'], [$('mic-select'), 'audioinput']]) {
+    const cur = sel.value;
+    sel.replaceChildren(...devs.filter((d) => d.kind === kind).map((d, i) => new Option(d.label || `${kind} ${i + 1}`, d.deviceId)));
+    if (cur) sel.value = cur;
+  }
+}
+async function switchDevice(kind) {
+  if (!S.local) return;
+  const fresh = await getMedia(S.call?.type === 'audio' ? 'audio' : 'video');
+  if (!fresh) return;
+  const track = fresh.getTracks().find((t) => t.kind === kind);
+  fresh.getTracks().filter((t) => t !== track).forEach((t) => t.stop());
+  const old = S.local.getTracks().find((t) => t.kind === kind);
+  const pc = S.call ? S.call.pc : S.pub;
+  const sender = pc?.getSenders().find((s) => s.track === old);
+  if (sender) await sender.replaceTrack(track);
+  if (old) { S.local.removeTrack(old); old.stop(); }
+  S.local.addTrack(track);
+  if (S.call?.id && kind === 'video') api('PUT', `/calls/${S.call.id}/switch-camera`, { deviceId: track.getSettings().deviceId }).catch(() => {});
+  const me = S.tiles.get('me'); if (me) me.video.srcObject = S.local;
+}
+
+// ---------- tiles ----------
+function addTile(peerId, name) {
+  if (!peerId) return null;
+  let t = S.tiles.get(peerId);
+  if (t) { if (name) t.label.textContent = name; return t; }
+  const el = document.createElement('div');
+  el.className = 'tile'; el.dataset.peer = peerId;
+  const video = document.createElement('video');
+  video.autoplay = true; video.playsInline = true; video.muted = peerId === 'me';
+  video.setAttribute('aria-label', `Video of ${name || peerId}`);
+  const label = document.createElement('span'); label.className = 'label'; label.textContent = name || peerId;
+  const badge = document.createElement('span'); badge.className = 'badge'; badge.hidden = true;
+  const muted = document.createElement('span'); muted.className = 'muted'; muted.hidden = true;
+  el.append(video, label, badge, muted);
+  $('tiles').append(el);
+  t = { el, video, label, badge, muted, stream: new MediaStream() };
+  video.srcObject = peerId === 'me' ? S.local : t.stream;
+  S.tiles.set(peerId, t);
+  return t;
+}
+function removeTile(peerId) {
+  const t = S.tiles.get(peerId); if (!t) return;
+  t.el.remove(); S.tiles.delete(peerId);
+  for (const [id, tr] of S.tracks) if (tr.peerId === peerId) S.tracks.delete(id);
+}
+function setMutedBadge(t, audio, video) {
+  const parts = [];
+  if (audio) parts.push('mic off');
+  if (video) parts.push('camera off');
+  t.muted.textContent = parts.join(', ');
+  t.muted.hidden = parts.length === 0;
+}
+
+// ---------- rooms ----------
+async function joinRoom(name) {
+  status('Joining…');
+  let room;
+  try {
+    const list = await api('GET', '/rooms?limit=100');
+    room = list.rooms.find((r) => r.name === name || r.id === name);
+    if (!room) room = (await api('POST', '/rooms', { name })).room;
+  } catch (e) { return status(`Cannot open the room: ${e.message}`, true); }
+  S.roomId = room.id; S.roomName = room.name; S.peerId = null;
+  history.replaceState(null, '', `?room=${encodeURIComponent(room.name)}`);
+  show('stage');
+  S.local = await getMedia('video');
+  addTile('me', `${S.name} (you)`);
+  send({ type: 'room-join', roomId: room.id, reqId: ++S.seq });
+}
+function rejoin() {
+  closePcs();
+  for (const id of [...S.tiles.keys()]) if (id !== 'me') removeTile(id);
+  send({ type: 'room-join', roomId: S.roomId, peerId: S.peerId || undefined, reqId: ++S.seq });
+}
+function newPc() {
+  return new RTCPeerConnection({ iceServers: S.iceServers, iceTransportPolicy: params.get('relay') ? 'relay' : 'all' });
+}
+async function onRoomJoined(m) {
+  status('');
+  S.peerId = m.peerId;
+  if (m.iceServers) S.iceServers = m.iceServers;
+  for (const p of m.room.participants || []) {
+    if (p.peerId === S.peerId) continue;
+    addTile(p.peerId, p.name || p.userId);
+    for (const tr of p.tracks || []) onTrackPublished(p.peerId, tr);
+  }
+  S.sub = newPc();
+  S.sub.onicecandidate = (e) => e.candidate && send({ type: 'room-ice-candidate', roomId: S.roomId, pc: 'subscriber', candidate: e.candidate.toJSON() });
+  S.sub.ontrack = (e) => onRemoteTrack(e);
+  S.pub = newPc();
+  S.pub.onicecandidate = (e) => e.candidate && send({ type: 'room-ice-candidate', roomId: S.roomId, pc: 'publisher', candidate: e.candidate.toJSON() });
+  S.myTracks.clear();
+  if (S.local) for (const t of S.local.getTracks()) S.pub.addTransceiver(t, { direction: 'sendonly', streams: [S.local] });
+  await publish();
+}
+async function publish() {
+  if (!S.pub || S.pub.getTransceivers().length === 0) return;
+  const offer = await S.pub.createOffer();
+  await S.pub.setLocalDescription(offer);
+  const tracks = S.pub.getTransceivers().filter((t) => t.sender.track && !t.stopped).map((t) => ({
+    mid: t.mid,
+    source: sourceOf(t.sender.track),
+    simulcast: false,
+  }));
+  for (const t of tracks) S.myTracks.set(t.mid, { ...S.myTracks.get(t.mid), source: t.source });
+  send({ type: 'publish-offer', roomId: S.roomId, sdp: S.pub.localDescription.sdp, tracks, reqId: ++S.seq });
+}
+function sourceOf(track) {
+  if (S.screen?.getTracks().includes(track)) return track.kind === 'video' ? 'screen' : 'screen-audio';
+  return track.kind === 'video' ? 'camera' : 'microphone';
+}
+async function onSubscribeOffer(m) {
+  if (!S.sub) return;
+  // Map each mid to the server's track id from "a=msid:<stream> <track>".
+  let mid = null;
+  for (const line of m.sdp.split(/\r?\n/)) {
+    if (line.startsWith('a=mid:')) mid = line.slice(6).trim();
+    else if (line.startsWith('a=msid:') && mid !== null) {
+      const [stream, track] = line.slice(7).trim().split(' ');
+      S.midToTrack.set(mid, { stream, track });
+    }
+  }
+  await S.sub.setRemoteDescription({ type: 'offer', sdp: m.sdp });
+  const answer = await S.sub.createAnswer();
+  await S.sub.setLocalDescription(answer);
+  send({ type: 'subscribe-answer', roomId: S.roomId, sdp: S.sub.localDescription.sdp });
+}
+function peerOfRemote(e) {
+  const ids = S.midToTrack.get(e.transceiver?.mid) || {};
+  for (const id of [ids.track, e.track.id]) if (id && S.tracks.has(id)) return S.tracks.get(id).peerId;
+  for (const id of [ids.stream, e.streams[0]?.id]) if (id && S.tiles.has(id)) return id;
+  return ids.stream || e.streams[0]?.id || 'unknown';
+}
+function onRemoteTrack(e) {
+  const peerId = peerOfRemote(e);
+  const t = addTile(peerId) || addTile('unknown');
+  const isScreen = [...S.tracks.values()].some((x) => x.peerId === peerId && x.source === 'screen' && x.id === (S.midToTrack.get(e.transceiver?.mid)?.track));
+  let tile = t;
+  if (isScreen) tile = addTile(`${peerId}:screen`, `${t.label.textContent} (screen)`);
+  tile.stream.addTrack(e.track);
+  e.track.onended = () => tile.stream.removeTrack(e.track);
+  tile.video.play?.().catch(() => {});
+}
+function onRoomCandidate(m) {
+  const pc = m.pc === 'publisher' ? S.pub : S.sub;
+  pc?.addIceCandidate(m.candidate).catch(() => {});
+}
+function onTrackPublished(peerId, track) {
+  if (!track) return;
+  if (peerId === S.peerId) { // our own track: learn its server id
+    for (const [mid, v] of S.myTracks) if (!v.trackId && v.source === track.source) { v.trackId = track.id; break; }
+    return;
+  }
+  S.tracks.set(track.id, { id: track.id, peerId, kind: track.kind, source: track.source, muted: track.muted });
+  if (track.source === 'screen') addTile(`${peerId}:screen`, `${S.tiles.get(peerId)?.label.textContent || peerId} (screen)`);
+}
+function onTrackUnpublished(peerId, trackId) {
+  const tr = S.tracks.get(trackId); S.tracks.delete(trackId);
+  if (tr?.source === 'screen') removeTile(`${peerId}:screen`);
+}
+function onParticipantUpdated(p) {
+  if (!p) return;
+  if (p.peerId === S.peerId) {
+    for (const tr of p.tracks || []) for (const v of S.myTracks.values()) if (!v.trackId && v.source === tr.source) v.trackId = tr.id;
+    return;
+  }
+  const t = addTile(p.peerId, p.name || p.userId);
+  const muted = (kind) => (p.tracks || []).some((x) => x.kind === kind && x.source !== 'screen' && x.source !== 'screen-audio' && x.muted);
+  setMutedBadge(t, muted('audio'), muted('video'));
+  for (const tr of p.tracks || []) S.tracks.set(tr.id, { id: tr.id, peerId: p.peerId, kind: tr.kind, source: tr.source, muted: tr.muted });
+}
+function onSpeakers(speakers) {
+  const now = new Set(speakers.map((s) => s.peerId));
+  for (const [id, t] of S.tiles) t.el.classList.toggle('speaking', now.has(id) || (id === 'me' && now.has(S.peerId)));
+}
+function onQuality(updates) {
+  for (const u of updates) {
+    const t = S.tiles.get(u.peerId === S.peerId ? 'me' : u.peerId);
+    if (!t) continue;
+    t.badge.hidden = false; t.badge.textContent = u.rating; t.badge.className = `badge ${u.rating}`;
+    t.badge.title = `quality ${u.score}`;
+  }
+}
+function closePcs() {
+  S.pub?.close(); S.sub?.close(); S.pub = S.sub = null;
+  S.midToTrack.clear();
+}
+function leaveRoom(tell = true) {
+  if (tell && S.roomId) send({ type: 'room-leave', roomId: S.roomId });
+  closePcs();
+  stopLocal();
+  S.roomId = S.peerId = null; S.tracks.clear();
+  for (const id of [...S.tiles.keys()]) removeTile(id);
+  history.replaceState(null, '', location.pathname);
+  show('lobby');
+}
+function stopLocal() {
+  S.local?.getTracks().forEach((t) => t.stop()); S.local = null;
+  S.screen?.getTracks().forEach((t) => t.stop()); S.screen = null;
+  $('share').setAttribute('aria-pressed', 'false'); $('share').textContent = 'Share screen';
+  for (const b of ['mute-audio', 'mute-video']) $(b).setAttribute('aria-pressed', 'false');
+}
+
+// ---------- controls ----------
+async function toggleMute(kind) {
+  const btn = $(kind === 'audio' ? 'mute-audio' : 'mute-video');
+  const muted = btn.getAttribute('aria-pressed') !== 'true';
+  btn.setAttribute('aria-pressed', String(muted));
+  btn.textContent = kind === 'audio' ? (muted ? 'Unmute mic' : 'Mute mic') : (muted ? 'Start camera' : 'Stop camera');
+  for (const t of S.local?.getTracks() || []) if (t.kind === kind) t.enabled = !muted;
+  const me = S.tiles.get('me');
+  if (me) setMutedBadge(me, $('mute-audio').getAttribute('aria-pressed') === 'true', $('mute-video').getAttribute('aria-pressed') === 'true');
+  if (S.call?.id) return api('PUT', `/calls/${S.call.id}/mute-${kind}`, { mute: muted }).catch((e) => status(e.message, true));
+  if (S.roomId) {
+    const source = kind === 'audio' ? 'microphone' : 'camera';
+    for (const v of S.myTracks.values()) if (v.source === source && v.trackId) send({ type: 'track-mute', roomId: S.roomId, trackId: v.trackId, muted });
+  }
+}
+async function toggleShare() {
+  if (S.screen) return stopShare();
+  let stream;
+  try { stream = await navigator.mediaDevices.getDisplayMedia({ video: true, audio: true }); } catch (e) {
+    return status(e.name === 'NotAllowedError' ? 'Screen sharing was cancelled or denied.' : `Cannot share the screen: ${e.message}`, true);
+  }
+  S.screen = stream;
+  $('share').setAttribute('aria-pressed', 'true'); $('share').textContent = 'Stop sharing';
+  stream.getVideoTracks()[0].onended = () => stopShare();
+  if (S.pub) {
+    for (const t of stream.getTracks()) S.pub.addTransceiver(t, { direction: 'sendonly', streams: [stream] });
+    await publish();
+  }
+}
+async function stopShare() {
+  if (!S.screen) return;
+  const tracks = S.screen.getTracks(); S.screen = null;
+  for (const tr of S.pub?.getTransceivers() || []) if (tracks.includes(tr.sender.track)) { tr.sender.replaceTrack(null); tr.stop(); }
+  tracks.forEach((t) => t.stop());
+  $('share').setAttribute('aria-pressed', 'false'); $('share').textContent = 'Share screen';
+  await publish();
+}
+
+// ---------- 1:1 calls (P2P) ----------
+function callPc(callId) {
+  const pc = newPc();
+  S.call.pending = [];
+  pc.onicecandidate = (e) => {
+    if (!e.candidate) return;
+    const c = e.candidate.toJSON();
+    if (S.call?.id) send({ type: 'ice-candidate', callId: S.call.id, candidate: c }); else S.call?.pending.push(c);
+  };
+  pc.ontrack = (e) => {
+    const t = addTile(S.call.peer, S.call.peer);
+    t.stream.addTrack(e.track);
+  };
+  pc.onconnectionstatechange = () => { if (pc.connectionState === 'failed') status('The call\'s media connection failed.', true); };
+  return pc;
+}
+function flushCallCandidates() {
+  for (const c of S.call?.pending || []) send({ type: 'ice-candidate', callId: S.call.id, candidate: c });
+  if (S.call) S.call.pending = [];
+}
+async function startCall(callee, type) {
+  if (callee === S.userId) return status('You cannot call yourself.', true);
+  S.call = { id: null, peer: callee, type };
+  show('stage');
+  S.local = await getMedia(type);
+  addTile('me', `${S.name} (you)`);
+  S.call.pc = callPc();
+  for (const t of S.local?.getTracks() || []) S.call.pc.addTrack(t, S.local);
+  if (!S.local) { S.call.pc.addTransceiver('audio', { direction: 'recvonly' }); if (type === 'video') S.call.pc.addTransceiver('video', { direction: 'recvonly' }); }
+  const offer = await S.call.pc.createOffer();
+  await S.call.pc.setLocalDescription(offer);
+  status(`Calling ${callee}…`);
+  send({ type: 'call-initiate', calleeId: callee, callType: type, sdp: S.call.pc.localDescription.sdp, reqId: ++S.seq });
+}
+function onIncomingCall(m) {
+  if (S.call) { // call waiting: offer it, the current call continues until answered
+    status(`${m.from} is calling you as well.`);
+  }
+  S.incoming = m;
+  $('incoming-from').textContent = `${m.from} is calling (${m.callType}).`;
+  $('incoming').hidden = false;
+  $('accept').focus();
+}
+async function acceptIncoming() {
+  const m = S.incoming; if (!m) return;
+  $('incoming').hidden = true; S.incoming = null;
+  if (S.call) endCall(true);
+  S.call = { id: m.callId, peer: m.from, type: m.callType };
+  show('stage');
+  S.local = await getMedia(m.callType);
+  addTile('me', `${S.name} (you)`);
+  S.call.pc = callPc();
+  send({ type: 'call-accept', callId: m.callId });
+  if (m.sdp) {
+    await S.call.pc.setRemoteDescription({ type: 'offer', sdp: m.sdp });
+    for (const t of S.local?.getTracks() || []) S.call.pc.addTrack(t, S.local);
+    const answer = await S.call.pc.createAnswer();
+    await S.call.pc.setLocalDescription(answer);
+    send({ type: 'call-answer', callId: m.callId, sdp: S.call.pc.localDescription.sdp });
+  }
+}
+function rejectIncoming() {
+  const m = S.incoming; if (!m) return;
+  send({ type: 'call-reject', callId: m.callId, reason: 'declined' });
+  S.incoming = null; $('incoming').hidden = true;
+}
+async function onCallSdpUpdate(m) {
+  const pc = S.call?.pc; if (!pc) return;
+  await pc.setRemoteDescription({ type: m.sdpType, sdp: m.sdp });
+  if (m.sdpType === 'offer') {
+    await pc.setLocalDescription(await pc.createAnswer());
+    send({ type: 'call-sdp-update', callId: S.call.id, sdp: pc.localDescription.sdp, sdpType: 'answer' });
+  }
+}
+function onCallEnded(m) {
+  if (S.incoming?.callId === m.callId) { S.incoming = null; $('incoming').hidden = true; }
+  if (S.call?.id !== m.callId) return;
+  const why = { missed: 'No answer.', rejected: 'The call was declined.' }[m.status]
+    || (m.endReason === 'disconnected' ? 'The other side lost its connection.' : m.endReason === 'server-shutdown' ? 'The server is shutting down.' : 'The call ended.');
+  status(why);
+  endCall(false);
+}
+function onCallParticipant(p) {
+  if (!S.call || p.userId === S.userId) return;
+  const t = S.tiles.get(S.call.peer); if (t) setMutedBadge(t, p.audioMuted, p.videoMuted);
+}
+function endCall(tell) {
+  if (!S.call) return;
+  if (tell && S.call.id) send({ type: 'call-hangup', callId: S.call.id });
+  S.call.pc?.close(); S.call = null;
+  stopLocal();
+  for (const id of [...S.tiles.keys()]) removeTile(id);
+  show('lobby');
+}
+
+// ---------- stats for tests ----------
+S.framesDecoded = async () => {
+  const out = {};
+  for (const pc of [S.sub, S.call?.pc].filter(Boolean)) {
+    const rep = await pc.getStats();
+    rep.forEach((s) => { if (s.type === 'inbound-rtp' && s.kind === 'video') out[s.trackIdentifier || s.id] = s.framesDecoded || 0; });
+  }
+  return out;
+};
+
+// ---------- wiring ----------
+$('signin-form').onsubmit = async (e) => {
+  e.preventDefault();
+  try { status(''); await signIn($('name').value.trim(), $('token').value.trim()); if (params.get('room')) joinRoom(params.get('room')); }
+  catch (err) { status(err.message, true); }
+};
+$('room-form').onsubmit = (e) => { e.preventDefault(); joinRoom($('room').value.trim()); };
+$('call-form').onsubmit = (e) => {
+  e.preventDefault();
+  startCall($('callee').value.trim(), new FormData(e.target).get('calltype'));
+};
+$('accept').onclick = acceptIncoming;
+$('reject').onclick = rejectIncoming;
+$('mute-audio').onclick = () => toggleMute('audio');
+$('mute-video').onclick = () => toggleMute('video');
+$('share').onclick = toggleShare;
+$('camera-select').onchange = () => switchDevice('video');
+$('mic-select').onchange = () => switchDevice('audio');
+$('copy-link').onclick = () => {
+  const url = `${location.origin}/?room=${encodeURIComponent(S.roomName || '')}`;
+  navigator.clipboard?.writeText(url).then(() => status(`Link copied: ${url}`), () => status(url));
+};
+$('leave').onclick = () => (S.call ? endCall(true) : leaveRoom(true));
+window.addEventListener('error', (e) => S.errors.push(String(e.message)));
+window.addEventListener('unhandledrejection', (e) => S.errors.push(String(e.reason)));
+
+(async () => {
+  const token = params.get('token') || sessionStorage.getItem('confer.token');
+  const guest = params.get('name');
+  if (params.get('room')) $('room').value = params.get('room');
+  if (token || guest) {
+    try { await signIn(guest && !params.get('token') ? guest : '', guest && !params.get('token') ? '' : token); if (params.get('room')) joinRoom(params.get('room')); return; }
+    catch (e) { status(e.message, true); }
+  }
+  show('signin');
+})();
