@@ -135,7 +135,7 @@ pub fn load_or_create_secret(configured: Option<&str>, dir: &Path, file: &str) -
 
 /// Write a file readable only by its owner (created with mode 0600, atomically
 /// renamed into place so a crash never leaves half a secret).
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     let tmp = path.with_extension("tmp");
     let mut opts = std::fs::OpenOptions::new();

@@ -72,7 +72,9 @@ fn serve(args: confer::app::cli::ServeArgs) -> anyhow::Result<()> {
         println!("{}", server.listening_line());
         tracing::info!("{}", server.listening_line());
         if dev {
-            tracing::info!("dev mode: guest tokens on; open http://{}/", server.http_addr());
+            tracing::info!("dev mode: guest tokens on; open {}", server.url());
+        } else {
+            tracing::info!("web client at {}", server.url());
         }
         server.run(app::shutdown_signal()).await
     })

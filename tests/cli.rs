@@ -111,3 +111,45 @@ async fn flags_beat_env_beat_file_and_the_token_command_works() {
     let b = std::fs::read_to_string(other.path().join("auth.secret")).unwrap();
     assert_ne!(a, b);
 }
+
+#[tokio::test]
+async fn self_signed_https_serves_the_page() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = confer()
+        .args(["serve", "--dev", "--http", "127.0.0.1:0", "--data"])
+        .arg(dir.path().join("data"))
+        .current_dir(dir.path())
+        .env("CONFER_HTTP_TLS_SELF_SIGNED", "true")
+        .env("CONFER_MEDIA_LISTEN", "127.0.0.1:0")
+        .env("CONFER_TURN_LISTEN", "127.0.0.1:0")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
+    let addr = common::parse_listening(&line, "http").unwrap_or_else(|| panic!("{line}"));
+
+    // The certificate was written into certs/ and is the one served.
+    let pem = std::fs::read(dir.path().join("certs/confer-dev.crt")).unwrap();
+    let mut roots = tokio_rustls::rustls::RootCertStore::empty();
+    for c in rustls::pki_types::pem::PemObject::pem_slice_iter(&pem) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let provider = std::sync::Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let cfg = tokio_rustls::rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg)).connect(name, tcp).await.unwrap();
+    tls.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").await.unwrap();
+    let mut body = String::new();
+    tls.read_to_string(&mut body).await.unwrap();
+    assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+    assert!(body.contains("<title>confer</title>"));
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -3,6 +3,7 @@
 //! Also the `token` command, which shares the config and data dir.
 
 pub mod cli;
+pub mod tls;
 
 use crate::auth::{self, Claims, TokenKeys};
 use crate::config::Config;
@@ -17,6 +18,7 @@ use crate::store::{SledStore, Store};
 use anyhow::Context;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,6 +34,7 @@ pub const TURN_SECRET_FILE: &str = "turn.secret";
 pub struct Server {
     http: TcpListener,
     http_addr: SocketAddr,
+    tls: Option<Arc<rustls::ServerConfig>>,
     state: AppState,
     signal: Arc<Signaling>,
     store: Arc<SledStore>,
@@ -70,9 +73,14 @@ impl Server {
         )?;
         let signal = Arc::new(Signaling { calls, rooms, hub, keys: TokenKeys::new(auth_secret.as_bytes()), metrics: metrics.clone() });
 
-        if config.http.tls_cert.is_some() || config.http.tls_self_signed {
-            anyhow::bail!("HTTPS (http.tls_cert / http.tls_self_signed) is not available in this build yet; terminate TLS in front of confer for now");
-        }
+        let tls = match (&config.http.tls_cert, &config.http.tls_key) {
+            (Some(cert), Some(key)) => Some(tls::server_config(cert, key)?),
+            _ if config.http.tls_self_signed => {
+                let (cert, key) = tls::self_signed(Path::new(tls::SELF_SIGNED_DIR), config.http.listen.ip())?;
+                Some(tls::server_config(&cert, &key)?)
+            }
+            _ => None,
+        };
         let http = TcpListener::bind(config.http.listen)
             .await
             .with_context(|| format!("cannot listen on http.listen = {} (is another server running?)", config.http.listen))?;
@@ -100,11 +108,17 @@ impl Server {
             }),
             sockets_ready: Arc::new(AtomicBool::new(false)),
         };
-        Ok(Server { http, http_addr, state, signal, store })
+        Ok(Server { http, http_addr, tls, state, signal, store })
     }
 
     pub fn http_addr(&self) -> SocketAddr {
         self.http_addr
+    }
+
+    /// The URL a person opens: `https://` when TLS is on.
+    pub fn url(&self) -> String {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}/", self.http_addr)
     }
 
     /// The `listening ...` line of SPEC 1.
@@ -114,7 +128,7 @@ impl Server {
 
     /// Serve until `shutdown` resolves, then shut down gracefully.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-        let Server { http, state, signal, store, .. } = self;
+        let Server { http, tls, state, signal, store, .. } = self;
         state.sockets_ready.store(true, Ordering::Release);
         let app = http::app(state.clone());
 
@@ -127,10 +141,27 @@ impl Server {
             signal_for_stop.shutdown();
             let _ = stop_tx.send(());
         });
-        let serve = axum::serve(http, app).with_graceful_shutdown(async move {
-            let _ = stop_rx.await;
-        });
-        let served = tokio::spawn(async move { serve.await });
+        let served = match tls {
+            None => {
+                let serve = axum::serve(http, app).with_graceful_shutdown(async move {
+                    let _ = stop_rx.await;
+                });
+                tokio::spawn(async move { serve.await })
+            }
+            Some(cfg) => {
+                let handle = axum_server::Handle::new();
+                let h = handle.clone();
+                tokio::spawn(async move {
+                    let _ = stop_rx.await;
+                    h.graceful_shutdown(Some(SHUTDOWN_DEADLINE));
+                });
+                let listener = http.into_std()?;
+                let serve = axum_server::from_tcp_rustls(listener, axum_server::tls_rustls::RustlsConfig::from_config(cfg))?
+                    .handle(handle)
+                    .serve(app.into_make_service());
+                tokio::spawn(serve)
+            }
+        };
         // Wait for the shutdown request, then give the server the deadline.
         let _ = stopper.await;
         match tokio::time::timeout(SHUTDOWN_DEADLINE, served).await {
