@@ -131,6 +131,6 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for OptionalJson<T> {
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(OptionalJson(None));
         }
-        parse_json(&bytes).map(|v| OptionalJson(Some(v)))
+        parse_json::<Option<T>>(&bytes).map(OptionalJson)
     }
 }

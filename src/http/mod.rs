@@ -63,6 +63,40 @@ impl Modify for BearerAuth {
     }
 }
 
+/// Responses every route shares, added to the document in one place rather
+/// than on each handler: 401 wherever a token is required, 400 and 413 wherever
+/// a body or query is parsed, 405 and 429 everywhere.
+struct CommonResponses;
+
+impl Modify for CommonResponses {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+        let error = |what: &str| {
+            ResponseBuilder::new()
+                .description(what)
+                .content("application/json", ContentBuilder::new().schema(Some(Ref::from_schema_name("ErrorBody"))).build())
+                .build()
+        };
+        for item in openapi.paths.paths.values_mut() {
+            let ops = [&mut item.get, &mut item.put, &mut item.post, &mut item.delete, &mut item.patch];
+            for op in ops.into_iter().flatten() {
+                let r = &mut op.responses.responses;
+                let secured = op.security.as_ref().is_some_and(|s| !s.is_empty());
+                if secured {
+                    r.entry("401".into()).or_insert_with(|| error("missing, invalid or expired token").into());
+                }
+                if op.request_body.is_some() || op.parameters.as_ref().is_some_and(|p| !p.is_empty()) {
+                    r.entry("400".into()).or_insert_with(|| error("bad input; the message names the field").into());
+                }
+                if op.request_body.is_some() {
+                    r.entry("413".into()).or_insert_with(|| error("body over 64 KiB").into());
+                }
+                r.entry("405".into()).or_insert_with(|| error("method not allowed").into());
+            }
+        }
+    }
+}
+
 /// Every route with its OpenAPI description.
 fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
@@ -72,14 +106,21 @@ fn routes() -> OpenApiRouter<AppState> {
         .merge(ws::router())
 }
 
+/// The router and its OpenAPI document, with the shared responses added.
+fn split() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    let (router, mut api) = routes().split_for_parts();
+    CommonResponses.modify(&mut api);
+    (router, api)
+}
+
 /// The OpenAPI document of [`app`]'s routes.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    routes().split_for_parts().1
+    split().1
 }
 
 /// The whole HTTP application.
 pub fn app(state: AppState) -> Router {
-    let (router, api) = routes().split_for_parts();
+    let (router, api) = split();
     let api = Arc::new(api);
     router
         .route("/openapi.json", axum::routing::get(move || async move { axum::Json(api.as_ref().clone()) }))

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs what the test suite needs when it is missing, and only then:
+#   - Debian: coturn (turnutils_uclient, turnutils_peer, turnserver), prometheus (promtool)
+#   - .venv: aiortc, schemathesis and friends (tests/interop/requirements.txt)
+# Idempotent; the fast path (everything present) takes well under a second.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v turnutils_uclient >/dev/null 2>&1 || need_apt+=(coturn)
+command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "setup: installing Debian packages: ${need_apt[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+  # coturn's package starts nothing by default; make sure no turnserver holds 3478.
+  systemctl disable --now coturn >/dev/null 2>&1 || true
+fi
+
+req=tests/interop/requirements.txt
+stamp=.venv/.confer-requirements
+if [ ! -x .venv/bin/python ] || ! cmp -s "$req" "$stamp" 2>/dev/null; then
+  echo "setup: creating .venv with $(tr '\n' ' ' < "$req")"
+  python3 -m venv .venv
+  .venv/bin/pip install -q --disable-pip-version-check -r "$req"
+  cp "$req" "$stamp"
+fi
+echo "setup: ok (coturn $(command -v turnutils_uclient >/dev/null && echo yes), promtool $(command -v promtool >/dev/null && echo yes), .venv $(.venv/bin/python -c 'import aiortc; print(aiortc.__version__)'))"

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The whole test suite: installs what it needs (scripts/setup-test-deps.sh),
+# then runs every Rust unit and integration test, including the interop tests
+# that drive aiortc, schemathesis, promtool and coturn against the real server.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+
+scripts/setup-test-deps.sh
+
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/confer-target}"
+export INTEROP_PYTHON="$root/.venv/bin/python"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+started=$(date +%s)
+cargo test --no-fail-fast -- --test-threads="${CONFER_TEST_THREADS:-4}"
+echo "test.sh: all tests passed in $(( $(date +%s) - started ))s"
