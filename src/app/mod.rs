@@ -143,6 +143,11 @@ impl Server {
         });
         let served = match tls {
             None => {
+                // Signaling is many small writes: without TCP_NODELAY, Nagle and
+                // delayed ACKs add ~40 ms to a relayed event.
+                let http = axum::serve::ListenerExt::tap_io(http, |tcp| {
+                    let _ = tcp.set_nodelay(true);
+                });
                 let serve = axum::serve(http, app).with_graceful_shutdown(async move {
                     let _ = stop_rx.await;
                 });
@@ -156,7 +161,11 @@ impl Server {
                     h.graceful_shutdown(Some(SHUTDOWN_DEADLINE));
                 });
                 let listener = http.into_std()?;
-                let serve = axum_server::from_tcp_rustls(listener, axum_server::tls_rustls::RustlsConfig::from_config(cfg))?
+                let tls = axum_server::tls_rustls::RustlsConfig::from_config(cfg);
+                let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(tls)
+                    .acceptor(axum_server::accept::NoDelayAcceptor::new());
+                let serve = axum_server::from_tcp(listener)?
+                    .acceptor(acceptor)
                     .handle(handle)
                     .serve(app.into_make_service());
                 tokio::spawn(serve)
