@@ -112,6 +112,8 @@ pub struct TurnConfig {
     pub relay_port_max: u16,
     pub allow_loopback_peers: bool,
     pub allowed_peer_ranges: Vec<String>,
+    /// Allocations one user may hold at once (486 Allocation Quota Reached beyond).
+    pub user_quota: u32,
 }
 
 impl Default for TurnConfig {
@@ -128,6 +130,7 @@ impl Default for TurnConfig {
             relay_port_max: 49400,
             allow_loopback_peers: false,
             allowed_peer_ranges: Vec::new(),
+            user_quota: 100,
         }
     }
 }
@@ -264,9 +267,7 @@ impl Config {
         for (k, v) in &env {
             let rest = &k["CONFER_".len()..];
             let Some((section, key)) = rest.split_once('_') else {
-                return Err(ConfigError::Invalid(format!(
-                    "environment variable {k}: expected CONFER_<SECTION>_<KEY>"
-                )));
+                return Err(ConfigError::Invalid(format!("environment variable {k}: expected CONFER_<SECTION>_<KEY>")));
             };
             let section = section.to_ascii_lowercase();
             let key = key.to_ascii_lowercase();

@@ -33,12 +33,8 @@ fn unknown_config_key_is_an_error_naming_it() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("ring_timeot"), "{err}");
 
-    let out = confer()
-        .args(["serve", "--data"])
-        .arg(dir.path())
-        .env("CONFER_HTTP_LISTN", "127.0.0.1:0")
-        .output()
-        .unwrap();
+    let out =
+        confer().args(["serve", "--data"]).arg(dir.path()).env("CONFER_HTTP_LISTN", "127.0.0.1:0").output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("listn"));
 

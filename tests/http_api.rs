@@ -78,12 +78,27 @@ async fn create_call_shape_and_validation() {
     let c = &b["callSession"];
     assert_eq!(b["roomId"], c["roomId"]);
     for k in [
-        "id", "callerId", "calleeId", "callType", "mode", "status", "roomId", "roomName", "createdAt", "answeredAt",
-        "endedAt", "endReason", "duration", "participants",
+        "id",
+        "callerId",
+        "calleeId",
+        "callType",
+        "mode",
+        "status",
+        "roomId",
+        "roomName",
+        "createdAt",
+        "answeredAt",
+        "endedAt",
+        "endReason",
+        "duration",
+        "participants",
     ] {
         assert!(c.get(k).is_some(), "callSession lacks {k}: {c}");
     }
-    assert_eq!((c["status"].as_str(), c["mode"].as_str(), c["duration"].as_f64()), (Some("ringing"), Some("p2p"), Some(0.0)));
+    assert_eq!(
+        (c["status"].as_str(), c["mode"].as_str(), c["duration"].as_f64()),
+        (Some("ringing"), Some("p2p"), Some(0.0))
+    );
     assert!(c["createdAt"].as_str().unwrap().ends_with('Z'));
     let p = &c["participants"][0];
     for k in ["userId", "audioMuted", "videoMuted", "camera", "joinedAt", "leftAt"] {
@@ -91,15 +106,22 @@ async fn create_call_shape_and_validation() {
     }
 
     // callerId must be the token's sub; admins excepted.
-    let (st, b) = s.post("/calls", "mallory", json!({"callerId": "alice", "calleeId": "bob", "callType": "audio"})).await;
+    let (st, b) =
+        s.post("/calls", "mallory", json!({"callerId": "alice", "calleeId": "bob", "callType": "audio"})).await;
     assert_eq!((st, err_code(&b)), (403, "forbidden"));
     let admin = s.token_with("root", |c| c.admin = true);
     let (st, _) = s
-        .call_token("POST", "/calls", Some(&admin), Some(json!({"callerId": "alice", "calleeId": "bob", "callType": "audio"})))
+        .call_token(
+            "POST",
+            "/calls",
+            Some(&admin),
+            Some(json!({"callerId": "alice", "calleeId": "bob", "callType": "audio"})),
+        )
         .await;
     assert_eq!(st, 201);
     // Calling yourself.
-    let (st, b) = s.post("/calls", "alice", json!({"callerId": "alice", "calleeId": "alice", "callType": "audio"})).await;
+    let (st, b) =
+        s.post("/calls", "alice", json!({"callerId": "alice", "calleeId": "alice", "callType": "audio"})).await;
     assert_eq!(st, 400);
     assert!(err_msg(&b).contains("calleeId"), "{b}");
     // Missing and bad fields are named.
@@ -117,14 +139,7 @@ async fn create_call_shape_and_validation() {
         assert!(err_msg(&b).contains(field), "{body} -> {b}");
     }
     // Not JSON at all.
-    let resp = s
-        .http
-        .post(s.url("/calls"))
-        .bearer_auth(s.token("alice"))
-        .body("{not json")
-        .send()
-        .await
-        .unwrap();
+    let resp = s.http.post(s.url("/calls")).bearer_auth(s.token("alice")).body("{not json").send().await.unwrap();
     assert_eq!(resp.status(), 400);
     // Over 64 KiB.
     let big = json!({"callerId": "alice", "calleeId": "bob", "callType": "audio", "roomName": "x".repeat(70_000)});
@@ -162,13 +177,15 @@ async fn call_lifecycle_messages_and_conflicts() {
     let (st, b) = s.put(&path("mute-video"), "bob", Some(json!({"mute": "yes"}))).await;
     assert_eq!(st, 400);
     assert!(err_msg(&b).contains("mute"));
-    let (st, b) = s.put(&path("switch-camera"), "bob", Some(json!({"facingMode": "environment", "deviceId": "cam2"}))).await;
+    let (st, b) =
+        s.put(&path("switch-camera"), "bob", Some(json!({"facingMode": "environment", "deviceId": "cam2"}))).await;
     assert_eq!((st, b["message"].as_str()), (200, Some("Camera switched")));
     let (st, _) = s.put(&path("switch-camera"), "bob", Some(json!({"facingMode": "sideways"}))).await;
     assert_eq!(st, 400);
 
     let (_, b) = s.get(&format!("/calls/{id}"), "alice").await;
-    let bob = b["callSession"]["participants"].as_array().unwrap().iter().find(|p| p["userId"] == "bob").unwrap().clone();
+    let bob =
+        b["callSession"]["participants"].as_array().unwrap().iter().find(|p| p["userId"] == "bob").unwrap().clone();
     assert_eq!(bob["camera"], json!({"deviceId": "cam2", "facingMode": "environment"}));
     assert_eq!(bob["videoMuted"], false);
 
@@ -206,7 +223,10 @@ async fn reject_and_cancel() {
     assert_eq!(st, 403, "only the callee rejects");
     s.put(&format!("/calls/{id}/hangup"), "alice", None).await;
     let (_, b) = s.get(&format!("/calls/{id}"), "alice").await;
-    assert_eq!((b["callSession"]["status"].as_str(), b["callSession"]["endReason"].as_str()), (Some("ended"), Some("canceled")));
+    assert_eq!(
+        (b["callSession"]["status"].as_str(), b["callSession"]["endReason"].as_str()),
+        (Some("ended"), Some("canceled"))
+    );
 }
 
 #[tokio::test]
@@ -303,7 +323,10 @@ async fn rooms_crud_capacity_privacy() {
     let (st, _) = s.call_token("POST", &format!("/rooms/{pid}/join"), Some(&invited), None).await;
     assert_eq!(st, 200);
     let (_, l) = s.get("/rooms", "mallory").await;
-    assert!(l["rooms"].as_array().unwrap().iter().all(|r| r["id"] != pid.as_str()), "private room listed to a stranger");
+    assert!(
+        l["rooms"].as_array().unwrap().iter().all(|r| r["id"] != pid.as_str()),
+        "private room listed to a stranger"
+    );
     let (_, l) = s.get("/rooms", "alice").await;
     assert_eq!(l["total"], 3);
     let (_, l) = s.get("/rooms?limit=1&offset=1", "alice").await;

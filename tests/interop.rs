@@ -31,24 +31,37 @@ fn interop(file: &str) -> String {
     format!("{}/tests/interop/{file}", env!("CARGO_MANIFEST_DIR"))
 }
 
-#[test]
-fn aiortc_p2p_call_through_relay() {
+/// Two aiortc peers call each other; `relay` forces their media through
+/// confer's TURN server with credentials from /ice-config.
+fn aiortc_call(relay: bool) -> serde_json::Value {
     let dir = tempfile::tempdir().unwrap();
-    let server = ChildServer::spawn(dir.path(), &[]);
+    // The relayed peers' addresses are loopback relay sockets: allow them.
+    let server = ChildServer::spawn(dir.path(), &[("CONFER_TURN_ALLOW_LOOPBACK_PEERS", "true")]);
     let c = child_client(server.addr);
-    let out = Command::new(python())
-        .arg(interop("p2p_call.py"))
-        .arg(server.addr.to_string())
-        .arg(c.token("alice"))
-        .arg(c.token("bob"))
-        .output()
-        .unwrap();
+    let mut cmd = Command::new(python());
+    cmd.arg(interop("p2p_call.py")).arg(server.addr.to_string()).arg(c.token("alice")).arg(c.token("bob"));
+    if relay {
+        cmd.arg("relay");
+    }
+    let out = cmd.output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "aiortc call failed:\n{stdout}\n{stderr}");
     let summary: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
     assert!(summary["aliceDecoded"].as_u64().unwrap() >= 30, "{summary}");
     assert!(summary["bobDecoded"].as_u64().unwrap() >= 30, "{summary}");
+    summary
+}
+
+#[test]
+fn aiortc_p2p_call_through_relay() {
+    aiortc_call(false);
+}
+
+#[test]
+fn aiortc_p2p_call_forced_through_turn() {
+    let summary = aiortc_call(true);
+    assert_eq!(summary["relay"], true);
 }
 
 #[test]

@@ -15,6 +15,7 @@ use crate::signal::rooms::RoomService;
 use crate::signal::session::Limits;
 use crate::signal::Signaling;
 use crate::store::{SledStore, Store};
+use crate::turn::TurnServer;
 use anyhow::Context;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -35,6 +36,7 @@ pub struct Server {
     http: TcpListener,
     http_addr: SocketAddr,
     tls: Option<Arc<rustls::ServerConfig>>,
+    turn: Option<TurnServer>,
     state: AppState,
     signal: Arc<Signaling>,
     store: Arc<SledStore>,
@@ -71,7 +73,13 @@ impl Server {
             config.rooms.max_participants,
             config.rooms.reservation_ttl.0,
         )?;
-        let signal = Arc::new(Signaling { calls, rooms, hub, keys: TokenKeys::new(auth_secret.as_bytes()), metrics: metrics.clone() });
+        let signal = Arc::new(Signaling {
+            calls,
+            rooms,
+            hub,
+            keys: TokenKeys::new(auth_secret.as_bytes()),
+            metrics: metrics.clone(),
+        });
 
         let tls = match (&config.http.tls_cert, &config.http.tls_key) {
             (Some(cert), Some(key)) => Some(tls::server_config(cert, key)?),
@@ -81,23 +89,36 @@ impl Server {
             }
             _ => None,
         };
-        let http = TcpListener::bind(config.http.listen)
-            .await
-            .with_context(|| format!("cannot listen on http.listen = {} (is another server running?)", config.http.listen))?;
+        let http = TcpListener::bind(config.http.listen).await.with_context(|| {
+            format!("cannot listen on http.listen = {} (is another server running?)", config.http.listen)
+        })?;
         let http_addr = http.local_addr()?;
 
-        let turn_host_port = config.turn.enabled.then(|| {
-            let host = config.turn.public_host.clone().unwrap_or_else(|| match config.turn.listen.ip() {
+        let turn = if config.turn.enabled {
+            if config.turn.tls_listen.is_some() {
+                anyhow::bail!("turn.tls_listen (TURN over TLS) is not available in this build yet; remove it or use turn: over TCP");
+            }
+            Some(TurnServer::bind(&config.turn, turn_secret.clone().into_bytes(), metrics.registry()).await?)
+        } else {
+            None
+        };
+        let turn_host_port = turn.as_ref().map(|t| {
+            let bound = t.local_addr();
+            let host = config.turn.public_host.clone().unwrap_or_else(|| match bound.ip() {
                 std::net::IpAddr::V6(ip) => format!("[{ip}]"),
                 ip => ip.to_string(),
             });
-            format!("{host}:{}", config.turn.listen.port())
+            format!("{host}:{}", bound.port())
         });
         let state = AppState {
             signal: signal.clone(),
             store: dyn_store,
             metrics,
-            ice: Arc::new(IceSettings { turn_host_port, secret: turn_secret.into_bytes(), ttl: config.turn.credential_ttl.0 }),
+            ice: Arc::new(IceSettings {
+                turn_host_port,
+                secret: turn_secret.into_bytes(),
+                ttl: config.turn.credential_ttl.0,
+            }),
             allow_guests: config.auth.allow_guests,
             metrics_token: config.metrics.token.clone(),
             ws_limits: Arc::new(Limits {
@@ -108,7 +129,7 @@ impl Server {
             }),
             sockets_ready: Arc::new(AtomicBool::new(false)),
         };
-        Ok(Server { http, http_addr, tls, state, signal, store })
+        Ok(Server { http, http_addr, tls, turn, state, signal, store })
     }
 
     pub fn http_addr(&self) -> SocketAddr {
@@ -123,12 +144,19 @@ impl Server {
 
     /// The `listening ...` line of SPEC 1.
     pub fn listening_line(&self) -> String {
-        format!("listening http={} media=off turn=off", self.http_addr)
+        let turn = self.turn.as_ref().map(|t| t.local_addr().to_string()).unwrap_or_else(|| "off".into());
+        format!("listening http={} media=off turn={turn}", self.http_addr)
     }
 
     /// Serve until `shutdown` resolves, then shut down gracefully.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-        let Server { http, tls, state, signal, store, .. } = self;
+        let Server { http, tls, turn, state, signal, store, .. } = self;
+        let (turn_stop, turn_stopped) = tokio::sync::oneshot::channel::<()>();
+        let turn_task = turn.map(|t| {
+            tokio::spawn(t.run(async move {
+                let _ = turn_stopped.await;
+            }))
+        });
         state.sockets_ready.store(true, Ordering::Release);
         let app = http::app(state.clone());
 
@@ -164,10 +192,8 @@ impl Server {
                 let tls = axum_server::tls_rustls::RustlsConfig::from_config(cfg);
                 let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(tls)
                     .acceptor(axum_server::accept::NoDelayAcceptor::new());
-                let serve = axum_server::from_tcp(listener)?
-                    .acceptor(acceptor)
-                    .handle(handle)
-                    .serve(app.into_make_service());
+                let serve =
+                    axum_server::from_tcp(listener)?.acceptor(acceptor).handle(handle).serve(app.into_make_service());
                 tokio::spawn(serve)
             }
         };
@@ -178,6 +204,10 @@ impl Server {
             Ok(Ok(Err(e))) => tracing::warn!(error = %e, "HTTP server ended with an error"),
             Ok(Err(e)) => tracing::warn!(error = %e, "HTTP server task failed"),
             Err(_) => tracing::warn!("connections still open after {SHUTDOWN_DEADLINE:?}; exiting anyway"),
+        }
+        let _ = turn_stop.send(());
+        if let Some(t) = turn_task {
+            let _ = t.await;
         }
         store.flush().context("flushing the store")?;
         tracing::info!("stopped");

@@ -147,11 +147,9 @@ async fn call_history(
     let num = |k: &str, default: usize, range: std::ops::RangeInclusive<usize>| -> Result<usize, ApiError> {
         match q.get(k) {
             None => Ok(default),
-            Some(v) => v
-                .parse::<usize>()
-                .ok()
-                .filter(|n| range.contains(n))
-                .ok_or_else(|| ApiError::bad_request(format!("{k}: must be a whole number in {}..{}", range.start(), range.end()))),
+            Some(v) => v.parse::<usize>().ok().filter(|n| range.contains(n)).ok_or_else(|| {
+                ApiError::bad_request(format!("{k}: must be a whole number in {}..{}", range.start(), range.end()))
+            }),
         }
     };
     let limit = num("limit", 20, 1..=100)?;
@@ -283,4 +281,3 @@ async fn switch_camera(
     st.signal.calls.change_media(&actor, &CallId::from(id), MediaChange::Camera { device_id, facing_mode })?;
     Ok(message("Camera switched"))
 }
-

@@ -142,12 +142,14 @@ async fn readyz(State(st): State<AppState>) -> (StatusCode, Json<Health>) {
     responses((status = 200, content_type = "text/plain", body = String), (status = 401, body = super::error::ErrorBody)))]
 async fn metrics(State(st): State<AppState>, headers: HeaderMap) -> Result<impl IntoResponse, ApiError> {
     if let Some(want) = &st.metrics_token {
-        let got = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|h| h.to_str().ok())
-            .and_then(|h| h.strip_prefix("Bearer "));
+        let got =
+            headers.get(header::AUTHORIZATION).and_then(|h| h.to_str().ok()).and_then(|h| h.strip_prefix("Bearer "));
         if got.map(str::trim) != Some(want.as_str()) {
-            return Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "metrics need Authorization: Bearer <metrics.token>"));
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "metrics need Authorization: Bearer <metrics.token>",
+            ));
         }
     }
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], st.metrics.render()))

@@ -74,7 +74,10 @@ impl Modify for CommonResponses {
         let error = |what: &str| {
             ResponseBuilder::new()
                 .description(what)
-                .content("application/json", ContentBuilder::new().schema(Some(Ref::from_schema_name("ErrorBody"))).build())
+                .content(
+                    "application/json",
+                    ContentBuilder::new().schema(Some(Ref::from_schema_name("ErrorBody"))).build(),
+                )
                 .build()
         };
         for item in openapi.paths.paths.values_mut() {
@@ -160,8 +163,12 @@ fn on_panic(err: Box<dyn std::any::Any + Send + 'static>) -> Response {
         .or_else(|| err.downcast_ref::<&str>().copied())
         .unwrap_or("unknown");
     tracing::error!(panic = what, "handler panicked");
-    ApiError::new(axum::http::StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; the server logged the details")
-        .into_response()
+    ApiError::new(
+        axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+        "internal",
+        "internal error; the server logged the details",
+    )
+    .into_response()
 }
 
 /// Parse `bytes` as each request body the API accepts (for the fuzz target and

@@ -11,7 +11,7 @@
 
 use crate::clock::{seconds_between, Timestamp};
 use crate::ids::{CallId, RoomId, UserId};
-use crate::model::{Camera, CallMode, CallParticipant, CallSession, CallStatus, CallType};
+use crate::model::{CallMode, CallParticipant, CallSession, CallStatus, CallType, Camera};
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum CallError {
@@ -200,7 +200,8 @@ mod tests {
 
     fn ringing() -> (CallSession, Timestamp) {
         let t0 = time::OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
-        let c = new_call("c".into(), "alice".into(), "bob".into(), CallType::Video, CallMode::P2p, "r".into(), None, t0);
+        let c =
+            new_call("c".into(), "alice".into(), "bob".into(), CallType::Video, CallMode::P2p, "r".into(), None, t0);
         (c, t0)
     }
 

@@ -258,14 +258,23 @@ impl CallService {
         self.with_call(actor, id, |l, now| {
             let why = l.session.hangup(actor.user(), now)?;
             let other = l.session.other(actor.user()).cloned().ok_or(CallError::NotFound)?;
-            let ev = ServerEvent::CallHangup { call_id: l.session.id.clone(), from: actor.user().clone(), reason: why.into() };
+            let ev = ServerEvent::CallHangup {
+                call_id: l.session.id.clone(),
+                from: actor.user().clone(),
+                reason: why.into(),
+            };
             Ok(vec![(other, Target::All, ev), (actor.user().clone(), Target::Others, ended_event(&l.session))])
         })
     }
 
     /// Mute/unmute or camera switch: stored on the participant, pushed to the
     /// other party as `call-participant-updated`.
-    pub fn change_media(&self, actor: &Actor, id: &CallId, change: MediaChange) -> Result<CallParticipant, SignalError> {
+    pub fn change_media(
+        &self,
+        actor: &Actor,
+        id: &CallId,
+        change: MediaChange,
+    ) -> Result<CallParticipant, SignalError> {
         let mut updated = None;
         self.with_call(actor, id, |l, _| {
             if !l.session.is_party(actor.user()) {

@@ -71,10 +71,8 @@ fn by_time_key(call: &CallSession) -> Vec<u8> {
 }
 
 fn decode<T: serde::de::DeserializeOwned>(key: &[u8], v: &[u8]) -> Result<T, StoreError> {
-    serde_json::from_slice(v).map_err(|e| StoreError::Corrupt {
-        key: String::from_utf8_lossy(key).into_owned(),
-        reason: e.to_string(),
-    })
+    serde_json::from_slice(v)
+        .map_err(|e| StoreError::Corrupt { key: String::from_utf8_lossy(key).into_owned(), reason: e.to_string() })
 }
 
 impl SledStore {
@@ -246,9 +244,7 @@ mod tests {
         let p = s.history(&q(None, 1, 1)).unwrap();
         assert_eq!(p.total, 3);
         assert_eq!(ids(p), ["c2"]);
-        let p = s
-            .history(&HistoryQuery { status: Some(CallStatus::Missed), limit: 10, ..Default::default() })
-            .unwrap();
+        let p = s.history(&HistoryQuery { status: Some(CallStatus::Missed), limit: 10, ..Default::default() }).unwrap();
         assert_eq!(ids(p), ["c2"]);
         assert_eq!(s.live_calls().unwrap().len(), 1);
     }

@@ -354,3 +354,10 @@ impl TestServer {
         w
     }
 }
+
+impl TestServer {
+    /// The server's data dir (store and generated secrets).
+    pub fn data_dir(&self) -> std::path::PathBuf {
+        self._dir.as_ref().expect("started with start()/start_with()").path().to_owned()
+    }
+}

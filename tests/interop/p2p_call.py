@@ -1,9 +1,11 @@
 """A 1:1 P2P video call between two aiortc peers whose offer, answer and ICE
 candidates travel only through confer's /rtc relay.
 
-usage: p2p_call.py HTTP_ADDR ALICE_TOKEN BOB_TOKEN
+usage: p2p_call.py HTTP_ADDR ALICE_TOKEN BOB_TOKEN [relay]
 Succeeds (exit 0) when each side decoded >= 30 frames from the other, bob saw
-alice's hangup, and GET /calls/:id says "ended".
+alice's hangup, and GET /calls/:id says "ended". With "relay", both peers take
+their ICE servers from GET /ice-config and use iceTransportPolicy "relay", so
+all media crosses confer's TURN server (UDP).
 """
 import asyncio
 import fractions
@@ -15,7 +17,9 @@ import aioice.ice
 import httpx
 import numpy
 import websockets
-from aiortc import RTCPeerConnection, RTCSessionDescription, VideoStreamTrack
+from aiortc import (RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription,
+                    VideoStreamTrack)
+from aiortc.rtcconfiguration import RTCIceTransportPolicy
 from aiortc.sdp import candidate_from_sdp
 from av import VideoFrame
 
@@ -58,9 +62,9 @@ def candidates_of(sdp):
 
 
 class Peer:
-    def __init__(self, name, addr, token):
+    def __init__(self, name, addr, token, config=None):
         self.name, self.addr, self.token = name, addr, token
-        self.pc = RTCPeerConnection()
+        self.pc = RTCPeerConnection(config)
         self.pc.addTrack(Pattern(60 if name == "alice" else 180))
         self.decoded = 0
         self.done = asyncio.Event()
@@ -124,9 +128,22 @@ class Peer:
                              "candidate": {"candidate": line, "sdpMid": mid, "sdpMLineIndex": index}})
 
 
-async def main(addr, alice_token, bob_token):
+async def ice_config(addr, token):
+    """RTCConfiguration from /ice-config: TURN over UDP only, relay policy."""
+    async with httpx.AsyncClient() as http:
+        r = await http.get(f"http://{addr}/ice-config", headers={"Authorization": f"Bearer {token}"})
+        r.raise_for_status()
+    turn = r.json()["iceServers"][1]
+    udp = [u for u in turn["urls"] if u.endswith("transport=udp")]
+    return RTCConfiguration(iceServers=[RTCIceServer(urls=udp, username=turn["username"], credential=turn["credential"])],
+                            iceTransportPolicy=RTCIceTransportPolicy.RELAY)
+
+
+async def main(addr, alice_token, bob_token, mode=None):
     started = time.monotonic()
-    alice, bob = Peer("alice", addr, alice_token), Peer("bob", addr, bob_token)
+    relay = mode == "relay"
+    configs = [await ice_config(addr, t) if relay else None for t in (alice_token, bob_token)]
+    alice, bob = Peer("alice", addr, alice_token, configs[0]), Peer("bob", addr, bob_token, configs[1])
     await alice.connect()
     await bob.connect()
 
@@ -163,8 +180,12 @@ async def main(addr, alice_token, bob_token):
         status = r.json()["callSession"]["status"]
     assert status == "ended", status
     assert alice.relayed_candidates > 0 and bob.relayed_candidates > 0, "no candidate went through the relay"
+    if relay:
+        for p in (alice, bob):
+            kinds = {l.split()[7] for _, l in candidates_of(p.pc.localDescription.sdp)}
+            assert kinds == {"relay"}, f"{p.name} offered non-relay candidates: {kinds}"
 
-    print(json.dumps({"ok": True, "callId": call_id, "aliceDecoded": alice.decoded, "bobDecoded": bob.decoded,
+    print(json.dumps({"ok": True, "relay": relay, "callId": call_id, "aliceDecoded": alice.decoded, "bobDecoded": bob.decoded,
                       "relayedCandidates": [alice.relayed_candidates, bob.relayed_candidates],
                       "seconds": round(time.monotonic() - started, 2)}))
     await alice.pc.close()
@@ -175,7 +196,7 @@ async def main(addr, alice_token, bob_token):
 
 if __name__ == "__main__":
     try:
-        asyncio.run(asyncio.wait_for(main(*sys.argv[1:4]), TIMEOUT + 30))
+        asyncio.run(asyncio.wait_for(main(*sys.argv[1:5]), TIMEOUT + 30))
     except Exception as e:  # noqa: BLE001 - report any failure plainly
         print(f"p2p_call failed: {type(e).__name__}: {e}", file=sys.stderr)
         sys.exit(1)
