@@ -2,6 +2,7 @@
 # Installs what the test suite needs when it is missing, and only then:
 #   - Debian: coturn (turnutils_uclient, turnutils_peer, turnserver), prometheus (promtool)
 #   - .venv: aiortc, schemathesis and friends (tests/interop/requirements.txt)
+#   - Debian's chromium and playwright-core (tests/browser/package.json) for the web page
 # Idempotent; the fast path (everything present) takes well under a second.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,6 +10,8 @@ cd "$(dirname "$0")/.."
 need_apt=()
 command -v turnutils_uclient >/dev/null 2>&1 || need_apt+=(coturn)
 command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
+[ -x /usr/bin/chromium ] || need_apt+=(chromium)
+command -v npm >/dev/null 2>&1 || need_apt+=(nodejs npm)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing Debian packages: ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive
@@ -25,5 +28,11 @@ if [ ! -x .venv/bin/python ] || ! cmp -s "$req" "$stamp" 2>/dev/null; then
   python3 -m venv .venv
   .venv/bin/pip install -q --disable-pip-version-check -r "$req"
   cp "$req" "$stamp"
+fi
+pw=tests/browser/node_modules/playwright-core/package.json
+want=$(grep -o '"playwright-core": *"[^"]*"' tests/browser/package.json | grep -o '[0-9][0-9.]*')
+if [ ! -f "$pw" ] || ! grep -q "\"version\": \"$want\"" "$pw"; then
+  echo "setup: installing playwright-core $want (no browser download; Debian's chromium is used)"
+  (cd tests/browser && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm install --no-audit --no-fund --loglevel=error >/dev/null)
 fi
 echo "setup: ok (coturn $(command -v turnutils_uclient >/dev/null && echo yes), promtool $(command -v promtool >/dev/null && echo yes), .venv $(.venv/bin/python -c 'import aiortc; print(aiortc.__version__)'))"

@@ -17,6 +17,7 @@ const S = {
   midToTrack: new Map(), // subscriber mid -> server trackId (from the offer's msid)
   // call
   call: null, // {id, peer, pc, type}
+  early: new Map(), // callId -> ICE candidates that arrived before the call's PC was ready
   incoming: null,
   errors: [],
 };
@@ -131,8 +132,10 @@ async function onMessage(m) {
     case 'call-created': if (S.call) S.call.id = m.callSession.id; return flushCallCandidates();
     case 'call-initiate': return onIncomingCall(m);
     case 'call-accept': return status('');
-    case 'call-answer': return S.call?.pc.setRemoteDescription({ type: 'answer', sdp: m.sdp });
-    case 'ice-candidate': return S.call?.pc.addIceCandidate(m.candidate).catch(() => {});
+    case 'call-answer':
+      if (S.call?.pc) { await S.call.pc.setRemoteDescription({ type: 'answer', sdp: m.sdp }); drainCandidates(); }
+      return;
+    case 'ice-candidate': return onCallCandidate(m);
     case 'call-sdp-update': return onCallSdpUpdate(m);
     case 'call-reject': status(`${m.from} declined the call.`); return endCall(false);
     case 'call-hangup': status(`${m.from} hung up.`); return endCall(false);
@@ -438,6 +441,19 @@ function callPc(callId) {
   pc.onconnectionstatechange = () => { if (pc.connectionState === 'failed') status('The call\'s media connection failed.', true); };
   return pc;
 }
+// Candidates can arrive while the call still rings, before this side has a
+// PeerConnection with a remote description: keep them until it does.
+function onCallCandidate(m) {
+  const pc = S.call?.id === m.callId ? S.call.pc : null;
+  if (pc?.remoteDescription) return pc.addIceCandidate(m.candidate).catch(() => {});
+  if (!S.early.has(m.callId)) S.early.set(m.callId, []);
+  S.early.get(m.callId).push(m.candidate);
+}
+function drainCandidates() {
+  const pc = S.call?.pc; if (!pc?.remoteDescription) return;
+  for (const c of S.early.get(S.call.id) || []) pc.addIceCandidate(c).catch(() => {});
+  S.early.delete(S.call.id);
+}
 function flushCallCandidates() {
   for (const c of S.call?.pending || []) send({ type: 'ice-candidate', callId: S.call.id, candidate: c });
   if (S.call) S.call.pending = [];
@@ -477,6 +493,7 @@ async function acceptIncoming() {
   send({ type: 'call-accept', callId: m.callId });
   if (m.sdp) {
     await S.call.pc.setRemoteDescription({ type: 'offer', sdp: m.sdp });
+    drainCandidates();
     for (const t of S.local?.getTracks() || []) S.call.pc.addTrack(t, S.local);
     const answer = await S.call.pc.createAnswer();
     await S.call.pc.setLocalDescription(answer);
@@ -511,6 +528,7 @@ function onCallParticipant(p) {
 function endCall(tell) {
   if (!S.call) return;
   if (tell && S.call.id) send({ type: 'call-hangup', callId: S.call.id });
+  S.early.delete(S.call.id);
   S.call.pc?.close(); S.call = null;
   stopLocal();
   for (const id of [...S.tiles.keys()]) removeTile(id);

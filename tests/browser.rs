@@ -1,0 +1,25 @@
+//! The built-in web page in Debian's headless Chromium (driven by
+//! playwright-core, installed by scripts/setup-test-deps.sh): two browser
+//! contexts hold a 1:1 call through the page and each decodes the other's video.
+
+mod common;
+
+use common::ChildServer;
+use std::process::Command;
+
+#[test]
+fn two_browsers_hold_a_call_through_the_page() {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser/call.js");
+    let modules = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser/node_modules/playwright-core");
+    assert!(std::path::Path::new(modules).exists(), "playwright-core is missing: run scripts/setup-test-deps.sh");
+    assert!(std::path::Path::new("/usr/bin/chromium").exists(), "chromium is missing: run scripts/setup-test-deps.sh");
+    let dir = tempfile::tempdir().unwrap();
+    let server = ChildServer::spawn(dir.path(), &[("CONFER_AUTH_ALLOW_GUESTS", "true")]);
+    let out = Command::new("node").arg(script).arg(format!("http://{}", server.addr)).output().expect("node runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "browser call failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let summary: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert!(summary["aliceFrames"].as_u64().unwrap() > 10, "{summary}");
+    assert!(summary["bobFrames"].as_u64().unwrap() > 10, "{summary}");
+    assert_eq!(summary["errors"], serde_json::json!([]));
+}

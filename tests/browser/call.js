@@ -1,0 +1,43 @@
+// Two headless Chromium contexts use confer's web page for a 1:1 call:
+// sign in as guests (--dev), alice calls bob, bob accepts, each decodes the
+// other's video (framesDecoded from getStats), alice hangs up. Exits 0 on
+// success and prints a JSON summary; any console error fails the run.
+// usage: node call.js http://HOST:PORT
+const { chromium } = require('playwright-core');
+(async () => {
+  const base = process.argv[2];
+  const browser = await chromium.launch({ executablePath: '/usr/bin/chromium', args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--use-fake-device-for-media-stream', '--use-fake-ui-for-media-stream', '--allow-loopback-in-peer-connection'] });
+  const errors = [];
+  const mk = async (name) => {
+    const ctx = await browser.newContext();
+    const page = await ctx.newPage();
+    page.on('console', (m) => { if (m.type() === 'error') errors.push(`${name}: ${m.text()}`); });
+    page.on('pageerror', (e) => errors.push(`${name}: ${e.message}`));
+    await page.goto(`${base}/?name=${name}`);
+    await page.waitForSelector('#lobby:not([hidden])', { timeout: 10000 });
+    return page;
+  };
+  const alice = await mk('Alice');
+  const bob = await mk('Bob');
+  const bobId = await bob.evaluate(() => window.confer.userId);
+  await alice.fill('#callee', bobId);
+  await alice.click('#call-form button[type=submit]');
+  await bob.waitForSelector('#incoming:not([hidden])', { timeout: 10000 });
+  await bob.click('#accept');
+  const decoded = async (p) => {
+    for (let i = 0; i < 40; i++) {
+      const f = await p.evaluate(() => window.confer.framesDecoded());
+      const n = Object.values(f).reduce((a, b) => a + b, 0);
+      if (n > 10) return n;
+      await p.waitForTimeout(250);
+    }
+    return 0;
+  };
+  const a = await decoded(alice), b = await decoded(bob);
+  if (process.env.SCREENSHOT) await alice.screenshot({ path: process.env.SCREENSHOT });
+  await alice.click('#leave');
+  await bob.waitForSelector('#lobby:not([hidden])', { timeout: 10000 });
+  console.log(JSON.stringify({ aliceFrames: a, bobFrames: b, errors }));
+  await browser.close();
+  process.exit(a > 10 && b > 10 && errors.length === 0 ? 0 : 1);
+})().catch((e) => { console.error(e); process.exit(2); });
