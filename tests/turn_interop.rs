@@ -238,3 +238,43 @@ async fn binding_challenge_allocate_and_explicit_403() {
     let r = c.roundtrip().await;
     assert_eq!(Message::parse(&r).unwrap().class, Class::Success);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn coturn_client_relays_over_tls() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let s = TestServer::start_with(|c| {
+        c.turn.allow_loopback_peers = true;
+        c.turn.relay_port_min = 50250;
+        c.turn.relay_port_max = 50299;
+        // No certificate configured: a self-signed one is made in certs/.
+        c.turn.tls_listen = Some(SocketAddr::from(([127, 0, 0, 1], port)));
+    })
+    .await;
+    let peer = Peer::start();
+    let (user, pass) = credentials(&s).await;
+    let tls = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut cmd = Command::new(tool("turnutils_uclient"));
+    cmd.args(["-t", "-S", "-p", &port.to_string(), "-e", "127.0.0.1", "-r", &peer.1.to_string(), "-X"]).args([
+        "-u",
+        &user,
+        "-w",
+        &pass,
+        "-n",
+        "100",
+        "-m",
+        "5",
+        "-l",
+        "170",
+        &tls.ip().to_string(),
+    ]);
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap()).await.unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    // The uclient first offers old protocol versions, which rustls refuses
+    // (the "handshake failure" lines), then connects with TLS 1.2/1.3.
+    let totals =
+        text.lines().rev().find(|l| l.contains("start_mclient: tot_send_msgs=")).unwrap_or_else(|| panic!("{text}"));
+    let nums: Vec<u64> = totals.split(['=', ',']).filter_map(|w| w.trim().parse().ok()).collect();
+    assert!(nums.len() == 2 && nums[0] >= 500 && nums[0] == nums[1], "{totals}\n{text}");
+    assert!(text.contains("Total lost packets 0 (0.000000%)"), "{text}");
+    assert!(text.contains("method=TLSv1.3") || text.contains("method=TLSv1.2"), "{text}");
+}

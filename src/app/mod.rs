@@ -81,24 +81,30 @@ impl Server {
             metrics: metrics.clone(),
         });
 
-        let tls = match (&config.http.tls_cert, &config.http.tls_key) {
+        // One certificate serves HTTPS and TURN over TLS: the configured PEM
+        // files, else a self-signed one when either needs it.
+        let turn_tls_on = config.turn.enabled && config.turn.tls_listen.is_some();
+        let cert = match (&config.http.tls_cert, &config.http.tls_key) {
             (Some(cert), Some(key)) => Some(tls::server_config(cert, key)?),
-            _ if config.http.tls_self_signed => {
+            _ if config.http.tls_self_signed || turn_tls_on => {
                 let (cert, key) = tls::self_signed(Path::new(tls::SELF_SIGNED_DIR), config.http.listen.ip())?;
                 Some(tls::server_config(&cert, &key)?)
             }
             _ => None,
         };
+        let http_tls_on = config.http.tls_cert.is_some() || config.http.tls_self_signed;
+        let tls = cert.clone().filter(|_| http_tls_on);
         let http = TcpListener::bind(config.http.listen).await.with_context(|| {
             format!("cannot listen on http.listen = {} (is another server running?)", config.http.listen)
         })?;
         let http_addr = http.local_addr()?;
 
         let turn = if config.turn.enabled {
-            if config.turn.tls_listen.is_some() {
-                anyhow::bail!("turn.tls_listen (TURN over TLS) is not available in this build yet; remove it or use turn: over TCP");
+            let t = TurnServer::bind(&config.turn, turn_secret.clone().into_bytes(), metrics.registry(), cert).await?;
+            if let Some(at) = t.tls_addr() {
+                tracing::info!(%at, "TURN over TLS");
             }
-            Some(TurnServer::bind(&config.turn, turn_secret.clone().into_bytes(), metrics.registry()).await?)
+            Some(t)
         } else {
             None
         };

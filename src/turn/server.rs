@@ -19,8 +19,8 @@ use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::mpsc;
 
 pub const DEFAULT_LIFETIME: u32 = 600;
@@ -170,19 +170,30 @@ struct Inner {
 pub struct TurnServer {
     udp: Arc<UdpSocket>,
     tcp: TcpListener,
+    tls: Option<(TcpListener, tokio_rustls::TlsAcceptor)>,
     inner: Arc<Inner>,
 }
 
 impl TurnServer {
+    /// Bind UDP and TCP on `cfg.listen` and, when `tls` is given, TLS on
+    /// `cfg.tls_listen`.
     pub async fn bind(
         cfg: &TurnConfig,
         secret: Vec<u8>,
         registry: &prometheus::Registry,
+        tls: Option<Arc<rustls::ServerConfig>>,
     ) -> Result<TurnServer, TurnError> {
         let filter = PeerFilter::new(cfg.allow_loopback_peers, &cfg.allowed_peer_ranges).map_err(TurnError::Config)?;
         let udp = UdpSocket::bind(cfg.listen).await.map_err(|source| TurnError::Bind { addr: cfg.listen, source })?;
         let addr = udp.local_addr().map_err(|source| TurnError::Bind { addr: cfg.listen, source })?;
         let tcp = TcpListener::bind(addr).await.map_err(|source| TurnError::Bind { addr, source })?;
+        let tls = match (tls, cfg.tls_listen) {
+            (Some(config), Some(at)) => {
+                let l = TcpListener::bind(at).await.map_err(|source| TurnError::Bind { addr: at, source })?;
+                Some((l, tokio_rustls::TlsAcceptor::from(config)))
+            }
+            _ => None,
+        };
         let nonce_key: [u8; 16] = rand::random();
         let inner = Arc::new(Inner {
             realm: cfg.realm.clone(),
@@ -195,21 +206,31 @@ impl TurnServer {
             allocs: Mutex::new(HashMap::new()),
             metrics: TurnMetrics::register(registry),
         });
-        Ok(TurnServer { udp: Arc::new(udp), tcp, inner })
+        Ok(TurnServer { udp: Arc::new(udp), tcp, tls, inner })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.udp.local_addr().expect("bound")
     }
 
+    /// The TURN-over-TLS address, when TLS is on.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls.as_ref().and_then(|(l, _)| l.local_addr().ok())
+    }
+
     /// Serve until `shutdown`, then drop every allocation.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) {
-        let TurnServer { udp, tcp, inner } = self;
-        let sweeper = tokio::spawn(sweep(inner.clone()));
-        let udp_loop = tokio::spawn(udp_loop(udp, inner.clone()));
-        let tcp_loop = tokio::spawn(tcp_loop(tcp, inner.clone()));
+        let TurnServer { udp, tcp, tls, inner } = self;
+        let mut tasks = vec![
+            tokio::spawn(sweep(inner.clone())),
+            tokio::spawn(udp_loop(udp, inner.clone())),
+            tokio::spawn(tcp_loop(tcp, inner.clone())),
+        ];
+        if let Some((listener, acceptor)) = tls {
+            tasks.push(tokio::spawn(tls_loop(listener, acceptor, inner.clone())));
+        }
         shutdown.await;
-        for t in [sweeper, udp_loop, tcp_loop] {
+        for t in tasks {
             t.abort();
         }
         let all: Vec<_> = inner.allocs.lock().drain().collect();
@@ -233,14 +254,28 @@ async fn tcp_loop(tcp: TcpListener, inner: Arc<Inner>) {
     loop {
         let Ok((stream, from)) = tcp.accept().await else { continue };
         let _ = stream.set_nodelay(true);
-        tokio::spawn(tcp_conn(stream, from, inner.clone()));
+        tokio::spawn(stream_conn(stream, from, inner.clone()));
     }
 }
 
-/// One TCP client: STUN messages and ChannelData (padded to 4 bytes) framed
+async fn tls_loop(tcp: TcpListener, acceptor: tokio_rustls::TlsAcceptor, inner: Arc<Inner>) {
+    loop {
+        let Ok((stream, from)) = tcp.accept().await else { continue };
+        let _ = stream.set_nodelay(true);
+        let (acceptor, inner) = (acceptor.clone(), inner.clone());
+        tokio::spawn(async move {
+            match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => stream_conn(tls, from, inner).await,
+                _ => tracing::debug!(%from, "TURN TLS handshake failed"),
+            }
+        });
+    }
+}
+
+/// One TCP or TLS client: STUN messages and ChannelData (padded to 4 bytes) framed
 /// back to back (RFC 8656 12.5).
-async fn tcp_conn(stream: TcpStream, from: SocketAddr, inner: Arc<Inner>) {
-    let (mut rd, mut wr) = stream.into_split();
+async fn stream_conn<S: AsyncRead + AsyncWrite + Send + 'static>(stream: S, from: SocketAddr, inner: Arc<Inner>) {
+    let (mut rd, mut wr) = tokio::io::split(stream);
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(256);
     let writer = tokio::spawn(async move {
         while let Some(b) = rx.recv().await {
