@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{child_client, ChildServer};
+use common::{child_client, tool, ChildServer};
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -15,16 +15,6 @@ fn python() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python")));
     assert!(p.exists(), "{} is missing: run scripts/setup-test-deps.sh (or scripts/test.sh)", p.display());
     p
-}
-
-fn tool(name: &str) -> PathBuf {
-    for dir in std::env::var("PATH").unwrap_or_default().split(':').chain(["/usr/bin", "/usr/local/bin"]) {
-        let p = PathBuf::from(dir).join(name);
-        if p.exists() {
-            return p;
-        }
-    }
-    panic!("{name} is not installed: run scripts/setup-test-deps.sh (or scripts/test.sh)");
 }
 
 fn interop(file: &str) -> String {

@@ -4,22 +4,11 @@
 
 mod common;
 
-use common::TestServer;
+use common::{tool, TestServer};
 use confer::turn::stun::{self, Builder, Class, Message};
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
-
-fn tool(name: &str) -> PathBuf {
-    for dir in std::env::var("PATH").unwrap_or_default().split(':').chain(["/usr/bin", "/usr/local/bin"]) {
-        let p = PathBuf::from(dir).join(name);
-        if p.exists() {
-            return p;
-        }
-    }
-    panic!("{name} is not installed (coturn): run scripts/setup-test-deps.sh (or scripts/test.sh)");
-}
 
 async fn turn_server(allow_loopback: bool, ports: (u16, u16)) -> (TestServer, SocketAddr) {
     let s = TestServer::start_with(|c| {

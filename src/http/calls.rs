@@ -3,6 +3,7 @@
 //! twin, so both emit the same events.
 
 use super::error::{ApiError, ApiJson, OptionalJson};
+use super::extract::query_number;
 use super::{AppState, AuthUser};
 use crate::ids::{CallId, RoomId, UserId};
 use crate::model::{CallMode, CallSession, CallStatus, CallType, FacingMode};
@@ -144,16 +145,8 @@ async fn call_history(
     AuthUser(actor): AuthUser,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Json<HistoryBody>, ApiError> {
-    let num = |k: &str, default: usize, range: std::ops::RangeInclusive<usize>| -> Result<usize, ApiError> {
-        match q.get(k) {
-            None => Ok(default),
-            Some(v) => v.parse::<usize>().ok().filter(|n| range.contains(n)).ok_or_else(|| {
-                ApiError::bad_request(format!("{k}: must be a whole number in {}..{}", range.start(), range.end()))
-            }),
-        }
-    };
-    let limit = num("limit", 20, 1..=100)?;
-    let offset = num("offset", 0, 0..=1_000_000)?;
+    let limit = query_number(&q, "limit", 20, 1..=100)?;
+    let offset = query_number(&q, "offset", 0, 0..=1_000_000)?;
     let call_type = match q.get("type") {
         None => None,
         Some(t) => Some(

@@ -38,3 +38,19 @@ impl FromRequestParts<AppState> for AuthUser {
         Ok(AuthUser(Actor { claims, conn: None }))
     }
 }
+
+/// A whole-number query parameter in `range`, `default` when absent; a 400
+/// naming the parameter otherwise.
+pub fn query_number(
+    q: &std::collections::HashMap<String, String>,
+    key: &str,
+    default: usize,
+    range: std::ops::RangeInclusive<usize>,
+) -> Result<usize, ApiError> {
+    match q.get(key) {
+        None => Ok(default),
+        Some(v) => v.parse::<usize>().ok().filter(|n| range.contains(n)).ok_or_else(|| {
+            ApiError::bad_request(format!("{key}: must be a whole number in {}..{}", range.start(), range.end()))
+        }),
+    }
+}

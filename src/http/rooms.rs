@@ -3,6 +3,7 @@
 
 use super::calls::{message, MessageBody};
 use super::error::{ApiError, ApiJson};
+use super::extract::query_number;
 use super::{AppState, AuthUser};
 use crate::ids::{PeerId, RoomId};
 use crate::model::Room;
@@ -89,18 +90,8 @@ async fn list_rooms(
     AuthUser(actor): AuthUser,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Json<RoomList>, ApiError> {
-    let num = |k: &str, default: usize, max: usize, min: usize| -> Result<usize, ApiError> {
-        match q.get(k) {
-            None => Ok(default),
-            Some(v) => v
-                .parse::<usize>()
-                .ok()
-                .filter(|n| (min..=max).contains(n))
-                .ok_or_else(|| ApiError::bad_request(format!("{k}: must be a whole number in {min}..{max}"))),
-        }
-    };
-    let limit = num("limit", 20, 100, 1)?;
-    let offset = num("offset", 0, 1_000_000, 0)?;
+    let limit = query_number(&q, "limit", 20, 1..=100)?;
+    let offset = query_number(&q, "offset", 0, 0..=1_000_000)?;
     let (rooms, total) = st.signal.rooms.list(&actor, limit, offset);
     Ok(Json(RoomList { rooms, total, limit, offset }))
 }

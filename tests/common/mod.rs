@@ -361,3 +361,15 @@ impl TestServer {
         self._dir.as_ref().expect("started with start()/start_with()").path().to_owned()
     }
 }
+
+/// An installed tool (coturn's, promtool...) by name; a missing one fails the
+/// test with what to run, never skips it.
+pub fn tool(name: &str) -> std::path::PathBuf {
+    for dir in std::env::var("PATH").unwrap_or_default().split(':').chain(["/usr/bin", "/usr/local/bin"]) {
+        let p = std::path::PathBuf::from(dir).join(name);
+        if p.exists() {
+            return p;
+        }
+    }
+    panic!("{name} is not installed: run scripts/setup-test-deps.sh (or scripts/test.sh)");
+}
