@@ -90,7 +90,14 @@ impl Sink {
     async fn send(&self, b: &[u8]) {
         match self {
             Sink::Udp(s, to) => {
-                let _ = s.send_to(b, to).await;
+                // The socket is almost always writable: skip the readiness
+                // future unless the kernel buffer is full.
+                match s.try_send_to(b, *to) {
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        let _ = s.send_to(b, to).await;
+                    }
+                    _ => {}
+                }
             }
             Sink::Tcp(tx) => {
                 let _ = tx.try_send(b.to_vec());
@@ -247,6 +254,11 @@ async fn udp_loop(udp: Arc<UdpSocket>, inner: Arc<Inner>) {
         let Ok((n, from)) = udp.recv_from(&mut buf).await else { continue };
         let key = ClientKey { tcp: false, addr: from };
         inner.handle(key, &Sink::Udp(udp.clone(), from), &buf[..n], &mut out).await;
+        // Drain what else is queued before yielding to the scheduler.
+        while let Ok((n, from)) = udp.try_recv_from(&mut buf) {
+            let key = ClientKey { tcp: false, addr: from };
+            inner.handle(key, &Sink::Udp(udp.clone(), from), &buf[..n], &mut out).await;
+        }
     }
 }
 
@@ -329,10 +341,17 @@ async fn relay_loop(alloc: Arc<Alloc>, inner: Arc<Inner>) {
     loop {
         let Ok((n, peer)) = alloc.relay.recv_from(&mut buf).await else { continue };
         let now = Instant::now();
-        if !alloc.permitted(peer.ip(), now) || !alloc.bucket.lock().take(n, now) {
+        // One look at the allocation's state per packet: permission and channel.
+        let channel = {
+            let st = alloc.state.lock();
+            if !st.perms.get(&peer.ip()).is_some_and(|t| *t > now) {
+                continue;
+            }
+            st.by_peer.get(&peer).copied()
+        };
+        if !alloc.bucket.lock().take(n, now) {
             continue;
         }
-        let channel = alloc.state.lock().by_peer.get(&peer).copied();
         match channel {
             Some(ch) => {
                 out.clear();

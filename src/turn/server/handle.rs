@@ -296,7 +296,11 @@ impl Inner {
         if !alloc.permitted(peer.ip(), now) || !alloc.bucket.lock().take(data.len(), now) {
             return;
         }
-        if alloc.relay.send_to(data, peer).await.is_ok() {
+        let sent = match alloc.relay.try_send_to(data, peer) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => alloc.relay.send_to(data, peer).await.is_ok(),
+            r => r.is_ok(),
+        };
+        if sent {
             self.metrics.bytes.inc_by(data.len() as u64);
         }
     }
