@@ -191,9 +191,8 @@ impl TurnServer {
         tls: Option<Arc<rustls::ServerConfig>>,
     ) -> Result<TurnServer, TurnError> {
         let filter = PeerFilter::new(cfg.allow_loopback_peers, &cfg.allowed_peer_ranges).map_err(TurnError::Config)?;
-        let udp = UdpSocket::bind(cfg.listen).await.map_err(|source| TurnError::Bind { addr: cfg.listen, source })?;
+        let (udp, tcp) = bind_pair(cfg.listen).await?;
         let addr = udp.local_addr().map_err(|source| TurnError::Bind { addr: cfg.listen, source })?;
-        let tcp = TcpListener::bind(addr).await.map_err(|source| TurnError::Bind { addr, source })?;
         let tls = match (tls, cfg.tls_listen) {
             (Some(config), Some(at)) => {
                 let l = TcpListener::bind(at).await.map_err(|source| TurnError::Bind { addr: at, source })?;
@@ -243,6 +242,25 @@ impl TurnServer {
         let all: Vec<_> = inner.allocs.lock().drain().collect();
         for (_, a) in all {
             inner.drop_alloc(&a);
+        }
+    }
+}
+
+/// UDP and TCP on the same port. With port 0 the kernel picks the UDP port,
+/// which TCP may already use (another process's connection): pick again.
+async fn bind_pair(at: SocketAddr) -> Result<(UdpSocket, TcpListener), TurnError> {
+    let mut tries = if at.port() == 0 { 50 } else { 1 };
+    loop {
+        let udp = UdpSocket::bind(at).await.map_err(|source| TurnError::Bind { addr: at, source })?;
+        let addr = udp.local_addr().map_err(|source| TurnError::Bind { addr: at, source })?;
+        match TcpListener::bind(addr).await {
+            Ok(tcp) => return Ok((udp, tcp)),
+            Err(source) => {
+                tries -= 1;
+                if tries == 0 {
+                    return Err(TurnError::Bind { addr, source });
+                }
+            }
         }
     }
 }
