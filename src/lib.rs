@@ -13,9 +13,12 @@
 //! - [`turn`]: TURN REST credentials (and, later, the TURN server).
 //! - [`store`]: persistence behind the [`store::Store`] trait (sled on disk).
 //! - [`metrics`]: the Prometheus registry and every metric confer exports.
+//! - [`analytics`]: pure call-quality calculators (RFC 3550 statistics, RTT,
+//!   E-model MOS); no I/O.
 //! - [`auth`]: access tokens (JWT, HS256) and their claims.
 //! - [`model`], [`config`], [`ids`], [`clock`]: plain data shared by everything above.
 
+pub mod analytics;
 pub mod app;
 pub mod auth;
 pub mod clock;

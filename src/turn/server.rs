@@ -362,7 +362,7 @@ async fn relay_loop(alloc: Arc<Alloc>, inner: Arc<Inner>) {
         // One look at the allocation's state per packet: permission and channel.
         let channel = {
             let st = alloc.state.lock();
-            if !st.perms.get(&peer.ip()).is_some_and(|t| *t > now) {
+            if st.perms.get(&peer.ip()).is_none_or(|t| *t <= now) {
                 continue;
             }
             st.by_peer.get(&peer).copied()
