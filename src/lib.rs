@@ -25,6 +25,7 @@ pub mod clock;
 pub mod config;
 pub mod http;
 pub mod ids;
+pub mod media;
 pub mod metrics;
 pub mod model;
 pub mod signal;

@@ -1,8 +1,10 @@
 //! Every metric confer exports (SPEC 9), registered in one Prometheus registry.
 //! Names are part of the contract; add new ones here, beside their siblings.
 
+use crate::model::TrackKind;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 #[derive(Clone)]
@@ -15,6 +17,8 @@ pub struct Metrics {
     pub http_requests_total: IntCounterVec,
     pub http_request_duration_seconds: HistogramVec,
     pub signal_relay_seconds: Histogram,
+    pub participants_active: IntGauge,
+    pub media: MediaMetrics,
 }
 
 impl Metrics {
@@ -48,6 +52,12 @@ impl Metrics {
                 .buckets(vec![0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05]),
             )
             .unwrap(),
+            participants_active: IntGauge::new(
+                "confer_participants_active",
+                "Participants joined to a room over /rtc (calls in sfu mode included)",
+            )
+            .unwrap(),
+            media: MediaMetrics::new(&registry),
             registry,
         };
         let r = &m.registry;
@@ -58,6 +68,7 @@ impl Metrics {
         r.register(Box::new(m.http_requests_total.clone())).unwrap();
         r.register(Box::new(m.http_request_duration_seconds.clone())).unwrap();
         r.register(Box::new(m.signal_relay_seconds.clone())).unwrap();
+        r.register(Box::new(m.participants_active.clone())).unwrap();
         #[cfg(target_os = "linux")]
         r.register(Box::new(prometheus::process_collector::ProcessCollector::for_self())).unwrap();
         m
@@ -79,5 +90,95 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// The SFU's metrics. Counters are resolved per label once, so the forwarding
+/// path only does atomic adds.
+#[derive(Clone)]
+pub struct MediaMetrics {
+    pub peer_connections: IntGauge,
+    tracks_published: [IntGauge; 2],
+    received: [IntCounter; 2],
+    forwarded: [IntCounter; 2],
+    forwarded_bytes: [IntCounter; 2],
+    rtcp: IntCounterVec,
+    pub nack: IntCounter,
+    pub pli: IntCounter,
+    pub datagrams_dropped: IntCounter,
+    pub send_errors: IntCounter,
+}
+
+fn by_kind<T: Clone>(f: impl Fn(&str) -> T) -> [T; 2] {
+    [f("audio"), f("video")]
+}
+
+fn kind_index(kind: TrackKind) -> usize {
+    match kind {
+        TrackKind::Audio => 0,
+        TrackKind::Video => 1,
+    }
+}
+
+impl MediaMetrics {
+    fn new(r: &Registry) -> Self {
+        let gauge_vec = |name: &str, help: &str| {
+            let v = IntGaugeVec::new(Opts::new(name, help), &["kind"]).unwrap();
+            r.register(Box::new(v.clone())).unwrap();
+            v
+        };
+        let counter_vec = |name: &str, help: &str, label: &str| {
+            let v = IntCounterVec::new(Opts::new(name, help), &[label]).unwrap();
+            r.register(Box::new(v.clone())).unwrap();
+            v
+        };
+        let counter = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help).unwrap();
+            r.register(Box::new(c.clone())).unwrap();
+            c
+        };
+        let pcs = IntGauge::new("confer_peer_connections_active", "SFU PeerConnections (publisher and subscriber legs)")
+            .unwrap();
+        r.register(Box::new(pcs.clone())).unwrap();
+        let tracks = gauge_vec("confer_tracks_published", "Tracks being published to the SFU, by kind");
+        let received = counter_vec("confer_rtp_packets_received_total", "RTP packets received from publishers", "kind");
+        let forwarded =
+            counter_vec("confer_rtp_packets_forwarded_total", "RTP packets forwarded to subscribers", "kind");
+        let bytes = counter_vec("confer_rtp_bytes_forwarded_total", "RTP bytes forwarded to subscribers", "kind");
+        Self {
+            peer_connections: pcs,
+            tracks_published: by_kind(|k| tracks.with_label_values(&[k])),
+            received: by_kind(|k| received.with_label_values(&[k])),
+            forwarded: by_kind(|k| forwarded.with_label_values(&[k])),
+            forwarded_bytes: by_kind(|k| bytes.with_label_values(&[k])),
+            rtcp: counter_vec("confer_rtcp_packets_total", "RTCP packets received by the SFU, by type", "type"),
+            nack: counter("confer_nack_total", "NACKs received from subscribers"),
+            pli: counter("confer_pli_total", "Keyframe requests (PLI) the SFU sent to publishers"),
+            datagrams_dropped: counter(
+                "confer_media_datagrams_dropped_total",
+                "Datagrams on the media port from an unknown address or that a PeerConnection rejected",
+            ),
+            send_errors: counter("confer_media_send_errors_total", "Datagrams the media socket could not send"),
+        }
+    }
+
+    pub fn tracks_published(&self, kind: TrackKind) -> &IntGauge {
+        &self.tracks_published[kind_index(kind)]
+    }
+
+    pub fn received(&self, kind: TrackKind) -> &IntCounter {
+        &self.received[kind_index(kind)]
+    }
+
+    pub fn forwarded(&self, kind: TrackKind) -> IntCounter {
+        self.forwarded[kind_index(kind)].clone()
+    }
+
+    pub fn forwarded_bytes(&self, kind: TrackKind) -> IntCounter {
+        self.forwarded_bytes[kind_index(kind)].clone()
+    }
+
+    pub fn rtcp(&self, ty: &str) -> IntCounter {
+        self.rtcp.with_label_values(&[ty])
     }
 }

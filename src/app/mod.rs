@@ -11,7 +11,7 @@ use crate::http::{self, AppState, IceSettings};
 use crate::metrics::Metrics;
 use crate::signal::calls::CallService;
 use crate::signal::hub::Hub;
-use crate::signal::rooms::RoomService;
+use crate::signal::rooms::{RoomOptions, RoomService};
 use crate::signal::session::Limits;
 use crate::signal::Signaling;
 use crate::store::{SledStore, Store};
@@ -40,6 +40,8 @@ pub struct Server {
     state: AppState,
     signal: Arc<Signaling>,
     store: Arc<SledStore>,
+    media_addr: SocketAddr,
+    media_thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Server {
@@ -53,34 +55,8 @@ impl Server {
             .with_context(|| format!("cannot read or create {}/{TURN_SECRET_FILE}", data.display()))?;
         let store = Arc::new(SledStore::open(data)?);
         let metrics = Metrics::new();
-        let hub = Arc::new(Hub::new());
-        let dyn_store: Arc<dyn Store> = store.clone();
-        let calls = CallService::new(
-            dyn_store.clone(),
-            hub.clone(),
-            metrics.clone(),
-            config.calls.ring_timeout.0,
-            config.calls.reconnect_grace.0,
-        );
-        let settled = calls.recover()?;
-        if settled > 0 {
-            tracing::info!(calls = settled, "ended calls left live by the previous run (endReason server-restart)");
-        }
-        let rooms = RoomService::open(
-            dyn_store.clone(),
-            hub.clone(),
-            metrics.clone(),
-            config.rooms.max_participants,
-            config.rooms.reservation_ttl.0,
-        )?;
-        let signal = Arc::new(Signaling {
-            calls,
-            rooms,
-            hub,
-            keys: TokenKeys::new(auth_secret.as_bytes()),
-            metrics: metrics.clone(),
-        });
 
+        // Sockets first, so a busy port fails before anything starts.
         // One certificate serves HTTPS and TURN over TLS: the configured PEM
         // files, else a self-signed one when either needs it.
         let turn_tls_on = config.turn.enabled && config.turn.tls_listen.is_some();
@@ -98,7 +74,6 @@ impl Server {
             format!("cannot listen on http.listen = {} (is another server running?)", config.http.listen)
         })?;
         let http_addr = http.local_addr()?;
-
         let turn = if config.turn.enabled {
             let t = TurnServer::bind(&config.turn, turn_secret.clone().into_bytes(), metrics.registry(), cert).await?;
             if let Some(at) = t.tls_addr() {
@@ -116,15 +91,65 @@ impl Server {
             });
             format!("{host}:{}", bound.port())
         });
+        let ice = Arc::new(IceSettings {
+            turn_host_port,
+            secret: turn_secret.into_bytes(),
+            ttl: config.turn.credential_ttl.0,
+        });
+        // The SFU: one UDP port for every PeerConnection, on its own thread.
+        let media_socket = std::net::UdpSocket::bind(config.media.listen).with_context(|| {
+            format!("cannot bind media.listen = {} (is another server running?)", config.media.listen)
+        })?;
+        let media_addr = media_socket.local_addr()?;
+        let advertised = SocketAddr::new(config.media.public_ip.unwrap_or(media_addr.ip()), media_addr.port());
+        let (media, mut media_events, media_thread) =
+            crate::media::engine::spawn(media_socket, advertised, metrics.media.clone())
+                .context("cannot start the media engine")?;
+
+        let hub = Arc::new(Hub::new());
+        let dyn_store: Arc<dyn Store> = store.clone();
+        let calls = CallService::new(
+            dyn_store.clone(),
+            hub.clone(),
+            metrics.clone(),
+            config.calls.ring_timeout.0,
+            config.calls.reconnect_grace.0,
+        );
+        let settled = calls.recover()?;
+        if settled > 0 {
+            tracing::info!(calls = settled, "ended calls left live by the previous run (endReason server-restart)");
+        }
+        let ice_for_rooms = ice.clone();
+        let rooms = RoomService::open(
+            dyn_store.clone(),
+            hub.clone(),
+            metrics.clone(),
+            RoomOptions {
+                max_participants: config.rooms.max_participants,
+                reservation_ttl: config.rooms.reservation_ttl.0,
+                media: Some(media),
+                ice_servers: Arc::new(move |user| serde_json::to_value(ice_for_rooms.servers(user)).unwrap_or_default()),
+                grace: config.calls.reconnect_grace.0,
+            },
+        )?;
+        let pump_rooms = rooms.clone();
+        tokio::spawn(async move {
+            while let Some(ev) = media_events.recv().await {
+                pump_rooms.on_media(ev);
+            }
+        });
+        let signal = Arc::new(Signaling {
+            calls,
+            rooms,
+            hub,
+            keys: TokenKeys::new(auth_secret.as_bytes()),
+            metrics: metrics.clone(),
+        });
         let state = AppState {
             signal: signal.clone(),
             store: dyn_store,
             metrics,
-            ice: Arc::new(IceSettings {
-                turn_host_port,
-                secret: turn_secret.into_bytes(),
-                ttl: config.turn.credential_ttl.0,
-            }),
+            ice,
             allow_guests: config.auth.allow_guests,
             metrics_token: config.metrics.token.clone(),
             ws_limits: Arc::new(Limits {
@@ -135,7 +160,7 @@ impl Server {
             }),
             sockets_ready: Arc::new(AtomicBool::new(false)),
         };
-        Ok(Server { http, http_addr, tls, turn, state, signal, store })
+        Ok(Server { http, http_addr, tls, turn, state, signal, store, media_addr, media_thread: Some(media_thread) })
     }
 
     pub fn http_addr(&self) -> SocketAddr {
@@ -151,12 +176,12 @@ impl Server {
     /// The `listening ...` line of SPEC 1.
     pub fn listening_line(&self) -> String {
         let turn = self.turn.as_ref().map(|t| t.local_addr().to_string()).unwrap_or_else(|| "off".into());
-        format!("listening http={} media=off turn={turn}", self.http_addr)
+        format!("listening http={} media={} turn={turn}", self.http_addr, self.media_addr)
     }
 
     /// Serve until `shutdown` resolves, then shut down gracefully.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-        let Server { http, tls, turn, state, signal, store, .. } = self;
+        let Server { http, tls, turn, state, signal, store, media_thread, .. } = self;
         let (turn_stop, turn_stopped) = tokio::sync::oneshot::channel::<()>();
         let turn_task = turn.map(|t| {
             tokio::spawn(t.run(async move {
@@ -214,6 +239,11 @@ impl Server {
         let _ = turn_stop.send(());
         if let Some(t) = turn_task {
             let _ = t.await;
+        }
+        if let Some(t) = media_thread {
+            // The engine stops on the shutdown command signaling sent; give it
+            // a moment to say goodbye to every PeerConnection.
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
         }
         store.flush().context("flushing the store")?;
         tracing::info!("stopped");

@@ -237,7 +237,7 @@ async fn mute_audio(
     Path(id): Path<String>,
     ApiJson(body): ApiJson<MuteBody>,
 ) -> Result<Json<MessageBody>, ApiError> {
-    st.signal.calls.change_media(&actor, &CallId::from(id), MediaChange::Audio(body.mute))?;
+    st.signal.mute_call(&actor, &CallId::from(id), crate::model::TrackKind::Audio, body.mute)?;
     Ok(message(if body.mute { "Audio muted" } else { "Audio unmuted" }))
 }
 
@@ -252,7 +252,7 @@ async fn mute_video(
     Path(id): Path<String>,
     ApiJson(body): ApiJson<MuteBody>,
 ) -> Result<Json<MessageBody>, ApiError> {
-    st.signal.calls.change_media(&actor, &CallId::from(id), MediaChange::Video(body.mute))?;
+    st.signal.mute_call(&actor, &CallId::from(id), crate::model::TrackKind::Video, body.mute)?;
     Ok(message(if body.mute { "Video muted" } else { "Video unmuted" }))
 }
 

@@ -56,23 +56,24 @@ pub struct IceConfig {
 #[utoipa::path(get, path = "/ice-config", tag = "ice", security(("bearer" = [])),
     responses((status = 200, body = IceConfig), (status = 401, body = super::error::ErrorBody)))]
 async fn ice_config(State(st): State<AppState>, AuthUser(actor): AuthUser) -> Json<IceConfig> {
-    let ice = &st.ice;
-    let ttl = ice.ttl.as_secs();
-    let ice_servers = match &ice.turn_host_port {
-        None => Vec::new(),
-        Some(hp) => {
-            let c = credentials::mint(&ice.secret, actor.user().as_str(), crate::auth::unix_now() + ttl);
-            vec![
-                IceServer { urls: vec![format!("stun:{hp}")], username: None, credential: None },
-                IceServer {
-                    urls: vec![format!("turn:{hp}?transport=udp"), format!("turn:{hp}?transport=tcp")],
-                    username: Some(c.username),
-                    credential: Some(c.credential),
-                },
-            ]
-        }
-    };
-    Json(IceConfig { ice_servers, ttl })
+    Json(IceConfig { ice_servers: st.ice.servers(actor.user()), ttl: st.ice.ttl.as_secs() })
+}
+
+impl IceSettings {
+    /// STUN and TURN (with fresh REST credentials for `user`), as `/ice-config`
+    /// and `room-joined` give them.
+    pub fn servers(&self, user: &UserId) -> Vec<IceServer> {
+        let Some(hp) = &self.turn_host_port else { return Vec::new() };
+        let c = credentials::mint(&self.secret, user.as_str(), crate::auth::unix_now() + self.ttl.as_secs());
+        vec![
+            IceServer { urls: vec![format!("stun:{hp}")], username: None, credential: None },
+            IceServer {
+                urls: vec![format!("turn:{hp}?transport=udp"), format!("turn:{hp}?transport=tcp")],
+                username: Some(c.username),
+                credential: Some(c.credential),
+            },
+        ]
+    }
 }
 
 #[derive(Deserialize, ToSchema)]

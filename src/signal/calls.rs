@@ -300,6 +300,28 @@ impl CallService {
         Ok(updated.expect("set on success"))
     }
 
+    /// The room of a live `mode: "sfu"` call that `actor` is a party of:
+    /// (call, room name, [caller, callee]).
+    pub fn sfu_room(&self, actor: &Actor, room: &RoomId) -> Option<(CallId, Option<String>, [UserId; 2])> {
+        let calls = self.live.lock();
+        calls
+            .values()
+            .map(|l| &l.session)
+            .find(|s| {
+                &s.room_id == room
+                    && s.mode == crate::model::CallMode::Sfu
+                    && s.is_party(actor.user())
+                    && !s.status.is_final()
+            })
+            .map(|s| (s.id.clone(), s.room_name.clone(), [s.caller_id.clone(), s.callee_id.clone()]))
+    }
+
+    /// The room of a live `mode: "sfu"` call.
+    pub fn sfu_room_of(&self, id: &CallId) -> Option<RoomId> {
+        let calls = self.live.lock();
+        calls.get(id).filter(|l| l.session.mode == crate::model::CallMode::Sfu).map(|l| l.session.room_id.clone())
+    }
+
     /// `call-stats`: keep the party's latest client-side stats.
     pub fn record_stats(&self, actor: &Actor, id: &CallId, stats: Vec<serde_json::Value>) -> Result<(), SignalError> {
         let mut calls = self.live.lock();

@@ -3,8 +3,9 @@
 //! sends. Parsing keeps the client's `reqId` even when the rest is invalid, so
 //! an `error` can echo it.
 
-use crate::ids::{CallId, RoomId, UserId};
-use crate::model::{CallMode, CallParticipant, CallSession, CallStatus, CallType};
+use crate::ids::{CallId, PeerId, RoomId, TrackId, UserId};
+use crate::media::Role;
+use crate::model::{CallMode, CallParticipant, CallSession, CallStatus, CallType, Room, RoomParticipant, TrackInfo, TrackSource};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -20,17 +21,6 @@ pub struct ParseError {
     pub code: &'static str,
     pub message: String,
 }
-
-/// Room/SFU message types; answered `not-implemented` until the SFU lands.
-const ROOM_TYPES: &[&str] = &[
-    "room-join",
-    "room-leave",
-    "publish-offer",
-    "subscribe-answer",
-    "room-ice-candidate",
-    "track-mute",
-    "track-subscribe",
-];
 
 #[derive(Debug, Deserialize, PartialEq)]
 #[serde(tag = "type", rename_all = "kebab-case", rename_all_fields = "camelCase")]
@@ -77,6 +67,67 @@ pub enum ClientMessage {
         call_id: CallId,
         stats: Vec<Value>,
     },
+    RoomJoin {
+        room_id: RoomId,
+        #[serde(default)]
+        peer_id: Option<PeerId>,
+    },
+    PublishOffer {
+        room_id: RoomId,
+        sdp: String,
+        tracks: Vec<TrackAnnouncement>,
+    },
+    SubscribeAnswer {
+        room_id: RoomId,
+        sdp: String,
+    },
+    RoomIceCandidate {
+        room_id: RoomId,
+        pc: Role,
+        candidate: IceCandidate,
+    },
+    TrackMute {
+        room_id: RoomId,
+        track_id: TrackId,
+        muted: bool,
+    },
+    TrackSubscribe {
+        room_id: RoomId,
+        track_id: TrackId,
+        subscribe: bool,
+        #[serde(default)]
+        quality: Option<Quality>,
+    },
+    RoomLeave {
+        room_id: RoomId,
+    },
+}
+
+/// One entry of `publish-offer.tracks`.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TrackAnnouncement {
+    pub mid: String,
+    pub source: TrackSource,
+    #[serde(default)]
+    pub simulcast: Option<bool>,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Quality {
+    Low,
+    Medium,
+    High,
+}
+
+/// One entry of `active-speakers`.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Speaker {
+    pub peer_id: PeerId,
+    /// 0..1, louder is higher.
+    pub level: f64,
 }
 
 /// A trickled ICE candidate as the browser's `RTCIceCandidateInit` has it.
@@ -117,10 +168,6 @@ pub fn parse(text: &str) -> Envelope {
             msg: Err(ParseError { code: "bad-request", message: "missing field `type` (a string)".into() }),
         };
     };
-    if ROOM_TYPES.contains(&ty.as_str()) {
-        let message = format!("`{ty}` needs the SFU, which this server does not run yet");
-        return Envelope { req_id, msg: Err(ParseError { code: "not-implemented", message }) };
-    }
     let msg = serde_json::from_value::<ClientMessage>(value)
         .map_err(|e| ParseError { code: "bad-request", message: format!("{ty}: {e}") });
     Envelope { req_id, msg }
@@ -205,6 +252,48 @@ pub enum ServerEvent {
     RoomDeleted {
         room_id: RoomId,
     },
+    RoomJoined {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        req_id: Option<Value>,
+        room_id: RoomId,
+        peer_id: PeerId,
+        room: Room,
+        ice_servers: Value,
+    },
+    PublishAnswer {
+        room_id: RoomId,
+        sdp: String,
+    },
+    SubscribeOffer {
+        room_id: RoomId,
+        sdp: String,
+    },
+    ParticipantJoined {
+        room_id: RoomId,
+        participant: RoomParticipant,
+    },
+    ParticipantLeft {
+        room_id: RoomId,
+        peer_id: PeerId,
+    },
+    ParticipantUpdated {
+        room_id: RoomId,
+        participant: RoomParticipant,
+    },
+    TrackPublished {
+        room_id: RoomId,
+        peer_id: PeerId,
+        track: TrackInfo,
+    },
+    TrackUnpublished {
+        room_id: RoomId,
+        peer_id: PeerId,
+        track_id: TrackId,
+    },
+    ActiveSpeakers {
+        room_id: RoomId,
+        speakers: Vec<Speaker>,
+    },
     ServerShutdown {},
 }
 
@@ -243,7 +332,15 @@ mod tests {
         assert!(err.message.contains("teleport"), "{}", err.message);
         assert_eq!(parse("not json").msg.unwrap_err().code, "bad-request");
         assert_eq!(parse("[1,2]").msg.unwrap_err().code, "bad-request");
-        assert_eq!(parse(r#"{"type":"room-join","roomId":"x"}"#).msg.unwrap_err().code, "not-implemented");
+        assert!(matches!(parse(r#"{"type":"room-join","roomId":"x"}"#).msg, Ok(ClientMessage::RoomJoin { .. })));
+        let err = parse(r#"{"type":"publish-offer","roomId":"x","sdp":"v=0","tracks":[{"mid":"0","source":"hat"}]}"#)
+            .msg
+            .unwrap_err();
+        assert!(err.message.contains("hat"), "{}", err.message);
+        let err = parse(r#"{"type":"room-ice-candidate","roomId":"x","pc":"both","candidate":{"candidate":""}}"#)
+            .msg
+            .unwrap_err();
+        assert!(err.message.contains("both"), "{}", err.message);
     }
 
     #[test]
@@ -269,6 +366,8 @@ mod fuzz_smoke {
             r#"{"type":"ice-candidate","callId":"c","candidate":{"candidate":"a","sdpMid":"0","sdpMLineIndex":0}}"#,
             r#"{"type":"call-stats","callId":"c","stats":[{"type":"inbound-rtp"}]}"#,
             r#"{"type":"refresh","token":"x"}"#,
+            r#"{"type":"publish-offer","roomId":"r","sdp":"v=0","tracks":[{"mid":"0","source":"camera"}]}"#,
+            r#"{"type":"room-ice-candidate","roomId":"r","pc":"publisher","candidate":{"candidate":"c","sdpMid":"0"}}"#,
         ];
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
         for _ in 0..20_000 {

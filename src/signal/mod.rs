@@ -12,6 +12,7 @@ pub mod hub;
 pub mod messages;
 pub mod ratelimit;
 pub mod rooms;
+pub mod rooms_live;
 pub mod session;
 
 use crate::auth::Claims;
@@ -102,6 +103,27 @@ impl Signaling {
     pub fn shutdown(&self) {
         self.hub.broadcast(&messages::ServerEvent::ServerShutdown {});
         self.calls.end_all(call::reason::SERVER_SHUTDOWN);
+        self.rooms.shutdown_media();
         self.hub.close_all(session::CLOSE_GOING_AWAY, "server shutdown");
+    }
+
+    /// The call mute routes: stored on the participant and pushed to the other
+    /// party; in `mode: "sfu"` the SFU also stops forwarding that media.
+    pub fn mute_call(
+        &self,
+        actor: &Actor,
+        id: &crate::ids::CallId,
+        kind: crate::model::TrackKind,
+        mute: bool,
+    ) -> Result<(), SignalError> {
+        let change = match kind {
+            crate::model::TrackKind::Audio => calls::MediaChange::Audio(mute),
+            crate::model::TrackKind::Video => calls::MediaChange::Video(mute),
+        };
+        self.calls.change_media(actor, id, change)?;
+        if let Some(room) = self.calls.sfu_room_of(id) {
+            self.rooms.call_mute(&room, actor.user(), kind, mute);
+        }
+        Ok(())
     }
 }

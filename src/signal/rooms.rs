@@ -3,6 +3,8 @@
 //!
 //! A REST join reserves a seat (it counts toward `maxParticipants`) for
 //! `rooms.reservation_ttl`; the WebSocket `room-join` of the SFU binds it.
+//! What happens once a participant is joined over `/rtc` lives in
+//! [`super::rooms_live`].
 
 use super::hub::{Hub, To};
 use super::messages::ServerEvent;
@@ -26,19 +28,47 @@ pub struct NewRoom {
     pub is_private: bool,
 }
 
-struct RoomState {
-    room: Room,
+pub(super) struct RoomState {
+    pub(super) room: Room,
     /// Seats reserved over REST and not yet bound by a WebSocket join.
-    reservations: HashMap<PeerId, Instant>,
+    pub(super) reservations: HashMap<PeerId, Instant>,
+    /// Participants joined over `/rtc`.
+    pub(super) live: HashMap<PeerId, super::rooms_live::Live>,
+    /// Users a `mode: "sfu"` call lets in; such a room is not persisted and
+    /// goes away with its last participant.
+    pub(super) call_parties: Option<[crate::ids::UserId; 2]>,
 }
 
+impl RoomState {
+    pub(super) fn new(room: Room) -> Self {
+        Self { room, reservations: HashMap::new(), live: HashMap::new(), call_parties: None }
+    }
+}
+
+/// Builds the `iceServers` of `room-joined` for a user (the same list as
+/// `GET /ice-config`).
+pub type IceServersFn = Arc<dyn Fn(&crate::ids::UserId) -> serde_json::Value + Send + Sync>;
+
 pub struct RoomService {
-    store: Arc<dyn Store>,
-    hub: Arc<Hub>,
-    metrics: Metrics,
+    pub(super) store: Arc<dyn Store>,
+    pub(super) hub: Arc<Hub>,
+    pub(super) metrics: Metrics,
     max_participants: u32,
     reservation_ttl: Duration,
-    rooms: Mutex<HashMap<RoomId, RoomState>>,
+    pub(super) rooms: Mutex<HashMap<RoomId, RoomState>>,
+    pub(super) media: Option<crate::media::MediaHandle>,
+    pub(super) ice_servers: IceServersFn,
+    /// How long a joined participant whose WebSocket dropped keeps its seat.
+    pub(super) grace: Duration,
+}
+
+/// What [`RoomService::open`] needs beyond the store, hub and metrics.
+pub struct RoomOptions {
+    pub max_participants: u32,
+    pub reservation_ttl: Duration,
+    pub media: Option<crate::media::MediaHandle>,
+    pub ice_servers: IceServersFn,
+    pub grace: Duration,
 }
 
 impl RoomService {
@@ -47,16 +77,22 @@ impl RoomService {
         store: Arc<dyn Store>,
         hub: Arc<Hub>,
         metrics: Metrics,
-        max_participants: u32,
-        reservation_ttl: Duration,
+        opts: RoomOptions,
     ) -> Result<Arc<Self>, SignalError> {
-        let rooms: HashMap<RoomId, RoomState> = store
-            .rooms()?
-            .into_iter()
-            .map(|r| (r.id.clone(), RoomState { room: r, reservations: HashMap::new() }))
-            .collect();
+        let rooms: HashMap<RoomId, RoomState> =
+            store.rooms()?.into_iter().map(|r| (r.id.clone(), RoomState::new(r))).collect();
         metrics.rooms_active.set(rooms.len() as i64);
-        Ok(Arc::new(Self { store, hub, metrics, max_participants, reservation_ttl, rooms: Mutex::new(rooms) }))
+        Ok(Arc::new(Self {
+            store,
+            hub,
+            metrics,
+            max_participants: opts.max_participants,
+            reservation_ttl: opts.reservation_ttl,
+            rooms: Mutex::new(rooms),
+            media: opts.media,
+            ice_servers: opts.ice_servers,
+            grace: opts.grace,
+        }))
     }
 
     pub fn create(&self, actor: &Actor, req: NewRoom) -> Result<Room, SignalError> {
@@ -82,7 +118,7 @@ impl RoomService {
         };
         self.store.put_room(&room)?;
         let mut rooms = self.rooms.lock();
-        rooms.insert(room.id.clone(), RoomState { room: room.clone(), reservations: HashMap::new() });
+        rooms.insert(room.id.clone(), RoomState::new(room.clone()));
         self.metrics.rooms_active.set(rooms.len() as i64);
         Ok(room)
     }
@@ -94,7 +130,7 @@ impl RoomService {
         let mut rooms = self.rooms.lock();
         let mut visible: Vec<Room> = rooms
             .values_mut()
-            .filter(|s| !s.room.is_private || may_enter(actor, &s.room))
+            .filter(|s| !s.room.is_private || may_enter(actor, s))
             .map(|s| {
                 expire(s, now);
                 s.room.clone()
@@ -108,7 +144,7 @@ impl RoomService {
     pub fn get(&self, actor: &Actor, id: &RoomId) -> Result<Room, SignalError> {
         let mut rooms = self.rooms.lock();
         let s = find(&mut rooms, id)?;
-        check_access(actor, &s.room)?;
+        check_access(actor, s)?;
         expire(s, Instant::now());
         Ok(s.room.clone())
     }
@@ -118,7 +154,7 @@ impl RoomService {
         let now = Instant::now();
         let mut rooms = self.rooms.lock();
         let s = find(&mut rooms, id)?;
-        check_access(actor, &s.room)?;
+        check_access(actor, s)?;
         expire(s, now);
         if s.room.participants.len() >= s.room.max_participants as usize {
             return Err(SignalError::RoomFull);
@@ -149,8 +185,13 @@ impl RoomService {
     pub fn leave(&self, actor: &Actor, id: &RoomId) -> Result<(), SignalError> {
         let mut rooms = self.rooms.lock();
         let s = find(&mut rooms, id)?;
-        check_access(actor, &s.room)?;
+        check_access(actor, s)?;
         let before = s.room.participants.len();
+        let live: Vec<PeerId> =
+            s.live.iter().filter(|(_, l)| &l.user == actor.user()).map(|(p, _)| p.clone()).collect();
+        for p in live {
+            self.remove_live(s, &p);
+        }
         s.room.participants.retain(|p| &p.user_id != actor.user());
         if s.room.participants.len() == before {
             return Err(SignalError::NotFound("you are not a participant of this room".into()));
@@ -171,6 +212,12 @@ impl RoomService {
         let s = rooms.remove(id).expect("found above");
         self.metrics.rooms_active.set(rooms.len() as i64);
         drop(rooms);
+        for p in s.live.keys() {
+            self.metrics.participants_active.dec();
+            if let Some(m) = &self.media {
+                m.send(crate::media::Command::Leave { peer: p.clone() });
+            }
+        }
         let ev = ServerEvent::RoomDeleted { room_id: id.clone() };
         let mut told = std::collections::HashSet::new();
         for p in &s.room.participants {
@@ -182,19 +229,21 @@ impl RoomService {
     }
 }
 
-fn find<'a>(rooms: &'a mut HashMap<RoomId, RoomState>, id: &RoomId) -> Result<&'a mut RoomState, SignalError> {
+pub(super) fn find<'a>(rooms: &'a mut HashMap<RoomId, RoomState>, id: &RoomId) -> Result<&'a mut RoomState, SignalError> {
     rooms.get_mut(id).ok_or_else(|| SignalError::NotFound("room not found".into()))
 }
 
-fn may_enter(actor: &Actor, room: &Room) -> bool {
+pub(super) fn may_enter(actor: &Actor, s: &RoomState) -> bool {
+    let room = &s.room;
     actor.is_admin()
+        || s.call_parties.as_ref().is_some_and(|p| p.contains(actor.user()))
         || &room.created_by == actor.user()
         || actor.claims.lists_room(room.id.as_str(), &room.name)
         || room.participants.iter().any(|p| &p.user_id == actor.user())
 }
 
-fn check_access(actor: &Actor, room: &Room) -> Result<(), SignalError> {
-    if room.is_private && !may_enter(actor, room) {
+pub(super) fn check_access(actor: &Actor, s: &RoomState) -> Result<(), SignalError> {
+    if s.room.is_private && !may_enter(actor, s) {
         return Err(SignalError::Forbidden(
             "this room is private: it needs its creator, an admin, or a token whose `rooms` lists it".into(),
         ));
@@ -203,7 +252,7 @@ fn check_access(actor: &Actor, room: &Room) -> Result<(), SignalError> {
 }
 
 /// Drop reservations that were not bound in time.
-fn expire(s: &mut RoomState, now: Instant) {
+pub(super) fn expire(s: &mut RoomState, now: Instant) {
     let expired: Vec<PeerId> = s.reservations.iter().filter(|(_, t)| **t <= now).map(|(p, _)| p.clone()).collect();
     for p in expired {
         s.reservations.remove(&p);

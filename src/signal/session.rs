@@ -159,6 +159,7 @@ where
     if signal.hub.unregister(&user, &conn) {
         signal.calls.user_offline(&user);
     }
+    signal.rooms.conn_closed(&conn);
     tracing::debug!(%user, %conn, ?close, "websocket closed");
 
     if let Some((code, why)) = close {
@@ -295,6 +296,33 @@ impl State {
             ClientMessage::CallReject { call_id, reason } => calls.reject(a, &call_id, reason).map(|_| None)?,
             ClientMessage::CallHangup { call_id } => calls.hangup(a, &call_id).map(|_| None)?,
             ClientMessage::CallStats { call_id, stats } => calls.record_stats(a, &call_id, stats).map(|_| None)?,
+            ClientMessage::RoomJoin { room_id, peer_id } => {
+                if let Some((call, name, parties)) = calls.sfu_room(a, &room_id) {
+                    signal.rooms.ensure_call_room(&room_id, &call, name.as_deref(), parties);
+                }
+                match signal.rooms.join_ws(a, &room_id, peer_id)? {
+                    ServerEvent::RoomJoined { room_id, peer_id, room, ice_servers, .. } => {
+                        Some(ServerEvent::RoomJoined { req_id, room_id, peer_id, room, ice_servers })
+                    }
+                    other => Some(other),
+                }
+            }
+            ClientMessage::PublishOffer { room_id, sdp, tracks } => {
+                signal.rooms.publish(a, &room_id, sdp, tracks).map(|_| None)?
+            }
+            ClientMessage::SubscribeAnswer { room_id, sdp } => {
+                signal.rooms.subscribe_answer(a, &room_id, sdp).map(|_| None)?
+            }
+            ClientMessage::RoomIceCandidate { room_id, pc, candidate } => {
+                signal.rooms.ice_candidate(a, &room_id, pc, candidate).map(|_| None)?
+            }
+            ClientMessage::TrackMute { room_id, track_id, muted } => {
+                signal.rooms.track_mute(a, &room_id, &track_id, muted).map(|_| None)?
+            }
+            ClientMessage::TrackSubscribe { room_id, track_id, subscribe, quality: _ } => {
+                signal.rooms.track_subscribe(a, &room_id, track_id, subscribe).map(|_| None)?
+            }
+            ClientMessage::RoomLeave { room_id } => signal.rooms.leave_ws(a, &room_id).map(|_| None)?,
         })
     }
 }

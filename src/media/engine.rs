@@ -1,0 +1,826 @@
+//! The SFU's socket loop. One thread owns the shared UDP socket and every
+//! PeerConnection ("leg"); it feeds datagrams to the leg they belong to,
+//! forwards what publishers send to their consumers as [`super::router`]
+//! decides, runs the legs' timers, and drains what each leg wants to send.
+//!
+//! A room's packets never leave this thread, and nothing here takes a lock.
+
+use super::demux;
+use super::pc;
+use super::router::{Consumer, KeyframeLimiter, LegId, LevelMeter, Producer, Rewrite};
+use super::{Candidate, Command, MediaEvent, MediaHandle, PublishTrack, Role};
+use crate::ids::{PeerId, RoomId, TrackId};
+use crate::metrics::MediaMetrics;
+use crate::model::TrackKind;
+use bytes::BytesMut;
+use rtc::media_stream::MediaStreamTrack;
+use rtc::peer_connection::event::{RTCPeerConnectionEvent, RTCTrackEvent};
+use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
+use rtc::peer_connection::sdp::RTCSessionDescription;
+use rtc::peer_connection::state::RTCPeerConnectionState;
+use rtc::peer_connection::transport::RTCIceCandidateInit;
+use rtc::peer_connection::RTCPeerConnection;
+use rtc::rtcp;
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
+};
+use rtc::rtp_transceiver::{RTCRtpReceiverId, RTCRtpSenderId};
+use rtc::sansio::Protocol;
+use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+
+/// Minimum time between keyframe requests to one publisher track.
+pub const KEYFRAME_INTERVAL: Duration = Duration::from_millis(300);
+/// How often leg timers, deferred keyframe requests are checked.
+const TICK: Duration = Duration::from_millis(10);
+/// SPEC 5: active speakers every 500 ms, on change.
+const SPEAKERS_EVERY: Duration = Duration::from_millis(500);
+/// Datagrams read per wake-up before timers and commands get a turn.
+const READ_BATCH: usize = 64;
+
+/// Start the engine on its own thread. `socket` is already bound; `advertised`
+/// is the address put in ICE candidates (the bound one, or `public_ip`).
+pub fn spawn(
+    socket: std::net::UdpSocket,
+    advertised: SocketAddr,
+    metrics: MediaMetrics,
+) -> std::io::Result<(MediaHandle, mpsc::UnboundedReceiver<MediaEvent>, std::thread::JoinHandle<()>)> {
+    let local = socket.local_addr()?;
+    socket.set_nonblocking(true)?;
+    let (tx, rx) = mpsc::unbounded_channel();
+    let (ev_tx, ev_rx) = mpsc::unbounded_channel();
+    let thread = std::thread::Builder::new().name("confer-media".into()).spawn(move || {
+        let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(rt) => rt,
+            Err(e) => return tracing::error!(error = %e, "media engine: cannot start its runtime"),
+        };
+        rt.block_on(async move {
+            let socket = match UdpSocket::from_std(socket) {
+                Ok(s) => s,
+                Err(e) => return tracing::error!(error = %e, "media engine: cannot register the UDP socket"),
+            };
+            Engine::new(local, advertised, ev_tx, metrics).run(socket, rx).await;
+        });
+    })?;
+    Ok((MediaHandle { tx, addr: local }, ev_rx, thread))
+}
+
+struct Leg {
+    pc: RTCPeerConnection,
+    peer: PeerId,
+    role: Role,
+    ufrag: String,
+    addrs: Vec<SocketAddr>,
+    /// Publisher legs: the remote track id webrtc-rs reports → our track.
+    remote: HashMap<String, TrackId>,
+}
+
+/// A participant as the media plane sees it.
+struct Peer {
+    room: RoomId,
+    publisher: Option<LegId>,
+    subscriber: Option<LegId>,
+    /// Announced in `publish-offer`, by mid.
+    announced: HashMap<String, PublishTrack>,
+    /// Subscriber leg: our senders, by the producer they carry.
+    senders: HashMap<TrackId, (RTCRtpSenderId, u32)>,
+    awaiting_answer: bool,
+    renegotiate: bool,
+}
+
+/// What the engine keeps about a producer beyond the pure router state.
+struct Source {
+    codec: RTCRtpCodec,
+    receiver: RTCRtpReceiverId,
+    /// Header extensions the publisher negotiated: (uri, id).
+    extensions: Vec<(String, u8)>,
+}
+
+struct Engine {
+    local: SocketAddr,
+    advertised: SocketAddr,
+    events: mpsc::UnboundedSender<MediaEvent>,
+    metrics: MediaMetrics,
+    legs: HashMap<LegId, Leg>,
+    next_leg: LegId,
+    by_addr: HashMap<SocketAddr, LegId>,
+    by_ufrag: HashMap<String, LegId>,
+    peers: HashMap<PeerId, Peer>,
+    rooms: HashMap<RoomId, Vec<PeerId>>,
+    producers: HashMap<TrackId, Producer>,
+    sources: HashMap<TrackId, Source>,
+    speakers: HashMap<RoomId, Vec<PeerId>>,
+    dirty: Vec<LegId>,
+    /// Goodbyes (DTLS close) of legs already removed.
+    closing: Vec<(Vec<u8>, SocketAddr)>,
+}
+
+impl Engine {
+    fn new(
+        local: SocketAddr,
+        advertised: SocketAddr,
+        events: mpsc::UnboundedSender<MediaEvent>,
+        metrics: MediaMetrics,
+    ) -> Self {
+        Self {
+            local,
+            advertised,
+            events,
+            metrics,
+            legs: HashMap::new(),
+            next_leg: 0,
+            by_addr: HashMap::new(),
+            by_ufrag: HashMap::new(),
+            peers: HashMap::new(),
+            rooms: HashMap::new(),
+            producers: HashMap::new(),
+            sources: HashMap::new(),
+            speakers: HashMap::new(),
+            dirty: Vec::new(),
+            closing: Vec::new(),
+        }
+    }
+
+    async fn run(mut self, socket: UdpSocket, mut commands: mpsc::UnboundedReceiver<Command>) {
+        let mut buf = vec![0u8; 2048];
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut next_speakers = Instant::now() + SPEAKERS_EVERY;
+        loop {
+            tokio::select! {
+                biased;
+                cmd = commands.recv() => match cmd {
+                    None | Some(Command::Shutdown) => break,
+                    Some(cmd) => self.command(cmd),
+                },
+                r = socket.recv_from(&mut buf) => {
+                    if let Ok((n, from)) = r {
+                        self.datagram(&buf[..n], from);
+                    }
+                    for _ in 1..READ_BATCH {
+                        match socket.try_recv_from(&mut buf) {
+                            Ok((n, from)) => self.datagram(&buf[..n], from),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                _ = tick.tick() => {
+                    let now = Instant::now();
+                    self.timers(now);
+                    if now >= next_speakers {
+                        next_speakers = now + SPEAKERS_EVERY;
+                        self.active_speakers();
+                    }
+                }
+            }
+            self.flush(&socket);
+        }
+        let peers: Vec<PeerId> = self.peers.keys().cloned().collect();
+        for p in peers {
+            self.leave(&p);
+        }
+        self.flush(&socket);
+        tracing::debug!("media engine stopped");
+    }
+
+    // ---- input -------------------------------------------------------------
+
+    fn datagram(&mut self, data: &[u8], from: SocketAddr) {
+        let leg = match self.by_addr.get(&from) {
+            Some(&l) => l,
+            None => {
+                let Some(&l) = demux::binding_ufrag(data).and_then(|u| self.by_ufrag.get(u)) else {
+                    self.metrics.datagrams_dropped.inc();
+                    return;
+                };
+                self.by_addr.insert(from, l);
+                if let Some(leg) = self.legs.get_mut(&l) {
+                    leg.addrs.push(from);
+                }
+                l
+            }
+        };
+        let Some(l) = self.legs.get_mut(&leg) else { return };
+        let msg = TaggedBytesMut {
+            now: Instant::now(),
+            transport: TransportContext {
+                local_addr: self.local,
+                peer_addr: from,
+                ecn: None,
+                transport_protocol: TransportProtocol::UDP,
+            },
+            message: BytesMut::from(data),
+        };
+        if let Err(e) = l.pc.handle_read(msg) {
+            self.metrics.datagrams_dropped.inc();
+            tracing::trace!(error = %e, %from, "media: datagram rejected");
+        }
+        self.dirty.push(leg);
+    }
+
+    fn command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Join { room, peer } => {
+                self.rooms.entry(room.clone()).or_default().push(peer.clone());
+                self.peers.insert(
+                    peer.clone(),
+                    Peer {
+                        room: room.clone(),
+                        publisher: None,
+                        subscriber: None,
+                        announced: HashMap::new(),
+                        senders: HashMap::new(),
+                        awaiting_answer: false,
+                        renegotiate: false,
+                    },
+                );
+                // A late joiner gets everything already published.
+                let existing: Vec<TrackId> =
+                    self.producers.values().filter(|p| self.room_of(&p.peer) == Some(&room)).map(|p| p.id.clone()).collect();
+                for t in existing {
+                    self.add_sender(&peer, &t);
+                }
+                self.renegotiate(&peer);
+            }
+            Command::Publish { peer, sdp, tracks } => self.publish(&peer, sdp, tracks),
+            Command::SubscribeAnswer { peer, sdp } => self.subscribe_answer(&peer, sdp),
+            Command::Candidate { peer, role, candidate } => self.candidate(&peer, role, candidate),
+            Command::Mute { peer, track, muted } => {
+                if self.producers.get(&track).is_some_and(|p| p.peer == peer) {
+                    self.set_muted(&track, muted);
+                }
+            }
+            Command::MuteKind { peer, kind, muted } => {
+                let ids: Vec<TrackId> =
+                    self.producers.values().filter(|p| p.peer == peer && p.kind == kind).map(|p| p.id.clone()).collect();
+                for t in ids {
+                    self.set_muted(&t, muted);
+                }
+            }
+            Command::Subscribe { peer, track, subscribe } => {
+                let now = Instant::now();
+                if let Some(p) = self.producers.get_mut(&track) {
+                    for c in p.consumers.iter_mut().filter(|c| c.peer == peer) {
+                        c.paused = !subscribe;
+                    }
+                    if subscribe {
+                        self.keyframe(&track, now);
+                    }
+                }
+            }
+            Command::Unpublish { peer, tracks } => {
+                for t in tracks {
+                    if self.producers.get(&t).is_some_and(|p| p.peer == peer) {
+                        self.remove_producer(&t);
+                    }
+                    if let Some(p) = self.peers.get_mut(&peer) {
+                        p.announced.retain(|_, a| a.id != t);
+                    }
+                }
+            }
+            Command::Leave { peer } => self.leave(&peer),
+            Command::Shutdown => {}
+        }
+    }
+
+    fn error(&self, peer: &PeerId, code: &'static str, message: String) {
+        let _ = self.events.send(MediaEvent::Error { peer: peer.clone(), code, message });
+    }
+
+    fn room_of(&self, peer: &PeerId) -> Option<&RoomId> {
+        self.peers.get(peer).map(|p| &p.room)
+    }
+
+    fn new_leg(&mut self, peer: &PeerId, role: Role) -> Result<LegId, pc::Error> {
+        let (ufrag, pwd) = pc::credentials();
+        let conn = pc::build(&ufrag, &pwd, self.advertised, None, Instant::now())?;
+        let id = self.next_leg;
+        self.next_leg = self.next_leg.wrapping_add(1);
+        self.by_ufrag.insert(ufrag.clone(), id);
+        self.legs.insert(id, Leg { pc: conn, peer: peer.clone(), role, ufrag, addrs: Vec::new(), remote: HashMap::new() });
+        self.metrics.peer_connections.inc();
+        Ok(id)
+    }
+
+    fn close_leg(&mut self, id: LegId, socket_out: &mut Vec<(Vec<u8>, SocketAddr)>) {
+        let Some(mut leg) = self.legs.remove(&id) else { return };
+        let _ = leg.pc.close();
+        while let Some(out) = leg.pc.poll_write() {
+            socket_out.push((out.message.to_vec(), out.transport.peer_addr));
+        }
+        self.by_ufrag.remove(&leg.ufrag);
+        for a in &leg.addrs {
+            self.by_addr.remove(a);
+        }
+        self.metrics.peer_connections.dec();
+    }
+
+    fn publish(&mut self, peer_id: &PeerId, sdp: String, tracks: Vec<PublishTrack>) {
+        let Some(peer) = self.peers.get(peer_id) else {
+            return self.error(peer_id, "bad-request", "publish-offer: join the room first".into());
+        };
+        let leg_id = match peer.publisher {
+            Some(l) => l,
+            None => match self.new_leg(peer_id, Role::Publisher) {
+                Ok(l) => {
+                    self.peers.get_mut(peer_id).expect("checked").publisher = Some(l);
+                    l
+                }
+                Err(e) => return self.error(peer_id, "internal", format!("cannot create a PeerConnection: {e}")),
+            },
+        };
+        let peer = self.peers.get_mut(peer_id).expect("checked");
+        for t in tracks {
+            peer.announced.insert(t.mid.clone(), t);
+        }
+        let leg = self.legs.get_mut(&leg_id).expect("publisher leg exists");
+        let now = Instant::now();
+        let answer = RTCSessionDescription::offer(sdp)
+            .and_then(|offer| leg.pc.set_remote_description(now, offer))
+            .and_then(|()| leg.pc.create_answer(None))
+            .and_then(|answer| leg.pc.set_local_description(now, answer.clone()).map(|()| answer));
+        match answer {
+            Ok(a) => {
+                let _ = self.events.send(MediaEvent::PublishAnswer { peer: peer_id.clone(), sdp: a.sdp });
+            }
+            Err(e) => self.error(peer_id, "bad-request", format!("sdp: not a usable offer: {e}")),
+        }
+        self.dirty.push(leg_id);
+    }
+
+    fn subscribe_answer(&mut self, peer_id: &PeerId, sdp: String) {
+        let Some(peer) = self.peers.get_mut(peer_id) else { return };
+        let (Some(leg_id), true) = (peer.subscriber, peer.awaiting_answer) else {
+            return self.error(peer_id, "conflict", "subscribe-answer: no subscribe-offer is waiting for an answer".into());
+        };
+        let leg = self.legs.get_mut(&leg_id).expect("subscriber leg exists");
+        let applied =
+            RTCSessionDescription::answer(sdp).and_then(|a| leg.pc.set_remote_description(Instant::now(), a));
+        if let Err(e) = applied {
+            return self.error(peer_id, "bad-request", format!("sdp: not a usable answer: {e}"));
+        }
+        peer.awaiting_answer = false;
+        self.dirty.push(leg_id);
+        // Every negotiated sender becomes a consumer of its producer.
+        let senders: Vec<(TrackId, RTCRtpSenderId, u32)> =
+            peer.senders.iter().map(|(t, (s, ssrc))| (t.clone(), *s, *ssrc)).collect();
+        let now = Instant::now();
+        for (track, sender, ssrc) in senders {
+            let Some(prod) = self.producers.get(&track) else { continue };
+            if prod.consumers.iter().any(|c| &c.peer == peer_id) {
+                continue;
+            }
+            let pub_pts = self.publisher_payload_types(&track);
+            let Some(src) = self.sources.get(&track) else { continue };
+            let leg = self.legs.get_mut(&leg_id).expect("subscriber leg exists");
+            let Some(mut s) = leg.pc.rtp_sender(sender) else { continue };
+            let params = s.get_parameters().rtp_parameters.clone();
+            let payload_types: Vec<(u8, u8)> = pub_pts
+                .iter()
+                .filter_map(|(pt, mime)| {
+                    params
+                        .codecs
+                        .iter()
+                        .find(|c| c.rtp_codec.mime_type.eq_ignore_ascii_case(mime))
+                        .map(|c| (*pt, c.payload_type))
+                })
+                .collect();
+            let extensions: Vec<(u8, u8)> = src
+                .extensions
+                .iter()
+                .filter_map(|(uri, id)| {
+                    params.header_extensions.iter().find(|h| &h.uri == uri).map(|h| (*id, h.id as u8))
+                })
+                .collect();
+            let prod = self.producers.get_mut(&track).expect("checked");
+            prod.consumers.push(Consumer {
+                leg: leg_id,
+                peer: peer_id.clone(),
+                track: track.to_string(),
+                rewrite: Rewrite { ssrc, payload_types, extensions },
+                paused: false,
+            });
+            if prod.kind == TrackKind::Video {
+                self.keyframe(&track, now);
+            }
+        }
+        if self.peers.get(peer_id).is_some_and(|p| p.renegotiate) {
+            self.renegotiate(peer_id);
+        }
+    }
+
+    /// The publisher's payload types for a producer's codec: (pt, mime).
+    fn publisher_payload_types(&mut self, track: &TrackId) -> Vec<(u8, String)> {
+        let (Some(prod), Some(src)) = (self.producers.get(track), self.sources.get(track)) else { return Vec::new() };
+        let Some(leg) = self.legs.get_mut(&prod.leg) else { return Vec::new() };
+        let Some(mut r) = leg.pc.rtp_receiver(src.receiver) else { return Vec::new() };
+        r.get_parameters()
+            .rtp_parameters
+            .codecs
+            .iter()
+            .filter(|c| c.rtp_codec.mime_type.eq_ignore_ascii_case(&src.codec.mime_type))
+            .map(|c| (c.payload_type, c.rtp_codec.mime_type.clone()))
+            .collect()
+    }
+
+    fn candidate(&mut self, peer_id: &PeerId, role: Role, c: Candidate) {
+        let Some(peer) = self.peers.get(peer_id) else { return };
+        let leg = match role {
+            Role::Publisher => peer.publisher,
+            Role::Subscriber => peer.subscriber,
+        };
+        let Some(leg) = leg.and_then(|l| self.legs.get_mut(&l)) else { return };
+        let init = RTCIceCandidateInit {
+            candidate: c.candidate,
+            sdp_mid: c.sdp_mid,
+            sdp_mline_index: c.sdp_m_line_index,
+            username_fragment: c.username_fragment,
+            ..Default::default()
+        };
+        // ICE-lite never checks remote candidates; an unparsable one is harmless.
+        if let Err(e) = leg.pc.add_remote_candidate(init) {
+            tracing::debug!(error = %e, peer = %peer_id, "media: remote candidate ignored");
+        }
+    }
+
+    /// Send (or re-send) the subscriber offer, unless one is still unanswered.
+    fn renegotiate(&mut self, peer_id: &PeerId) {
+        let Some(peer) = self.peers.get_mut(peer_id) else { return };
+        if peer.awaiting_answer {
+            peer.renegotiate = true;
+            return;
+        }
+        peer.renegotiate = false;
+        let Some(leg_id) = peer.subscriber else { return };
+        let leg = self.legs.get_mut(&leg_id).expect("subscriber leg exists");
+        let now = Instant::now();
+        let offer = leg.pc.create_offer(None).and_then(|o| leg.pc.set_local_description(now, o.clone()).map(|()| o));
+        match offer {
+            Ok(o) => {
+                peer.awaiting_answer = true;
+                let _ = self.events.send(MediaEvent::SubscribeOffer { peer: peer_id.clone(), sdp: o.sdp });
+            }
+            Err(e) => tracing::warn!(error = %e, peer = %peer_id, "media: cannot create a subscriber offer"),
+        }
+        self.dirty.push(leg_id);
+    }
+
+    /// Add a producer to a subscriber's leg (created on first use). The
+    /// caller renegotiates.
+    fn add_sender(&mut self, peer_id: &PeerId, track: &TrackId) {
+        let (Some(prod), Some(src)) = (self.producers.get(track), self.sources.get(track)) else { return };
+        if &prod.peer == peer_id {
+            return;
+        }
+        let Some(peer) = self.peers.get(peer_id) else { return };
+        if peer.senders.contains_key(track) {
+            return;
+        }
+        let kind = match prod.kind {
+            TrackKind::Audio => RtpCodecKind::Audio,
+            TrackKind::Video => RtpCodecKind::Video,
+        };
+        let stream = prod.peer.to_string();
+        let codec = src.codec.clone();
+        let leg_id = match peer.subscriber {
+            Some(l) => l,
+            None => match self.new_leg(peer_id, Role::Subscriber) {
+                Ok(l) => {
+                    self.peers.get_mut(peer_id).expect("checked").subscriber = Some(l);
+                    l
+                }
+                Err(e) => return tracing::warn!(error = %e, "media: cannot create a subscriber PeerConnection"),
+            },
+        };
+        let ssrc = rand::random::<u32>();
+        let t = MediaStreamTrack::new(
+            stream,
+            track.to_string(),
+            track.to_string(),
+            kind,
+            vec![RTCRtpEncodingParameters {
+                rtp_coding_parameters: RTCRtpCodingParameters { ssrc: Some(ssrc), ..Default::default() },
+                codec,
+                ..Default::default()
+            }],
+        );
+        let leg = self.legs.get_mut(&leg_id).expect("subscriber leg exists");
+        match leg.pc.add_track(t) {
+            Ok(sender) => {
+                self.peers.get_mut(peer_id).expect("checked").senders.insert(track.clone(), (sender, ssrc));
+            }
+            Err(e) => tracing::warn!(error = %e, %track, "media: cannot add a track to a subscriber"),
+        }
+    }
+
+    fn remove_producer(&mut self, track: &TrackId) {
+        let Some(prod) = self.producers.remove(track) else { return };
+        self.sources.remove(track);
+        self.metrics.tracks_published(prod.kind).dec();
+        if let Some(leg) = self.legs.get_mut(&prod.leg) {
+            leg.remote.retain(|_, t| t != track);
+        }
+        let subscribers: Vec<PeerId> = self.peers.iter().filter(|(_, p)| p.senders.contains_key(track)).map(|(id, _)| id.clone()).collect();
+        for s in subscribers {
+            let peer = self.peers.get_mut(&s).expect("listed");
+            let (sender, _) = peer.senders.remove(track).expect("listed");
+            if let Some(leg) = peer.subscriber.and_then(|l| self.legs.get_mut(&l)) {
+                if let Err(e) = leg.pc.remove_track(sender) {
+                    tracing::debug!(error = %e, "media: remove_track");
+                }
+            }
+            self.renegotiate(&s);
+        }
+    }
+
+    fn leave(&mut self, peer_id: &PeerId) {
+        let Some(peer) = self.peers.remove(peer_id) else { return };
+        if let Some(list) = self.rooms.get_mut(&peer.room) {
+            list.retain(|p| p != peer_id);
+            if list.is_empty() {
+                self.rooms.remove(&peer.room);
+                self.speakers.remove(&peer.room);
+            }
+        }
+        let own: Vec<TrackId> = self.producers.values().filter(|p| &p.peer == peer_id).map(|p| p.id.clone()).collect();
+        for t in own {
+            self.remove_producer(&t);
+        }
+        for p in self.producers.values_mut() {
+            p.consumers.retain(|c| &c.peer != peer_id);
+        }
+        let mut out = Vec::new();
+        for l in [peer.publisher, peer.subscriber].into_iter().flatten() {
+            self.close_leg(l, &mut out);
+        }
+        self.closing.extend(out);
+    }
+
+    fn set_muted(&mut self, track: &TrackId, muted: bool) {
+        let Some(p) = self.producers.get_mut(track) else { return };
+        let was = p.muted;
+        p.muted = muted;
+        // Unmuting video asks for a keyframe so it resumes at once (SPEC 12).
+        if was && !muted && p.kind == TrackKind::Video {
+            self.keyframe(track, Instant::now());
+        }
+    }
+
+    /// Ask a publisher for a keyframe, within the rate limit.
+    fn keyframe(&mut self, track: &TrackId, now: Instant) {
+        let Some(p) = self.producers.get_mut(track) else { return };
+        if p.kind == TrackKind::Video && p.keyframes.request(now) {
+            self.send_pli(track, now);
+        }
+    }
+
+    fn send_pli(&mut self, track: &TrackId, now: Instant) {
+        let (Some(p), Some(src)) = (self.producers.get(track), self.sources.get(track)) else { return };
+        let Some(leg) = self.legs.get_mut(&p.leg) else { return };
+        let pli = rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication {
+            sender_ssrc: 0,
+            media_ssrc: p.media_ssrc,
+        };
+        if let Some(mut r) = leg.pc.rtp_receiver(src.receiver) {
+            if r.write_rtcp(now, vec![Box::new(pli)]).is_ok() {
+                self.metrics.pli.inc();
+            }
+        }
+        self.dirty.push(p.leg);
+    }
+
+    // ---- timers ------------------------------------------------------------
+
+    fn timers(&mut self, now: Instant) {
+        for (id, leg) in self.legs.iter_mut() {
+            if leg.pc.poll_timeout().is_some_and(|t| t <= now) {
+                let _ = leg.pc.handle_timeout(now);
+                self.dirty.push(*id);
+            }
+        }
+        let due: Vec<TrackId> =
+            self.producers.values_mut().filter_map(|p| p.keyframes.due(now).then(|| p.id.clone())).collect();
+        for t in due {
+            self.send_pli(&t, now);
+        }
+    }
+
+    fn active_speakers(&mut self) {
+        let mut by_room: HashMap<RoomId, Vec<(PeerId, f64)>> = HashMap::new();
+        for p in self.producers.values_mut() {
+            if p.kind != TrackKind::Audio {
+                continue;
+            }
+            let level = p.level.take();
+            let Some(room) = self.peers.get(&p.peer).map(|x| x.room.clone()) else { continue };
+            let list = by_room.entry(room).or_default();
+            if let (Some(l), false) = (level, p.muted) {
+                list.push((p.peer.clone(), l));
+            }
+        }
+        for (room, mut speakers) in by_room {
+            speakers.sort_by(|a, b| b.1.total_cmp(&a.1));
+            speakers.dedup_by(|a, b| a.0 == b.0);
+            let ids: Vec<PeerId> = speakers.iter().map(|s| s.0.clone()).collect();
+            let last = self.speakers.entry(room.clone()).or_default();
+            if *last != ids {
+                *last = ids;
+                let _ = self.events.send(MediaEvent::ActiveSpeakers { room, speakers });
+            }
+        }
+    }
+
+    // ---- output ------------------------------------------------------------
+
+    /// Drain every leg that may have something to say, until none has.
+    fn flush(&mut self, socket: &UdpSocket) {
+        for (data, to) in self.closing.drain(..) {
+            let _ = socket.try_send_to(&data, to);
+        }
+        while let Some(id) = self.dirty.pop() {
+            if !self.legs.contains_key(&id) {
+                continue;
+            }
+            self.drain_events(id);
+            self.drain_reads(id);
+            if let Some(leg) = self.legs.get_mut(&id) {
+                while let Some(out) = leg.pc.poll_write() {
+                    if socket.try_send_to(&out.message, out.transport.peer_addr).is_err() {
+                        self.metrics.send_errors.inc();
+                    }
+                }
+            }
+        }
+    }
+
+    fn drain_events(&mut self, id: LegId) {
+        let mut events = Vec::new();
+        if let Some(leg) = self.legs.get_mut(&id) {
+            while let Some(e) = leg.pc.poll_event() {
+                events.push(e);
+            }
+        }
+        for e in events {
+            match e {
+                RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnOpen(init)) => {
+                    self.track_open(id, init.receiver_id, init.track_id, init.ssrc)
+                }
+                RTCPeerConnectionEvent::OnConnectionStateChangeEvent(s) => {
+                    let Some(leg) = self.legs.get(&id) else { continue };
+                    tracing::debug!(peer = %leg.peer, role = ?leg.role, state = %s, "media: connection state");
+                    if s == RTCPeerConnectionState::Failed {
+                        self.error(&leg.peer.clone(), "internal", format!("{:?} PeerConnection failed", leg.role));
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// A publisher's track sent its first RTP: make it a producer.
+    fn track_open(&mut self, leg_id: LegId, receiver: RTCRtpReceiverId, remote_track: String, ssrc: u32) {
+        let Some(leg) = self.legs.get_mut(&leg_id) else { return };
+        if leg.role != Role::Publisher {
+            return;
+        }
+        let peer_id = leg.peer.clone();
+        let mid = leg
+            .pc
+            .get_transceivers()
+            .collect::<Vec<_>>()
+            .into_iter()
+            .find_map(|t| {
+                let tr = leg.pc.rtp_transceiver(t)?;
+                (tr.receiver() == Some(receiver)).then(|| tr.mid().clone()).flatten()
+            });
+        let Some(announced) = mid.and_then(|m| self.peers.get(&peer_id)?.announced.get(&m).cloned()) else {
+            tracing::debug!(peer = %peer_id, "media: a track that publish-offer did not list is ignored");
+            return;
+        };
+        let Some(mut r) = leg.pc.rtp_receiver(receiver) else { return };
+        let kind = match r.track().kind() {
+            RtpCodecKind::Audio => TrackKind::Audio,
+            _ => TrackKind::Video,
+        };
+        let Some(codec) = r.track().codec(ssrc).cloned() else { return };
+        let extensions: Vec<(String, u8)> =
+            r.get_parameters().rtp_parameters.header_extensions.iter().map(|h| (h.uri.clone(), h.id as u8)).collect();
+        leg.remote.insert(remote_track, announced.id.clone());
+        // webrtc-rs opens existing tracks again after a renegotiation.
+        if let Some(p) = self.producers.get_mut(&announced.id) {
+            p.media_ssrc = ssrc;
+            return;
+        }
+        let audio_level_ext = extensions.iter().find(|(u, _)| u == pc::AUDIO_LEVEL_URI).map(|(_, id)| *id);
+        self.producers.insert(
+            announced.id.clone(),
+            Producer {
+                id: announced.id.clone(),
+                peer: peer_id.clone(),
+                kind,
+                source: announced.source,
+                leg: leg_id,
+                media_ssrc: ssrc,
+                muted: false,
+                consumers: Vec::new(),
+                keyframes: KeyframeLimiter::new(KEYFRAME_INTERVAL),
+                audio_level_ext,
+                level: LevelMeter::default(),
+            },
+        );
+        self.sources.insert(announced.id.clone(), Source { codec, receiver, extensions });
+        self.metrics.tracks_published(kind).inc();
+        let _ = self.events.send(MediaEvent::TrackPublished { peer: peer_id.clone(), track: announced.id.clone(), kind });
+        let Some(room) = self.room_of(&peer_id).cloned() else { return };
+        let others: Vec<PeerId> = self.rooms.get(&room).into_iter().flatten().filter(|p| **p != peer_id).cloned().collect();
+        for o in others {
+            self.add_sender(&o, &announced.id);
+            self.renegotiate(&o);
+        }
+    }
+
+    fn drain_reads(&mut self, id: LegId) {
+        let Some(leg) = self.legs.get_mut(&id) else { return };
+        let role = leg.role;
+        let mut msgs = Vec::new();
+        while let Some(m) = leg.pc.poll_read() {
+            msgs.push(m);
+        }
+        for TaggedRTCMessage { now, message } in msgs {
+            match (role, message) {
+                (Role::Publisher, RTCMessage::RtpPacket(track, pkt)) => self.forward(id, &track, pkt, now),
+                (_, RTCMessage::RtcpPacket(track, pkts)) => self.rtcp(role, &track, &pkts, now),
+                _ => {}
+            }
+        }
+    }
+
+    fn forward(&mut self, leg_id: LegId, remote_track: &str, mut pkt: rtc::rtp::Packet, now: Instant) {
+        let Some(track) = self.legs.get(&leg_id).and_then(|l| l.remote.get(remote_track)) else { return };
+        let Some(p) = self.producers.get_mut(track) else { return };
+        self.metrics.received(p.kind).inc();
+        if let Some(ext) = p.audio_level_ext {
+            if let Some(e) = pkt.header.extensions.iter().find(|e| e.id == ext) {
+                p.level.on_extension(&e.payload);
+            }
+        }
+        if !p.forwards(pkt.header.ssrc) {
+            return;
+        }
+        let (forwarded, bytes) = (self.metrics.forwarded(p.kind), self.metrics.forwarded_bytes(p.kind));
+        let header = std::mem::take(&mut pkt.header);
+        for c in p.consumers.iter().filter(|c| !c.paused) {
+            let mut out = rtc::rtp::Packet { header: header.clone(), payload: pkt.payload.clone() };
+            if !c.rewrite.apply(&mut out.header) {
+                continue;
+            }
+            let size = out.payload.len() + 12;
+            let Some(leg) = self.legs.get_mut(&c.leg) else { continue };
+            let msg = TaggedRTCMessage { now, message: RTCMessage::RtpPacket(c.track.clone(), out) };
+            if leg.pc.handle_write(msg).is_ok() {
+                forwarded.inc();
+                bytes.inc_by(size as u64);
+                self.dirty.push(c.leg);
+            }
+        }
+    }
+
+    fn rtcp(&mut self, role: Role, track: &str, pkts: &[Box<dyn rtcp::packet::Packet>], now: Instant) {
+        use rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
+        use rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+        use rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
+        let mut wants_keyframe = false;
+        for p in pkts {
+            let any = p.as_any();
+            let ty = if any.is::<PictureLossIndication>() {
+                wants_keyframe = true;
+                "pli"
+            } else if any.is::<FullIntraRequest>() {
+                wants_keyframe = true;
+                "fir"
+            } else if any.is::<TransportLayerNack>() {
+                self.metrics.nack.inc();
+                "nack"
+            } else if any.is::<rtcp::receiver_report::ReceiverReport>() {
+                "rr"
+            } else if any.is::<rtcp::sender_report::SenderReport>() {
+                "sr"
+            } else if any.is::<rtcp::source_description::SourceDescription>() {
+                "sdes"
+            } else if any.is::<rtcp::goodbye::Goodbye>() {
+                "bye"
+            } else {
+                "other"
+            };
+            self.metrics.rtcp(ty).inc();
+        }
+        // A subscriber's PLI/FIR names our sender's track, which is the producer's id.
+        if role == Role::Subscriber && wants_keyframe {
+            self.keyframe(&TrackId::from(track), now);
+        }
+    }
+}

@@ -1,0 +1,243 @@
+//! Forwarding decisions, without I/O: which consumer gets a packet and with
+//! which SSRC, payload type and header-extension ids (each subscriber leg
+//! negotiated its own), when a keyframe may be requested from a publisher, and
+//! how loud a speaker is. The engine asks; it alone writes to the socket.
+//!
+//! Names follow mediasoup: a [`Producer`] is an incoming track, each of its
+//! [`Consumer`]s an outgoing copy on another participant's subscriber leg.
+
+use crate::ids::{PeerId, TrackId};
+use rtc::rtp;
+use crate::model::{TrackKind, TrackSource};
+use std::time::{Duration, Instant};
+
+/// An index into the engine's table of PeerConnections.
+pub type LegId = u32;
+
+/// How one subscriber leg wants a producer's packets written.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Rewrite {
+    pub ssrc: u32,
+    /// Publisher payload type → the subscriber's, per codec.
+    pub payload_types: Vec<(u8, u8)>,
+    /// Publisher header-extension id → the subscriber's, per URI; ids the
+    /// subscriber did not negotiate are stripped.
+    pub extensions: Vec<(u8, u8)>,
+}
+
+impl Rewrite {
+    /// Rewrite `h` for this leg in place; `false` means drop the packet (a
+    /// payload type this leg did not negotiate).
+    pub fn apply(&self, h: &mut rtp::header::Header) -> bool {
+        let Some(&(_, pt)) = self.payload_types.iter().find(|(from, _)| *from == h.payload_type) else {
+            return false;
+        };
+        h.payload_type = pt;
+        h.ssrc = self.ssrc;
+        if h.extension {
+            h.extensions.retain_mut(|e| match self.extensions.iter().find(|(from, _)| *from == e.id) {
+                Some(&(_, to)) => {
+                    e.id = to;
+                    true
+                }
+                None => false,
+            });
+            if h.extensions.is_empty() {
+                h.extension = false;
+            } else if h.extensions.iter().all(|e| (1..=14).contains(&e.id) && e.payload.len() <= 16) {
+                h.extension_profile = rtp::header::EXTENSION_PROFILE_ONE_BYTE;
+            }
+        }
+        true
+    }
+}
+
+/// One outgoing copy of a producer.
+#[derive(Debug)]
+pub struct Consumer {
+    pub leg: LegId,
+    pub peer: PeerId,
+    /// The subscriber's sender, by the track id it was added with.
+    pub track: String,
+    pub rewrite: Rewrite,
+    /// `track-subscribe {subscribe: false}`.
+    pub paused: bool,
+}
+
+/// An incoming track and everyone it goes to.
+#[derive(Debug)]
+pub struct Producer {
+    pub id: TrackId,
+    pub peer: PeerId,
+    pub kind: TrackKind,
+    pub source: TrackSource,
+    pub leg: LegId,
+    /// The SSRC whose packets are forwarded (the first one seen).
+    pub media_ssrc: u32,
+    pub muted: bool,
+    pub consumers: Vec<Consumer>,
+    pub keyframes: KeyframeLimiter,
+    /// The publisher's id for RFC 6464 audio levels, when negotiated.
+    pub audio_level_ext: Option<u8>,
+    pub level: LevelMeter,
+}
+
+impl Producer {
+    /// Whether a packet from `ssrc` goes anywhere at all.
+    pub fn forwards(&self, ssrc: u32) -> bool {
+        !self.muted && ssrc == self.media_ssrc
+    }
+}
+
+/// Rate-limits keyframe requests (PLI) to one publisher track. A request
+/// inside the interval is remembered and sent when the interval passes, so a
+/// late joiner never waits longer than one interval.
+#[derive(Debug)]
+pub struct KeyframeLimiter {
+    last: Option<Instant>,
+    pending: bool,
+    interval: Duration,
+}
+
+impl KeyframeLimiter {
+    pub fn new(interval: Duration) -> Self {
+        Self { last: None, pending: false, interval }
+    }
+
+    /// Someone wants a keyframe: `true` means send a PLI now.
+    pub fn request(&mut self, now: Instant) -> bool {
+        if self.last.is_some_and(|t| now.duration_since(t) < self.interval) {
+            self.pending = true;
+            return false;
+        }
+        self.last = Some(now);
+        self.pending = false;
+        true
+    }
+
+    /// On a timer: `true` when a deferred request is now due.
+    pub fn due(&mut self, now: Instant) -> bool {
+        self.pending && self.request(now)
+    }
+}
+
+/// RFC 6464 levels over a window: the loudest level heard, in −dBov (0 is
+/// loudest, 127 silence), among packets with the voice-activity bit.
+#[derive(Debug, Default)]
+pub struct LevelMeter {
+    loudest: Option<u8>,
+}
+
+/// Louder than this (in −dBov) counts as speaking.
+pub const SPEAKING_DBOV: u8 = 50;
+
+impl LevelMeter {
+    /// One packet's audio-level extension payload.
+    pub fn on_extension(&mut self, payload: &[u8]) {
+        let Some(&b) = payload.first() else { return };
+        let (voice, level) = (b & 0x80 != 0, b & 0x7f);
+        // Some senders leave the V bit clear; trust a loud level anyway.
+        if voice || level < SPEAKING_DBOV {
+            self.loudest = Some(self.loudest.map_or(level, |l| l.min(level)));
+        }
+    }
+
+    /// The window's level as 0..=1 when speaking, then start a new window.
+    pub fn take(&mut self) -> Option<f64> {
+        let l = self.loudest.take()?;
+        (l < SPEAKING_DBOV).then(|| ((127 - l) as f64 / 127.0 * 100.0).round() / 100.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use rtc::rtp::header::{Extension, Header};
+
+    fn header(pt: u8, exts: &[(u8, &'static [u8])]) -> Header {
+        Header {
+            version: 2,
+            payload_type: pt,
+            sequence_number: 7,
+            timestamp: 90_000,
+            ssrc: 1111,
+            extension: !exts.is_empty(),
+            extension_profile: rtp::header::EXTENSION_PROFILE_ONE_BYTE,
+            extensions: exts.iter().map(|(id, p)| Extension { id: *id, payload: Bytes::from_static(p) }).collect(),
+            ..Default::default()
+        }
+    }
+
+    fn leg_rewrite() -> Rewrite {
+        Rewrite { ssrc: 4242, payload_types: vec![(96, 100), (111, 109)], extensions: vec![(1, 3), (4, 2)] }
+    }
+
+    #[test]
+    fn rewrites_ssrc_pt_and_extension_ids_keeping_seq_and_ts() {
+        let mut h = header(96, &[(1, b"\x10"), (4, b"ab"), (9, b"x")]);
+        assert!(leg_rewrite().apply(&mut h));
+        assert_eq!((h.ssrc, h.payload_type, h.sequence_number, h.timestamp), (4242, 100, 7, 90_000));
+        let ids: Vec<u8> = h.extensions.iter().map(|e| e.id).collect();
+        assert_eq!(ids, vec![3, 2], "id 9 is not negotiated on the leg and is stripped");
+        assert!(h.extension);
+    }
+
+    #[test]
+    fn unknown_payload_type_is_dropped_and_empty_extensions_cleared() {
+        let mut h = header(97, &[]);
+        assert!(!leg_rewrite().apply(&mut h));
+        let mut h = header(111, &[(9, b"x")]);
+        assert!(leg_rewrite().apply(&mut h));
+        assert!(!h.extension && h.extensions.is_empty());
+        assert_eq!(h.payload_type, 109);
+    }
+
+    #[test]
+    fn keyframe_requests_are_rate_limited_and_deferred() {
+        let t0 = Instant::now();
+        let mut k = KeyframeLimiter::new(Duration::from_millis(500));
+        assert!(k.request(t0));
+        assert!(!k.request(t0 + Duration::from_millis(100)));
+        assert!(!k.due(t0 + Duration::from_millis(300)));
+        assert!(k.due(t0 + Duration::from_millis(500)), "the deferred request goes out once allowed");
+        assert!(!k.due(t0 + Duration::from_millis(1200)), "and only once");
+        assert!(k.request(t0 + Duration::from_millis(1200)));
+    }
+
+    #[test]
+    fn level_meter_reports_the_loudest_voiced_level() {
+        let mut m = LevelMeter::default();
+        assert_eq!(m.take(), None);
+        m.on_extension(&[0x80 | 30]);
+        m.on_extension(&[0x80 | 20]);
+        m.on_extension(&[127]);
+        assert_eq!(m.take(), Some(0.84));
+        assert_eq!(m.take(), None, "a new window starts empty");
+        m.on_extension(&[0x80 | 90]);
+        assert_eq!(m.take(), None, "quiet is not speaking");
+        m.on_extension(&[]);
+        assert_eq!(m.take(), None);
+    }
+
+    #[test]
+    fn muted_or_other_ssrc_is_not_forwarded() {
+        let mut p = Producer {
+            id: "tr_1".into(),
+            peer: "peer_1".into(),
+            kind: TrackKind::Video,
+            source: TrackSource::Camera,
+            leg: 0,
+            media_ssrc: 1111,
+            muted: false,
+            consumers: Vec::new(),
+            keyframes: KeyframeLimiter::new(Duration::from_millis(500)),
+            audio_level_ext: None,
+            level: LevelMeter::default(),
+        };
+        assert!(p.forwards(1111));
+        assert!(!p.forwards(2222));
+        p.muted = true;
+        assert!(!p.forwards(1111));
+    }
+}

@@ -1,0 +1,393 @@
+//! Rooms over `/rtc` (SPEC 4, room events): joining binds a seat to a
+//! connection, publish/subscribe negotiation and candidates go to the media
+//! plane, and what the media plane reports goes back to the right connection
+//! or to everyone else in the room.
+//!
+//! Signaling gives tracks their ids (from the `mid`s of `publish-offer`) and
+//! keeps the room model that `GET /rooms/:id` shows; the SFU only moves media.
+
+use super::hub::To;
+use super::messages::{IceCandidate, ServerEvent, Speaker, TrackAnnouncement};
+use super::rooms::{check_access, expire, find, RoomService, RoomState};
+use super::{Actor, SignalError};
+use crate::clock;
+use crate::ids::{CallId, ConnId, PeerId, RoomId, TrackId, UserId};
+use crate::media::{self, Command, MediaEvent, Role};
+use crate::model::{Room, RoomParticipant, TrackInfo, TrackKind, TrackSource};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// A participant joined over `/rtc`.
+#[derive(Debug)]
+pub struct Live {
+    pub user: UserId,
+    pub conn: ConnId,
+    /// The WebSocket dropped at this instant; the seat is kept for the grace.
+    pub dropped: Option<Instant>,
+    /// Announced tracks by mid: (id, source, simulcast).
+    pub mids: HashMap<String, (TrackId, TrackSource, bool)>,
+}
+
+impl RoomService {
+    fn media(&self) -> Result<&media::MediaHandle, SignalError> {
+        self.media.as_ref().ok_or_else(|| SignalError::NotImplemented("this server runs without the SFU".into()))
+    }
+
+    /// Send `ev` to every joined participant of the room but `except`.
+    pub(super) fn tell_room(&self, s: &RoomState, except: Option<&PeerId>, ev: &ServerEvent) {
+        for (peer, l) in &s.live {
+            if Some(peer) != except && l.dropped.is_none() {
+                self.hub.send(&l.user, To::Only(&l.conn), ev);
+            }
+        }
+    }
+
+    /// `room-join`: bind a reservation (`peerId`), rebind one's own seat after
+    /// a reconnect, or take a new seat.
+    pub fn join_ws(&self, actor: &Actor, room_id: &RoomId, peer_id: Option<PeerId>) -> Result<ServerEvent, SignalError> {
+        let media = self.media()?.clone();
+        let Some(conn) = actor.conn.clone() else {
+            return Err(SignalError::BadRequest("room-join needs a WebSocket".into()));
+        };
+        let mut rooms = self.rooms.lock();
+        let s = find(&mut rooms, room_id)?;
+        check_access(actor, s)?;
+        expire(s, Instant::now());
+        let peer = match peer_id {
+            Some(p) => {
+                let Some(seat) = s.room.participants.iter().find(|x| x.peer_id == p) else {
+                    return Err(SignalError::NotFound("peerId: no such reservation in this room (it may have expired)".into()));
+                };
+                if &seat.user_id != actor.user() {
+                    return Err(SignalError::Forbidden("peerId: that seat belongs to another user".into()));
+                }
+                if s.live.contains_key(&p) {
+                    // A reconnect: the old PeerConnections go, the seat stays.
+                    self.drop_live(s, &p);
+                    media.send(Command::Leave { peer: p.clone() });
+                    s.room.participants.retain(|x| x.peer_id != p);
+                    s.room.participants.push(RoomParticipant {
+                        peer_id: p.clone(),
+                        user_id: actor.user().clone(),
+                        name: actor.claims.display_name(),
+                        joined_at: clock::now(),
+                        tracks: Vec::new(),
+                    });
+                } else {
+                    s.reservations.remove(&p);
+                }
+                p
+            }
+            None => {
+                if s.room.participants.len() >= s.room.max_participants as usize {
+                    return Err(SignalError::RoomFull);
+                }
+                let p = PeerId::random();
+                s.room.participants.push(RoomParticipant {
+                    peer_id: p.clone(),
+                    user_id: actor.user().clone(),
+                    name: actor.claims.display_name(),
+                    joined_at: clock::now(),
+                    tracks: Vec::new(),
+                });
+                p
+            }
+        };
+        s.live.insert(peer.clone(), Live { user: actor.user().clone(), conn, dropped: None, mids: HashMap::new() });
+        self.metrics.participants_active.inc();
+        media.send(Command::Join { room: room_id.clone(), peer: peer.clone() });
+        let me = s.room.participants.iter().find(|p| p.peer_id == peer).cloned().expect("seated above");
+        self.tell_room(s, Some(&peer), &ServerEvent::ParticipantJoined { room_id: room_id.clone(), participant: me });
+        Ok(ServerEvent::RoomJoined {
+            req_id: None,
+            room_id: room_id.clone(),
+            peer_id: peer,
+            room: s.room.clone(),
+            ice_servers: (self.ice_servers)(actor.user()),
+        })
+    }
+
+    /// The actor's joined peer in a room, found by its connection.
+    fn my_peer<'a>(actor: &Actor, s: &'a mut RoomState) -> Result<(PeerId, &'a mut Live), SignalError> {
+        let conn = actor.conn.as_ref();
+        s.live
+            .iter_mut()
+            .find(|(_, l)| Some(&l.conn) == conn)
+            .map(|(p, l)| (p.clone(), l))
+            .ok_or_else(|| SignalError::Conflict("you have not joined this room on this connection: send room-join".into()))
+    }
+
+    /// `publish-offer`: the tracks list is all of the publisher's tracks; a
+    /// track no longer listed is unpublished.
+    pub fn publish(
+        &self,
+        actor: &Actor,
+        room_id: &RoomId,
+        sdp: String,
+        tracks: Vec<TrackAnnouncement>,
+    ) -> Result<(), SignalError> {
+        let media = self.media()?.clone();
+        if sdp.trim().is_empty() {
+            return Err(SignalError::BadRequest("sdp: must be an SDP offer".into()));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for t in &tracks {
+            if t.mid.is_empty() || !seen.insert(&t.mid) {
+                return Err(SignalError::BadRequest(format!("tracks: mid {:?} is empty or listed twice", t.mid)));
+            }
+        }
+        let mut rooms = self.rooms.lock();
+        let s = find(&mut rooms, room_id)?;
+        let (peer, live) = Self::my_peer(actor, s)?;
+        let mut announced = Vec::new();
+        let mut mids = HashMap::new();
+        for t in tracks {
+            let id = live.mids.get(&t.mid).map(|x| x.0.clone()).unwrap_or_else(TrackId::random);
+            let simulcast = t.simulcast.unwrap_or(false);
+            mids.insert(t.mid.clone(), (id.clone(), t.source, simulcast));
+            announced.push(media::PublishTrack { mid: t.mid, id, source: t.source });
+        }
+        let gone: Vec<TrackId> =
+            live.mids.values().filter(|(id, ..)| !mids.values().any(|m| &m.0 == id)).map(|x| x.0.clone()).collect();
+        live.mids = mids;
+        if !gone.is_empty() {
+            media.send(Command::Unpublish { peer: peer.clone(), tracks: gone.clone() });
+            if let Some(p) = s.room.participants.iter_mut().find(|p| p.peer_id == peer) {
+                p.tracks.retain(|t| !gone.contains(&t.id));
+            }
+            for t in gone {
+                let ev = ServerEvent::TrackUnpublished { room_id: room_id.clone(), peer_id: peer.clone(), track_id: t };
+                self.tell_room(s, Some(&peer), &ev);
+            }
+        }
+        media.send(Command::Publish { peer, sdp, tracks: announced });
+        Ok(())
+    }
+
+    pub fn subscribe_answer(&self, actor: &Actor, room_id: &RoomId, sdp: String) -> Result<(), SignalError> {
+        let media = self.media()?.clone();
+        let mut rooms = self.rooms.lock();
+        let (peer, _) = Self::my_peer(actor, find(&mut rooms, room_id)?)?;
+        media.send(Command::SubscribeAnswer { peer, sdp });
+        Ok(())
+    }
+
+    pub fn ice_candidate(&self, actor: &Actor, room_id: &RoomId, pc: Role, c: IceCandidate) -> Result<(), SignalError> {
+        let media = self.media()?.clone();
+        let mut rooms = self.rooms.lock();
+        let (peer, _) = Self::my_peer(actor, find(&mut rooms, room_id)?)?;
+        let candidate = media::Candidate {
+            candidate: c.candidate,
+            sdp_mid: c.sdp_mid,
+            sdp_m_line_index: c.sdp_m_line_index.and_then(|i| u16::try_from(i).ok()),
+            username_fragment: c.username_fragment,
+        };
+        media.send(Command::Candidate { peer, role: pc, candidate });
+        Ok(())
+    }
+
+    /// `track-mute`: only one's own tracks; everyone else sees `participant-updated`.
+    pub fn track_mute(&self, actor: &Actor, room_id: &RoomId, track: &TrackId, muted: bool) -> Result<(), SignalError> {
+        let media = self.media()?.clone();
+        let mut rooms = self.rooms.lock();
+        let s = find(&mut rooms, room_id)?;
+        let (peer, live) = Self::my_peer(actor, s)?;
+        if !live.mids.values().any(|(id, ..)| id == track) {
+            return Err(SignalError::NotFound("trackId: not one of your tracks in this room".into()));
+        }
+        let Some(p) = s.room.participants.iter_mut().find(|p| p.peer_id == peer) else {
+            return Err(SignalError::NotFound("participant not found".into()));
+        };
+        if let Some(t) = p.tracks.iter_mut().find(|t| &t.id == track) {
+            t.muted = muted;
+        }
+        let participant = p.clone();
+        media.send(Command::Mute { peer: peer.clone(), track: track.clone(), muted });
+        self.tell_room(s, Some(&peer), &ServerEvent::ParticipantUpdated { room_id: room_id.clone(), participant });
+        Ok(())
+    }
+
+    pub fn track_subscribe(
+        &self,
+        actor: &Actor,
+        room_id: &RoomId,
+        track: TrackId,
+        subscribe: bool,
+    ) -> Result<(), SignalError> {
+        let media = self.media()?.clone();
+        let mut rooms = self.rooms.lock();
+        let s = find(&mut rooms, room_id)?;
+        if !s.room.participants.iter().any(|p| p.tracks.iter().any(|t| t.id == track)) {
+            return Err(SignalError::NotFound("trackId: no such track in this room".into()));
+        }
+        let (peer, _) = Self::my_peer(actor, s)?;
+        media.send(Command::Subscribe { peer, track, subscribe });
+        Ok(())
+    }
+
+    /// `room-leave`.
+    pub fn leave_ws(&self, actor: &Actor, room_id: &RoomId) -> Result<(), SignalError> {
+        let mut rooms = self.rooms.lock();
+        let s = find(&mut rooms, room_id)?;
+        let (peer, _) = Self::my_peer(actor, s)?;
+        self.remove_live(s, &peer);
+        self.remove_if_finished_call(&mut rooms, room_id);
+        Ok(())
+    }
+
+    /// A joined participant leaves: the others hear `track-unpublished` for
+    /// each of its tracks and `participant-left`; its media stops.
+    pub(super) fn remove_live(&self, s: &mut RoomState, peer: &PeerId) {
+        if !self.drop_live(s, peer) {
+            return;
+        }
+        if let Some(m) = &self.media {
+            m.send(Command::Leave { peer: peer.clone() });
+        }
+        let room_id = s.room.id.clone();
+        if let Some(i) = s.room.participants.iter().position(|p| &p.peer_id == peer) {
+            let p = s.room.participants.remove(i);
+            for t in p.tracks {
+                let ev =
+                    ServerEvent::TrackUnpublished { room_id: room_id.clone(), peer_id: peer.clone(), track_id: t.id };
+                self.tell_room(s, Some(peer), &ev);
+            }
+        }
+        self.tell_room(s, Some(peer), &ServerEvent::ParticipantLeft { room_id, peer_id: peer.clone() });
+    }
+
+    /// Forget the live binding; true when there was one.
+    fn drop_live(&self, s: &mut RoomState, peer: &PeerId) -> bool {
+        if s.live.remove(peer).is_some() {
+            self.metrics.participants_active.dec();
+            true
+        } else {
+            false
+        }
+    }
+
+    fn remove_if_finished_call(&self, rooms: &mut HashMap<RoomId, RoomState>, room_id: &RoomId) {
+        if rooms.get(room_id).is_some_and(|s| s.call_parties.is_some() && s.live.is_empty()) {
+            rooms.remove(room_id);
+        }
+    }
+
+    /// A WebSocket closed: its joined seats are kept for the grace period,
+    /// then given up unless the user joined again.
+    pub fn conn_closed(self: &Arc<Self>, conn: &ConnId) {
+        let now = Instant::now();
+        let mut dropped = Vec::new();
+        for (room_id, s) in self.rooms.lock().iter_mut() {
+            for (peer, l) in s.live.iter_mut().filter(|(_, l)| &l.conn == conn) {
+                l.dropped = Some(now);
+                dropped.push((room_id.clone(), peer.clone()));
+            }
+        }
+        if dropped.is_empty() {
+            return;
+        }
+        let me = Arc::clone(self);
+        let grace = self.grace;
+        tokio::spawn(async move {
+            tokio::time::sleep(grace).await;
+            let mut rooms = me.rooms.lock();
+            for (room_id, peer) in dropped {
+                let Some(s) = rooms.get_mut(&room_id) else { continue };
+                if s.live.get(&peer).is_some_and(|l| l.dropped == Some(now)) {
+                    tracing::debug!(%room_id, %peer, "participant's WebSocket did not come back; leaving the room");
+                    me.remove_live(s, &peer);
+                }
+                me.remove_if_finished_call(&mut rooms, &room_id);
+            }
+        });
+    }
+
+    /// A `mode: "sfu"` call's room: private, two seats, for its two parties.
+    pub fn ensure_call_room(&self, room_id: &RoomId, call: &CallId, name: Option<&str>, parties: [UserId; 2]) {
+        let mut rooms = self.rooms.lock();
+        if rooms.contains_key(room_id) {
+            return;
+        }
+        let room = Room {
+            id: room_id.clone(),
+            name: name.map(str::to_owned).unwrap_or_else(|| format!("call {call}")),
+            max_participants: 2,
+            is_private: true,
+            created_by: parties[0].clone(),
+            created_at: clock::now(),
+            participants: Vec::new(),
+        };
+        let mut s = RoomState::new(room);
+        s.call_parties = Some(parties);
+        rooms.insert(room_id.clone(), s);
+    }
+
+    /// The call mute routes in `mode: "sfu"`: stop (or resume) forwarding one
+    /// kind of media from `user` in the call's room.
+    pub fn call_mute(&self, room_id: &RoomId, user: &UserId, kind: TrackKind, muted: bool) {
+        let Some(media) = &self.media else { return };
+        let mut rooms = self.rooms.lock();
+        let Some(s) = rooms.get_mut(room_id) else { return };
+        let peers: Vec<PeerId> = s.live.iter().filter(|(_, l)| &l.user == user).map(|(p, _)| p.clone()).collect();
+        for peer in peers {
+            media.send(Command::MuteKind { peer: peer.clone(), kind, muted });
+            if let Some(p) = s.room.participants.iter_mut().find(|p| p.peer_id == peer) {
+                for t in p.tracks.iter_mut().filter(|t| t.kind == kind) {
+                    t.muted = muted;
+                }
+                let ev = ServerEvent::ParticipantUpdated { room_id: room_id.clone(), participant: p.clone() };
+                self.tell_room(s, Some(&peer), &ev);
+            }
+        }
+    }
+
+    /// Deliver what the media plane reports.
+    pub fn on_media(&self, ev: MediaEvent) {
+        let mut rooms = self.rooms.lock();
+        let peer = match &ev {
+            MediaEvent::PublishAnswer { peer, .. }
+            | MediaEvent::SubscribeOffer { peer, .. }
+            | MediaEvent::TrackPublished { peer, .. }
+            | MediaEvent::Error { peer, .. } => peer.clone(),
+            MediaEvent::ActiveSpeakers { room, speakers } => {
+                if let Some(s) = rooms.get(room) {
+                    let speakers = speakers.iter().map(|(p, l)| Speaker { peer_id: p.clone(), level: *l }).collect();
+                    self.tell_room(s, None, &ServerEvent::ActiveSpeakers { room_id: room.clone(), speakers });
+                }
+                return;
+            }
+        };
+        let Some(s) = rooms.values_mut().find(|s| s.live.contains_key(&peer)) else { return };
+        let room_id = s.room.id.clone();
+        let live = &s.live[&peer];
+        let (user, conn) = (live.user.clone(), live.conn.clone());
+        let to_peer = |e: ServerEvent| {
+            self.hub.send(&user, To::Only(&conn), &e);
+        };
+        match ev {
+            MediaEvent::PublishAnswer { sdp, .. } => to_peer(ServerEvent::PublishAnswer { room_id, sdp }),
+            MediaEvent::SubscribeOffer { sdp, .. } => to_peer(ServerEvent::SubscribeOffer { room_id, sdp }),
+            MediaEvent::Error { code, message, .. } => to_peer(ServerEvent::error(code, message, None)),
+            MediaEvent::TrackPublished { track, kind, .. } => {
+                let Some((_, source, simulcast)) = live.mids.values().find(|(id, ..)| *id == track).cloned() else {
+                    return;
+                };
+                let info = TrackInfo { id: track, kind, source, muted: false, simulcast };
+                if let Some(p) = s.room.participants.iter_mut().find(|p| p.peer_id == peer) {
+                    p.tracks.retain(|t| t.id != info.id);
+                    p.tracks.push(info.clone());
+                }
+                self.tell_room(s, None, &ServerEvent::TrackPublished { room_id, peer_id: peer, track: info });
+            }
+            MediaEvent::ActiveSpeakers { .. } => {}
+        }
+    }
+
+    /// Shutdown: the media plane closes every PeerConnection.
+    pub fn shutdown_media(&self) {
+        if let Some(m) = &self.media {
+            m.send(Command::Shutdown);
+        }
+    }
+}
