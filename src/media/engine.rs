@@ -77,6 +77,8 @@ struct Leg {
     addrs: Vec<SocketAddr>,
     /// Publisher legs: the remote track id webrtc-rs reports → our track.
     remote: HashMap<String, TrackId>,
+    /// DTLS is up: SRTP can be written (writes before that are lost).
+    connected: bool,
 }
 
 /// A participant as the media plane sees it.
@@ -194,9 +196,11 @@ impl Engine {
             Some(&l) => l,
             None => {
                 let Some(&l) = demux::binding_ufrag(data).and_then(|u| self.by_ufrag.get(u)) else {
+                    tracing::trace!(%from, len = data.len(), "media: datagram from an unknown address dropped");
                     self.metrics.datagrams_dropped.inc();
                     return;
                 };
+                tracing::debug!(%from, leg = l, "media: new remote address");
                 self.by_addr.insert(from, l);
                 if let Some(leg) = self.legs.get_mut(&l) {
                     leg.addrs.push(from);
@@ -301,7 +305,7 @@ impl Engine {
         let id = self.next_leg;
         self.next_leg = self.next_leg.wrapping_add(1);
         self.by_ufrag.insert(ufrag.clone(), id);
-        self.legs.insert(id, Leg { pc: conn, peer: peer.clone(), role, ufrag, addrs: Vec::new(), remote: HashMap::new() });
+        self.legs.insert(id, Leg { pc: conn, peer: peer.clone(), role, ufrag, addrs: Vec::new(), remote: HashMap::new(), connected: false });
         self.metrics.peer_connections.inc();
         Ok(id)
     }
@@ -345,7 +349,7 @@ impl Engine {
             .and_then(|answer| leg.pc.set_local_description(now, answer.clone()).map(|()| answer));
         match answer {
             Ok(a) => {
-                let _ = self.events.send(MediaEvent::PublishAnswer { peer: peer_id.clone(), sdp: a.sdp });
+                let _ = self.events.send(MediaEvent::PublishAnswer { peer: peer_id.clone(), sdp: super::sdp::candidates_everywhere(&a.sdp) });
             }
             Err(e) => self.error(peer_id, "bad-request", format!("sdp: not a usable offer: {e}")),
         }
@@ -392,6 +396,9 @@ impl Engine {
             let extensions: Vec<(u8, u8)> = src
                 .extensions
                 .iter()
+                // mid and rid name the publisher's m-line and layers; they
+                // mean nothing (or something else) on the subscriber's leg.
+                .filter(|(uri, _)| !uri.starts_with("urn:ietf:params:rtp-hdrext:sdes:"))
                 .filter_map(|(uri, id)| {
                     params.header_extensions.iter().find(|h| &h.uri == uri).map(|h| (*id, h.id as u8))
                 })
@@ -462,7 +469,7 @@ impl Engine {
         match offer {
             Ok(o) => {
                 peer.awaiting_answer = true;
-                let _ = self.events.send(MediaEvent::SubscribeOffer { peer: peer_id.clone(), sdp: o.sdp });
+                let _ = self.events.send(MediaEvent::SubscribeOffer { peer: peer_id.clone(), sdp: super::sdp::candidates_everywhere(&o.sdp) });
             }
             Err(e) => tracing::warn!(error = %e, peer = %peer_id, "media: cannot create a subscriber offer"),
         }
@@ -670,10 +677,31 @@ impl Engine {
                     self.track_open(id, init.receiver_id, init.track_id, init.ssrc)
                 }
                 RTCPeerConnectionEvent::OnConnectionStateChangeEvent(s) => {
-                    let Some(leg) = self.legs.get(&id) else { continue };
+                    let Some(leg) = self.legs.get_mut(&id) else { continue };
                     tracing::debug!(peer = %leg.peer, role = ?leg.role, state = %s, "media: connection state");
-                    if s == RTCPeerConnectionState::Failed {
-                        self.error(&leg.peer.clone(), "internal", format!("{:?} PeerConnection failed", leg.role));
+                    match s {
+                        RTCPeerConnectionState::Connected if !leg.connected => {
+                            leg.connected = true;
+                            if leg.role == Role::Subscriber {
+                                // Keyframes sent before DTLS was up were lost:
+                                // ask again for everything this leg carries.
+                                let wanted: Vec<TrackId> = self
+                                    .producers
+                                    .values()
+                                    .filter(|p| p.consumers.iter().any(|c| c.leg == id))
+                                    .map(|p| p.id.clone())
+                                    .collect();
+                                let now = Instant::now();
+                                for t in wanted {
+                                    self.keyframe(&t, now);
+                                }
+                            }
+                        }
+                        RTCPeerConnectionState::Failed => {
+                            let (peer, role) = (leg.peer.clone(), leg.role);
+                            self.error(&peer, "internal", format!("the {role:?} PeerConnection failed; rejoin the room"));
+                        }
+                        _ => {}
                     }
                 }
                 _ => {}
@@ -779,7 +807,7 @@ impl Engine {
                 continue;
             }
             let size = out.payload.len() + 12;
-            let Some(leg) = self.legs.get_mut(&c.leg) else { continue };
+            let Some(leg) = self.legs.get_mut(&c.leg).filter(|l| l.connected) else { continue };
             let msg = TaggedRTCMessage { now, message: RTCMessage::RtpPacket(c.track.clone(), out) };
             if leg.pc.handle_write(msg).is_ok() {
                 forwarded.inc();

@@ -11,12 +11,14 @@
 //! - [`router`]: pure forwarding decisions (producers, consumers, rewrites,
 //!   keyframe rate limits, audio levels).
 //! - [`pc`]: how a server-side PeerConnection is configured.
+//! - [`sdp`]: the few edits made to outgoing SDP.
 //! - [`engine`]: the socket loop that owns every PeerConnection.
 
 pub mod demux;
 pub mod engine;
 pub mod pc;
 pub mod router;
+pub mod sdp;
 
 use crate::ids::{PeerId, RoomId, TrackId};
 use crate::model::{TrackKind, TrackSource};

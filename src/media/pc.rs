@@ -16,7 +16,7 @@ use rtc::peer_connection::transport::{CandidateConfig, CandidateHostConfig, RTCD
 use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
 use rtc::rtp_transceiver::rtp_sender::{RTCRtpHeaderExtensionCapability, RtpCodecKind};
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 pub const AUDIO_LEVEL_URI: &str = "urn:ietf:params:rtp-hdrext:ssrc-audio-level";
 
@@ -48,6 +48,9 @@ pub fn build(
         .with_lite(true)
         .with_ice_credentials(ufrag.to_owned(), pwd.to_owned())
         .with_answering_dtls_role(RTCDtlsRole::Server)
+        // An ICE-lite agent only hears the client's checks; clients send them
+        // every few seconds (aioice every 5 s), so wait longer than that.
+        .with_ice_timeouts(Some(Duration::from_secs(15)), Some(Duration::from_secs(30)), Some(Duration::from_secs(2)))
         .build();
     let mut config = RTCConfigurationBuilder::new();
     if let Some(c) = certificate {
