@@ -8,7 +8,11 @@ use std::process::ExitCode;
 
 fn init_logging(cfg: &LogConfig, json: bool) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cfg.level));
+    // webrtc-rs warns about routine events (a packet before DTLS is up, an
+    // unknown TLS extension); unless the filter names it, show only its errors.
+    let wanted = std::env::var("RUST_LOG").unwrap_or_else(|_| cfg.level.clone());
+    let quiet = if wanted.contains("rtc") { String::new() } else { ",rtc=error,rtc_dtls=error,rtc_ice=error".into() };
+    let filter = EnvFilter::try_new(format!("{wanted}{quiet}")).unwrap_or_else(|_| EnvFilter::new(&cfg.level));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     if json || cfg.json {
         builder.json().flatten_event(true).init();

@@ -33,8 +33,13 @@ use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
+const MID_URI: &str = "urn:ietf:params:rtp-hdrext:sdes:mid";
+
 /// Minimum time between keyframe requests to one publisher track.
 pub const KEYFRAME_INTERVAL: Duration = Duration::from_millis(300);
+/// When a subscriber leg connects, keyframes are asked for at once and again
+/// after these delays.
+const KEYFRAME_FOLLOWUPS: [Duration; 2] = [Duration::from_millis(400), Duration::from_millis(1200)];
 /// How often leg timers, deferred keyframe requests are checked.
 const TICK: Duration = Duration::from_millis(10);
 /// SPEC 5: active speakers every 500 ms, on change.
@@ -117,6 +122,8 @@ struct Engine {
     sources: HashMap<TrackId, Source>,
     speakers: HashMap<RoomId, Vec<PeerId>>,
     dirty: Vec<LegId>,
+    /// Repeated keyframe requests for new subscribers: (when, track).
+    followups: Vec<(Instant, TrackId)>,
     /// Goodbyes (DTLS close) of legs already removed.
     closing: Vec<(Vec<u8>, SocketAddr)>,
 }
@@ -144,6 +151,7 @@ impl Engine {
             speakers: HashMap::new(),
             dirty: Vec::new(),
             closing: Vec::new(),
+            followups: Vec::new(),
         }
     }
 
@@ -243,8 +251,16 @@ impl Engine {
                     },
                 );
                 // A late joiner gets everything already published.
-                let existing: Vec<TrackId> =
-                    self.producers.values().filter(|p| self.room_of(&p.peer) == Some(&room)).map(|p| p.id.clone()).collect();
+                // Video first: aiortc fails to route video on a bundle whose
+                // first m-section is audio (seen as a late joiner never decoding).
+                let mut existing: Vec<(bool, TrackId)> = self
+                    .producers
+                    .values()
+                    .filter(|p| self.room_of(&p.peer) == Some(&room))
+                    .map(|p| (p.kind == TrackKind::Audio, p.id.clone()))
+                    .collect();
+                existing.sort();
+                let existing: Vec<TrackId> = existing.into_iter().map(|(_, t)| t).collect();
                 for t in existing {
                     self.add_sender(&peer, &t);
                 }
@@ -270,6 +286,7 @@ impl Engine {
                 if let Some(p) = self.producers.get_mut(&track) {
                     for c in p.consumers.iter_mut().filter(|c| c.peer == peer) {
                         c.paused = !subscribe;
+                        c.seq.skip();
                     }
                     if subscribe {
                         self.keyframe(&track, now);
@@ -403,16 +420,29 @@ impl Engine {
                     params.header_extensions.iter().find(|h| &h.uri == uri).map(|h| (*id, h.id as u8))
                 })
                 .collect();
+            let mid_ext = params.header_extensions.iter().find(|h| h.uri == MID_URI).map(|h| h.id as u8);
+            let leg = self.legs.get_mut(&leg_id).expect("subscriber leg exists");
+            let ids: Vec<_> = leg.pc.get_transceivers().collect();
+            let mid = ids.into_iter().find_map(|t| {
+                let tr = leg.pc.rtp_transceiver(t)?;
+                (tr.sender() == Some(sender)).then(|| tr.mid().clone()).flatten()
+            });
+            let mid = mid_ext.zip(mid.map(bytes::Bytes::from));
             let prod = self.producers.get_mut(&track).expect("checked");
+            tracing::debug!(peer = %peer_id, %track, ?payload_types, ?extensions, "media: consumer added");
             prod.consumers.push(Consumer {
                 leg: leg_id,
                 peer: peer_id.clone(),
                 track: track.to_string(),
-                rewrite: Rewrite { ssrc, payload_types, extensions },
+                rewrite: Rewrite { ssrc, payload_types, extensions, mid },
                 paused: false,
+                seq: Default::default(),
             });
             if prod.kind == TrackKind::Video {
                 self.keyframe(&track, now);
+                for after in KEYFRAME_FOLLOWUPS {
+                    self.followups.push((now + after, track.clone()));
+                }
             }
         }
         if self.peers.get(peer_id).is_some_and(|p| p.renegotiate) {
@@ -571,6 +601,9 @@ impl Engine {
         let Some(p) = self.producers.get_mut(track) else { return };
         let was = p.muted;
         p.muted = muted;
+        for c in &mut p.consumers {
+            c.seq.skip();
+        }
         // Unmuting video asks for a keyframe so it resumes at once (SPEC 12).
         if was && !muted && p.kind == TrackKind::Video {
             self.keyframe(track, Instant::now());
@@ -594,6 +627,7 @@ impl Engine {
         };
         if let Some(mut r) = leg.pc.rtp_receiver(src.receiver) {
             if r.write_rtcp(now, vec![Box::new(pli)]).is_ok() {
+                tracing::trace!(%track, ssrc = p.media_ssrc, "media: PLI to the publisher");
                 self.metrics.pli.inc();
             }
         }
@@ -607,6 +641,15 @@ impl Engine {
             if leg.pc.poll_timeout().is_some_and(|t| t <= now) {
                 let _ = leg.pc.handle_timeout(now);
                 self.dirty.push(*id);
+            }
+        }
+        let mut i = 0;
+        while i < self.followups.len() {
+            if self.followups[i].0 <= now {
+                let (_, t) = self.followups.swap_remove(i);
+                self.keyframe(&t, now);
+            } else {
+                i += 1;
             }
         }
         let due: Vec<TrackId> =
@@ -656,6 +699,7 @@ impl Engine {
             self.drain_reads(id);
             if let Some(leg) = self.legs.get_mut(&id) {
                 while let Some(out) = leg.pc.poll_write() {
+                    tracing::trace!(leg = id, to = %out.transport.peer_addr, len = out.message.len(), "media: send");
                     if socket.try_send_to(&out.message, out.transport.peer_addr).is_err() {
                         self.metrics.send_errors.inc();
                     }
@@ -691,9 +735,15 @@ impl Engine {
                                     .filter(|p| p.consumers.iter().any(|c| c.leg == id))
                                     .map(|p| p.id.clone())
                                     .collect();
+                                // The server finishes DTLS a moment before the
+                                // client does, and a keyframe arriving in that
+                                // moment is lost: ask again a little later too.
                                 let now = Instant::now();
                                 for t in wanted {
                                     self.keyframe(&t, now);
+                                    for after in KEYFRAME_FOLLOWUPS {
+                                        self.followups.push((now + after, t.clone()));
+                                    }
                                 }
                             }
                         }
@@ -801,13 +851,17 @@ impl Engine {
         }
         let (forwarded, bytes) = (self.metrics.forwarded(p.kind), self.metrics.forwarded_bytes(p.kind));
         let header = std::mem::take(&mut pkt.header);
-        for c in p.consumers.iter().filter(|c| !c.paused) {
+        for c in p.consumers.iter_mut().filter(|c| !c.paused) {
+            let Some(leg) = self.legs.get_mut(&c.leg).filter(|l| l.connected) else {
+                c.seq.skip();
+                continue;
+            };
             let mut out = rtc::rtp::Packet { header: header.clone(), payload: pkt.payload.clone() };
             if !c.rewrite.apply(&mut out.header) {
                 continue;
             }
+            out.header.sequence_number = c.seq.next(out.header.sequence_number);
             let size = out.payload.len() + 12;
-            let Some(leg) = self.legs.get_mut(&c.leg).filter(|l| l.connected) else { continue };
             let msg = TaggedRTCMessage { now, message: RTCMessage::RtpPacket(c.track.clone(), out) };
             if leg.pc.handle_write(msg).is_ok() {
                 forwarded.inc();

@@ -23,6 +23,9 @@ pub struct Rewrite {
     /// Publisher header-extension id → the subscriber's, per URI; ids the
     /// subscriber did not negotiate are stripped.
     pub extensions: Vec<(u8, u8)>,
+    /// The subscriber leg's `sdes:mid` extension id and this consumer's mid
+    /// there: receivers demultiplex bundled m-lines by it (RFC 8843 15).
+    pub mid: Option<(u8, bytes::Bytes)>,
 }
 
 impl Rewrite {
@@ -42,13 +45,54 @@ impl Rewrite {
                 }
                 None => false,
             });
-            if h.extensions.is_empty() {
-                h.extension = false;
-            } else if h.extensions.iter().all(|e| (1..=14).contains(&e.id) && e.payload.len() <= 16) {
-                h.extension_profile = rtp::header::EXTENSION_PROFILE_ONE_BYTE;
-            }
+        } else {
+            h.extensions.clear();
+        }
+        if let Some((id, mid)) = &self.mid {
+            h.extensions.push(rtp::header::Extension { id: *id, payload: mid.clone() });
+        }
+        h.extension = !h.extensions.is_empty();
+        if h.extension {
+            h.extension_profile = if h.extensions.iter().all(|e| (1..=14).contains(&e.id) && e.payload.len() <= 16) {
+                rtp::header::EXTENSION_PROFILE_ONE_BYTE
+            } else {
+                rtp::header::EXTENSION_PROFILE_TWO_BYTE
+            };
         }
         true
+    }
+}
+
+/// Keeps a consumer's sequence numbers contiguous across pauses (mute,
+/// unsubscribe), so the receiver sees no loss for packets deliberately not
+/// sent and does not NACK them.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct SeqRewriter {
+    offset: u16,
+    last_out: Option<u16>,
+    resync: bool,
+}
+
+impl SeqRewriter {
+    /// Packets were skipped on purpose: the next one follows the last sent.
+    pub fn skip(&mut self) {
+        self.resync = true;
+    }
+
+    /// The outgoing sequence number for an incoming one.
+    pub fn next(&mut self, seq: u16) -> u16 {
+        if self.resync {
+            self.resync = false;
+            if let Some(last) = self.last_out {
+                self.offset = seq.wrapping_sub(last.wrapping_add(1));
+            }
+        }
+        let out = seq.wrapping_sub(self.offset);
+        // Only move forward; a late (reordered) packet keeps its place.
+        if self.last_out.is_none_or(|l| out.wrapping_sub(l) < 0x8000) {
+            self.last_out = Some(out);
+        }
+        out
     }
 }
 
@@ -62,6 +106,7 @@ pub struct Consumer {
     pub rewrite: Rewrite,
     /// `track-subscribe {subscribe: false}`.
     pub paused: bool,
+    pub seq: SeqRewriter,
 }
 
 /// An incoming track and everyone it goes to.
@@ -170,7 +215,7 @@ mod tests {
     }
 
     fn leg_rewrite() -> Rewrite {
-        Rewrite { ssrc: 4242, payload_types: vec![(96, 100), (111, 109)], extensions: vec![(1, 3), (4, 2)] }
+        Rewrite { ssrc: 4242, payload_types: vec![(96, 100), (111, 109)], extensions: vec![(1, 3), (4, 2)], mid: None }
     }
 
     #[test]
@@ -184,6 +229,19 @@ mod tests {
     }
 
     #[test]
+    fn the_subscriber_mid_is_written() {
+        let mut r = leg_rewrite();
+        r.mid = Some((5, Bytes::from_static(b"2")));
+        let mut h = header(96, &[(1, b"\x10"), (9, b"0")]);
+        assert!(r.apply(&mut h));
+        let exts: Vec<(u8, &[u8])> = h.extensions.iter().map(|e| (e.id, &e.payload[..])).collect();
+        assert_eq!(exts, vec![(3, &b"\x10"[..]), (5, &b"2"[..])]);
+        let mut bare = header(96, &[]);
+        assert!(r.apply(&mut bare));
+        assert!(bare.extension && bare.extensions.len() == 1);
+    }
+
+    #[test]
     fn unknown_payload_type_is_dropped_and_empty_extensions_cleared() {
         let mut h = header(97, &[]);
         assert!(!leg_rewrite().apply(&mut h));
@@ -191,6 +249,23 @@ mod tests {
         assert!(leg_rewrite().apply(&mut h));
         assert!(!h.extension && h.extensions.is_empty());
         assert_eq!(h.payload_type, 109);
+    }
+
+    #[test]
+    fn sequence_numbers_stay_contiguous_across_a_pause() {
+        let mut s = SeqRewriter::default();
+        assert_eq!((s.next(100), s.next(101), s.next(102)), (100, 101, 102));
+        s.skip(); // 103..=499 were not sent (muted)
+        assert_eq!(s.next(500), 103);
+        assert_eq!(s.next(501), 104);
+        assert_eq!(s.next(499), 102, "a reordered packet keeps its relative place");
+        assert_eq!(s.next(502), 105);
+        // Across the 16-bit wrap.
+        let mut w = SeqRewriter::default();
+        assert_eq!(w.next(65534), 65534);
+        w.skip();
+        assert_eq!(w.next(10), 65535);
+        assert_eq!(w.next(11), 0);
     }
 
     #[test]

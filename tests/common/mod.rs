@@ -227,6 +227,8 @@ impl Ws {
 pub struct ChildServer {
     pub child: std::process::Child,
     pub addr: SocketAddr,
+    /// The SFU's UDP port, from the listening line.
+    pub media: SocketAddr,
     pub stdout: std::io::BufReader<std::process::ChildStdout>,
 }
 
@@ -251,7 +253,8 @@ impl ChildServer {
         let mut line = String::new();
         stdout.read_line(&mut line).expect("read listening line");
         let addr = parse_listening(&line, "http").unwrap_or_else(|| panic!("no listening line: {line:?}"));
-        ChildServer { child, addr, stdout }
+        let media = parse_listening(&line, "media").unwrap_or_else(|| panic!("no media= in {line:?}"));
+        ChildServer { child, addr, media, stdout }
     }
 
     pub fn kill9(&mut self) {
@@ -320,7 +323,8 @@ impl ChildServer {
         let mut line = String::new();
         stdout.read_line(&mut line).expect("read listening line");
         let addr = parse_listening(&line, "http").unwrap_or_else(|| panic!("no listening line: {line:?}"));
-        ChildServer { child, addr, stdout }
+        let media = parse_listening(&line, "media").unwrap_or_else(|| panic!("no media= in {line:?}"));
+        ChildServer { child, addr, media, stdout }
     }
 
     /// Poll (without blocking the async runtime) until the process exits or
