@@ -448,16 +448,6 @@ async fn strangers_get_not_found_for_someone_elses_call() {
     assert_eq!(call_status(&s, "alice", &id).await["status"], "active");
 }
 
-#[tokio::test]
-async fn room_events_are_not_implemented_yet() {
-    let s = TestServer::start().await;
-    let mut w = s.ws_ready("alice").await;
-    w.send(json!({"type": "room-join", "roomId": "r1", "reqId": "rj"})).await;
-    let m = expect_error(&mut w, "not-implemented").await;
-    assert_eq!(m["reqId"], "rj");
-    w.sync().await;
-}
-
 // ---------------------------------------------------------------- limits
 
 /// A JSON ping padded to `len` bytes.

@@ -56,6 +56,7 @@ pub fn spawn(
 ) -> std::io::Result<(MediaHandle, mpsc::UnboundedReceiver<MediaEvent>, std::thread::JoinHandle<()>)> {
     let local = socket.local_addr()?;
     socket.set_nonblocking(true)?;
+    grow_buffers(&socket);
     let (tx, rx) = mpsc::unbounded_channel();
     let (ev_tx, ev_rx) = mpsc::unbounded_channel();
     let thread = std::thread::Builder::new().name("confer-media".into()).spawn(move || {
@@ -72,6 +73,28 @@ pub fn spawn(
         });
     })?;
     Ok((MediaHandle { tx, addr: local }, ev_rx, thread))
+}
+
+/// Bursts (a keyframe to many subscribers, many publishers at once) must not
+/// overflow the kernel's default socket buffers; best effort.
+fn grow_buffers(socket: &std::net::UdpSocket) {
+    use std::os::fd::AsRawFd;
+    let size: libc::c_int = 4 << 20;
+    for opt in [libc::SO_RCVBUF, libc::SO_SNDBUF] {
+        // SAFETY: a valid socket fd and a pointer to a c_int of the given length.
+        let rc = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                opt,
+                (&size as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            tracing::debug!(opt, "media: could not grow a socket buffer");
+        }
+    }
 }
 
 struct Leg {
@@ -699,7 +722,6 @@ impl Engine {
             self.drain_reads(id);
             if let Some(leg) = self.legs.get_mut(&id) {
                 while let Some(out) = leg.pc.poll_write() {
-                    tracing::trace!(leg = id, to = %out.transport.peer_addr, len = out.message.len(), "media: send");
                     if socket.try_send_to(&out.message, out.transport.peer_addr).is_err() {
                         self.metrics.send_errors.inc();
                     }

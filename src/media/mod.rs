@@ -10,10 +10,12 @@
 //! - [`demux`]: which PeerConnection a datagram belongs to.
 //! - [`router`]: pure forwarding decisions (producers, consumers, rewrites,
 //!   keyframe rate limits, audio levels).
+//! - [`deliver`]: lets inbound RTCP through webrtc-rs's interceptor chain.
 //! - [`pc`]: how a server-side PeerConnection is configured.
 //! - [`sdp`]: the few edits made to outgoing SDP.
 //! - [`engine`]: the socket loop that owns every PeerConnection.
 
+pub mod deliver;
 pub mod demux;
 pub mod engine;
 pub mod pc;

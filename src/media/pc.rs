@@ -22,6 +22,9 @@ pub const AUDIO_LEVEL_URI: &str = "urn:ietf:params:rtp-hdrext:ssrc-audio-level";
 
 pub type Error = rtc::shared::error::Error;
 
+/// After every built-in interceptor (the highest is below 10 000).
+const DELIVER_SLOT: usize = 20_000;
+
 /// ICE credentials for a new leg; the ufrag is how the shared socket finds it.
 pub fn credentials() -> (String, String) {
     let mut rng = rand::thread_rng();
@@ -43,7 +46,8 @@ pub fn build(
         RtpCodecKind::Audio,
         None,
     )?;
-    let registry = register_default_interceptors(Registry::new(), &mut media)?;
+    let registry = register_default_interceptors(Registry::new(), &mut media)?
+        .with(rtc::interceptor::Slot::Custom(DELIVER_SLOT), super::deliver::DeliverRtcp::default());
     let settings = SettingEngineBuilder::new()
         .with_lite(true)
         .with_ice_credentials(ufrag.to_owned(), pwd.to_owned())
