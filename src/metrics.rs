@@ -137,8 +137,9 @@ impl MediaMetrics {
             r.register(Box::new(c.clone())).unwrap();
             c
         };
-        let pcs = IntGauge::new("confer_peer_connections_active", "SFU PeerConnections (publisher and subscriber legs)")
-            .unwrap();
+        let pcs =
+            IntGauge::new("confer_peer_connections_active", "SFU PeerConnections (publisher and subscriber legs)")
+                .unwrap();
         r.register(Box::new(pcs.clone())).unwrap();
         let tracks = gauge_vec("confer_tracks_published", "Tracks being published to the SFU, by kind");
         let received = counter_vec("confer_rtp_packets_received_total", "RTP packets received from publishers", "kind");

@@ -57,7 +57,8 @@ async fn aiortc_room_publish_screen_share_late_join_and_leave() {
     assert_eq!(summary["ok"], true, "{summary}");
     assert!(summary["lateJoinSeconds"].as_f64().unwrap() < 2.0, "{summary}");
     for who in ["bob", "carol"] {
-        let frames: Vec<u64> = summary["frames"][who].as_object().unwrap().values().map(|v| v.as_u64().unwrap()).collect();
+        let frames: Vec<u64> =
+            summary["frames"][who].as_object().unwrap().values().map(|v| v.as_u64().unwrap()).collect();
         assert!(frames.len() >= 2 && frames.iter().any(|f| *f >= 60), "{who}: {summary}");
     }
 
@@ -165,12 +166,15 @@ async fn bad_room_messages_get_clear_errors_and_the_socket_stays_up() {
     alice.send(json!({"type": "room-join", "roomId": room})).await;
     alice.recv_type("room-joined").await;
     // A field that is wrong is named.
-    alice.send(json!({"type": "publish-offer", "roomId": room, "sdp": "x", "tracks": [{"mid": "0", "source": "hat"}]})).await;
+    alice
+        .send(json!({"type": "publish-offer", "roomId": room, "sdp": "x", "tracks": [{"mid": "0", "source": "hat"}]}))
+        .await;
     let e = alice.recv_type("error").await;
     assert!(e["code"] == "bad-request" && e["message"].as_str().unwrap().contains("hat"), "{e}");
-    alice.send(json!({"type": "publish-offer", "roomId": room, "sdp": "x",
+    alice
+        .send(json!({"type": "publish-offer", "roomId": room, "sdp": "x",
         "tracks": [{"mid": "0", "source": "camera"}, {"mid": "0", "source": "screen"}]}))
-    .await;
+        .await;
     assert!(alice.recv_type("error").await["message"].as_str().unwrap().contains("mid"));
     // Malformed SDP: the SFU answers with an error naming sdp.
     alice.send(json!({"type": "publish-offer", "roomId": room, "sdp": "v=0\r\nnonsense", "tracks": [{"mid": "0", "source": "camera"}]})).await;
@@ -180,9 +184,10 @@ async fn bad_room_messages_get_clear_errors_and_the_socket_stays_up() {
     assert_eq!(alice.recv_type("error").await["code"], "conflict");
     alice.send(json!({"type": "track-mute", "roomId": room, "trackId": "tr_nope", "muted": true})).await;
     assert_eq!(alice.recv_type("error").await["code"], "not-found");
-    alice.send(json!({"type": "room-ice-candidate", "roomId": room, "pc": "publisher",
+    alice
+        .send(json!({"type": "room-ice-candidate", "roomId": room, "pc": "publisher",
         "candidate": {"candidate": "candidate:garbage", "sdpMid": "0"}}))
-    .await;
+        .await;
     alice.send(json!({"type": "ping", "reqId": "still-up"})).await;
     assert_eq!(alice.recv_type("pong").await["reqId"], "still-up");
 }

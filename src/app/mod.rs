@@ -128,7 +128,9 @@ impl Server {
                 max_participants: config.rooms.max_participants,
                 reservation_ttl: config.rooms.reservation_ttl.0,
                 media: Some(media),
-                ice_servers: Arc::new(move |user| serde_json::to_value(ice_for_rooms.servers(user)).unwrap_or_default()),
+                ice_servers: Arc::new(move |user| {
+                    serde_json::to_value(ice_for_rooms.servers(user)).unwrap_or_default()
+                }),
                 grace: config.calls.reconnect_grace.0,
             },
         )?;

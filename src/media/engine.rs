@@ -21,9 +21,7 @@ use rtc::peer_connection::state::RTCPeerConnectionState;
 use rtc::peer_connection::transport::RTCIceCandidateInit;
 use rtc::peer_connection::RTCPeerConnection;
 use rtc::rtcp;
-use rtc::rtp_transceiver::rtp_sender::{
-    RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
-};
+use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind};
 use rtc::rtp_transceiver::{RTCRtpReceiverId, RTCRtpSenderId};
 use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
@@ -298,8 +296,12 @@ impl Engine {
                 }
             }
             Command::MuteKind { peer, kind, muted } => {
-                let ids: Vec<TrackId> =
-                    self.producers.values().filter(|p| p.peer == peer && p.kind == kind).map(|p| p.id.clone()).collect();
+                let ids: Vec<TrackId> = self
+                    .producers
+                    .values()
+                    .filter(|p| p.peer == peer && p.kind == kind)
+                    .map(|p| p.id.clone())
+                    .collect();
                 for t in ids {
                     self.set_muted(&t, muted);
                 }
@@ -345,7 +347,18 @@ impl Engine {
         let id = self.next_leg;
         self.next_leg = self.next_leg.wrapping_add(1);
         self.by_ufrag.insert(ufrag.clone(), id);
-        self.legs.insert(id, Leg { pc: conn, peer: peer.clone(), role, ufrag, addrs: Vec::new(), remote: HashMap::new(), connected: false });
+        self.legs.insert(
+            id,
+            Leg {
+                pc: conn,
+                peer: peer.clone(),
+                role,
+                ufrag,
+                addrs: Vec::new(),
+                remote: HashMap::new(),
+                connected: false,
+            },
+        );
         self.metrics.peer_connections.inc();
         Ok(id)
     }
@@ -389,7 +402,10 @@ impl Engine {
             .and_then(|answer| leg.pc.set_local_description(now, answer.clone()).map(|()| answer));
         match answer {
             Ok(a) => {
-                let _ = self.events.send(MediaEvent::PublishAnswer { peer: peer_id.clone(), sdp: super::sdp::candidates_everywhere(&a.sdp) });
+                let _ = self.events.send(MediaEvent::PublishAnswer {
+                    peer: peer_id.clone(),
+                    sdp: super::sdp::candidates_everywhere(&a.sdp),
+                });
             }
             Err(e) => self.error(peer_id, "bad-request", format!("sdp: not a usable offer: {e}")),
         }
@@ -399,11 +415,14 @@ impl Engine {
     fn subscribe_answer(&mut self, peer_id: &PeerId, sdp: String) {
         let Some(peer) = self.peers.get_mut(peer_id) else { return };
         let (Some(leg_id), true) = (peer.subscriber, peer.awaiting_answer) else {
-            return self.error(peer_id, "conflict", "subscribe-answer: no subscribe-offer is waiting for an answer".into());
+            return self.error(
+                peer_id,
+                "conflict",
+                "subscribe-answer: no subscribe-offer is waiting for an answer".into(),
+            );
         };
         let leg = self.legs.get_mut(&leg_id).expect("subscriber leg exists");
-        let applied =
-            RTCSessionDescription::answer(sdp).and_then(|a| leg.pc.set_remote_description(Instant::now(), a));
+        let applied = RTCSessionDescription::answer(sdp).and_then(|a| leg.pc.set_remote_description(Instant::now(), a));
         if let Err(e) = applied {
             return self.error(peer_id, "bad-request", format!("sdp: not a usable answer: {e}"));
         }
@@ -522,7 +541,10 @@ impl Engine {
         match offer {
             Ok(o) => {
                 peer.awaiting_answer = true;
-                let _ = self.events.send(MediaEvent::SubscribeOffer { peer: peer_id.clone(), sdp: super::sdp::candidates_everywhere(&o.sdp) });
+                let _ = self.events.send(MediaEvent::SubscribeOffer {
+                    peer: peer_id.clone(),
+                    sdp: super::sdp::candidates_everywhere(&o.sdp),
+                });
             }
             Err(e) => tracing::warn!(error = %e, peer = %peer_id, "media: cannot create a subscriber offer"),
         }
@@ -584,7 +606,8 @@ impl Engine {
         if let Some(leg) = self.legs.get_mut(&prod.leg) {
             leg.remote.retain(|_, t| t != track);
         }
-        let subscribers: Vec<PeerId> = self.peers.iter().filter(|(_, p)| p.senders.contains_key(track)).map(|(id, _)| id.clone()).collect();
+        let subscribers: Vec<PeerId> =
+            self.peers.iter().filter(|(_, p)| p.senders.contains_key(track)).map(|(id, _)| id.clone()).collect();
         for s in subscribers {
             let peer = self.peers.get_mut(&s).expect("listed");
             let (sender, _) = peer.senders.remove(track).expect("listed");
@@ -771,7 +794,11 @@ impl Engine {
                         }
                         RTCPeerConnectionState::Failed => {
                             let (peer, role) = (leg.peer.clone(), leg.role);
-                            self.error(&peer, "internal", format!("the {role:?} PeerConnection failed; rejoin the room"));
+                            self.error(
+                                &peer,
+                                "internal",
+                                format!("the {role:?} PeerConnection failed; rejoin the room"),
+                            );
                         }
                         _ => {}
                     }
@@ -788,15 +815,10 @@ impl Engine {
             return;
         }
         let peer_id = leg.peer.clone();
-        let mid = leg
-            .pc
-            .get_transceivers()
-            .collect::<Vec<_>>()
-            .into_iter()
-            .find_map(|t| {
-                let tr = leg.pc.rtp_transceiver(t)?;
-                (tr.receiver() == Some(receiver)).then(|| tr.mid().clone()).flatten()
-            });
+        let mid = leg.pc.get_transceivers().collect::<Vec<_>>().into_iter().find_map(|t| {
+            let tr = leg.pc.rtp_transceiver(t)?;
+            (tr.receiver() == Some(receiver)).then(|| tr.mid().clone()).flatten()
+        });
         let Some(announced) = mid.and_then(|m| self.peers.get(&peer_id)?.announced.get(&m).cloned()) else {
             tracing::debug!(peer = %peer_id, "media: a track that publish-offer did not list is ignored");
             return;
@@ -834,9 +856,11 @@ impl Engine {
         );
         self.sources.insert(announced.id.clone(), Source { codec, receiver, extensions });
         self.metrics.tracks_published(kind).inc();
-        let _ = self.events.send(MediaEvent::TrackPublished { peer: peer_id.clone(), track: announced.id.clone(), kind });
+        let _ =
+            self.events.send(MediaEvent::TrackPublished { peer: peer_id.clone(), track: announced.id.clone(), kind });
         let Some(room) = self.room_of(&peer_id).cloned() else { return };
-        let others: Vec<PeerId> = self.rooms.get(&room).into_iter().flatten().filter(|p| **p != peer_id).cloned().collect();
+        let others: Vec<PeerId> =
+            self.rooms.get(&room).into_iter().flatten().filter(|p| **p != peer_id).cloned().collect();
         for o in others {
             self.add_sender(&o, &announced.id);
             self.renegotiate(&o);

@@ -59,28 +59,76 @@ pub struct Candidate {
 /// What signaling asks of the media plane.
 #[derive(Debug)]
 pub enum Command {
-    Join { room: RoomId, peer: PeerId },
-    Publish { peer: PeerId, sdp: String, tracks: Vec<PublishTrack> },
-    SubscribeAnswer { peer: PeerId, sdp: String },
-    Candidate { peer: PeerId, role: Role, candidate: Candidate },
-    Mute { peer: PeerId, track: TrackId, muted: bool },
+    Join {
+        room: RoomId,
+        peer: PeerId,
+    },
+    Publish {
+        peer: PeerId,
+        sdp: String,
+        tracks: Vec<PublishTrack>,
+    },
+    SubscribeAnswer {
+        peer: PeerId,
+        sdp: String,
+    },
+    Candidate {
+        peer: PeerId,
+        role: Role,
+        candidate: Candidate,
+    },
+    Mute {
+        peer: PeerId,
+        track: TrackId,
+        muted: bool,
+    },
     /// Mute every track of one kind (the call mute routes of `mode: "sfu"`).
-    MuteKind { peer: PeerId, kind: TrackKind, muted: bool },
-    Subscribe { peer: PeerId, track: TrackId, subscribe: bool },
-    Unpublish { peer: PeerId, tracks: Vec<TrackId> },
-    Leave { peer: PeerId },
+    MuteKind {
+        peer: PeerId,
+        kind: TrackKind,
+        muted: bool,
+    },
+    Subscribe {
+        peer: PeerId,
+        track: TrackId,
+        subscribe: bool,
+    },
+    Unpublish {
+        peer: PeerId,
+        tracks: Vec<TrackId>,
+    },
+    Leave {
+        peer: PeerId,
+    },
     Shutdown,
 }
 
 /// What the media plane tells signaling.
 #[derive(Debug, Clone)]
 pub enum MediaEvent {
-    PublishAnswer { peer: PeerId, sdp: String },
-    SubscribeOffer { peer: PeerId, sdp: String },
+    PublishAnswer {
+        peer: PeerId,
+        sdp: String,
+    },
+    SubscribeOffer {
+        peer: PeerId,
+        sdp: String,
+    },
     /// The first RTP of an announced track arrived: it can be forwarded now.
-    TrackPublished { peer: PeerId, track: TrackId, kind: TrackKind },
-    ActiveSpeakers { room: RoomId, speakers: Vec<(PeerId, f64)> },
-    Error { peer: PeerId, code: &'static str, message: String },
+    TrackPublished {
+        peer: PeerId,
+        track: TrackId,
+        kind: TrackKind,
+    },
+    ActiveSpeakers {
+        room: RoomId,
+        speakers: Vec<(PeerId, f64)>,
+    },
+    Error {
+        peer: PeerId,
+        code: &'static str,
+        message: String,
+    },
 }
 
 /// Signaling's end of the media plane.

@@ -7,8 +7,8 @@
 //! [`Consumer`]s an outgoing copy on another participant's subscriber leg.
 
 use crate::ids::{PeerId, TrackId};
-use rtc::rtp;
 use crate::model::{TrackKind, TrackSource};
+use rtc::rtp;
 use std::time::{Duration, Instant};
 
 /// An index into the engine's table of PeerConnections.

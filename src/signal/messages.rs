@@ -5,7 +5,9 @@
 
 use crate::ids::{CallId, PeerId, RoomId, TrackId, UserId};
 use crate::media::Role;
-use crate::model::{CallMode, CallParticipant, CallSession, CallStatus, CallType, Room, RoomParticipant, TrackInfo, TrackSource};
+use crate::model::{
+    CallMode, CallParticipant, CallSession, CallStatus, CallType, Room, RoomParticipant, TrackInfo, TrackSource,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 

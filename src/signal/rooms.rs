@@ -229,7 +229,10 @@ impl RoomService {
     }
 }
 
-pub(super) fn find<'a>(rooms: &'a mut HashMap<RoomId, RoomState>, id: &RoomId) -> Result<&'a mut RoomState, SignalError> {
+pub(super) fn find<'a>(
+    rooms: &'a mut HashMap<RoomId, RoomState>,
+    id: &RoomId,
+) -> Result<&'a mut RoomState, SignalError> {
     rooms.get_mut(id).ok_or_else(|| SignalError::NotFound("room not found".into()))
 }
 

@@ -45,7 +45,12 @@ impl RoomService {
 
     /// `room-join`: bind a reservation (`peerId`), rebind one's own seat after
     /// a reconnect, or take a new seat.
-    pub fn join_ws(&self, actor: &Actor, room_id: &RoomId, peer_id: Option<PeerId>) -> Result<ServerEvent, SignalError> {
+    pub fn join_ws(
+        &self,
+        actor: &Actor,
+        room_id: &RoomId,
+        peer_id: Option<PeerId>,
+    ) -> Result<ServerEvent, SignalError> {
         let media = self.media()?.clone();
         let Some(conn) = actor.conn.clone() else {
             return Err(SignalError::BadRequest("room-join needs a WebSocket".into()));
@@ -57,7 +62,9 @@ impl RoomService {
         let peer = match peer_id {
             Some(p) => {
                 let Some(seat) = s.room.participants.iter().find(|x| x.peer_id == p) else {
-                    return Err(SignalError::NotFound("peerId: no such reservation in this room (it may have expired)".into()));
+                    return Err(SignalError::NotFound(
+                        "peerId: no such reservation in this room (it may have expired)".into(),
+                    ));
                 };
                 if &seat.user_id != actor.user() {
                     return Err(SignalError::Forbidden("peerId: that seat belongs to another user".into()));
@@ -111,11 +118,9 @@ impl RoomService {
     /// The actor's joined peer in a room, found by its connection.
     fn my_peer<'a>(actor: &Actor, s: &'a mut RoomState) -> Result<(PeerId, &'a mut Live), SignalError> {
         let conn = actor.conn.as_ref();
-        s.live
-            .iter_mut()
-            .find(|(_, l)| Some(&l.conn) == conn)
-            .map(|(p, l)| (p.clone(), l))
-            .ok_or_else(|| SignalError::Conflict("you have not joined this room on this connection: send room-join".into()))
+        s.live.iter_mut().find(|(_, l)| Some(&l.conn) == conn).map(|(p, l)| (p.clone(), l)).ok_or_else(|| {
+            SignalError::Conflict("you have not joined this room on this connection: send room-join".into())
+        })
     }
 
     /// `publish-offer`: the tracks list is all of the publisher's tracks; a

@@ -2,8 +2,9 @@
 
 usage: sfu_room.py HTTP_ADDR MEDIA_ADDR ALICE BOB CAROL DAVE   (tokens)
 
-1. alice creates a room and publishes camera video + microphone audio;
-   bob and carol join and each decode >= 60 frames of alice's video.
+1. alice creates a room and publishes camera video + microphone audio (a
+   tone); bob and carol join and each decode >= 60 frames of alice's video,
+   and bob hears active-speakers naming alice (RFC 6464 levels).
 2. alice adds a screen share by renegotiation (source "screen"): bob and carol
    get track-published and a new subscribe-offer, and decode it.
 3. dave joins late and decodes alice's camera within 2 s of room-join.
@@ -24,7 +25,7 @@ import httpx
 import numpy
 import websockets
 from aiortc import AudioStreamTrack, RTCPeerConnection, RTCSessionDescription, VideoStreamTrack
-from av import VideoFrame
+from av import AudioFrame, VideoFrame
 
 aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: ["127.0.0.1"]
 if os.environ.get("SFU_DEBUG") == "ice":
@@ -48,6 +49,23 @@ class Pattern(VideoStreamTrack):
         frame = VideoFrame.from_ndarray(img, format="bgr24")
         frame.pts, frame.time_base = pts, time_base
         return frame
+
+
+class Tone(AudioStreamTrack):
+    """A 440 Hz tone at about -10 dBov, so RFC 6464 levels say someone speaks."""
+
+    def __init__(self):
+        super().__init__()
+        self.n = 0
+
+    async def recv(self):
+        frame = await super().recv()  # paces 20 ms frames of silence
+        t = (numpy.arange(frame.samples) + self.n) / frame.sample_rate
+        self.n += frame.samples
+        pcm = (numpy.sin(2 * numpy.pi * 440 * t) * 10000).astype(numpy.int16).reshape(1, -1)
+        tone = AudioFrame.from_ndarray(pcm, format="s16", layout="mono")
+        tone.sample_rate, tone.pts, tone.time_base = frame.sample_rate, frame.pts, frame.time_base
+        return tone
 
 
 class Client:
@@ -155,7 +173,7 @@ async def main(addr, media, alice_t, bob_t, carol_t, dave_t):
     # 1. camera + microphone to two subscribers.
     alice.pub = RTCPeerConnection()
     alice.pub.addTrack(Pattern(80))
-    alice.pub.addTrack(AudioStreamTrack())
+    alice.pub.addTrack(Tone())
     await alice.publish(room_id, ["camera", "microphone"])
     for c in (bob, carol):
         for _ in range(2):
@@ -163,6 +181,8 @@ async def main(addr, media, alice_t, bob_t, carol_t, dave_t):
             assert ev["peerId"] == alice.peer_id, ev
     await until(lambda: all(max(c.frames.values(), default=0) >= 60 for c in (bob, carol)), "60 frames at bob and carol")
     assert not alice.frames, "a participant never receives its own tracks"
+    speaking = await bob.expect("active-speakers", lambda e: any(x["peerId"] == alice.peer_id for x in e["speakers"]))
+    assert 0 < speaking["speakers"][0]["level"] <= 1, speaking
 
     # 2. screen share by renegotiation.
     alice.pub.addTrack(Pattern(200))
