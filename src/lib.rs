@@ -10,7 +10,11 @@
 //! - [`signal`]: calls, rooms and WebSocket sessions as state machines and
 //!   services. Never touches a socket or a status code; talks to clients through
 //!   per-connection channels.
-//! - [`turn`]: TURN REST credentials (and, later, the TURN server).
+//! - [`media`]: the SFU. One UDP socket loop on its own thread owns every
+//!   WebRTC PeerConnection (webrtc-rs's sans-IO `rtc`); signaling drives it
+//!   through commands and hears back through events. Never imports signaling,
+//!   HTTP or the store.
+//! - [`turn`]: the TURN server and TURN REST credentials.
 //! - [`store`]: persistence behind the [`store::Store`] trait (sled on disk).
 //! - [`metrics`]: the Prometheus registry and every metric confer exports.
 //! - [`analytics`]: pure call-quality calculators (RFC 3550 statistics, RTT,
