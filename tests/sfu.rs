@@ -93,6 +93,24 @@ async fn aiortc_sfu_mode_call_carries_media_both_ways_and_mute_stops_it() {
     settle(&c, "confer_peer_connections_active", 0.0).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_aiortc_publish_leave_cycles_free_everything_and_rss_stays_flat() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ChildServer::spawn(dir.path(), &[]);
+    let c = child_client(server.addr);
+    let args = vec![server.addr.to_string(), server.child.id().to_string(), c.token("alice"), c.token("bob")];
+    let summary = tokio::task::spawn_blocking(move || run_script("sfu_churn.py", &args)).await.unwrap();
+    assert_eq!(summary["ok"], true, "{summary}");
+    settle(&c, "confer_participants_active", 0.0).await;
+    settle(&c, "confer_peer_connections_active", 0.0).await;
+    settle(&c, "confer_tracks_published{kind=\"video\"}", 0.0).await;
+    settle(&c, "confer_tracks_published{kind=\"audio\"}", 0.0).await;
+    let (after5, after20) = (summary["rssKiBAfter5"].as_f64().unwrap(), summary["rssKiBAfter20"].as_f64().unwrap());
+    // 15 more cycles of 2 PeerConnections each must not keep memory: allow
+    // allocator noise, not a leak of ~a PeerConnection per cycle.
+    assert!(after20 - after5 < 6.0 * 1024.0, "RSS grew from {after5} to {after20} KiB over 15 cycles");
+}
+
 async fn create_room(c: &TestServer, owner: &str, body: Value) -> String {
     let (status, v) = c.post("/rooms", owner, body).await;
     assert_eq!(status, 201, "{v}");
@@ -224,4 +242,28 @@ async fn twenty_join_leave_cycles_leave_nothing_behind() {
     bob.recv_type("room-deleted").await;
     settle(&c, "confer_participants_active", 0.0).await;
     settle(&c, "confer_peer_connections_active", 0.0).await;
+}
+
+#[tokio::test]
+async fn a_dropped_websocket_keeps_the_seat_for_the_grace_then_leaves() {
+    let c = TestServer::start_with(|cfg| cfg.calls.reconnect_grace = Duration::from_millis(1500).into()).await;
+    let room = create_room(&c, "alice", json!({"name": "flaky wifi"})).await;
+    let mut bob = c.ws_ready("bob").await;
+    bob.send(json!({"type": "room-join", "roomId": room})).await;
+    bob.recv_type("room-joined").await;
+    let alice = c.ws_ready("alice").await;
+    let mut alice = alice;
+    alice.send(json!({"type": "room-join", "roomId": room})).await;
+    let joined = alice.recv_type("room-joined").await;
+    bob.recv_type("participant-joined").await;
+    drop(alice); // the connection drops without room-leave
+
+    // Still seated inside the grace...
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (_, v) = c.get(&format!("/rooms/{room}"), "bob").await;
+    assert_eq!(v["room"]["participants"].as_array().unwrap().len(), 2, "{v}");
+    // ...and gone after it.
+    let left = bob.recv_type("participant-left").await;
+    assert_eq!(left["peerId"], joined["peerId"]);
+    settle(&c, "confer_participants_active", 1.0).await;
 }
