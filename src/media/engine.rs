@@ -118,6 +118,8 @@ struct Peer {
     senders: HashMap<TrackId, (RTCRtpSenderId, u32)>,
     awaiting_answer: bool,
     renegotiate: bool,
+    /// A subscriber offer went out already (the candidate is trickled once).
+    offered: bool,
 }
 
 /// What the engine keeps about a producer beyond the pure router state.
@@ -269,6 +271,7 @@ impl Engine {
                         senders: HashMap::new(),
                         awaiting_answer: false,
                         renegotiate: false,
+                        offered: false,
                     },
                 );
                 // A late joiner gets everything already published.
@@ -402,10 +405,9 @@ impl Engine {
             .and_then(|answer| leg.pc.set_local_description(now, answer.clone()).map(|()| answer));
         match answer {
             Ok(a) => {
-                let _ = self.events.send(MediaEvent::PublishAnswer {
-                    peer: peer_id.clone(),
-                    sdp: super::sdp::candidates_everywhere(&a.sdp),
-                });
+                let sdp = super::sdp::candidates_everywhere(&a.sdp);
+                let _ = self.events.send(MediaEvent::PublishAnswer { peer: peer_id.clone(), sdp: sdp.clone() });
+                self.trickle(peer_id, Role::Publisher, &sdp);
             }
             Err(e) => self.error(peer_id, "bad-request", format!("sdp: not a usable offer: {e}")),
         }
@@ -492,6 +494,22 @@ impl Engine {
         }
     }
 
+    /// Trickle the server's candidate after the description that carries it,
+    /// for clients that only read trickled ones (SPEC 4: both ways).
+    fn trickle(&self, peer: &PeerId, role: Role, sdp: &str) {
+        let mid = sdp.lines().find_map(|l| l.strip_prefix("a=mid:")).map(str::to_owned);
+        for line in sdp.lines().filter_map(|l| l.strip_prefix("a=")).filter(|l| l.starts_with("candidate:")) {
+            // Component 1 only: every m-section is rtcp-muxed.
+            if line.split_whitespace().nth(1) != Some("1") {
+                continue;
+            }
+            let ev =
+                MediaEvent::LocalCandidate { peer: peer.clone(), role, candidate: line.to_owned(), mid: mid.clone() };
+            let _ = self.events.send(ev);
+            break;
+        }
+    }
+
     /// The publisher's payload types for a producer's codec: (pt, mime).
     fn publisher_payload_types(&mut self, track: &TrackId) -> Vec<(u8, String)> {
         let (Some(prod), Some(src)) = (self.producers.get(track), self.sources.get(track)) else { return Vec::new() };
@@ -541,10 +559,12 @@ impl Engine {
         match offer {
             Ok(o) => {
                 peer.awaiting_answer = true;
-                let _ = self.events.send(MediaEvent::SubscribeOffer {
-                    peer: peer_id.clone(),
-                    sdp: super::sdp::candidates_everywhere(&o.sdp),
-                });
+                let first = !std::mem::replace(&mut peer.offered, true);
+                let sdp = super::sdp::candidates_everywhere(&o.sdp);
+                let _ = self.events.send(MediaEvent::SubscribeOffer { peer: peer_id.clone(), sdp: sdp.clone() });
+                if first {
+                    self.trickle(peer_id, Role::Subscriber, &sdp);
+                }
             }
             Err(e) => tracing::warn!(error = %e, peer = %peer_id, "media: cannot create a subscriber offer"),
         }

@@ -114,6 +114,13 @@ pub enum MediaEvent {
         peer: PeerId,
         sdp: String,
     },
+    /// The server's candidate for a leg, also trickled (it is in the SDP too).
+    LocalCandidate {
+        peer: PeerId,
+        role: Role,
+        candidate: String,
+        mid: Option<String>,
+    },
     /// The first RTP of an announced track arrived: it can be forwarded now.
     TrackPublished {
         peer: PeerId,

@@ -270,6 +270,11 @@ pub enum ServerEvent {
         room_id: RoomId,
         sdp: String,
     },
+    RoomIceCandidate {
+        room_id: RoomId,
+        pc: Role,
+        candidate: IceCandidate,
+    },
     ParticipantJoined {
         room_id: RoomId,
         participant: RoomParticipant,

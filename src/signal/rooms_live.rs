@@ -353,6 +353,7 @@ impl RoomService {
         let peer = match &ev {
             MediaEvent::PublishAnswer { peer, .. }
             | MediaEvent::SubscribeOffer { peer, .. }
+            | MediaEvent::LocalCandidate { peer, .. }
             | MediaEvent::TrackPublished { peer, .. }
             | MediaEvent::Error { peer, .. } => peer.clone(),
             MediaEvent::ActiveSpeakers { room, speakers } => {
@@ -374,6 +375,11 @@ impl RoomService {
             MediaEvent::PublishAnswer { sdp, .. } => to_peer(ServerEvent::PublishAnswer { room_id, sdp }),
             MediaEvent::SubscribeOffer { sdp, .. } => to_peer(ServerEvent::SubscribeOffer { room_id, sdp }),
             MediaEvent::Error { code, message, .. } => to_peer(ServerEvent::error(code, message, None)),
+            MediaEvent::LocalCandidate { role, candidate, mid, .. } => to_peer(ServerEvent::RoomIceCandidate {
+                room_id,
+                pc: role,
+                candidate: IceCandidate { candidate, sdp_mid: mid, sdp_m_line_index: Some(0), username_fragment: None },
+            }),
             MediaEvent::TrackPublished { track, kind, .. } => {
                 let Some((_, source, simulcast)) = live.mids.values().find(|(id, ..)| *id == track).cloned() else {
                     return;

@@ -175,6 +175,8 @@ async def main(addr, media, alice_t, bob_t, carol_t, dave_t):
     alice.pub.addTrack(Pattern(80))
     alice.pub.addTrack(Tone())
     await alice.publish(room_id, ["camera", "microphone"])
+    cand = await alice.expect("room-ice-candidate")
+    assert cand["pc"] == "publisher" and " typ host" in cand["candidate"]["candidate"], cand
     for c in (bob, carol):
         for _ in range(2):
             ev = await c.expect("track-published")
