@@ -1,6 +1,7 @@
 //! The built-in web page in Debian's headless Chromium (driven by
 //! playwright-core, installed by scripts/setup-test-deps.sh): two browser
-//! contexts hold a 1:1 call through the page and each decodes the other's video.
+//! contexts hold a 1:1 call through the page and each decodes the other's video;
+//! three contexts hold a group room through the SFU, one of them joining late.
 
 mod common;
 
@@ -21,5 +22,21 @@ fn two_browsers_hold_a_call_through_the_page() {
     let summary: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
     assert!(summary["aliceFrames"].as_u64().unwrap() > 10, "{summary}");
     assert!(summary["bobFrames"].as_u64().unwrap() > 10, "{summary}");
+    assert_eq!(summary["errors"], serde_json::json!([]));
+}
+
+#[test]
+fn three_browsers_meet_in_a_room_through_the_sfu() {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser/room.js");
+    let dir = tempfile::tempdir().unwrap();
+    let server = ChildServer::spawn(dir.path(), &[("CONFER_AUTH_ALLOW_GUESTS", "true")]);
+    let out = Command::new("node").arg(script).arg(format!("http://{}", server.addr)).output().expect("node runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "browser room failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let summary: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let good = |who: &str| summary[who].as_object().unwrap().values().filter(|n| n.as_u64().unwrap() > 10).count();
+    assert!(good("alice") >= 1 && good("bob") >= 1, "{summary}");
+    assert_eq!(good("carol"), 2, "the late joiner decodes both others: {summary}");
+    assert_eq!(summary["carolTiles"], 3, "{summary}");
     assert_eq!(summary["errors"], serde_json::json!([]));
 }
