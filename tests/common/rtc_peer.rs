@@ -1,0 +1,221 @@
+//! A webrtc-rs (`rtc`, sans-IO) PeerConnection driven on its own UDP socket
+//! in a task, for tests that need to see the SFU's packets byte by byte:
+//! which SSRC, payload type and sequence number arrive, which RTCP comes
+//! back. The test talks to it with closures run on the connection and reads
+//! what arrived from a channel.
+
+use bytes::BytesMut;
+use confer::media::deliver::DeliverRtcp;
+use rtc::interceptor::{Registry, Slot};
+use rtc::media_stream::MediaStreamTrack;
+use rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors;
+use rtc::peer_connection::configuration::media_engine::{MediaEngine, MIME_TYPE_VP8};
+use rtc::peer_connection::event::{RTCPeerConnectionEvent, RTCTrackEvent};
+use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
+use rtc::peer_connection::state::RTCPeerConnectionState;
+use rtc::peer_connection::transport::{CandidateConfig, CandidateHostConfig, RTCIceCandidate};
+use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
+use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind};
+use rtc::sansio::Protocol;
+use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot};
+
+/// What the peer saw.
+#[derive(Debug, Clone)]
+#[allow(dead_code)] // each test reads the fields it needs
+pub enum Seen {
+    Connected,
+    TrackOpen {
+        track: String,
+        ssrc: u32,
+    },
+    Rtp {
+        track: String,
+        ssrc: u32,
+        pt: u8,
+        seq: u16,
+        exts: Vec<(u8, Vec<u8>)>,
+    },
+    /// RTCP, by type: "pli", "fir", "nack", "rr", "sr", "other".
+    Rtcp {
+        track: String,
+        kinds: Vec<&'static str>,
+    },
+}
+
+type Job = Box<dyn FnOnce(&mut RTCPeerConnection, Instant) + Send>;
+
+/// Runs jobs on the connection; cheap to clone into a sending task.
+#[derive(Clone)]
+pub struct Ctl {
+    jobs: mpsc::UnboundedSender<Job>,
+}
+
+impl Ctl {
+    /// Run `f` on the connection and return what it returns.
+    pub async fn with<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut RTCPeerConnection, Instant) -> T + Send + 'static,
+    ) -> T {
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move |pc, now| {
+            let _ = tx.send(f(pc, now));
+        });
+        self.jobs.send(job).expect("peer task alive");
+        rx.await.expect("peer task alive")
+    }
+}
+
+#[allow(dead_code)]
+pub struct RtcPeer {
+    pub ctl: Ctl,
+    pub seen: mpsc::UnboundedReceiver<Seen>,
+    pub addr: SocketAddr,
+}
+
+pub fn vp8() -> RTCRtpCodec {
+    RTCRtpCodec { mime_type: MIME_TYPE_VP8.to_owned(), clock_rate: 90_000, ..Default::default() }
+}
+
+/// A video track with a fixed SSRC, to publish.
+pub fn video_track(id: &str, ssrc: u32) -> MediaStreamTrack {
+    MediaStreamTrack::new(
+        "test-stream".into(),
+        id.into(),
+        id.into(),
+        RtpCodecKind::Video,
+        vec![RTCRtpEncodingParameters {
+            rtp_coding_parameters: RTCRtpCodingParameters { ssrc: Some(ssrc), ..Default::default() },
+            codec: vp8(),
+            ..Default::default()
+        }],
+    )
+}
+
+impl RtcPeer {
+    pub async fn start() -> RtcPeer {
+        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = socket.local_addr().unwrap();
+        let mut media = MediaEngine::default();
+        media.register_default_codecs().unwrap();
+        let registry = register_default_interceptors(Registry::new(), &mut media)
+            .unwrap()
+            .with(Slot::Custom(20_000), DeliverRtcp::default());
+        let mut pc = RTCPeerConnectionBuilder::new()
+            .with_media_engine(media)
+            .with_interceptor_registry(registry)
+            .build(Instant::now())
+            .unwrap();
+        let host = CandidateHostConfig {
+            base_config: CandidateConfig {
+                network: "udp".into(),
+                address: addr.ip().to_string(),
+                port: addr.port(),
+                component: 1,
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+        .new_candidate_host()
+        .unwrap();
+        pc.add_local_candidate(RTCIceCandidate::from(&host).to_json().unwrap()).unwrap();
+        let (jobs, mut job_rx) = mpsc::unbounded_channel::<Job>();
+        let (seen_tx, seen) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 2048];
+            loop {
+                while let Some(out) = pc.poll_write() {
+                    let _ = socket.send_to(&out.message, out.transport.peer_addr).await;
+                }
+                while let Some(ev) = pc.poll_event() {
+                    match ev {
+                        RTCPeerConnectionEvent::OnConnectionStateChangeEvent(RTCPeerConnectionState::Connected) => {
+                            let _ = seen_tx.send(Seen::Connected);
+                        }
+                        RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnOpen(init)) => {
+                            let _ = seen_tx.send(Seen::TrackOpen { track: init.track_id, ssrc: init.ssrc });
+                        }
+                        _ => {}
+                    }
+                }
+                while let Some(TaggedRTCMessage { message, .. }) = pc.poll_read() {
+                    let s = match message {
+                        RTCMessage::RtpPacket(track, p) => Seen::Rtp {
+                            track,
+                            ssrc: p.header.ssrc,
+                            pt: p.header.payload_type,
+                            seq: p.header.sequence_number,
+                            exts: p.header.extensions.iter().map(|e| (e.id, e.payload.to_vec())).collect(),
+                        },
+                        RTCMessage::RtcpPacket(track, pkts) => {
+                            Seen::Rtcp { track, kinds: pkts.iter().map(|p| kind(&**p)).collect() }
+                        }
+                        _ => continue,
+                    };
+                    if seen_tx.send(s).is_err() {
+                        return;
+                    }
+                }
+                let wake = pc.poll_timeout().unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
+                tokio::select! {
+                    job = job_rx.recv() => match job {
+                        Some(job) => job(&mut pc, Instant::now()),
+                        None => { let _ = pc.close(); return; }
+                    },
+                    r = socket.recv_from(&mut buf) => if let Ok((n, from)) = r {
+                        let _ = pc.handle_read(TaggedBytesMut {
+                            now: Instant::now(),
+                            transport: TransportContext { local_addr: addr, peer_addr: from, ecn: None, transport_protocol: TransportProtocol::UDP },
+                            message: BytesMut::from(&buf[..n]),
+                        });
+                    },
+                    _ = tokio::time::sleep_until(wake.into()) => { let _ = pc.handle_timeout(Instant::now()); }
+                }
+            }
+        });
+        RtcPeer { ctl: Ctl { jobs }, seen, addr }
+    }
+
+    pub async fn with<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut RTCPeerConnection, Instant) -> T + Send + 'static,
+    ) -> T {
+        self.ctl.with(f).await
+    }
+
+    /// Wait until `pred` matches something seen (others are dropped).
+    pub async fn wait_for(&mut self, what: &str, mut pred: impl FnMut(&Seen) -> bool) -> Seen {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match tokio::time::timeout_at(deadline, self.seen.recv()).await {
+                Ok(Some(s)) if pred(&s) => return s,
+                Ok(Some(_)) => {}
+                _ => panic!("timed out waiting for {what}"),
+            }
+        }
+    }
+}
+
+fn kind(p: &dyn rtc::rtcp::packet::Packet) -> &'static str {
+    use rtc::rtcp::payload_feedbacks::{
+        full_intra_request::FullIntraRequest, picture_loss_indication::PictureLossIndication,
+    };
+    use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
+    let a = p.as_any();
+    if a.is::<PictureLossIndication>() {
+        "pli"
+    } else if a.is::<FullIntraRequest>() {
+        "fir"
+    } else if a.is::<TransportLayerNack>() {
+        "nack"
+    } else if a.is::<rtc::rtcp::receiver_report::ReceiverReport>() {
+        "rr"
+    } else if a.is::<rtc::rtcp::sender_report::SenderReport>() {
+        "sr"
+    } else {
+        "other"
+    }
+}
