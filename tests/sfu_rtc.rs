@@ -2,7 +2,8 @@
 //! SSRC, payload type and `mid` a subscriber receives are the ones its own
 //! PeerConnection negotiated; sequence numbers stay contiguous across a mute;
 //! unmuting and a subscriber's PLI reach the publisher as keyframe requests;
-//! a subscriber's NACK is answered by the server, not passed upstream.
+//! a subscriber's NACK is answered by the server, not passed upstream; a
+//! packet lost on the way to the server is NACKed to the publisher.
 
 mod common;
 #[path = "common/rtc_peer.rs"]
@@ -81,6 +82,8 @@ async fn webrtc_rs_peers_see_per_leg_rewrites_contiguous_sequences_and_keyframe_
 
     // A sender task: 100 packets/s, sequence numbers from 40000, until told to stop.
     let ctl = alice.ctl.clone();
+    let skip = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let skip_one = skip.clone();
     let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
     let sending = tokio::spawn(async move {
         let mut seq: u16 = 40_000;
@@ -91,6 +94,10 @@ async fn webrtc_rs_peers_see_per_leg_rewrites_contiguous_sequences_and_keyframe_
                 _ = tick.tick() => {}
             }
             let s = seq;
+            if skip_one.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                seq = seq.wrapping_add(1); // "lost" on the way to the server
+                continue;
+            }
             ctl.with(move |pc, now| {
                 let pkt = rtc::rtp::Packet {
                     header: rtc::rtp::header::Header {
@@ -224,6 +231,13 @@ async fn webrtc_rs_peers_see_per_leg_rewrites_contiguous_sequences_and_keyframe_
         .count();
     assert_eq!(upstream_nacks, 0, "a subscriber's NACK is answered by the server, not the publisher");
     assert!(c.metric("confer_nack_total").await.unwrap() > nacks_before, "the NACK was seen");
+
+    // Upstream loss: a packet the server never got is NACKed to the publisher.
+    while alice.seen.try_recv().is_ok() {}
+    skip.store(true, std::sync::atomic::Ordering::SeqCst);
+    alice
+        .wait_for("a NACK for the lost packet", |s| matches!(s, Seen::Rtcp { kinds, .. } if kinds.contains(&"nack")))
+        .await;
 
     let _ = stop_tx.send(());
     let _ = sending.await;
