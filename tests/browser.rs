@@ -1,7 +1,9 @@
 //! The built-in web page in Debian's headless Chromium (driven by
 //! playwright-core, installed by scripts/setup-test-deps.sh): two browser
 //! contexts hold a 1:1 call through the page and each decodes the other's video;
-//! three contexts hold a group room through the SFU, one of them joining late.
+//! three contexts hold a group room through the SFU (a late joiner, a screen
+//! share, a camera turned off, a phone-width page, keyboard controls), and the
+//! same room again with every page forced through confer's TURN server.
 
 mod common;
 
@@ -25,12 +27,20 @@ fn two_browsers_hold_a_call_through_the_page() {
     assert_eq!(summary["errors"], serde_json::json!([]));
 }
 
-#[test]
-fn three_browsers_meet_in_a_room_through_the_sfu() {
+fn browser_room(relay: bool) -> serde_json::Value {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser/room.js");
     let dir = tempfile::tempdir().unwrap();
-    let server = ChildServer::spawn(dir.path(), &[("CONFER_AUTH_ALLOW_GUESTS", "true")]);
-    let out = Command::new("node").arg(script).arg(format!("http://{}", server.addr)).output().expect("node runs");
+    // Relayed media reaches the SFU on 127.0.0.1: let TURN relay to loopback.
+    let server = ChildServer::spawn(
+        dir.path(),
+        &[("CONFER_AUTH_ALLOW_GUESTS", "true"), ("CONFER_TURN_ALLOW_LOOPBACK_PEERS", if relay { "true" } else { "false" })],
+    );
+    let mut cmd = Command::new("node");
+    cmd.arg(script).arg(format!("http://{}", server.addr));
+    if relay {
+        cmd.arg("relay");
+    }
+    let out = cmd.output().expect("node runs");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "browser room failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     let summary: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
@@ -38,5 +48,23 @@ fn three_browsers_meet_in_a_room_through_the_sfu() {
     assert!(good("alice") >= 1 && good("bob") >= 1, "{summary}");
     assert_eq!(good("carol"), 2, "the late joiner decodes both others: {summary}");
     assert_eq!(summary["carolTiles"], 3, "{summary}");
+    assert_eq!(good("bobWithScreen"), 3, "the screen share decodes at bob: {summary}");
+    assert_eq!(summary["muteShown"], true);
+    assert!(summary["phoneOverflow"].as_i64().unwrap() <= 0, "{summary}");
+    assert_eq!(summary["keyboardMute"], "true");
     assert_eq!(summary["errors"], serde_json::json!([]));
+    summary
+}
+
+#[test]
+fn three_browsers_meet_in_a_room_through_the_sfu() {
+    let summary = browser_room(false);
+    assert_eq!(summary["relay"], false);
+}
+
+#[test]
+fn the_room_works_with_every_browser_forced_through_turn() {
+    let summary = browser_room(true);
+    let types = summary["alicePairTypes"].as_array().unwrap();
+    assert!(!types.is_empty() && types.iter().all(|t| t == "relay"), "{summary}");
 }

@@ -1,19 +1,24 @@
 // Three headless Chromium contexts use confer's web page for a group room
 // through the SFU: Alice and Bob join "standup" and each decodes the other's
-// video (framesDecoded from getStats); Carol joins late and decodes both.
+// video (framesDecoded from getStats); Carol joins late and decodes both;
+// Alice shares her screen and it appears as a new tile at Bob and decodes;
+// Bob stops his camera and Alice's tile for him says so.
+// With "relay", every page uses iceTransportPolicy "relay" (?relay=1), so all
+// media crosses confer's TURN server, and the selected pairs are checked.
 // Exits 0 on success and prints a JSON summary; any console error fails it.
-// usage: node room.js http://HOST:PORT
+// usage: node room.js http://HOST:PORT [relay]
 const { chromium } = require('playwright-core');
 (async () => {
   const base = process.argv[2];
-  const browser = await chromium.launch({ executablePath: '/usr/bin/chromium', args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--use-fake-device-for-media-stream', '--use-fake-ui-for-media-stream', '--allow-loopback-in-peer-connection'] });
+  const relay = process.argv[3] === 'relay';
+  const browser = await chromium.launch({ executablePath: '/usr/bin/chromium', args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--use-fake-device-for-media-stream', '--use-fake-ui-for-media-stream', '--allow-loopback-in-peer-connection', '--auto-select-desktop-capture-source=Entire screen', '--enable-usermedia-screen-capturing'] });
   const errors = [];
-  const join = async (name) => {
-    const ctx = await browser.newContext();
+  const join = async (name, viewport) => {
+    const ctx = await browser.newContext(viewport ? { viewport } : {});
     const page = await ctx.newPage();
     page.on('console', (m) => { if (m.type() === 'error') errors.push(`${name}: ${m.text()}`); });
     page.on('pageerror', (e) => errors.push(`${name}: ${e.message}`));
-    await page.goto(`${base}/?name=${name}`);
+    await page.goto(`${base}/?name=${name}${relay ? '&relay=1' : ''}`);
     await page.waitForSelector('#lobby:not([hidden])', { timeout: 10000 });
     await page.fill('#room', 'standup');
     await page.click('#room-form button[type=submit]');
@@ -35,15 +40,46 @@ const { chromium } = require('playwright-core');
   const bob = await join('Bob');
   const a = await decoded(alice, 1), b = await decoded(bob, 1);
   const t0 = Date.now();
-  const carol = await join('Carol');
+  const carol = await join('Carol', { width: 390, height: 844 }); // a phone
   const c = await decoded(carol, 2);
   const carolSeconds = (Date.now() - t0) / 1000;
   const tiles = await carol.evaluate(() => document.querySelectorAll('#tiles > *').length);
+  // At phone width nothing scrolls sideways.
+  const phoneOverflow = await carol.evaluate(() => document.scrollingElement.scrollWidth - window.innerWidth);
+  // Controls work from the keyboard and say their state.
+  await carol.focus('#mute-audio');
+  await carol.keyboard.press('Enter');
+  const keyboardMute = await carol.evaluate(() => document.getElementById('mute-audio').getAttribute('aria-pressed'));
+
+  // Screen share: a new tile at Bob, decoding.
+  await alice.click('#share');
+  await bob.waitForFunction(() => [...document.querySelectorAll('#tiles > *')].some((t) => t.textContent.includes('(screen)')), null, { timeout: 15000 });
+  const bobWithScreen = await decoded(bob, 3);
+
+  // Bob stops his camera: Alice's tile for Bob shows it.
+  await bob.click('#mute-video');
+  await alice.waitForFunction(() => [...document.querySelectorAll('#tiles > *')].some((t) => t.textContent.includes('Bob') && t.textContent.includes('camera off')), null, { timeout: 10000 });
+  const muteShown = true;
+
+  // Which candidate types carry the media.
+  const pairTypes = async (p) => p.evaluate(async () => {
+    const out = [];
+    for (const pc of [window.confer.pub, window.confer.sub]) {
+      if (!pc) continue;
+      const rep = await pc.getStats();
+      rep.forEach((s) => {
+        if (s.type === 'candidate-pair' && s.state === 'succeeded' && s.nominated) out.push(rep.get(s.localCandidateId)?.candidateType);
+      });
+    }
+    return out;
+  });
+  const types = await pairTypes(alice);
   if (process.env.SCREENSHOT) {
     await alice.waitForTimeout(500);
     await alice.screenshot({ path: process.env.SCREENSHOT });
   }
-  console.log(JSON.stringify({ alice: a, bob: b, carol: c, carolSeconds, carolTiles: tiles, errors }));
+  console.log(JSON.stringify({ relay, alice: a, bob: b, carol: c, carolSeconds, carolTiles: tiles, phoneOverflow, keyboardMute, bobWithScreen, muteShown, alicePairTypes: types, errors }));
   await browser.close();
-  process.exit(ok(a, 1) && ok(b, 1) && ok(c, 2) && errors.length === 0 ? 0 : 1);
+  const relayed = !relay || (types.length > 0 && types.every((t) => t === 'relay'));
+  process.exit(ok(a, 1) && ok(b, 1) && ok(c, 2) && ok(bobWithScreen, 3) && relayed && phoneOverflow <= 0 && keyboardMute === 'true' && errors.length === 0 ? 0 : 1);
 })().catch((e) => { console.error(e); process.exit(2); });
