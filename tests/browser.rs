@@ -2,7 +2,8 @@
 //! playwright-core, installed by scripts/setup-test-deps.sh): two browser
 //! contexts hold a 1:1 call through the page and each decodes the other's video;
 //! three contexts hold a group room through the SFU (a late joiner, a screen
-//! share, a camera turned off, a phone-width page, keyboard controls), and the
+//! share, a camera turned off, a dropped connection that reconnects, a
+//! phone-width page, keyboard controls), and the
 //! same room again with every page forced through confer's TURN server.
 
 mod common;
@@ -50,6 +51,7 @@ fn browser_room(relay: bool) -> serde_json::Value {
     assert_eq!(summary["carolTiles"], 3, "{summary}");
     assert_eq!(good("bobWithScreen"), 3, "the screen share decodes at bob: {summary}");
     assert_eq!(summary["muteShown"], true);
+    assert!(good("bobAfterReconnect") >= 2, "bob receives again after his connection dropped: {summary}");
     assert!(summary["phoneOverflow"].as_i64().unwrap() <= 0, "{summary}");
     assert_eq!(summary["keyboardMute"], "true");
     assert_eq!(summary["errors"], serde_json::json!([]));

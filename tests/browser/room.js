@@ -2,7 +2,8 @@
 // through the SFU: Alice and Bob join "standup" and each decodes the other's
 // video (framesDecoded from getStats); Carol joins late and decodes both;
 // Alice shares her screen and it appears as a new tile at Bob and decodes;
-// Bob stops his camera and Alice's tile for him says so.
+// Bob stops his camera and Alice's tile for him says so; Bob's connection
+// drops and the page reconnects and receives again.
 // With "relay", every page uses iceTransportPolicy "relay" (?relay=1), so all
 // media crosses confer's TURN server, and the selected pairs are checked.
 // Exits 0 on success and prints a JSON summary; any console error fails it.
@@ -61,6 +62,13 @@ const { chromium } = require('playwright-core');
   await alice.waitForFunction(() => [...document.querySelectorAll('#tiles > *')].some((t) => t.textContent.includes('Bob') && t.textContent.includes('camera off')), null, { timeout: 10000 });
   const muteShown = true;
 
+  // Bob's connection drops: the page says so, reconnects, rejoins, and
+  // receives again on new PeerConnections.
+  await bob.evaluate(() => window.confer.ws.close());
+  await bob.waitForFunction(() => window.confer.lost === true, null, { timeout: 5000 });
+  await bob.waitForFunction(() => window.confer.lost === false && window.confer.peerId, null, { timeout: 15000 });
+  const bobAfterReconnect = await decoded(bob, 2);
+
   // Which candidate types carry the media.
   const pairTypes = async (p) => p.evaluate(async () => {
     const out = [];
@@ -78,8 +86,8 @@ const { chromium } = require('playwright-core');
     await alice.waitForTimeout(500);
     await alice.screenshot({ path: process.env.SCREENSHOT });
   }
-  console.log(JSON.stringify({ relay, alice: a, bob: b, carol: c, carolSeconds, carolTiles: tiles, phoneOverflow, keyboardMute, bobWithScreen, muteShown, alicePairTypes: types, errors }));
+  console.log(JSON.stringify({ relay, alice: a, bob: b, carol: c, carolSeconds, carolTiles: tiles, phoneOverflow, keyboardMute, bobWithScreen, muteShown, bobAfterReconnect, alicePairTypes: types, errors }));
   await browser.close();
   const relayed = !relay || (types.length > 0 && types.every((t) => t === 'relay'));
-  process.exit(ok(a, 1) && ok(b, 1) && ok(c, 2) && ok(bobWithScreen, 3) && relayed && phoneOverflow <= 0 && keyboardMute === 'true' && errors.length === 0 ? 0 : 1);
+  process.exit(ok(a, 1) && ok(b, 1) && ok(c, 2) && ok(bobWithScreen, 3) && ok(bobAfterReconnect, 2) && relayed && phoneOverflow <= 0 && keyboardMute === 'true' && errors.length === 0 ? 0 : 1);
 })().catch((e) => { console.error(e); process.exit(2); });
