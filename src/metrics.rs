@@ -19,6 +19,7 @@ pub struct Metrics {
     pub signal_relay_seconds: Histogram,
     pub participants_active: IntGauge,
     pub media: MediaMetrics,
+    pub quality: QualityMetrics,
 }
 
 impl Metrics {
@@ -58,6 +59,7 @@ impl Metrics {
             )
             .unwrap(),
             media: MediaMetrics::new(&registry),
+            quality: QualityMetrics::new(&registry),
             registry,
         };
         let r = &m.registry;
@@ -181,5 +183,47 @@ impl MediaMetrics {
 
     pub fn rtcp(&self, ty: &str) -> IntCounter {
         self.rtcp.with_label_values(&[ty])
+    }
+}
+
+/// SPEC 8/9 quality histograms, observed once per stream (or call) per
+/// 5-second analytics sample.
+#[derive(Clone)]
+pub struct QualityMetrics {
+    pub stream_packet_loss: Histogram,
+    pub stream_jitter_seconds: Histogram,
+    pub stream_rtt_seconds: Histogram,
+    pub call_quality_mos: Histogram,
+}
+
+impl QualityMetrics {
+    fn new(r: &Registry) -> Self {
+        let h = |name: &str, help: &str, buckets: Vec<f64>| {
+            let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets)).unwrap();
+            r.register(Box::new(h.clone())).unwrap();
+            h
+        };
+        Self {
+            stream_packet_loss: h(
+                "confer_stream_packet_loss",
+                "Packet loss fraction per stream per 5 s sample",
+                vec![0.0, 0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5],
+            ),
+            stream_jitter_seconds: h(
+                "confer_stream_jitter_seconds",
+                "Interarrival jitter per stream per 5 s sample",
+                vec![0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2],
+            ),
+            stream_rtt_seconds: h(
+                "confer_stream_rtt_seconds",
+                "Round-trip time per subscriber leg per 5 s sample (RFC 3550 LSR/DLSR)",
+                vec![0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.4, 1.0],
+            ),
+            call_quality_mos: h(
+                "confer_call_quality_mos",
+                "Call or room quality score (MOS 1-5) per 5 s sample",
+                vec![1.0, 2.0, 2.6, 3.1, 3.6, 4.0, 4.3, 4.5],
+            ),
+        }
     }
 }

@@ -34,7 +34,10 @@ fn browser_room(relay: bool) -> serde_json::Value {
     // Relayed media reaches the SFU on 127.0.0.1: let TURN relay to loopback.
     let server = ChildServer::spawn(
         dir.path(),
-        &[("CONFER_AUTH_ALLOW_GUESTS", "true"), ("CONFER_TURN_ALLOW_LOOPBACK_PEERS", if relay { "true" } else { "false" })],
+        &[
+            ("CONFER_AUTH_ALLOW_GUESTS", "true"),
+            ("CONFER_TURN_ALLOW_LOOPBACK_PEERS", if relay { "true" } else { "false" }),
+        ],
     );
     let mut cmd = Command::new("node");
     cmd.arg(script).arg(format!("http://{}", server.addr));

@@ -77,7 +77,7 @@ pub fn expected_video_kbps(width: u32, height: u32) -> f64 {
 }
 
 /// SPEC 8's rating names.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Rating {
     Excellent,

@@ -29,6 +29,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(mute_audio))
         .routes(routes!(mute_video))
         .routes(routes!(switch_camera))
+        .routes(routes!(call_analytics))
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -273,4 +274,18 @@ async fn switch_camera(
     }
     st.signal.calls.change_media(&actor, &CallId::from(id), MediaChange::Camera { device_id, facing_mode })?;
     Ok(message("Camera switched"))
+}
+
+/// Call-quality analytics (SPEC 8): a `mode: "sfu"` call's from the SFU, a P2P
+/// call's from its clients' `call-stats` (`source: "client"`).
+#[utoipa::path(get, path = "/calls/{callId}/analytics", params(("callId" = String, Path)), tag = "calls",
+    security(("bearer" = [])),
+    responses((status = 200, body = super::rooms::AnalyticsBody), (status = 404, body = super::error::ErrorBody)))]
+async fn call_analytics(
+    State(st): State<AppState>,
+    AuthUser(actor): AuthUser,
+    Path(id): Path<String>,
+) -> Result<Json<super::rooms::AnalyticsBody>, ApiError> {
+    let analytics = st.signal.call_analytics(&actor, &CallId::from(id))?;
+    Ok(Json(super::rooms::AnalyticsBody { analytics }))
 }

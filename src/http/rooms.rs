@@ -23,6 +23,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(get_room, delete_room))
         .routes(routes!(join_room))
         .routes(routes!(leave_room))
+        .routes(routes!(room_analytics))
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -107,6 +108,27 @@ async fn get_room(
 ) -> Result<Json<RoomBody>, ApiError> {
     let room = st.signal.rooms.get(&actor, &RoomId::from(id))?;
     Ok(Json(RoomBody { room }))
+}
+
+/// `{analytics}` of SPEC 8.
+#[derive(Serialize, ToSchema)]
+pub struct AnalyticsBody {
+    #[schema(value_type = Object)]
+    pub analytics: serde_json::Value,
+}
+
+/// Call-quality analytics of the room (SPEC 8): live while it has
+/// participants, then the persisted summary.
+#[utoipa::path(get, path = "/rooms/{roomId}/analytics", params(("roomId" = String, Path)), tag = "rooms",
+    security(("bearer" = [])),
+    responses((status = 200, body = AnalyticsBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn room_analytics(
+    State(st): State<AppState>,
+    AuthUser(actor): AuthUser,
+    Path(id): Path<String>,
+) -> Result<Json<AnalyticsBody>, ApiError> {
+    let analytics = st.signal.rooms.analytics(&actor, &RoomId::from(id))?;
+    Ok(Json(AnalyticsBody { analytics }))
 }
 
 /// Reserve a seat for 60 s; the WebSocket `room-join` binds it.

@@ -7,7 +7,7 @@
 
 use super::demux;
 use super::pc;
-use super::router::{Consumer, KeyframeLimiter, LegId, LevelMeter, Producer, Rewrite};
+use super::router::{Consumer, KeyframeLimiter, LegId, LegReport, LevelMeter, Producer, Rewrite};
 use super::{Candidate, Command, MediaEvent, MediaHandle, PublishTrack, Role};
 use crate::ids::{PeerId, RoomId, TrackId};
 use crate::metrics::MediaMetrics;
@@ -40,6 +40,8 @@ pub const KEYFRAME_INTERVAL: Duration = Duration::from_millis(300);
 const KEYFRAME_FOLLOWUPS: [Duration; 2] = [Duration::from_millis(400), Duration::from_millis(1200)];
 /// How often leg timers, deferred keyframe requests are checked.
 const TICK: Duration = Duration::from_millis(10);
+/// SPEC 8: analytics samples every 5 s.
+pub const REPORT_EVERY: Duration = Duration::from_secs(5);
 /// SPEC 5: active speakers every 500 ms, on change.
 const SPEAKERS_EVERY: Duration = Duration::from_millis(500);
 /// Datagrams read per wake-up before timers and commands get a turn.
@@ -95,6 +97,31 @@ fn grow_buffers(socket: &std::net::UdpSocket) {
     }
 }
 
+/// Readable numbers in the API: loss to 4 decimals, the rest to 2.
+fn round(s: &mut crate::analytics::report::StreamReport) {
+    let r = |x: f64, d: f64| (x * d).round() / d;
+    s.packet_loss = r(s.packet_loss, 1e4);
+    s.interval_loss = r(s.interval_loss, 1e4);
+    s.jitter_ms = r(s.jitter_ms, 100.0);
+    s.bitrate_kbps = r(s.bitrate_kbps, 100.0);
+    s.rtt_ms = s.rtt_ms.map(|x| r(x, 100.0));
+    s.frame_rate = s.frame_rate.map(|x| r(x, 100.0));
+}
+
+/// One RTCP reception report block about a forwarded track.
+fn apply_report(rep: &mut LegReport, r: &rtcp::reception_report::ReceptionReport, clock: f64) {
+    use crate::analytics::rtt;
+    rep.fraction_lost = f64::from(r.fraction_lost) / 256.0;
+    // Cumulative loss is a 24-bit signed number (duplicates can make it negative).
+    let lost = r.total_lost & 0x00FF_FFFF;
+    rep.packets_lost = if lost & 0x0080_0000 != 0 { i64::from(lost) - (1 << 24) } else { i64::from(lost) };
+    rep.jitter_ms = f64::from(r.jitter) * 1000.0 / clock;
+    let arrival = rtt::compact(rtt::ntp64(std::time::SystemTime::now()));
+    if let Some(d) = rtt::rtt_from_report(arrival, r.last_sender_report, r.delay) {
+        rep.rtt_ms = Some(d.as_secs_f64() * 1000.0);
+    }
+}
+
 struct Leg {
     pc: RTCPeerConnection,
     peer: PeerId,
@@ -145,6 +172,10 @@ struct Engine {
     sources: HashMap<TrackId, Source>,
     speakers: HashMap<RoomId, Vec<PeerId>>,
     dirty: Vec<LegId>,
+    /// Publisher leg and SSRC → producer, for statistics at the socket.
+    by_ssrc: HashMap<(LegId, u32), TrackId>,
+    /// Monotonic origin of the arrival times fed to the statistics.
+    epoch: Instant,
     /// Repeated keyframe requests for new subscribers: (when, track).
     followups: Vec<(Instant, TrackId)>,
     /// Goodbyes (DTLS close) of legs already removed.
@@ -175,6 +206,8 @@ impl Engine {
             dirty: Vec::new(),
             closing: Vec::new(),
             followups: Vec::new(),
+            by_ssrc: HashMap::new(),
+            epoch: Instant::now(),
         }
     }
 
@@ -183,6 +216,7 @@ impl Engine {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut next_speakers = Instant::now() + SPEAKERS_EVERY;
+        let mut last_report = Instant::now();
         loop {
             tokio::select! {
                 biased;
@@ -207,6 +241,11 @@ impl Engine {
                     if now >= next_speakers {
                         next_speakers = now + SPEAKERS_EVERY;
                         self.active_speakers();
+                    }
+                    if now.duration_since(last_report) >= REPORT_EVERY {
+                        let secs = now.duration_since(last_report).as_secs_f64();
+                        last_report = now;
+                        self.report(secs);
                     }
                 }
             }
@@ -239,9 +278,21 @@ impl Engine {
                 l
             }
         };
+        let now = Instant::now();
+        // RTP headers travel in the clear under SRTP: count what arrives,
+        // before any NACK recovery, for the publisher's statistics.
+        if data.len() >= 12 && data[0] >> 6 == 2 && !(192..=223).contains(&data[1]) {
+            let ssrc = u32::from_be_bytes([data[8], data[9], data[10], data[11]]);
+            if let Some(p) = self.by_ssrc.get(&(leg, ssrc)).and_then(|t| self.producers.get_mut(t)) {
+                let seq = u16::from_be_bytes([data[2], data[3]]);
+                let ts = u32::from_be_bytes([data[4], data[5], data[6], data[7]]);
+                let arrival = now.duration_since(self.epoch).as_secs_f64();
+                p.stats.on_packet(seq, ts, arrival, data.len(), data[1] & 0x80 != 0);
+            }
+        }
         let Some(l) = self.legs.get_mut(&leg) else { return };
         let msg = TaggedBytesMut {
-            now: Instant::now(),
+            now,
             transport: TransportContext {
                 local_addr: self.local,
                 peer_addr: from,
@@ -481,6 +532,7 @@ impl Engine {
                 rewrite: Rewrite { ssrc, payload_types, extensions, mid },
                 paused: false,
                 seq: Default::default(),
+                report: Default::default(),
             });
             if prod.kind == TrackKind::Video {
                 self.keyframe(&track, now);
@@ -622,6 +674,7 @@ impl Engine {
     fn remove_producer(&mut self, track: &TrackId) {
         let Some(prod) = self.producers.remove(track) else { return };
         self.sources.remove(track);
+        self.by_ssrc.retain(|_, t| t != track);
         self.metrics.tracks_published(prod.kind).dec();
         if let Some(leg) = self.legs.get_mut(&prod.leg) {
             leg.remote.retain(|_, t| t != track);
@@ -685,7 +738,7 @@ impl Engine {
     }
 
     fn send_pli(&mut self, track: &TrackId, now: Instant) {
-        let (Some(p), Some(src)) = (self.producers.get(track), self.sources.get(track)) else { return };
+        let (Some(p), Some(src)) = (self.producers.get_mut(track), self.sources.get(track)) else { return };
         let Some(leg) = self.legs.get_mut(&p.leg) else { return };
         let pli = rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication {
             sender_ssrc: 0,
@@ -695,6 +748,7 @@ impl Engine {
             if r.write_rtcp(now, vec![Box::new(pli)]).is_ok() {
                 tracing::trace!(%track, ssrc = p.media_ssrc, "media: PLI to the publisher");
                 self.metrics.pli.inc();
+                p.stats.plis += 1;
             }
         }
         self.dirty.push(p.leg);
@@ -747,6 +801,93 @@ impl Engine {
                 *last = ids;
                 let _ = self.events.send(MediaEvent::ActiveSpeakers { room, speakers });
             }
+        }
+    }
+
+    /// Close an analytics interval: one [`MediaEvent::Stats`] per room.
+    fn report(&mut self, secs: f64) {
+        use crate::analytics::report::{Directional, StreamReport};
+        use crate::model::TrackSource;
+        let mut publish: HashMap<PeerId, Directional> = HashMap::new();
+        let mut subscribe: HashMap<PeerId, (Directional, [u32; 2])> = HashMap::new();
+        // RTT is only measured on subscriber legs (the SFU sends SRs there).
+        let mut rtt: HashMap<PeerId, f64> = HashMap::new();
+        for p in self.producers.values() {
+            for c in &p.consumers {
+                if let Some(r) = c.report.rtt_ms {
+                    rtt.insert(c.peer.clone(), r);
+                }
+            }
+        }
+        for p in self.producers.values_mut() {
+            let iv = p.stats.take_interval(secs);
+            let video = p.kind == TrackKind::Video;
+            let primary = matches!(p.source, TrackSource::Camera | TrackSource::Microphone);
+            let dir = publish.entry(p.peer.clone()).or_default();
+            let slot = if video { &mut dir.video } else { &mut dir.audio };
+            if primary || slot.is_none() {
+                *slot = Some(StreamReport {
+                    packets: p.stats.received(),
+                    bytes: p.stats.bytes(),
+                    packets_lost: p.stats.lost() as i64,
+                    packet_loss: p.stats.loss(),
+                    jitter_ms: p.stats.jitter_ms(),
+                    rtt_ms: rtt.get(&p.peer).copied(),
+                    bitrate_kbps: iv.bitrate_kbps,
+                    nack_count: p.stats.nacks,
+                    pli_count: p.stats.plis,
+                    fir_count: p.stats.firs,
+                    frame_rate: video.then_some(iv.frame_rate),
+                    interval_loss: iv.loss,
+                });
+            }
+            for c in p.consumers.iter_mut() {
+                let (dir, n) = subscribe.entry(c.peer.clone()).or_default();
+                let slot = if video { &mut dir.video } else { &mut dir.audio };
+                let s = slot.get_or_insert_with(StreamReport::default);
+                let r = &mut c.report;
+                s.packets += r.packets;
+                s.bytes += r.bytes;
+                s.packets_lost += r.packets_lost;
+                s.bitrate_kbps += (r.bytes - r.bytes_at_last_interval) as f64 * 8.0 / 1000.0 / secs.max(0.001);
+                r.bytes_at_last_interval = r.bytes;
+                // Means over the tracks of this kind, fixed below.
+                s.interval_loss += r.fraction_lost;
+                s.jitter_ms = s.jitter_ms.max(r.jitter_ms);
+                s.rtt_ms = r.rtt_ms.or(s.rtt_ms);
+                s.nack_count += r.nacks;
+                s.pli_count += r.plis;
+                s.fir_count += r.firs;
+                n[usize::from(video)] += 1;
+            }
+        }
+        let mut by_room: HashMap<RoomId, Vec<super::PeerReport>> = HashMap::new();
+        for (peer, p) in &self.peers {
+            let mut publish = publish.remove(peer).unwrap_or_default();
+            for s in [&mut publish.audio, &mut publish.video].into_iter().flatten() {
+                round(s);
+            }
+            let subscribe = match subscribe.remove(peer) {
+                Some((mut d, n)) => {
+                    for (slot, count) in [(&mut d.audio, n[0]), (&mut d.video, n[1])] {
+                        if let Some(s) = slot {
+                            s.interval_loss /= f64::from(count.max(1));
+                            s.packet_loss = s.interval_loss;
+                            round(s);
+                        }
+                    }
+                    d
+                }
+                None => Directional::default(),
+            };
+            by_room.entry(p.room.clone()).or_default().push(super::PeerReport {
+                peer: peer.clone(),
+                publish,
+                subscribe,
+            });
+        }
+        for (room, peers) in by_room {
+            let _ = self.events.send(MediaEvent::Stats { room, peers });
         }
     }
 
@@ -849,12 +990,14 @@ impl Engine {
             _ => TrackKind::Video,
         };
         let Some(codec) = r.track().codec(ssrc).cloned() else { return };
+        let clock_rate = codec.clock_rate;
         let extensions: Vec<(String, u8)> =
             r.get_parameters().rtp_parameters.header_extensions.iter().map(|h| (h.uri.clone(), h.id as u8)).collect();
         leg.remote.insert(remote_track, announced.id.clone());
         // webrtc-rs opens existing tracks again after a renegotiation.
         if let Some(p) = self.producers.get_mut(&announced.id) {
             p.media_ssrc = ssrc;
+            self.by_ssrc.insert((leg_id, ssrc), announced.id.clone());
             return;
         }
         let audio_level_ext = extensions.iter().find(|(u, _)| u == pc::AUDIO_LEVEL_URI).map(|(_, id)| *id);
@@ -872,8 +1015,10 @@ impl Engine {
                 keyframes: KeyframeLimiter::new(KEYFRAME_INTERVAL),
                 audio_level_ext,
                 level: LevelMeter::default(),
+                stats: crate::analytics::stream::StreamStats::new(clock_rate),
             },
         );
+        self.by_ssrc.insert((leg_id, ssrc), announced.id.clone());
         self.sources.insert(announced.id.clone(), Source { codec, receiver, extensions });
         self.metrics.tracks_published(kind).inc();
         let _ =
@@ -897,7 +1042,7 @@ impl Engine {
         for TaggedRTCMessage { now, message } in msgs {
             match (role, message) {
                 (Role::Publisher, RTCMessage::RtpPacket(track, pkt)) => self.forward(id, &track, pkt, now),
-                (_, RTCMessage::RtcpPacket(track, pkts)) => self.rtcp(role, &track, &pkts, now),
+                (_, RTCMessage::RtcpPacket(track, pkts)) => self.rtcp(id, role, &track, &pkts, now),
                 _ => {}
             }
         }
@@ -932,12 +1077,14 @@ impl Engine {
             if leg.pc.handle_write(msg).is_ok() {
                 forwarded.inc();
                 bytes.inc_by(size as u64);
+                c.report.packets += 1;
+                c.report.bytes += size as u64;
                 self.dirty.push(c.leg);
             }
         }
     }
 
-    fn rtcp(&mut self, role: Role, track: &str, pkts: &[Box<dyn rtcp::packet::Packet>], now: Instant) {
+    fn rtcp(&mut self, leg: LegId, role: Role, track: &str, pkts: &[Box<dyn rtcp::packet::Packet>], now: Instant) {
         use rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
         use rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
         use rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
@@ -966,9 +1113,34 @@ impl Engine {
             };
             self.metrics.rtcp(ty).inc();
         }
-        // A subscriber's PLI/FIR names our sender's track, which is the producer's id.
-        if role == Role::Subscriber && wants_keyframe {
-            self.keyframe(&TrackId::from(track), now);
+        if role == Role::Subscriber {
+            // A subscriber's feedback names our sender's track, which is the producer's id.
+            let track = TrackId::from(track);
+            let clock = self.sources.get(&track).map_or(90_000.0, |s| f64::from(s.codec.clock_rate.max(1)));
+            if let Some(c) = self.producers.get_mut(&track).and_then(|p| p.consumers.iter_mut().find(|c| c.leg == leg))
+            {
+                for p in pkts {
+                    let any = p.as_any();
+                    if let Some(rr) = any.downcast_ref::<rtcp::receiver_report::ReceiverReport>() {
+                        for r in rr.reports.iter().filter(|r| r.ssrc == c.rewrite.ssrc) {
+                            apply_report(&mut c.report, r, clock);
+                        }
+                    } else if let Some(sr) = any.downcast_ref::<rtcp::sender_report::SenderReport>() {
+                        for r in sr.reports.iter().filter(|r| r.ssrc == c.rewrite.ssrc) {
+                            apply_report(&mut c.report, r, clock);
+                        }
+                    } else if any.is::<PictureLossIndication>() {
+                        c.report.plis += 1;
+                    } else if any.is::<FullIntraRequest>() {
+                        c.report.firs += 1;
+                    } else if any.is::<TransportLayerNack>() {
+                        c.report.nacks += 1;
+                    }
+                }
+            }
+            if wants_keyframe {
+                self.keyframe(&track, now);
+            }
         }
     }
 }

@@ -131,11 +131,25 @@ pub enum MediaEvent {
         room: RoomId,
         speakers: Vec<(PeerId, f64)>,
     },
+    /// Every [`engine::REPORT_EVERY`]: what each participant of a room
+    /// published and received (SPEC 8 streams).
+    Stats {
+        room: RoomId,
+        peers: Vec<PeerReport>,
+    },
     Error {
         peer: PeerId,
         code: &'static str,
         message: String,
     },
+}
+
+/// One participant's streams in a [`MediaEvent::Stats`].
+#[derive(Debug, Clone)]
+pub struct PeerReport {
+    pub peer: PeerId,
+    pub publish: crate::analytics::report::Directional,
+    pub subscribe: crate::analytics::report::Directional,
 }
 
 /// Signaling's end of the media plane.

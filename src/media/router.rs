@@ -107,6 +107,25 @@ pub struct Consumer {
     /// `track-subscribe {subscribe: false}`.
     pub paused: bool,
     pub seq: SeqRewriter,
+    /// What went to this subscriber and what its receiver reports said.
+    pub report: LegReport,
+}
+
+/// A subscriber leg's view of one forwarded track: counted as sent, and
+/// updated from the subscriber's RTCP receiver reports and feedback.
+#[derive(Debug, Default, Clone)]
+pub struct LegReport {
+    pub packets: u64,
+    pub bytes: u64,
+    pub bytes_at_last_interval: u64,
+    pub packets_lost: i64,
+    /// RR fraction lost, 0–1.
+    pub fraction_lost: f64,
+    pub jitter_ms: f64,
+    pub rtt_ms: Option<f64>,
+    pub nacks: u64,
+    pub plis: u64,
+    pub firs: u64,
 }
 
 /// An incoming track and everyone it goes to.
@@ -125,6 +144,9 @@ pub struct Producer {
     /// The publisher's id for RFC 6464 audio levels, when negotiated.
     pub audio_level_ext: Option<u8>,
     pub level: LevelMeter,
+    /// RFC 3550 receiver statistics of what reaches the SFU's socket (before
+    /// any retransmission), for analytics.
+    pub stats: crate::analytics::stream::StreamStats,
 }
 
 impl Producer {
@@ -309,6 +331,7 @@ mod tests {
             keyframes: KeyframeLimiter::new(Duration::from_millis(500)),
             audio_level_ext: None,
             level: LevelMeter::default(),
+            stats: Default::default(),
         };
         assert!(p.forwards(1111));
         assert!(!p.forwards(2222));

@@ -47,6 +47,9 @@ struct LiveCall {
     seen_online: HashSet<UserId>,
     /// The latest `call-stats` per party (P2P analytics input).
     stats: HashMap<UserId, Vec<serde_json::Value>>,
+    /// P2P analytics samples built from `call-stats`, and when the last one was taken.
+    samples: std::collections::VecDeque<crate::analytics::report::Sample>,
+    last_sample: Option<std::time::Instant>,
 }
 
 pub struct CallService {
@@ -124,6 +127,8 @@ impl CallService {
             devices: HashMap::new(),
             seen_online: HashSet::new(),
             stats: HashMap::new(),
+            samples: Default::default(),
+            last_sample: None,
         };
         for u in [&req.caller_id, &req.callee_id] {
             if self.hub.is_online(u) {
@@ -327,6 +332,9 @@ impl CallService {
         let mut calls = self.live.lock();
         let l = calls.get_mut(id).filter(|l| l.session.is_party(actor.user())).ok_or_else(not_found)?;
         l.stats.insert(actor.user().clone(), stats);
+        let summary = client_summary(l);
+        drop(calls);
+        self.store.put_analytics(&super::room_analytics::key_call(id), &summary)?;
         Ok(())
     }
 
@@ -519,4 +527,50 @@ pub fn validate_user_id(field: &str, id: &UserId) -> Result<(), SignalError> {
         return Err(SignalError::BadRequest(format!("{field}: 1 to {MAX_ID_LEN} printable characters")));
     }
     Ok(())
+}
+
+/// SPEC 8 analytics of a P2P call from its parties' `call-stats`
+/// (`source: "client"`); a sample at most every 4 s.
+fn client_summary(l: &mut LiveCall) -> serde_json::Value {
+    use crate::analytics::report::{self, Quality, MAX_SAMPLES};
+    let mut participants = Vec::new();
+    let mut scores = Vec::new();
+    let mut dirs = Vec::new();
+    for user in [&l.session.caller_id, &l.session.callee_id] {
+        let Some(stats) = l.stats.get(user) else { continue };
+        let (publish, subscribe) = report::client_streams(stats);
+        let quality = report::participant_quality(&publish, &subscribe);
+        if let Some(q) = quality {
+            scores.push(q.score);
+        }
+        participants.push(serde_json::json!({
+            "userId": user, "peerId": null, "quality": quality, "publish": publish, "subscribe": subscribe,
+        }));
+        dirs.push((publish, subscribe));
+    }
+    let score = crate::analytics::score::call_score(&scores);
+    let now = std::time::Instant::now();
+    if let Some(score) = score {
+        if l.last_sample.is_none_or(|t| now.duration_since(t) >= std::time::Duration::from_secs(4)) {
+            l.last_sample = Some(now);
+            let refs: Vec<_> = dirs.iter().map(|(p, s)| (p, s)).collect();
+            let at = clock::now().format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
+            l.samples.push_back(report::sample(at, score, &refs));
+            while l.samples.len() > MAX_SAMPLES {
+                l.samples.pop_front();
+            }
+        }
+    }
+    let s = &l.session;
+    serde_json::json!({
+        "callId": s.id,
+        "roomId": s.room_id,
+        "source": "client",
+        "status": s.status,
+        "duration": s.duration,
+        "setupTimeMs": s.answered_at.map(|a| clock::seconds_between(s.created_at, a) * 1000.0),
+        "quality": score.map(Quality::of),
+        "participants": participants,
+        "samples": l.samples,
+    })
 }

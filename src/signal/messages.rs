@@ -123,6 +123,15 @@ pub enum Quality {
     High,
 }
 
+/// One entry of `connection-quality`.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct QualityUpdate {
+    pub peer_id: PeerId,
+    pub score: f64,
+    pub rating: crate::analytics::score::Rating,
+}
+
 /// One entry of `active-speakers`.
 #[derive(Clone, Debug, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -300,6 +309,10 @@ pub enum ServerEvent {
     ActiveSpeakers {
         room_id: RoomId,
         speakers: Vec<Speaker>,
+    },
+    ConnectionQuality {
+        room_id: RoomId,
+        updates: Vec<QualityUpdate>,
     },
     ServerShutdown {},
 }

@@ -11,6 +11,7 @@ pub mod calls;
 pub mod hub;
 pub mod messages;
 pub mod ratelimit;
+pub mod room_analytics;
 pub mod rooms;
 pub mod rooms_live;
 pub mod session;
@@ -105,6 +106,26 @@ impl Signaling {
         self.calls.end_all(call::reason::SERVER_SHUTDOWN);
         self.rooms.shutdown_media();
         self.hub.close_all(session::CLOSE_GOING_AWAY, "server shutdown");
+    }
+
+    /// `GET /calls/:id/analytics`: a `mode: "sfu"` call's room analytics
+    /// (live, else persisted), or a P2P call's from its clients' `call-stats`.
+    pub fn call_analytics(&self, actor: &Actor, id: &crate::ids::CallId) -> Result<serde_json::Value, SignalError> {
+        let session = self.calls.get(actor, id)?;
+        let live = (session.mode == crate::model::CallMode::Sfu)
+            .then(|| self.rooms.call_analytics(&session.room_id))
+            .flatten();
+        let mut v = match live {
+            Some(v) => v,
+            None => self.rooms.stored_analytics(&room_analytics::key_call(id))?,
+        };
+        v["callId"] = serde_json::json!(session.id);
+        v["status"] = serde_json::json!(session.status);
+        v["duration"] = serde_json::json!(session.duration);
+        v["setupTimeMs"] = serde_json::json!(session
+            .answered_at
+            .map(|a| crate::clock::seconds_between(session.created_at, a) * 1000.0));
+        Ok(v)
     }
 
     /// The call mute routes: stored on the participant and pushed to the other

@@ -37,11 +37,22 @@ pub(super) struct RoomState {
     /// Users a `mode: "sfu"` call lets in; such a room is not persisted and
     /// goes away with its last participant.
     pub(super) call_parties: Option<[crate::ids::UserId; 2]>,
+    /// The `mode: "sfu"` call this room belongs to.
+    pub(super) call: Option<crate::ids::CallId>,
+    /// Quality analytics while participants are joined.
+    pub(super) analytics: Option<super::room_analytics::RoomAnalytics>,
 }
 
 impl RoomState {
     pub(super) fn new(room: Room) -> Self {
-        Self { room, reservations: HashMap::new(), live: HashMap::new(), call_parties: None }
+        Self {
+            room,
+            reservations: HashMap::new(),
+            live: HashMap::new(),
+            call_parties: None,
+            call: None,
+            analytics: None,
+        }
     }
 }
 
@@ -209,7 +220,7 @@ impl RoomService {
             return Err(SignalError::Forbidden("only the room's creator or an admin may delete it".into()));
         }
         self.store.delete_room(id)?;
-        let s = rooms.remove(id).expect("found above");
+        let mut s = rooms.remove(id).expect("found above");
         self.metrics.rooms_active.set(rooms.len() as i64);
         drop(rooms);
         for p in s.live.keys() {
@@ -217,7 +228,12 @@ impl RoomService {
             if let Some(m) = &self.media {
                 m.send(crate::media::Command::Leave { peer: p.clone() });
             }
+            if let Some(a) = s.analytics.as_mut() {
+                a.left(p);
+            }
         }
+        s.live.clear();
+        self.finish_analytics(&mut s);
         let ev = ServerEvent::RoomDeleted { room_id: id.clone() };
         let mut told = std::collections::HashSet::new();
         for p in &s.room.participants {

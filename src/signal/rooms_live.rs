@@ -102,6 +102,8 @@ impl RoomService {
             }
         };
         s.live.insert(peer.clone(), Live { user: actor.user().clone(), conn, dropped: None, mids: HashMap::new() });
+        let call = s.call.clone();
+        s.analytics.get_or_insert_with(|| super::room_analytics::RoomAnalytics::new(call)).joined(actor.user(), &peer);
         self.metrics.participants_active.inc();
         media.send(Command::Join { room: room_id.clone(), peer: peer.clone() });
         let me = s.room.participants.iter().find(|p| p.peer_id == peer).cloned().expect("seated above");
@@ -260,6 +262,10 @@ impl RoomService {
             }
         }
         self.tell_room(s, Some(peer), &ServerEvent::ParticipantLeft { room_id, peer_id: peer.clone() });
+        if let Some(a) = s.analytics.as_mut() {
+            a.left(peer);
+        }
+        self.finish_analytics(s);
     }
 
     /// Forget the live binding; true when there was one.
@@ -325,6 +331,7 @@ impl RoomService {
         };
         let mut s = RoomState::new(room);
         s.call_parties = Some(parties);
+        s.call = Some(call.clone());
         rooms.insert(room_id.clone(), s);
     }
 
@@ -356,6 +363,12 @@ impl RoomService {
             | MediaEvent::LocalCandidate { peer, .. }
             | MediaEvent::TrackPublished { peer, .. }
             | MediaEvent::Error { peer, .. } => peer.clone(),
+            MediaEvent::Stats { room, peers } => {
+                if let Some(s) = rooms.get_mut(room) {
+                    self.on_stats(s, peers.clone());
+                }
+                return;
+            }
             MediaEvent::ActiveSpeakers { room, speakers } => {
                 if let Some(s) = rooms.get(room) {
                     let speakers = speakers.iter().map(|(p, l)| Speaker { peer_id: p.clone(), level: *l }).collect();
@@ -391,7 +404,7 @@ impl RoomService {
                 }
                 self.tell_room(s, None, &ServerEvent::TrackPublished { room_id, peer_id: peer, track: info });
             }
-            MediaEvent::ActiveSpeakers { .. } => {}
+            MediaEvent::ActiveSpeakers { .. } | MediaEvent::Stats { .. } => {}
         }
     }
 

@@ -58,11 +58,20 @@ async def main(addr, alice_t, bob_t):
         resumed_from = sum(bob.frames.values())
         await until(lambda: sum(bob.frames.values()) >= resumed_from + 15, "video after unmute", 5)
 
+        await asyncio.sleep(5.5)  # one analytics report
+        r = await http.get(f"/calls/{call_id}/analytics", headers=auth(bob_t))
+        r.raise_for_status()
+        analytics = r.json()["analytics"]
+        assert analytics["source"] == "sfu" and analytics["callId"] == call_id, analytics
+        assert len(analytics["participants"]) == 2 and analytics["quality"]["rating"], analytics
+        assert analytics["setupTimeMs"] is not None and analytics["setupTimeMs"] >= 0, analytics
+
         (await http.put(f"/calls/{call_id}/hangup", headers=auth(alice_t))).raise_for_status()
         for c in (alice, bob):
             await c.send({"type": "room-leave", "roomId": room_id})
         await asyncio.sleep(0.3)
         summary = {"ok": True, "aliceDecoded": sum(alice.frames.values()), "bobDecoded": sum(bob.frames.values()),
+                   "callQuality": analytics["quality"],
                    "framesWhileMuted": while_muted, "seconds": round(time.monotonic() - started, 2)}
         for c in (alice, bob):
             await c.pub.close()

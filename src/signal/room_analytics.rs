@@ -1,0 +1,206 @@
+//! Call-quality analytics of rooms and `mode: "sfu"` calls (SPEC 8): the
+//! media plane's 5-second stream reports become participant and room scores,
+//! a bounded list of samples, `connection-quality` events when a rating
+//! changes, the quality histograms, and a summary that is persisted when the
+//! last participant leaves (history keeps it after a restart).
+
+use super::messages::{QualityUpdate, ServerEvent};
+use super::rooms::{RoomService, RoomState};
+use crate::analytics::report::{self, Directional, Quality, Sample, MAX_SAMPLES};
+use crate::analytics::score::{self, Rating};
+use crate::clock::{self, Timestamp};
+use crate::ids::{CallId, PeerId, RoomId, UserId};
+use crate::media::PeerReport;
+use serde::Serialize;
+use std::collections::{HashMap, VecDeque};
+
+/// One participant's part of the summary.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ParticipantAnalytics {
+    pub user_id: UserId,
+    pub peer_id: PeerId,
+    #[serde(with = "time::serde::rfc3339")]
+    pub joined_at: Timestamp,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub left_at: Option<Timestamp>,
+    pub quality: Option<Quality>,
+    pub publish: Directional,
+    pub subscribe: Directional,
+}
+
+/// A room's analytics while it has participants.
+#[derive(Debug)]
+pub struct RoomAnalytics {
+    started_at: Timestamp,
+    pub call: Option<CallId>,
+    participants: Vec<ParticipantAnalytics>,
+    samples: VecDeque<Sample>,
+    quality: Option<Quality>,
+    ratings: HashMap<PeerId, Rating>,
+}
+
+impl RoomAnalytics {
+    pub fn new(call: Option<CallId>) -> Self {
+        Self {
+            started_at: clock::now(),
+            call,
+            participants: Vec::new(),
+            samples: VecDeque::new(),
+            quality: None,
+            ratings: HashMap::new(),
+        }
+    }
+
+    pub fn joined(&mut self, user: &UserId, peer: &PeerId) {
+        if !self.participants.iter().any(|p| &p.peer_id == peer) {
+            self.participants.push(ParticipantAnalytics {
+                user_id: user.clone(),
+                peer_id: peer.clone(),
+                joined_at: clock::now(),
+                left_at: None,
+                quality: None,
+                publish: Directional::default(),
+                subscribe: Directional::default(),
+            });
+        }
+    }
+
+    pub fn left(&mut self, peer: &PeerId) {
+        if let Some(p) = self.participants.iter_mut().find(|p| &p.peer_id == peer && p.left_at.is_none()) {
+            p.left_at = Some(clock::now());
+        }
+    }
+
+    /// Fold in one 5-second report; returns the ratings that changed.
+    pub fn update(&mut self, peers: Vec<PeerReport>, metrics: &crate::metrics::QualityMetrics) -> Vec<QualityUpdate> {
+        let mut changed = Vec::new();
+        for r in peers {
+            let Some(p) = self.participants.iter_mut().find(|p| p.peer_id == r.peer && p.left_at.is_none()) else {
+                continue;
+            };
+            for s in [&r.publish.audio, &r.publish.video, &r.subscribe.audio, &r.subscribe.video].into_iter().flatten()
+            {
+                metrics.stream_packet_loss.observe(s.interval_loss);
+                metrics.stream_jitter_seconds.observe(s.jitter_ms / 1000.0);
+                if let Some(rtt) = s.rtt_ms {
+                    metrics.stream_rtt_seconds.observe(rtt / 1000.0);
+                }
+            }
+            let q = report::participant_quality(&r.publish, &r.subscribe);
+            p.publish = r.publish;
+            p.subscribe = r.subscribe;
+            if let Some(q) = q {
+                p.quality = Some(q);
+                if self.ratings.insert(p.peer_id.clone(), q.rating) != Some(q.rating) {
+                    changed.push(QualityUpdate { peer_id: p.peer_id.clone(), score: q.score, rating: q.rating });
+                }
+            }
+        }
+        let live: Vec<&ParticipantAnalytics> = self.participants.iter().filter(|p| p.left_at.is_none()).collect();
+        let scores: Vec<f64> = live.iter().filter_map(|p| p.quality.map(|q| q.score)).collect();
+        if let Some(score) = score::call_score(&scores) {
+            self.quality = Some(Quality::of(score));
+            metrics.call_quality_mos.observe(score);
+            let dirs: Vec<(&Directional, &Directional)> = live.iter().map(|p| (&p.publish, &p.subscribe)).collect();
+            let at = clock::now().format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
+            self.samples.push_back(report::sample(at, score, &dirs));
+            while self.samples.len() > MAX_SAMPLES {
+                self.samples.pop_front();
+            }
+        }
+        changed
+    }
+
+    /// The SPEC 8 `{analytics}` object.
+    pub fn summary(&self, room: &RoomId, live: bool) -> serde_json::Value {
+        let now = clock::now();
+        serde_json::json!({
+            "callId": self.call,
+            "roomId": room,
+            "source": "sfu",
+            "status": if live { "live" } else { "ended" },
+            "startedAt": self.started_at.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
+            "duration": clock::seconds_between(self.started_at, now),
+            "setupTimeMs": serde_json::Value::Null,
+            "quality": self.quality,
+            "participants": self.participants,
+            "samples": self.samples,
+        })
+    }
+}
+
+/// The store key of a room's or call's summary.
+pub fn key_room(id: &RoomId) -> String {
+    format!("room:{id}")
+}
+
+pub fn key_call(id: &CallId) -> String {
+    format!("call:{id}")
+}
+
+impl RoomService {
+    /// Apply a media report; tell the room about changed ratings.
+    pub(super) fn on_stats(&self, s: &mut RoomState, peers: Vec<PeerReport>) {
+        let Some(a) = s.analytics.as_mut() else { return };
+        let updates = a.update(peers, &self.metrics.quality);
+        if !updates.is_empty() {
+            let ev = ServerEvent::ConnectionQuality { room_id: s.room.id.clone(), updates };
+            self.tell_room(s, None, &ev);
+        }
+    }
+
+    /// Persist the summary when a room's last participant has left.
+    pub(super) fn finish_analytics(&self, s: &mut RoomState) {
+        if !s.live.is_empty() {
+            return;
+        }
+        let Some(a) = s.analytics.take() else { return };
+        let summary = a.summary(&s.room.id, false);
+        let mut keys = vec![key_room(&s.room.id)];
+        if let Some(call) = &a.call {
+            keys.push(key_call(call));
+        }
+        for k in keys {
+            if let Err(e) = self.store.put_analytics(&k, &summary) {
+                tracing::error!(error = %e, key = %k, "cannot persist analytics");
+            }
+        }
+    }
+
+    /// `GET /rooms/:id/analytics`: live while the room has participants, then
+    /// the persisted summary.
+    pub fn analytics(&self, actor: &super::Actor, id: &RoomId) -> Result<serde_json::Value, super::SignalError> {
+        let exists = {
+            let mut rooms = self.rooms.lock();
+            match rooms.get_mut(id) {
+                Some(s) => {
+                    super::rooms::check_access(actor, s)?;
+                    if let Some(a) = &s.analytics {
+                        return Ok(a.summary(id, true));
+                    }
+                    true
+                }
+                None => false,
+            }
+        };
+        let v = self.stored_analytics(&key_room(id))?;
+        // A deleted room's history is for its participants and admins only.
+        let took_part =
+            v["participants"].as_array().is_some_and(|ps| ps.iter().any(|p| p["userId"] == actor.user().as_str()));
+        if !exists && !took_part && !actor.is_admin() {
+            return Err(super::SignalError::NotFound("no analytics recorded yet".into()));
+        }
+        Ok(v)
+    }
+
+    /// The live analytics of a call's room (`mode: "sfu"`), if it is live.
+    pub fn call_analytics(&self, room: &RoomId) -> Option<serde_json::Value> {
+        let rooms = self.rooms.lock();
+        rooms.get(room).and_then(|s| s.analytics.as_ref().map(|a| a.summary(room, true)))
+    }
+
+    pub fn stored_analytics(&self, key: &str) -> Result<serde_json::Value, super::SignalError> {
+        self.store.get_analytics(key)?.ok_or_else(|| super::SignalError::NotFound("no analytics recorded yet".into()))
+    }
+}
