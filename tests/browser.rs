@@ -55,6 +55,7 @@ fn browser_room(relay: bool) -> serde_json::Value {
     assert_eq!(good("bobWithScreen"), 3, "the screen share decodes at bob: {summary}");
     assert_eq!(summary["muteShown"], true);
     assert!(good("bobAfterReconnect") >= 2, "bob receives again after his connection dropped: {summary}");
+    assert!(!summary["badges"].as_array().unwrap().is_empty(), "connection-quality badges: {summary}");
     assert!(summary["phoneOverflow"].as_i64().unwrap() <= 0, "{summary}");
     assert_eq!(summary["keyboardMute"], "true");
     assert_eq!(summary["errors"], serde_json::json!([]));
@@ -72,4 +73,26 @@ fn the_room_works_with_every_browser_forced_through_turn() {
     let summary = browser_room(true);
     let types = summary["alicePairTypes"].as_array().unwrap();
     assert!(!types.is_empty() && types.iter().all(|t| t == "relay"), "{summary}");
+}
+
+#[test]
+fn the_page_explains_a_full_room_a_denied_camera_and_an_expired_token() {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser/messages.js");
+    let dir = tempfile::tempdir().unwrap();
+    let server = ChildServer::spawn(dir.path(), &[("CONFER_AUTH_ALLOW_GUESTS", "true")]);
+    let expired = common::child_client(server.addr).token_with("eve", |c| c.exp = confer::auth::unix_now() - 60);
+    let out = Command::new("node")
+        .arg(script)
+        .arg(format!("http://{}", server.addr))
+        .arg(expired)
+        .output()
+        .expect("node runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "browser messages failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let summary: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(summary["full"], "This room is full.");
+    assert!(summary["denied"].as_str().unwrap().contains("access was denied"), "{summary}");
+    assert!(summary["expiredText"].as_str().unwrap().contains("expired"), "{summary}");
+    assert_eq!(summary["calBackInLobby"], true);
+    assert_eq!(summary["eveAtSignIn"], true);
 }

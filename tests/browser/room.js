@@ -69,6 +69,10 @@ const { chromium } = require('playwright-core');
   await bob.waitForFunction(() => window.confer.lost === false && window.confer.peerId, null, { timeout: 15000 });
   const bobAfterReconnect = await decoded(bob, 2);
 
+  // connection-quality (every 5 s on change) puts a rating badge on the tiles.
+  await alice.waitForFunction(() => [...document.querySelectorAll('#tiles .badge')].some((b) => !b.hidden && /excellent|good|fair|poor|bad/.test(b.textContent)), null, { timeout: 12000 });
+  const badges = await alice.evaluate(() => [...document.querySelectorAll('#tiles .badge')].filter((b) => !b.hidden).map((b) => b.textContent));
+
   // Which candidate types carry the media.
   const pairTypes = async (p) => p.evaluate(async () => {
     const out = [];
@@ -86,7 +90,7 @@ const { chromium } = require('playwright-core');
     await alice.waitForTimeout(500);
     await alice.screenshot({ path: process.env.SCREENSHOT });
   }
-  console.log(JSON.stringify({ relay, alice: a, bob: b, carol: c, carolSeconds, carolTiles: tiles, phoneOverflow, keyboardMute, bobWithScreen, muteShown, bobAfterReconnect, alicePairTypes: types, errors }));
+  console.log(JSON.stringify({ relay, alice: a, bob: b, carol: c, carolSeconds, carolTiles: tiles, phoneOverflow, keyboardMute, bobWithScreen, muteShown, bobAfterReconnect, badges, alicePairTypes: types, errors }));
   await browser.close();
   const relayed = !relay || (types.length > 0 && types.every((t) => t === 'relay'));
   process.exit(ok(a, 1) && ok(b, 1) && ok(c, 2) && ok(bobWithScreen, 3) && ok(bobAfterReconnect, 2) && relayed && phoneOverflow <= 0 && keyboardMute === 'true' && errors.length === 0 ? 0 : 1);
