@@ -25,6 +25,10 @@ fn two_browsers_hold_a_call_through_the_page() {
     let summary: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
     assert!(summary["aliceFrames"].as_u64().unwrap() > 10, "{summary}");
     assert!(summary["bobFrames"].as_u64().unwrap() > 10, "{summary}");
+    let sw = &summary["switched"];
+    assert!(sw["cameras"].as_u64().unwrap() >= 2, "{summary}");
+    assert_eq!(sw["recorded"], sw["chosen"], "switch-camera recorded the device: {summary}");
+    assert_eq!(sw["sending"], sw["chosen"], "the call sends the new camera: {summary}");
     assert_eq!(summary["errors"], serde_json::json!([]));
 }
 

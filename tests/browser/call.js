@@ -1,12 +1,13 @@
 // Two headless Chromium contexts use confer's web page for a 1:1 call:
 // sign in as guests (--dev), alice calls bob, bob accepts, each decodes the
-// other's video (framesDecoded from getStats), alice hangs up. Exits 0 on
+// other's video (framesDecoded from getStats), alice switches camera (the
+// sender's track and the call record follow), alice hangs up. Exits 0 on
 // success and prints a JSON summary; any console error fails the run.
 // usage: node call.js http://HOST:PORT
 const { chromium } = require('playwright-core');
 (async () => {
   const base = process.argv[2];
-  const browser = await chromium.launch({ executablePath: '/usr/bin/chromium', args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--use-fake-device-for-media-stream', '--use-fake-ui-for-media-stream', '--allow-loopback-in-peer-connection'] });
+  const browser = await chromium.launch({ executablePath: '/usr/bin/chromium', args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--use-fake-device-for-media-stream=device-count=2', '--use-fake-ui-for-media-stream', '--allow-loopback-in-peer-connection'] });
   const errors = [];
   const mk = async (name) => {
     const ctx = await browser.newContext();
@@ -34,10 +35,33 @@ const { chromium } = require('playwright-core');
     return 0;
   };
   const a = await decoded(alice), b = await decoded(bob);
+  // Alice switches to her second camera: the track is replaced in the call,
+  // the switch-camera route records it, and Bob keeps decoding.
+  // Alice switches to her second camera: the page replaces the track in the
+  // call and records the switch with PUT /calls/:id/switch-camera. (Chromium's
+  // second fake camera delivers no frames to an encoder, so what Bob decodes
+  // afterwards is not checked; the sender's new track is.)
+  const cams = await alice.evaluate(() => [...document.querySelectorAll('#camera-select option')].map((o) => o.value));
+  await alice.selectOption('#camera-select', cams[cams.length - 1]);
+  let recorded = null;
+  for (let i = 0; i < 40 && !recorded; i++) {
+    await alice.waitForTimeout(250);
+    recorded = await alice.evaluate(async () => {
+      const r = await fetch(`/calls/${window.confer.call.id}`, { headers: { Authorization: `Bearer ${window.confer.token}` } });
+      const s = (await r.json()).callSession;
+      return s.participants.find((p) => p.userId === window.confer.userId)?.camera?.deviceId || null;
+    });
+  }
+  const sending = await alice.evaluate(() => {
+    const t = window.confer.call.pc.getSenders().map((s) => s.track).find((t) => t && t.kind === 'video');
+    return t && t.readyState === 'live' ? t.getSettings().deviceId : null;
+  });
+  const switched = { cameras: cams.length, chosen: cams[cams.length - 1], recorded, sending };
   if (process.env.SCREENSHOT) await alice.screenshot({ path: process.env.SCREENSHOT });
   await alice.click('#leave');
   await bob.waitForSelector('#lobby:not([hidden])', { timeout: 10000 });
-  console.log(JSON.stringify({ aliceFrames: a, bobFrames: b, errors }));
+  console.log(JSON.stringify({ aliceFrames: a, bobFrames: b, switched, errors }));
   await browser.close();
-  process.exit(a > 10 && b > 10 && errors.length === 0 ? 0 : 1);
+  const switchOk = switched.cameras >= 2 && switched.recorded === switched.chosen && switched.sending === switched.chosen;
+  process.exit(a > 10 && b > 10 && switchOk && errors.length === 0 ? 0 : 1);
 })().catch((e) => { console.error(e); process.exit(2); });
