@@ -15,6 +15,8 @@
 //!   through commands and hears back through events. Never imports signaling,
 //!   HTTP or the store.
 //! - [`turn`]: the TURN server and TURN REST credentials.
+//! - [`loadtest`]: `confer loadtest`, webrtc-rs clients that load a running
+//!   server over its public interfaces (a client of the server, not part of it).
 //! - [`store`]: persistence behind the [`store::Store`] trait (sled on disk).
 //! - [`metrics`]: the Prometheus registry and every metric confer exports.
 //! - [`analytics`]: pure call-quality calculators (RFC 3550 statistics, RTT,
@@ -29,6 +31,7 @@ pub mod clock;
 pub mod config;
 pub mod http;
 pub mod ids;
+pub mod loadtest;
 pub mod media;
 pub mod metrics;
 pub mod model;

@@ -26,6 +26,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve(args),
         Command::Token(args) => token(args),
+        Command::Loadtest(args) => loadtest(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -82,6 +83,26 @@ fn serve(args: confer::app::cli::ServeArgs) -> anyhow::Result<()> {
         }
         server.run(app::shutdown_signal()).await
     })
+}
+
+fn loadtest(args: confer::app::cli::LoadtestArgs) -> anyhow::Result<()> {
+    raise_fd_limit();
+    let config = args.common.load(None, false)?;
+    let keys = app::token_keys(&config)?;
+    let opts = confer::loadtest::LoadOpts {
+        url: args.url.trim_end_matches('/').to_owned(),
+        rooms: args.rooms.max(1),
+        publishers: args.publishers.max(1),
+        subscribers: args.subscribers,
+        seconds: args.seconds.max(1),
+        video_kbps: args.video_kbps.max(10),
+        fps: args.fps.clamp(1, 50),
+        audio: !args.no_audio,
+    };
+    let rt = tokio::runtime::Runtime::new()?;
+    let report = rt.block_on(confer::loadtest::run(opts, &keys))?;
+    println!("{report}");
+    Ok(())
 }
 
 fn token(args: confer::app::cli::TokenArgs) -> anyhow::Result<()> {

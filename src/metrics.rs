@@ -18,6 +18,10 @@ pub struct Metrics {
     pub http_request_duration_seconds: HistogramVec,
     pub signal_relay_seconds: Histogram,
     pub participants_active: IntGauge,
+    /// CPU seconds of the whole process with microsecond resolution (the
+    /// standard `process_cpu_seconds_total` counts whole seconds only, too
+    /// coarse for per-packet costs); refreshed on every scrape.
+    pub cpu_seconds: prometheus::Gauge,
     pub media: MediaMetrics,
     pub quality: QualityMetrics,
 }
@@ -58,6 +62,11 @@ impl Metrics {
                 "Participants joined to a room over /rtc (calls in sfu mode included)",
             )
             .unwrap(),
+            cpu_seconds: prometheus::Gauge::new(
+                "confer_process_cpu_seconds",
+                "User + system CPU time of the process, in seconds, with microsecond resolution",
+            )
+            .unwrap(),
             media: MediaMetrics::new(&registry),
             quality: QualityMetrics::new(&registry),
             registry,
@@ -71,6 +80,7 @@ impl Metrics {
         r.register(Box::new(m.http_request_duration_seconds.clone())).unwrap();
         r.register(Box::new(m.signal_relay_seconds.clone())).unwrap();
         r.register(Box::new(m.participants_active.clone())).unwrap();
+        r.register(Box::new(m.cpu_seconds.clone())).unwrap();
         #[cfg(target_os = "linux")]
         r.register(Box::new(prometheus::process_collector::ProcessCollector::for_self())).unwrap();
         m
@@ -83,10 +93,22 @@ impl Metrics {
 
     /// Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
+        self.cpu_seconds.set(process_cpu_seconds());
         let mut buf = Vec::new();
         TextEncoder::new().encode(&self.registry.gather(), &mut buf).expect("encoding to a Vec cannot fail");
         String::from_utf8(buf).expect("prometheus text is UTF-8")
     }
+}
+
+/// User + system CPU of this process (getrusage), in seconds.
+pub fn process_cpu_seconds() -> f64 {
+    // SAFETY: getrusage writes into the zeroed struct we pass.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } != 0 {
+        return 0.0;
+    }
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(ru.ru_utime) + tv(ru.ru_stime)
 }
 
 impl Default for Metrics {

@@ -6,12 +6,10 @@
 //! packet lost on the way to the server is NACKed to the publisher.
 
 mod common;
-#[path = "common/rtc_peer.rs"]
-mod rtc_peer;
 
 use common::TestServer;
+use confer::loadtest::peer::{video_track, RtcPeer, Seen};
 use rtc::peer_connection::sdp::RTCSessionDescription;
-use rtc_peer::{video_track, RtcPeer, Seen};
 use serde_json::json;
 use std::time::Duration;
 

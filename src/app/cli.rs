@@ -28,6 +28,42 @@ pub enum Command {
     Serve(ServeArgs),
     /// Print a signed access token (uses the same config and data dir as `serve`).
     Token(TokenArgs),
+    /// Load a running server: publishers and subscribers per room (webrtc-rs
+    /// clients that connect and decrypt but do not decode), with a progress
+    /// line and a JSON report (forwarded packets/s, loss, added latency,
+    /// server CPU per forwarded packet, RSS). Tokens are signed with the same
+    /// secret as `token`, so point --data/--config at the server's.
+    Loadtest(LoadtestArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct LoadtestArgs {
+    #[command(flatten)]
+    pub common: ConfigArgs,
+    /// The server's base URL.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    /// Rooms to create.
+    #[arg(long, default_value_t = 1)]
+    pub rooms: usize,
+    /// Publishers per room (each sends one video track, and audio unless --no-audio).
+    #[arg(long, default_value_t = 1)]
+    pub publishers: usize,
+    /// Subscribers per room.
+    #[arg(long, default_value_t = 10)]
+    pub subscribers: usize,
+    /// Seconds measured (after every client is connected).
+    #[arg(long, default_value_t = 20)]
+    pub seconds: u64,
+    /// Video bitrate per publisher, kbit/s.
+    #[arg(long, default_value_t = 1500)]
+    pub video_kbps: u32,
+    /// Video frames per second.
+    #[arg(long, default_value_t = 30)]
+    pub fps: u32,
+    /// Publish video only.
+    #[arg(long)]
+    pub no_audio: bool,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -274,8 +274,13 @@ pub async fn shutdown_signal() {
 
 /// Mint an access token with the same secret `serve` uses.
 pub fn mint_token(config: &Config, claims: &Claims) -> anyhow::Result<String> {
+    Ok(token_keys(config)?.sign(claims))
+}
+
+/// The keys tokens are signed with: `auth.secret`, or the data dir's file.
+pub fn token_keys(config: &Config) -> anyhow::Result<TokenKeys> {
     let data = &config.store.path;
     let secret = auth::load_or_create_secret(config.auth.secret.as_deref(), data, AUTH_SECRET_FILE)
         .with_context(|| format!("cannot read or create {}/{AUTH_SECRET_FILE}", data.display()))?;
-    Ok(TokenKeys::new(secret.as_bytes()).sign(claims))
+    Ok(TokenKeys::new(secret.as_bytes()))
 }

@@ -1,11 +1,11 @@
-//! A webrtc-rs (`rtc`, sans-IO) PeerConnection driven on its own UDP socket
-//! in a task, for tests that need to see the SFU's packets byte by byte:
-//! which SSRC, payload type and sequence number arrive, which RTCP comes
-//! back. The test talks to it with closures run on the connection and reads
-//! what arrived from a channel.
+//! A client-side webrtc-rs (`rtc`, sans-IO) PeerConnection driven on its own
+//! UDP socket in a task: the load tool's publishers and subscribers, and the
+//! tests that need to see the SFU's packets byte by byte (which SSRC, payload
+//! type and sequence number arrive, which RTCP comes back). The caller runs
+//! closures on the connection and reads what arrived from a channel.
 
+use crate::media::deliver::DeliverRtcp;
 use bytes::BytesMut;
-use confer::media::deliver::DeliverRtcp;
 use rtc::interceptor::{Registry, Slot};
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors;
@@ -38,6 +38,7 @@ pub enum Seen {
         pt: u8,
         seq: u16,
         exts: Vec<(u8, Vec<u8>)>,
+        payload: bytes::Bytes,
     },
     /// RTCP, by type: "pli", "fir", "nack", "rr", "sr", "other".
     Rtcp {
@@ -55,6 +56,19 @@ pub struct Ctl {
 }
 
 impl Ctl {
+    /// Run `f` on the connection; `None` when the peer has stopped.
+    pub async fn try_with<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut RTCPeerConnection, Instant) -> T + Send + 'static,
+    ) -> Option<T> {
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move |pc, now| {
+            let _ = tx.send(f(pc, now));
+        });
+        self.jobs.send(job).ok()?;
+        rx.await.ok()
+    }
+
     /// Run `f` on the connection and return what it returns.
     pub async fn with<T: Send + 'static>(
         &self,
@@ -80,6 +94,26 @@ pub fn vp8() -> RTCRtpCodec {
     RTCRtpCodec { mime_type: MIME_TYPE_VP8.to_owned(), clock_rate: 90_000, ..Default::default() }
 }
 
+/// An Opus track with a fixed SSRC, to publish.
+pub fn audio_track(id: &str, ssrc: u32) -> MediaStreamTrack {
+    MediaStreamTrack::new(
+        "test-stream".into(),
+        id.into(),
+        id.into(),
+        RtpCodecKind::Audio,
+        vec![RTCRtpEncodingParameters {
+            rtp_coding_parameters: RTCRtpCodingParameters { ssrc: Some(ssrc), ..Default::default() },
+            codec: RTCRtpCodec {
+                mime_type: "audio/opus".to_owned(),
+                clock_rate: 48_000,
+                channels: 2,
+                ..Default::default()
+            },
+            ..Default::default()
+        }],
+    )
+}
+
 /// A video track with a fixed SSRC, to publish.
 pub fn video_track(id: &str, ssrc: u32) -> MediaStreamTrack {
     MediaStreamTrack::new(
@@ -96,19 +130,24 @@ pub fn video_track(id: &str, ssrc: u32) -> MediaStreamTrack {
 }
 
 impl RtcPeer {
+    /// A peer for tests (panics if it cannot start).
     pub async fn start() -> RtcPeer {
-        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let addr = socket.local_addr().unwrap();
+        Self::start_with(true, "127.0.0.1".parse().expect("literal")).await.expect("start a webrtc-rs peer")
+    }
+
+    /// A peer on `ip` (port chosen by the OS); `want_exts: false` skips
+    /// copying header extensions (the load tool does not look at them).
+    pub async fn start_with(want_exts: bool, ip: std::net::IpAddr) -> anyhow::Result<RtcPeer> {
+        let socket = UdpSocket::bind(SocketAddr::new(ip, 0)).await?;
+        let addr = socket.local_addr()?;
         let mut media = MediaEngine::default();
-        media.register_default_codecs().unwrap();
-        let registry = register_default_interceptors(Registry::new(), &mut media)
-            .unwrap()
+        media.register_default_codecs()?;
+        let registry = register_default_interceptors(Registry::new(), &mut media)?
             .with(Slot::Custom(20_000), DeliverRtcp::default());
         let mut pc = RTCPeerConnectionBuilder::new()
             .with_media_engine(media)
             .with_interceptor_registry(registry)
-            .build(Instant::now())
-            .unwrap();
+            .build(Instant::now())?;
         let host = CandidateHostConfig {
             base_config: CandidateConfig {
                 network: "udp".into(),
@@ -119,9 +158,8 @@ impl RtcPeer {
             },
             ..Default::default()
         }
-        .new_candidate_host()
-        .unwrap();
-        pc.add_local_candidate(RTCIceCandidate::from(&host).to_json().unwrap()).unwrap();
+        .new_candidate_host()?;
+        pc.add_local_candidate(RTCIceCandidate::from(&host).to_json()?)?;
         let (jobs, mut job_rx) = mpsc::unbounded_channel::<Job>();
         let (seen_tx, seen) = mpsc::unbounded_channel();
         tokio::spawn(async move {
@@ -148,7 +186,12 @@ impl RtcPeer {
                             ssrc: p.header.ssrc,
                             pt: p.header.payload_type,
                             seq: p.header.sequence_number,
-                            exts: p.header.extensions.iter().map(|e| (e.id, e.payload.to_vec())).collect(),
+                            exts: if want_exts {
+                                p.header.extensions.iter().map(|e| (e.id, e.payload.to_vec())).collect()
+                            } else {
+                                Vec::new()
+                            },
+                            payload: p.payload,
                         },
                         RTCMessage::RtcpPacket(track, pkts) => {
                             Seen::Rtcp { track, kinds: pkts.iter().map(|p| kind(&**p)).collect() }
@@ -176,7 +219,7 @@ impl RtcPeer {
                 }
             }
         });
-        RtcPeer { ctl: Ctl { jobs }, seen, addr }
+        Ok(RtcPeer { ctl: Ctl { jobs }, seen, addr })
     }
 
     pub async fn with<T: Send + 'static>(

@@ -1,0 +1,394 @@
+//! `confer loadtest`: N publishers and M subscribers per room, in R rooms,
+//! against a running server, for a duration. Clients are webrtc-rs
+//! PeerConnections ([`peer`]) that really negotiate, connect (ICE, DTLS,
+//! SRTP) and decrypt, but do not decode: publishers send synthetic VP8-shaped
+//! RTP (and Opus-sized audio) whose payload starts with the send time, so
+//! subscribers measure the added forwarding latency. Server CPU and RSS come
+//! from its `/metrics` process metrics. Prints a progress line to stderr and a
+//! JSON report to stdout.
+
+pub mod peer;
+
+use crate::auth::{Claims, TokenKeys};
+use futures_util::{SinkExt, StreamExt};
+use peer::{RtcPeer, Seen};
+use rtc::peer_connection::sdp::RTCSessionDescription;
+use serde_json::{json, Value};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_tungstenite::tungstenite::Message;
+
+/// What to load the server with.
+#[derive(Clone, Debug)]
+pub struct LoadOpts {
+    pub url: String,
+    pub rooms: usize,
+    pub publishers: usize,
+    pub subscribers: usize,
+    pub seconds: u64,
+    pub video_kbps: u32,
+    pub fps: u32,
+    pub audio: bool,
+}
+
+/// Counters shared by every client of the run.
+#[derive(Default)]
+struct Counters {
+    measuring: AtomicBool,
+    sent: AtomicU64,
+    received: AtomicU64,
+    tracks_received: AtomicU64,
+}
+
+fn now_us(epoch: Instant) -> u64 {
+    epoch.elapsed().as_micros() as u64
+}
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn connect_ws(base: &str, token: &str) -> anyhow::Result<Ws> {
+    let ws_url = format!("{}/rtc?token={token}", base.replacen("http", "ws", 1));
+    Ok(tokio_tungstenite::connect_async(ws_url).await?.0)
+}
+
+async fn send(ws: &mut Ws, v: Value) -> anyhow::Result<()> {
+    ws.send(Message::Text(v.to_string().into())).await?;
+    Ok(())
+}
+
+async fn expect(ws: &mut Ws, ty: &str) -> anyhow::Result<Value> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let msg = tokio::time::timeout_at(deadline, ws.next())
+            .await
+            .map_err(|_| anyhow::anyhow!("timed out waiting for {ty}"))?
+            .ok_or_else(|| anyhow::anyhow!("the server closed the WebSocket"))??;
+        if let Message::Text(t) = msg {
+            let v: Value = serde_json::from_str(&t)?;
+            if v["type"] == ty {
+                return Ok(v);
+            }
+            if v["type"] == "error" {
+                anyhow::bail!("server error: {v}");
+            }
+        }
+    }
+}
+
+/// One publisher: join, publish video (and audio), then send until the end.
+async fn publisher(
+    opts: LoadOpts,
+    token: String,
+    room: String,
+    c: Arc<Counters>,
+    epoch: Instant,
+    stop: Instant,
+) -> anyhow::Result<()> {
+    let mut ws = connect_ws(&opts.url, &token).await?;
+    send(&mut ws, json!({"type": "room-join", "roomId": room})).await?;
+    expect(&mut ws, "room-joined").await?;
+    let mut p = RtcPeer::start_with(false, "127.0.0.1".parse()?).await?;
+    let (video_ssrc, audio_ssrc) = (rand::random::<u32>(), rand::random::<u32>());
+    let audio = opts.audio;
+    let (offer, tracks, senders) = p
+        .ctl
+        .try_with(move |pc, now| -> anyhow::Result<_> {
+            let v = pc.add_track(peer::video_track("video", video_ssrc))?;
+            let a = if audio { Some(pc.add_track(peer::audio_track("audio", audio_ssrc))?) } else { None };
+            let offer = pc.create_offer(None)?;
+            pc.set_local_description(now, offer.clone())?;
+            let ids: Vec<_> = pc.get_transceivers().collect();
+            let mids: Vec<String> = ids.into_iter().filter_map(|t| pc.rtp_transceiver(t)?.mid().clone()).collect();
+            let sources = ["camera", "microphone"];
+            let tracks: Vec<Value> = mids.iter().zip(sources).map(|(m, s)| json!({"mid": m, "source": s})).collect();
+            Ok((offer.sdp, tracks, (v, a)))
+        })
+        .await
+        .ok_or_else(|| anyhow::anyhow!("publisher peer stopped"))??;
+    send(&mut ws, json!({"type": "publish-offer", "roomId": room, "sdp": offer, "tracks": tracks})).await?;
+    let answer = expect(&mut ws, "publish-answer").await?["sdp"].as_str().unwrap_or_default().to_owned();
+    p.ctl
+        .try_with(move |pc, now| RTCSessionDescription::answer(answer).and_then(|a| pc.set_remote_description(now, a)))
+        .await;
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(s) = p.seen.recv().await {
+            if matches!(s, Seen::Connected) {
+                return;
+            }
+        }
+    })
+    .await
+    .map_err(|_| anyhow::anyhow!("publisher did not connect"))?;
+    let (vs, as_) = senders;
+    let pts = p
+        .ctl
+        .try_with(move |pc, _| {
+            let pt = |pc: &mut rtc::peer_connection::RTCPeerConnection, s, mime: &str| {
+                pc.rtp_sender(s).and_then(|mut x| {
+                    x.get_parameters()
+                        .rtp_parameters
+                        .codecs
+                        .iter()
+                        .find(|c| c.rtp_codec.mime_type == mime)
+                        .map(|c| c.payload_type)
+                })
+            };
+            (pt(pc, vs, "video/VP8"), as_.and_then(|a| pt(pc, a, "audio/opus")))
+        })
+        .await
+        .unwrap_or((None, None));
+    let vpt = pts.0.ok_or_else(|| anyhow::anyhow!("VP8 was not negotiated"))?;
+    // Keep the WebSocket read so the server's pings are answered.
+    let _ws_reader = tokio::spawn(async move { while let Some(Ok(_)) = ws.next().await {} });
+
+    let frame_bytes = (opts.video_kbps as usize * 1000 / 8 / opts.fps.max(1) as usize).max(200);
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    let (mut vseq, mut aseq, mut n) = (rand::random::<u16>(), rand::random::<u16>(), 0u64);
+    let frame_every = (50 / opts.fps.clamp(1, 50)).max(1) as u64;
+    while Instant::now() < stop {
+        tick.tick().await;
+        n += 1;
+        let t = now_us(epoch);
+        let mut pkts = Vec::new();
+        if n % frame_every == 0 {
+            let mut left = frame_bytes;
+            while left > 0 {
+                let size = left.min(1100);
+                left -= size;
+                pkts.push((vs, rtp(vpt, vseq, (n * 1800) as u32, video_ssrc, left == 0, size, t)));
+                vseq = vseq.wrapping_add(1);
+            }
+        }
+        if let (Some(a), Some(apt)) = (as_, pts.1) {
+            pkts.push((a, rtp(apt, aseq, (n * 960) as u32, audio_ssrc, false, 80, t)));
+            aseq = aseq.wrapping_add(1);
+        }
+        let count = pkts.len() as u64;
+        let ok = p
+            .ctl
+            .try_with(move |pc, now| {
+                for (s, pkt) in pkts {
+                    if let Some(mut s) = pc.rtp_sender(s) {
+                        let _ = s.write_rtp(now, pkt);
+                    }
+                }
+            })
+            .await;
+        if ok.is_none() {
+            break;
+        }
+        if c.measuring.load(Relaxed) {
+            c.sent.fetch_add(count, Relaxed);
+        }
+    }
+    Ok(())
+}
+
+fn rtp(pt: u8, seq: u16, ts: u32, ssrc: u32, marker: bool, size: usize, sent_us: u64) -> rtc::rtp::Packet {
+    let mut payload = vec![0u8; size.max(8)];
+    payload[..8].copy_from_slice(&sent_us.to_be_bytes());
+    rtc::rtp::Packet {
+        header: rtc::rtp::header::Header {
+            version: 2,
+            payload_type: pt,
+            sequence_number: seq,
+            timestamp: ts,
+            ssrc,
+            marker,
+            ..Default::default()
+        },
+        payload: payload.into(),
+    }
+}
+
+/// One subscriber: join, answer every subscribe-offer, count what arrives.
+async fn subscriber(
+    opts: LoadOpts,
+    token: String,
+    room: String,
+    c: Arc<Counters>,
+    epoch: Instant,
+    stop: Instant,
+) -> anyhow::Result<Vec<u32>> {
+    let mut ws = connect_ws(&opts.url, &token).await?;
+    send(&mut ws, json!({"type": "room-join", "roomId": room})).await?;
+    expect(&mut ws, "room-joined").await?;
+    let mut p = RtcPeer::start_with(false, "127.0.0.1".parse()?).await?;
+    let ctl = p.ctl.clone();
+    let signaling = tokio::spawn(async move {
+        while let Some(Ok(msg)) = ws.next().await {
+            let Message::Text(t) = msg else { continue };
+            let Ok(v) = serde_json::from_str::<Value>(&t) else { continue };
+            if v["type"] != "subscribe-offer" {
+                continue;
+            }
+            let (sdp, room) = (v["sdp"].as_str().unwrap_or_default().to_owned(), v["roomId"].clone());
+            let answer = ctl
+                .try_with(move |pc, now| -> Option<String> {
+                    let offer = RTCSessionDescription::offer(sdp).ok()?;
+                    pc.set_remote_description(now, offer).ok()?;
+                    let answer = pc.create_answer(None).ok()?;
+                    pc.set_local_description(now, answer.clone()).ok()?;
+                    Some(answer.sdp)
+                })
+                .await
+                .flatten();
+            if let Some(sdp) = answer {
+                let _ = ws
+                    .send(Message::Text(
+                        json!({"type": "subscribe-answer", "roomId": room, "sdp": sdp}).to_string().into(),
+                    ))
+                    .await;
+            }
+        }
+    });
+    let mut latencies = Vec::new();
+    let mut tracks = std::collections::HashSet::new();
+    let until = tokio::time::Instant::from_std(stop);
+    loop {
+        let s = match tokio::time::timeout_at(until, p.seen.recv()).await {
+            Ok(Some(s)) => s,
+            _ => break,
+        };
+        if let Seen::Rtp { track, payload, .. } = s {
+            if tracks.insert(track) {
+                c.tracks_received.fetch_add(1, Relaxed);
+            }
+            if c.measuring.load(Relaxed) {
+                c.received.fetch_add(1, Relaxed);
+                if payload.len() >= 8 {
+                    let sent = u64::from_be_bytes(payload[..8].try_into().expect("8 bytes"));
+                    latencies.push(now_us(epoch).saturating_sub(sent).min(u64::from(u32::MAX)) as u32);
+                }
+            }
+        }
+    }
+    signaling.abort();
+    Ok(latencies)
+}
+
+/// Server process metrics: (CPU seconds, RSS bytes, forwarded packets).
+async fn server_metrics(http: &reqwest::Client, url: &str) -> anyhow::Result<(f64, f64, f64)> {
+    let text = http.get(format!("{url}/metrics")).send().await?.text().await?;
+    let mut out = (0.0, 0.0, 0.0);
+    for l in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((name, v)) = l.rsplit_once(' ') else { continue };
+        let v: f64 = v.parse().unwrap_or(0.0);
+        if name == "confer_process_cpu_seconds" {
+            out.0 = v;
+        } else if name == "process_resident_memory_bytes" {
+            out.1 = v;
+        } else if name.starts_with("confer_rtp_packets_forwarded_total") {
+            out.2 += v;
+        }
+    }
+    Ok(out)
+}
+
+/// Run the load and return the report.
+pub async fn run(opts: LoadOpts, keys: &TokenKeys) -> anyhow::Result<Value> {
+    let http = reqwest::Client::new();
+    let token = |user: &str| keys.sign(&Claims::new(user.into(), Duration::from_secs(3600 + opts.seconds)));
+    let epoch = Instant::now();
+    let counters = Arc::new(Counters::default());
+    let setup = Duration::from_secs(10 + (opts.rooms * (opts.publishers + opts.subscribers)) as u64 / 10);
+    let stop = Instant::now() + setup + Duration::from_secs(opts.seconds);
+    let mut tasks = Vec::new();
+    let mut subs = Vec::new();
+    let before_join = server_metrics(&http, &opts.url).await?;
+    for r in 0..opts.rooms {
+        let owner = token(&format!("load-owner-{r}"));
+        let resp = http
+            .post(format!("{}/rooms", opts.url))
+            .bearer_auth(&owner)
+            .json(&json!({"name": format!("load {r}"), "maxParticipants": (opts.publishers + opts.subscribers).max(2)}))
+            .send()
+            .await?;
+        let status = resp.status();
+        let resp: Value = resp.json().await.unwrap_or_default();
+        if !status.is_success() {
+            anyhow::bail!(
+                "creating a room failed ({status}): {} (for big rooms, start the server with a larger rooms.max_participants)",
+                resp["error"]["message"]
+            );
+        }
+        let room = resp["room"]["id"].as_str().unwrap_or_default().to_owned();
+        for i in 0..opts.subscribers {
+            let (o, t, room, c) = (opts.clone(), token(&format!("load-sub-{r}-{i}")), room.clone(), counters.clone());
+            subs.push(tokio::spawn(subscriber(o, t, room, c, epoch, stop)));
+        }
+        for i in 0..opts.publishers {
+            let (o, t, room, c) = (opts.clone(), token(&format!("load-pub-{r}-{i}")), room.clone(), counters.clone());
+            tasks.push(tokio::spawn(publisher(o, t, room, c, epoch, stop)));
+        }
+    }
+    let tracks_expected = (opts.rooms * opts.subscribers * opts.publishers * if opts.audio { 2 } else { 1 }) as u64;
+    // Wait for every track to arrive everywhere (or the set-up time), then measure.
+    let setup_deadline = Instant::now() + setup;
+    while Instant::now() < setup_deadline && counters.tracks_received.load(Relaxed) < tracks_expected {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let m0 = server_metrics(&http, &opts.url).await?;
+    counters.measuring.store(true, Relaxed);
+    let started = Instant::now();
+    let end = started + Duration::from_secs(opts.seconds);
+    while Instant::now() < end {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        eprint!(
+            "\r[{:>4}/{} s] sent {:>9}  received {:>10}  tracks {}/{}   ",
+            started.elapsed().as_secs(),
+            opts.seconds,
+            counters.sent.load(Relaxed),
+            counters.received.load(Relaxed),
+            counters.tracks_received.load(Relaxed),
+            tracks_expected
+        );
+    }
+    counters.measuring.store(false, Relaxed);
+    let m1 = server_metrics(&http, &opts.url).await?;
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!();
+    let mut latencies: Vec<u32> = Vec::new();
+    for s in subs {
+        if let Ok(Ok(l)) = s.await {
+            latencies.extend(l);
+        }
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    latencies.sort_unstable();
+    let pct = |p: f64| {
+        latencies
+            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
+            .map(|us| f64::from(*us) / 1000.0)
+    };
+    let sent = counters.sent.load(Relaxed);
+    let received = counters.received.load(Relaxed);
+    let expected = sent * opts.subscribers as u64;
+    let forwarded = m1.2 - m0.2;
+    let participants = (opts.rooms * (opts.publishers + opts.subscribers)) as f64;
+    Ok(json!({
+        "rooms": opts.rooms,
+        "publishersPerRoom": opts.publishers,
+        "subscribersPerRoom": opts.subscribers,
+        "videoKbps": opts.video_kbps,
+        "fps": opts.fps,
+        "audio": opts.audio,
+        "seconds": (secs * 100.0).round() / 100.0,
+        "tracksExpected": tracks_expected,
+        "tracksReceived": counters.tracks_received.load(Relaxed),
+        "packetsSent": sent,
+        "packetsForwarded": forwarded,
+        "packetsReceived": received,
+        "forwardedPerSecond": (forwarded / secs).round(),
+        "loss": if expected > 0 { ((1.0 - received as f64 / expected as f64).max(0.0) * 1e5).round() / 1e5 } else { 0.0 },
+        "latencyMs": {"p50": pct(0.50), "p99": pct(0.99)},
+        "serverCpuSeconds": ((m1.0 - m0.0) * 1000.0).round() / 1000.0,
+        "serverCpuUsPerForwardedPacket": if forwarded > 0.0 { ((m1.0 - m0.0) * 1e6 / forwarded * 100.0).round() / 100.0 } else { 0.0 },
+        "serverRssMiB": (m1.1 / 1048576.0 * 10.0).round() / 10.0,
+        "serverRssPerParticipantMiB": ((m1.1 - before_join.1) / 1048576.0 / participants.max(1.0) * 100.0).round() / 100.0,
+    }))
+}

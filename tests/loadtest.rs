@@ -1,0 +1,31 @@
+//! `confer loadtest` against a real server: a small run completes, every
+//! track reaches every subscriber, and the report carries the numbers.
+
+mod common;
+
+use common::ChildServer;
+
+#[test]
+fn a_small_load_run_reports_every_track_and_no_loss() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ChildServer::spawn(dir.path(), &[]);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_confer"))
+        .args(["loadtest", "--subscribers", "2", "--seconds", "2", "--video-kbps", "300", "--url"])
+        .arg(format!("http://{}", server.addr))
+        .arg("--data")
+        .arg(dir.path())
+        .env("CONFER_AUTH_SECRET", common::SECRET)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "loadtest failed:\n{stdout}\n{stderr}");
+    assert!(stderr.contains("received"), "a progress line: {stderr}");
+    let r: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(r["tracksExpected"], 4, "{r}");
+    assert_eq!(r["tracksReceived"], 4, "{r}");
+    assert!(r["packetsReceived"].as_u64().unwrap() > 100, "{r}");
+    assert!(r["loss"].as_f64().unwrap() < 0.05, "{r}");
+    assert!(r["latencyMs"]["p50"].as_f64().unwrap() > 0.0, "{r}");
+    assert!(r["packetsForwarded"].as_f64().unwrap() > 0.0 && r["serverCpuSeconds"].as_f64().unwrap() > 0.0, "{r}");
+}
