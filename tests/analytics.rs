@@ -7,18 +7,9 @@
 
 mod common;
 
-use common::{child_client, ChildServer, TestServer};
+use common::{child_client, python, ChildServer, TestServer};
 use serde_json::{json, Value};
-use std::path::PathBuf;
 use std::process::Command;
-
-fn python() -> PathBuf {
-    let p = std::env::var_os("INTEROP_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python")));
-    assert!(p.exists(), "{} is missing: run scripts/setup-test-deps.sh (or scripts/test.sh)", p.display());
-    p
-}
 
 fn quality_run(server: &ChildServer, c: &TestServer, loss: &str) -> Value {
     let out = Command::new(python())

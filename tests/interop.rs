@@ -5,17 +5,8 @@
 
 mod common;
 
-use common::{child_client, tool, ChildServer};
-use std::path::PathBuf;
+use common::{child_client, python, tool, ChildServer};
 use std::process::Command;
-
-fn python() -> PathBuf {
-    let p = std::env::var_os("INTEROP_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python")));
-    assert!(p.exists(), "{} is missing: run scripts/setup-test-deps.sh (or scripts/test.sh)", p.display());
-    p
-}
 
 fn interop(file: &str) -> String {
     format!("{}/tests/interop/{file}", env!("CARGO_MANIFEST_DIR"))

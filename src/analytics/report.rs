@@ -181,6 +181,15 @@ pub fn client_streams(stats: &[serde_json::Value]) -> (Directional, Directional)
         .filter(|s| s["type"] == "candidate-pair" && (s["nominated"] == true || s["state"] == "succeeded"))
         .find_map(|s| num(s, "currentRoundTripTime"))
         .map(|s| s * 1000.0);
+    // What inbound-rtp and outbound-rtp report alike.
+    let feedback = |s: &Value| StreamReport {
+        rtt_ms: pair_rtt,
+        nack_count: num(s, "nackCount").unwrap_or(0.0) as u64,
+        pli_count: num(s, "pliCount").unwrap_or(0.0) as u64,
+        fir_count: num(s, "firCount").unwrap_or(0.0) as u64,
+        frame_rate: if kind(s).as_deref() == Some("video") { num(s, "framesPerSecond") } else { None },
+        ..Default::default()
+    };
     let (mut publish, mut subscribe) = (Directional::default(), Directional::default());
     for s in stats {
         let Some(k) = kind(s) else { continue };
@@ -195,12 +204,7 @@ pub fn client_streams(stats: &[serde_json::Value]) -> (Directional, Directional)
                     packets_lost: lost as i64,
                     packet_loss: if received + lost > 0.0 { (lost / (received + lost)).max(0.0) } else { 0.0 },
                     jitter_ms: num(s, "jitter").unwrap_or(0.0) * 1000.0,
-                    rtt_ms: pair_rtt,
-                    nack_count: num(s, "nackCount").unwrap_or(0.0) as u64,
-                    pli_count: num(s, "pliCount").unwrap_or(0.0) as u64,
-                    fir_count: num(s, "firCount").unwrap_or(0.0) as u64,
-                    frame_rate: if video { num(s, "framesPerSecond") } else { None },
-                    ..Default::default()
+                    ..feedback(s)
                 };
                 let r = StreamReport { interval_loss: r.packet_loss, ..r };
                 if video {
@@ -213,12 +217,7 @@ pub fn client_streams(stats: &[serde_json::Value]) -> (Directional, Directional)
                 let r = StreamReport {
                     packets: num(s, "packetsSent").unwrap_or(0.0) as u64,
                     bytes: num(s, "bytesSent").unwrap_or(0.0) as u64,
-                    rtt_ms: pair_rtt,
-                    nack_count: num(s, "nackCount").unwrap_or(0.0) as u64,
-                    pli_count: num(s, "pliCount").unwrap_or(0.0) as u64,
-                    fir_count: num(s, "firCount").unwrap_or(0.0) as u64,
-                    frame_rate: if video { num(s, "framesPerSecond") } else { None },
-                    ..Default::default()
+                    ..feedback(s)
                 };
                 let target = if video { &mut publish.video } else { &mut publish.audio };
                 let merged = target.take().map(|old| StreamReport {

@@ -12,7 +12,7 @@ use super::{Actor, SignalError};
 use crate::clock;
 use crate::ids::{PeerId, RoomId};
 use crate::metrics::Metrics;
-use crate::model::{Room, RoomParticipant};
+use crate::model::Room;
 use crate::store::Store;
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -171,13 +171,7 @@ impl RoomService {
             return Err(SignalError::RoomFull);
         }
         let peer_id = PeerId::random();
-        s.room.participants.push(RoomParticipant {
-            peer_id: peer_id.clone(),
-            user_id: actor.user().clone(),
-            name: actor.claims.display_name(),
-            joined_at: clock::now(),
-            tracks: Vec::new(),
-        });
+        s.room.participants.push(super::rooms_live::seat(actor, &peer_id));
         s.reservations.insert(peer_id.clone(), now + self.reservation_ttl);
         let room = s.room.clone();
         let room_id = room.id.clone();

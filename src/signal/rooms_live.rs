@@ -29,6 +29,17 @@ pub struct Live {
     pub mids: HashMap<String, (TrackId, TrackSource, bool)>,
 }
 
+/// A new seat for `actor` as `peer`, with no tracks yet.
+pub(super) fn seat(actor: &Actor, peer: &PeerId) -> RoomParticipant {
+    RoomParticipant {
+        peer_id: peer.clone(),
+        user_id: actor.user().clone(),
+        name: actor.claims.display_name(),
+        joined_at: clock::now(),
+        tracks: Vec::new(),
+    }
+}
+
 impl RoomService {
     fn media(&self) -> Result<&media::MediaHandle, SignalError> {
         self.media.as_ref().ok_or_else(|| SignalError::NotImplemented("this server runs without the SFU".into()))
@@ -61,12 +72,12 @@ impl RoomService {
         expire(s, Instant::now());
         let peer = match peer_id {
             Some(p) => {
-                let Some(seat) = s.room.participants.iter().find(|x| x.peer_id == p) else {
+                let Some(reserved) = s.room.participants.iter().find(|x| x.peer_id == p) else {
                     return Err(SignalError::NotFound(
                         "peerId: no such reservation in this room (it may have expired)".into(),
                     ));
                 };
-                if &seat.user_id != actor.user() {
+                if &reserved.user_id != actor.user() {
                     return Err(SignalError::Forbidden("peerId: that seat belongs to another user".into()));
                 }
                 if s.live.contains_key(&p) {
@@ -74,13 +85,7 @@ impl RoomService {
                     self.drop_live(s, &p);
                     media.send(Command::Leave { peer: p.clone() });
                     s.room.participants.retain(|x| x.peer_id != p);
-                    s.room.participants.push(RoomParticipant {
-                        peer_id: p.clone(),
-                        user_id: actor.user().clone(),
-                        name: actor.claims.display_name(),
-                        joined_at: clock::now(),
-                        tracks: Vec::new(),
-                    });
+                    s.room.participants.push(seat(actor, &p));
                 } else {
                     s.reservations.remove(&p);
                 }
@@ -91,13 +96,7 @@ impl RoomService {
                     return Err(SignalError::RoomFull);
                 }
                 let p = PeerId::random();
-                s.room.participants.push(RoomParticipant {
-                    peer_id: p.clone(),
-                    user_id: actor.user().clone(),
-                    name: actor.claims.display_name(),
-                    joined_at: clock::now(),
-                    tracks: Vec::new(),
-                });
+                s.room.participants.push(seat(actor, &p));
                 p
             }
         };

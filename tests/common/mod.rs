@@ -377,3 +377,14 @@ pub fn tool(name: &str) -> std::path::PathBuf {
     }
     panic!("{name} is not installed: run scripts/setup-test-deps.sh (or scripts/test.sh)");
 }
+
+/// The Python that runs the interop scripts: `$INTEROP_PYTHON`, else the
+/// repo's `.venv` (scripts/setup-test-deps.sh makes it). Missing fails.
+#[allow(dead_code)]
+pub fn python() -> std::path::PathBuf {
+    let p = std::env::var_os("INTEROP_PYTHON")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python")));
+    assert!(p.exists(), "{} is missing: run scripts/setup-test-deps.sh (or scripts/test.sh)", p.display());
+    p
+}

@@ -15,7 +15,7 @@ import time
 import httpx
 from aiortc import AudioStreamTrack, RTCPeerConnection
 
-from sfu_room import Client, Pattern, until
+from sfu_room import run_main, Client, Pattern, until
 
 CYCLES = 20
 
@@ -63,10 +63,4 @@ async def main(addr, pid, alice_t, bob_t):
 
 
 if __name__ == "__main__":
-    try:
-        asyncio.run(asyncio.wait_for(main(*sys.argv[1:5]), 240))
-    except Exception as e:  # noqa: BLE001
-        import traceback
-        traceback.print_exc()
-        print(json.dumps({"ok": False, "error": f"{type(e).__name__}: {e}"}))
-        sys.exit(1)
+    run_main(main, sys.argv[1:5], 240)

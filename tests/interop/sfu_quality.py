@@ -18,7 +18,7 @@ import time
 import httpx
 from aiortc import RTCPeerConnection, RTCSessionDescription
 
-from sfu_room import Client, Pattern, Tone, until
+from sfu_room import run_main, Client, Pattern, Tone, until
 
 
 class Proxy(asyncio.DatagramProtocol):
@@ -128,10 +128,4 @@ async def main(addr, media, alice_t, bob_t, loss):
 
 
 if __name__ == "__main__":
-    try:
-        asyncio.run(asyncio.wait_for(main(*sys.argv[1:6]), 90))
-    except Exception as e:  # noqa: BLE001
-        import traceback
-        traceback.print_exc()
-        print(json.dumps({"ok": False, "error": f"{type(e).__name__}: {e}"}))
-        sys.exit(1)
+    run_main(main, sys.argv[1:6], 90)

@@ -148,6 +148,18 @@ class Client:
         await self.pub.setRemoteDescription(RTCSessionDescription(ans["sdp"], "answer"))
 
 
+def run_main(main, args, timeout):
+    """Run `main(*args)`; on any failure print the traceback and a JSON
+    `{"ok": false, "error": ...}` line, and exit 1."""
+    try:
+        asyncio.run(asyncio.wait_for(main(*args), timeout))
+    except Exception as e:  # noqa: BLE001 - report any failure plainly
+        import traceback
+        traceback.print_exc()
+        print(json.dumps({"ok": False, "error": f"{type(e).__name__}: {e}"}))
+        sys.exit(1)
+
+
 async def until(pred, what, timeout=TIMEOUT):
     deadline = time.monotonic() + timeout
     while not pred():
@@ -258,10 +270,4 @@ async def main(addr, media, alice_t, bob_t, carol_t, dave_t):
 
 
 if __name__ == "__main__":
-    try:
-        asyncio.run(asyncio.wait_for(main(*sys.argv[1:7]), 120))
-    except Exception as e:  # noqa: BLE001
-        import traceback
-        traceback.print_exc()
-        print(json.dumps({"ok": False, "error": f"{type(e).__name__}: {e}"}))
-        sys.exit(1)
+    run_main(main, sys.argv[1:7], 120)
