@@ -76,6 +76,24 @@ async fn expect(ws: &mut Ws, ty: &str) -> anyhow::Result<Value> {
     }
 }
 
+/// Join `room` over `/rtc` and start a client PeerConnection on the local
+/// address that routes to the server (loopback for a local server).
+async fn join(opts: &LoadOpts, token: &str, room: &str) -> anyhow::Result<(Ws, RtcPeer)> {
+    let mut ws = connect_ws(&opts.url, token).await?;
+    send(&mut ws, json!({"type": "room-join", "roomId": room})).await?;
+    expect(&mut ws, "room-joined").await?;
+    let ip = local_ip_towards(&opts.url).await?;
+    Ok((ws, RtcPeer::start_with(false, ip).await?))
+}
+
+async fn local_ip_towards(url: &str) -> anyhow::Result<std::net::IpAddr> {
+    let u = reqwest::Url::parse(url)?;
+    let host = u.host_str().ok_or_else(|| anyhow::anyhow!("--url has no host"))?;
+    let probe = tokio::net::UdpSocket::bind("0.0.0.0:0").await?;
+    probe.connect((host, u.port_or_known_default().unwrap_or(80))).await?;
+    Ok(probe.local_addr()?.ip())
+}
+
 /// One publisher: join, publish video (and audio), then send until the end.
 async fn publisher(
     opts: LoadOpts,
@@ -85,10 +103,7 @@ async fn publisher(
     epoch: Instant,
     stop: Instant,
 ) -> anyhow::Result<()> {
-    let mut ws = connect_ws(&opts.url, &token).await?;
-    send(&mut ws, json!({"type": "room-join", "roomId": room})).await?;
-    expect(&mut ws, "room-joined").await?;
-    let mut p = RtcPeer::start_with(false, "127.0.0.1".parse()?).await?;
+    let (mut ws, mut p) = join(&opts, &token, &room).await?;
     let (video_ssrc, audio_ssrc) = (rand::random::<u32>(), rand::random::<u32>());
     let audio = opts.audio;
     let (offer, tracks, senders) = p
@@ -211,10 +226,7 @@ async fn subscriber(
     epoch: Instant,
     stop: Instant,
 ) -> anyhow::Result<Vec<u32>> {
-    let mut ws = connect_ws(&opts.url, &token).await?;
-    send(&mut ws, json!({"type": "room-join", "roomId": room})).await?;
-    expect(&mut ws, "room-joined").await?;
-    let mut p = RtcPeer::start_with(false, "127.0.0.1".parse()?).await?;
+    let (mut ws, mut p) = join(&opts, &token, &room).await?;
     let ctl = p.ctl.clone();
     let signaling = tokio::spawn(async move {
         while let Some(Ok(msg)) = ws.next().await {
