@@ -98,6 +98,7 @@ fn loadtest(args: confer::app::cli::LoadtestArgs) -> anyhow::Result<()> {
         video_kbps: args.video_kbps.max(10),
         fps: args.fps.clamp(1, 50),
         audio: !args.no_audio,
+        meeting: args.meeting,
     };
     let rt = tokio::runtime::Runtime::new()?;
     let report = rt.block_on(confer::loadtest::run(opts, &keys))?;

@@ -29,3 +29,24 @@ fn a_small_load_run_reports_every_track_and_no_loss() {
     assert!(r["latencyMs"]["p50"].as_f64().unwrap() > 0.0, "{r}");
     assert!(r["packetsForwarded"].as_f64().unwrap() > 0.0 && r["serverCpuSeconds"].as_f64().unwrap() > 0.0, "{r}");
 }
+
+#[test]
+fn a_meeting_load_has_every_publisher_receive_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ChildServer::spawn(dir.path(), &[]);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_confer"))
+        .args(["loadtest", "--rooms", "2", "--publishers", "2", "--subscribers", "0", "--meeting"])
+        .args(["--seconds", "2", "--video-kbps", "300", "--url"])
+        .arg(format!("http://{}", server.addr))
+        .arg("--data")
+        .arg(dir.path())
+        .env("CONFER_AUTH_SECRET", common::SECRET)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "loadtest failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let r: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    // 2 rooms x 2 publishers x 1 other x (video + audio).
+    assert_eq!((r["tracksExpected"].as_u64(), r["tracksReceived"].as_u64()), (Some(8), Some(8)), "{r}");
+    assert!(r["loss"].as_f64().unwrap() < 0.05 && r["meeting"] == true, "{r}");
+}

@@ -64,6 +64,10 @@ pub struct LoadtestArgs {
     /// Publish video only.
     #[arg(long)]
     pub no_audio: bool,
+    /// A meeting: every publisher also receives every other publisher
+    /// (e.g. `--rooms 10 --publishers 4 --subscribers 0 --meeting`).
+    #[arg(long)]
+    pub meeting: bool,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -30,6 +30,8 @@ pub struct LoadOpts {
     pub video_kbps: u32,
     pub fps: u32,
     pub audio: bool,
+    /// Publishers also subscribe to each other (a meeting), on one WebSocket each.
+    pub meeting: bool,
 }
 
 /// Counters shared by every client of the run.
@@ -102,7 +104,7 @@ async fn publisher(
     c: Arc<Counters>,
     epoch: Instant,
     stop: Instant,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Vec<u32>> {
     let (mut ws, mut p) = join(&opts, &token, &room).await?;
     let (video_ssrc, audio_ssrc) = (rand::random::<u32>(), rand::random::<u32>());
     let audio = opts.audio;
@@ -154,8 +156,17 @@ async fn publisher(
         .await
         .unwrap_or((None, None));
     let vpt = pts.0.ok_or_else(|| anyhow::anyhow!("VP8 was not negotiated"))?;
-    // Keep the WebSocket read so the server's pings are answered.
-    let _ws_reader = tokio::spawn(async move { while let Some(Ok(_)) = ws.next().await {} });
+    // In a meeting everyone also subscribes on the same WebSocket; otherwise
+    // keep it read so the server's pings are answered.
+    let receiving = if opts.meeting {
+        let sub = RtcPeer::start_with(false, local_ip_towards(&opts.url).await?).await?;
+        tokio::spawn(receive(ws, sub, c.clone(), epoch, stop))
+    } else {
+        tokio::spawn(async move {
+            while let Some(Ok(_)) = ws.next().await {}
+            Vec::new()
+        })
+    };
 
     let frame_bytes = (opts.video_kbps as usize * 1000 / 8 / opts.fps.max(1) as usize).max(200);
     let mut tick = tokio::time::interval(Duration::from_millis(20));
@@ -197,7 +208,11 @@ async fn publisher(
             c.sent.fetch_add(count, Relaxed);
         }
     }
-    Ok(())
+    if opts.meeting {
+        return Ok(receiving.await.unwrap_or_default());
+    }
+    receiving.abort();
+    Ok(Vec::new())
 }
 
 fn rtp(pt: u8, seq: u16, ts: u32, ssrc: u32, marker: bool, size: usize, sent_us: u64) -> rtc::rtp::Packet {
@@ -226,7 +241,13 @@ async fn subscriber(
     epoch: Instant,
     stop: Instant,
 ) -> anyhow::Result<Vec<u32>> {
-    let (mut ws, mut p) = join(&opts, &token, &room).await?;
+    let (ws, p) = join(&opts, &token, &room).await?;
+    Ok(receive(ws, p, c, epoch, stop).await)
+}
+
+/// Answer every subscribe-offer on `ws` with `p`, and count what arrives
+/// until `stop`: the added latency of each packet, in µs.
+async fn receive(mut ws: Ws, mut p: RtcPeer, c: Arc<Counters>, epoch: Instant, stop: Instant) -> Vec<u32> {
     let ctl = p.ctl.clone();
     let signaling = tokio::spawn(async move {
         while let Some(Ok(msg)) = ws.next().await {
@@ -277,7 +298,7 @@ async fn subscriber(
         }
     }
     signaling.abort();
-    Ok(latencies)
+    latencies
 }
 
 /// Server process metrics: (CPU seconds, RSS bytes, forwarded packets).
@@ -335,7 +356,10 @@ pub async fn run(opts: LoadOpts, keys: &TokenKeys) -> anyhow::Result<Value> {
             tasks.push(tokio::spawn(publisher(o, t, room, c, epoch, stop)));
         }
     }
-    let tracks_expected = (opts.rooms * opts.subscribers * opts.publishers * if opts.audio { 2 } else { 1 }) as u64;
+    let per_pub = if opts.audio { 2 } else { 1 };
+    // Each track reaches every subscriber, and in a meeting every other publisher.
+    let receivers = opts.subscribers + if opts.meeting { opts.publishers - 1 } else { 0 };
+    let tracks_expected = (opts.rooms * opts.publishers * receivers * per_pub) as u64;
     // Wait for every track to arrive everywhere (or the set-up time), then measure.
     let setup_deadline = Instant::now() + setup;
     while Instant::now() < setup_deadline && counters.tracks_received.load(Relaxed) < tracks_expected {
@@ -369,7 +393,9 @@ pub async fn run(opts: LoadOpts, keys: &TokenKeys) -> anyhow::Result<Value> {
         }
     }
     for t in tasks {
-        let _ = t.await;
+        if let Ok(Ok(l)) = t.await {
+            latencies.extend(l);
+        }
     }
     latencies.sort_unstable();
     let pct = |p: f64| {
@@ -379,7 +405,7 @@ pub async fn run(opts: LoadOpts, keys: &TokenKeys) -> anyhow::Result<Value> {
     };
     let sent = counters.sent.load(Relaxed);
     let received = counters.received.load(Relaxed);
-    let expected = sent * opts.subscribers as u64;
+    let expected = sent * receivers as u64;
     let forwarded = m1.2 - m0.2;
     let participants = (opts.rooms * (opts.publishers + opts.subscribers)) as f64;
     Ok(json!({
@@ -389,6 +415,7 @@ pub async fn run(opts: LoadOpts, keys: &TokenKeys) -> anyhow::Result<Value> {
         "videoKbps": opts.video_kbps,
         "fps": opts.fps,
         "audio": opts.audio,
+        "meeting": opts.meeting,
         "seconds": (secs * 100.0).round() / 100.0,
         "tracksExpected": tracks_expected,
         "tracksReceived": counters.tracks_received.load(Relaxed),
