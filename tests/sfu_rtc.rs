@@ -240,3 +240,175 @@ async fn webrtc_rs_peers_see_per_leg_rewrites_contiguous_sequences_and_keyframe_
     let _ = stop_tx.send(());
     let _ = sending.await;
 }
+
+/// A track published while the subscriber still owes an answer is held for
+/// the next offer: it must arrive with that offer's SSRC, payload type and
+/// mid, never with parameters the subscriber has not agreed to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_track_added_while_an_offer_is_unanswered_waits_for_the_next_offer() {
+    let c = TestServer::start().await;
+    let (_, v) = c.post("/rooms", "alice", json!({"name": "race"})).await;
+    let room = v["room"]["id"].as_str().unwrap().to_owned();
+    let mut alice_ws = c.ws_ready("alice").await;
+    let mut bob_ws = c.ws_ready("bob").await;
+    for w in [&mut alice_ws, &mut bob_ws] {
+        w.send(json!({"type": "room-join", "roomId": room})).await;
+        w.recv_type("room-joined").await;
+    }
+    let mut alice = RtcPeer::start().await;
+
+    // Publish (or re-publish) alice's tracks; returns the senders.
+    async fn publish(alice: &mut RtcPeer, ws: &mut common::Ws, room: &str, ssrcs: Vec<u32>) {
+        let (offer, tracks) = alice
+            .with(move |pc, now| {
+                let have: Vec<u32> = pc
+                    .get_senders()
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .filter_map(|s| pc.rtp_sender(s)?.track().ssrcs().next())
+                    .collect();
+                for s in ssrcs.into_iter().filter(|s| !have.contains(s)) {
+                    pc.add_track(video_track(&format!("cam{s}"), s)).unwrap();
+                }
+                let offer = pc.create_offer(None).unwrap();
+                pc.set_local_description(now, offer.clone()).unwrap();
+                let ids: Vec<_> = pc.get_transceivers().collect();
+                let mids: Vec<String> = ids.into_iter().filter_map(|t| pc.rtp_transceiver(t)?.mid().clone()).collect();
+                let tracks: Vec<_> = mids.iter().map(|m| json!({"mid": m, "source": "camera"})).collect();
+                (offer.sdp, tracks)
+            })
+            .await;
+        ws.send(json!({"type": "publish-offer", "roomId": room, "sdp": offer, "tracks": tracks})).await;
+        let answer = ws.recv_type("publish-answer").await["sdp"].as_str().unwrap().to_owned();
+        alice
+            .with(move |pc, now| {
+                pc.set_remote_description(now, RTCSessionDescription::answer(answer).unwrap()).unwrap()
+            })
+            .await;
+    }
+    let send = |alice: &RtcPeer, ssrc: u32, seq: u16| {
+        let ctl = alice.ctl.clone();
+        async move {
+            ctl.with(move |pc, now| {
+                let sender = pc
+                    .get_senders()
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .find(|s| pc.rtp_sender(*s).is_some_and(|x| x.track().ssrcs().any(|x| x == ssrc)));
+                let Some(sender) = sender else { return };
+                let mut s = pc.rtp_sender(sender).unwrap();
+                let pt = s
+                    .get_parameters()
+                    .rtp_parameters
+                    .codecs
+                    .iter()
+                    .find(|c| c.rtp_codec.mime_type == "video/VP8")
+                    .map(|c| c.payload_type);
+                let pkt = rtc::rtp::Packet {
+                    header: rtc::rtp::header::Header {
+                        version: 2,
+                        payload_type: pt.unwrap_or(96),
+                        sequence_number: seq,
+                        timestamp: u32::from(seq) * 900,
+                        ssrc,
+                        marker: true,
+                        ..Default::default()
+                    },
+                    payload: bytes::Bytes::from_static(&[0x10, 0, 0x9d, 1, 0x2a, 1, 2, 3]),
+                };
+                let _ = s.write_rtp(now, pkt);
+            })
+            .await
+        }
+    };
+
+    publish(&mut alice, &mut alice_ws, &room, vec![1111]).await;
+    alice.wait_for("alice connected", |s| matches!(s, Seen::Connected)).await;
+    for i in 0..5 {
+        send(&alice, 1111, 100 + i).await;
+    }
+    let first_offer = bob_ws.recv_type("subscribe-offer").await["sdp"].as_str().unwrap().to_owned();
+
+    // A second track is published while bob has not answered yet.
+    publish(&mut alice, &mut alice_ws, &room, vec![1111, 2222]).await;
+    for i in 0..10 {
+        send(&alice, 2222, 500 + i).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // (The first track's event went by before the first offer.)
+    bob_ws.recv_type("track-published").await;
+
+    let mut bob = RtcPeer::start().await;
+    let answer_for = |bob: &RtcPeer, offer: String| {
+        let ctl = bob.ctl.clone();
+        async move {
+            ctl.with(move |pc, now| {
+                pc.set_remote_description(now, RTCSessionDescription::offer(offer).unwrap()).unwrap();
+                let answer = pc.create_answer(None).unwrap();
+                pc.set_local_description(now, answer.clone()).unwrap();
+                answer.sdp
+            })
+            .await
+        }
+    };
+    let a1 = answer_for(&bob, first_offer).await;
+    bob_ws.send(json!({"type": "subscribe-answer", "roomId": room, "sdp": a1})).await;
+    let second_offer = bob_ws.recv_type("subscribe-offer").await["sdp"].as_str().unwrap().to_owned();
+    let a2 = answer_for(&bob, second_offer.clone()).await;
+    bob_ws.send(json!({"type": "subscribe-answer", "roomId": room, "sdp": a2})).await;
+
+    // What the second offer agreed for alice's second track (the last m-section).
+    let last_mid = second_offer.lines().filter_map(|l| l.strip_prefix("a=mid:")).last().unwrap().trim().to_owned();
+    let ssrc: u32 = section_attr(&second_offer, &last_mid, "ssrc")[0].split(' ').next().unwrap().parse().unwrap();
+    let mid_ext: u8 = section_attr(&second_offer, &last_mid, "extmap")
+        .iter()
+        .find(|e| e.ends_with("urn:ietf:params:rtp-hdrext:sdes:mid"))
+        .and_then(|e| e.split(' ').next()?.parse().ok())
+        .unwrap();
+    let sender_task = {
+        let ctl = alice.ctl.clone();
+        tokio::spawn(async move {
+            for i in 0..300u16 {
+                let seq = 1000 + i;
+                ctl.with(move |pc, now| {
+                    let senders: Vec<_> = pc.get_senders().collect();
+                    for sid in senders {
+                        let Some(mut s) = pc.rtp_sender(sid) else { continue };
+                        let Some(ssrc) = s.track().ssrcs().next() else { continue };
+                        let pt = s
+                            .get_parameters()
+                            .rtp_parameters
+                            .codecs
+                            .iter()
+                            .find(|c| c.rtp_codec.mime_type == "video/VP8")
+                            .map(|c| c.payload_type)
+                            .unwrap_or(96);
+                        let pkt = rtc::rtp::Packet {
+                            header: rtc::rtp::header::Header {
+                                version: 2,
+                                payload_type: pt,
+                                sequence_number: seq,
+                                timestamp: u32::from(seq) * 900,
+                                ssrc,
+                                marker: true,
+                                ..Default::default()
+                            },
+                            payload: bytes::Bytes::from_static(&[0x10, 0, 0x9d, 1, 0x2a, 1, 2, 3]),
+                        };
+                        let _ = s.write_rtp(now, pkt);
+                    }
+                })
+                .await;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+    };
+    let got =
+        bob.wait_for("the second track's packets", |s| matches!(s, Seen::Rtp { ssrc: got, .. } if *got == ssrc)).await;
+    let Seen::Rtp { exts, .. } = got else { unreachable!() };
+    assert!(
+        exts.iter().any(|(id, v)| *id == mid_ext && v == last_mid.as_bytes()),
+        "the second track carries the mid of the m-section the second offer gave it: {exts:?}"
+    );
+    sender_task.abort();
+}

@@ -147,6 +147,10 @@ struct Peer {
     renegotiate: bool,
     /// A subscriber offer went out already (the candidate is trickled once).
     offered: bool,
+    /// The tracks the outstanding subscriber offer carries: only these become
+    /// consumers when it is answered (a track added meanwhile waits for the
+    /// next offer, or it would be forwarded with parameters not yet agreed).
+    in_offer: Vec<TrackId>,
 }
 
 /// What the engine keeps about a producer beyond the pure router state.
@@ -323,6 +327,7 @@ impl Engine {
                         awaiting_answer: false,
                         renegotiate: false,
                         offered: false,
+                        in_offer: Vec::new(),
                     },
                 );
                 // A late joiner gets everything already published.
@@ -482,8 +487,12 @@ impl Engine {
         peer.awaiting_answer = false;
         self.dirty.push(leg_id);
         // Every negotiated sender becomes a consumer of its producer.
-        let senders: Vec<(TrackId, RTCRtpSenderId, u32)> =
-            peer.senders.iter().map(|(t, (s, ssrc))| (t.clone(), *s, *ssrc)).collect();
+        let senders: Vec<(TrackId, RTCRtpSenderId, u32)> = peer
+            .senders
+            .iter()
+            .filter(|(t, _)| peer.in_offer.contains(t))
+            .map(|(t, (s, ssrc))| (t.clone(), *s, *ssrc))
+            .collect();
         let now = Instant::now();
         for (track, sender, ssrc) in senders {
             let Some(prod) = self.producers.get(&track) else { continue };
@@ -611,6 +620,7 @@ impl Engine {
         match offer {
             Ok(o) => {
                 peer.awaiting_answer = true;
+                peer.in_offer = peer.senders.keys().cloned().collect();
                 let first = !std::mem::replace(&mut peer.offered, true);
                 let sdp = super::sdp::candidates_everywhere(&o.sdp);
                 let _ = self.events.send(MediaEvent::SubscribeOffer { peer: peer_id.clone(), sdp: sdp.clone() });
