@@ -358,7 +358,7 @@ async fn a_track_added_while_an_offer_is_unanswered_waits_for_the_next_offer() {
     bob_ws.send(json!({"type": "subscribe-answer", "roomId": room, "sdp": a2})).await;
 
     // What the second offer agreed for alice's second track (the last m-section).
-    let last_mid = second_offer.lines().filter_map(|l| l.strip_prefix("a=mid:")).last().unwrap().trim().to_owned();
+    let last_mid = second_offer.lines().filter_map(|l| l.strip_prefix("a=mid:")).next_back().unwrap().trim().to_owned();
     let ssrc: u32 = section_attr(&second_offer, &last_mid, "ssrc")[0].split(' ').next().unwrap().parse().unwrap();
     let mid_ext: u8 = section_attr(&second_offer, &last_mid, "extmap")
         .iter()
