@@ -168,3 +168,28 @@ async fn generated_secret_is_private_shared_with_token_and_reused() {
     let (st, _) = c.call_token("GET", "/calls/history", Some(&confer_token(dir.path(), "bob")), None).await;
     assert_eq!(st, 200);
 }
+
+#[tokio::test]
+async fn call_analytics_survive_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = ChildServer::spawn(dir.path(), &[]);
+    let c = child_client(server.addr);
+    let call = c.create_call("alice", "bob").await;
+    ok(&c, "PUT", &format!("/calls/{call}/accept"), "bob", None).await;
+    let mut alice = c.ws_ready("alice").await;
+    let stats =
+        json!([{"type": "inbound-rtp", "kind": "audio", "packetsReceived": 990, "packetsLost": 10, "jitter": 0.002}]);
+    alice.send(json!({"type": "call-stats", "callId": call, "stats": stats})).await;
+    alice.sync().await;
+    ok(&c, "PUT", &format!("/calls/{call}/hangup"), "alice", None).await;
+    // sled flushes every 200 ms.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    server.kill9();
+
+    let server = ChildServer::spawn(dir.path(), &[]);
+    let c = child_client(server.addr);
+    let v = ok(&c, "GET", &format!("/calls/{call}/analytics"), "bob", None).await;
+    let a = &v["analytics"];
+    assert_eq!((a["source"].as_str(), a["status"].as_str()), (Some("client"), Some("ended")), "{v}");
+    assert_eq!(a["participants"][0]["subscribe"]["audio"]["packetsLost"], 10, "{v}");
+}
