@@ -13,5 +13,5 @@ export INTEROP_PYTHON="$root/.venv/bin/python"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
 started=$(date +%s)
-cargo test --no-fail-fast -- --test-threads="${CONFER_TEST_THREADS:-4}"
+cargo test --no-fail-fast -- --test-threads="${TEST_THREADS:-4}"
 echo "test.sh: all tests passed in $(( $(date +%s) - started ))s"

@@ -1,16 +1,19 @@
-//! `confer loadtest` against a real server: a small run completes, every
-//! track reaches every subscriber, and the report carries the numbers.
+//! `confer loadtest` against a real server: small runs complete, every
+//! track reaches every receiver, and the report carries the numbers.
 
 mod common;
 
 use common::ChildServer;
+use serde_json::Value;
 
-#[test]
-fn a_small_load_run_reports_every_track_and_no_loss() {
+/// Run `confer loadtest ARGS` against a fresh server; (report, stderr).
+fn loadtest(args: &[&str]) -> (Value, String) {
     let dir = tempfile::tempdir().unwrap();
     let server = ChildServer::spawn(dir.path(), &[]);
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_confer"))
-        .args(["loadtest", "--subscribers", "2", "--seconds", "2", "--video-kbps", "300", "--url"])
+        .arg("loadtest")
+        .args(args)
+        .args(["--seconds", "2", "--video-kbps", "300", "--url"])
         .arg(format!("http://{}", server.addr))
         .arg("--data")
         .arg(dir.path())
@@ -18,10 +21,15 @@ fn a_small_load_run_reports_every_track_and_no_loss() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(out.status.success(), "loadtest failed:\n{stdout}\n{stderr}");
+    (serde_json::from_str(stdout.trim()).unwrap(), stderr)
+}
+
+#[test]
+fn a_small_load_run_reports_every_track_and_no_loss() {
+    let (r, stderr) = loadtest(&["--subscribers", "2"]);
     assert!(stderr.contains("received"), "a progress line: {stderr}");
-    let r: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
     assert_eq!(r["tracksExpected"], 4, "{r}");
     assert_eq!(r["tracksReceived"], 4, "{r}");
     assert!(r["packetsReceived"].as_u64().unwrap() > 100, "{r}");
@@ -32,20 +40,7 @@ fn a_small_load_run_reports_every_track_and_no_loss() {
 
 #[test]
 fn a_meeting_load_has_every_publisher_receive_the_others() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = ChildServer::spawn(dir.path(), &[]);
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_confer"))
-        .args(["loadtest", "--rooms", "2", "--publishers", "2", "--subscribers", "0", "--meeting"])
-        .args(["--seconds", "2", "--video-kbps", "300", "--url"])
-        .arg(format!("http://{}", server.addr))
-        .arg("--data")
-        .arg(dir.path())
-        .env("CONFER_AUTH_SECRET", common::SECRET)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "loadtest failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    let r: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    let (r, _) = loadtest(&["--rooms", "2", "--publishers", "2", "--subscribers", "0", "--meeting"]);
     // 2 rooms x 2 publishers x 1 other x (video + audio).
     assert_eq!((r["tracksExpected"].as_u64(), r["tracksReceived"].as_u64()), (Some(8), Some(8)), "{r}");
     assert!(r["loss"].as_f64().unwrap() < 0.05 && r["meeting"] == true, "{r}");

@@ -33,10 +33,9 @@ fn section_attr(sdp: &str, mid: &str, attr: &str) -> Vec<String> {
     out
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn webrtc_rs_peers_see_per_leg_rewrites_contiguous_sequences_and_keyframe_requests() {
-    let c = TestServer::start().await;
-    let (_, v) = c.post("/rooms", "alice", json!({"name": "details"})).await;
+/// A room with alice and bob joined over `/rtc`: (room id, alice's socket, bob's).
+async fn pair_in_room(c: &TestServer, name: &str) -> (String, common::Ws, common::Ws) {
+    let (_, v) = c.post("/rooms", "alice", json!({"name": name})).await;
     let room = v["room"]["id"].as_str().unwrap().to_owned();
     let mut alice_ws = c.ws_ready("alice").await;
     let mut bob_ws = c.ws_ready("bob").await;
@@ -44,6 +43,62 @@ async fn webrtc_rs_peers_see_per_leg_rewrites_contiguous_sequences_and_keyframe_
         w.send(json!({"type": "room-join", "roomId": room})).await;
         w.recv_type("room-joined").await;
     }
+    (room, alice_ws, bob_ws)
+}
+
+/// A VP8-shaped packet (the SFU never decodes it).
+fn vp8(pt: u8, seq: u16, ssrc: u32) -> rtc::rtp::Packet {
+    rtc::rtp::Packet {
+        header: rtc::rtp::header::Header {
+            version: 2,
+            payload_type: pt,
+            sequence_number: seq,
+            timestamp: u32::from(seq) * 900,
+            ssrc,
+            marker: true,
+            ..Default::default()
+        },
+        payload: bytes::Bytes::from_static(&[0x10, 0x00, 0x9d, 0x01, 0x2a, 1, 2, 3, 4, 5, 6, 7, 8]),
+    }
+}
+
+/// Write packet `seq` on every video sender of `pc` (or only the one with
+/// `ssrc`), each with its own SSRC and negotiated VP8 payload type.
+fn write_video(pc: &mut rtc::peer_connection::RTCPeerConnection, now: std::time::Instant, only: Option<u32>, seq: u16) {
+    let senders: Vec<_> = pc.get_senders().collect();
+    for sid in senders {
+        let Some(mut s) = pc.rtp_sender(sid) else { continue };
+        let Some(ssrc) = s.track().ssrcs().next() else { continue };
+        if only.is_some_and(|o| o != ssrc) {
+            continue;
+        }
+        let pt = s
+            .get_parameters()
+            .rtp_parameters
+            .codecs
+            .iter()
+            .find(|c| c.rtp_codec.mime_type == "video/VP8")
+            .map(|c| c.payload_type)
+            .unwrap_or(96);
+        let _ = s.write_rtp(now, vp8(pt, seq, ssrc));
+    }
+}
+
+/// Apply a subscribe-offer and return the answer's SDP.
+async fn answer(peer: &RtcPeer, offer: String) -> String {
+    peer.with(move |pc, now| {
+        pc.set_remote_description(now, RTCSessionDescription::offer(offer).unwrap()).unwrap();
+        let answer = pc.create_answer(None).unwrap();
+        pc.set_local_description(now, answer.clone()).unwrap();
+        answer.sdp
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webrtc_rs_peers_see_per_leg_rewrites_contiguous_sequences_and_keyframe_requests() {
+    let c = TestServer::start().await;
+    let (room, mut alice_ws, mut bob_ws) = pair_in_room(&c, "details").await;
 
     // alice publishes one VP8 track with SSRC 1111.
     let mut alice = RtcPeer::start().await;
@@ -97,19 +152,7 @@ async fn webrtc_rs_peers_see_per_leg_rewrites_contiguous_sequences_and_keyframe_
                 continue;
             }
             ctl.with(move |pc, now| {
-                let pkt = rtc::rtp::Packet {
-                    header: rtc::rtp::header::Header {
-                        version: 2,
-                        payload_type: pub_pt,
-                        sequence_number: s,
-                        timestamp: u32::from(s) * 900,
-                        ssrc: 1111,
-                        marker: true,
-                        ..Default::default()
-                    },
-                    payload: bytes::Bytes::from_static(&[0x10, 0x00, 0x9d, 0x01, 0x2a, 1, 2, 3, 4, 5, 6, 7, 8]),
-                };
-                let _ = pc.rtp_sender(sender).unwrap().write_rtp(now, pkt);
+                let _ = pc.rtp_sender(sender).unwrap().write_rtp(now, vp8(pub_pt, s, 1111));
             })
             .await;
             seq = seq.wrapping_add(1);
@@ -189,6 +232,28 @@ async fn webrtc_rs_peers_see_per_leg_rewrites_contiguous_sequences_and_keyframe_
         .wait_for("the unmute's keyframe request", |s| matches!(s, Seen::Rtcp { kinds, .. } if kinds.contains(&"pli")))
         .await;
 
+    // track-subscribe (SPEC 4): bob pauses the track, nothing arrives; he
+    // resumes, the next packet follows the last one he got.
+    bob_ws.send(json!({"type": "track-subscribe", "roomId": room, "trackId": track_id, "subscribe": false})).await;
+    bob_ws.send(json!({"type": "ping", "reqId": "paused"})).await;
+    bob_ws.recv_type("pong").await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut last = seq;
+    while let Ok(s) = bob.seen.try_recv() {
+        if let Seen::Rtp { seq, .. } = s {
+            last = seq;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let paused = std::iter::from_fn(|| bob.seen.try_recv().ok()).filter(|s| matches!(s, Seen::Rtp { .. })).count();
+    assert_eq!(paused, 0, "an unsubscribed track still arrived");
+    bob_ws.send(json!({"type": "track-subscribe", "roomId": room, "trackId": track_id, "subscribe": true})).await;
+    let Seen::Rtp { seq, .. } = bob.wait_for("video after resubscribing", |s| matches!(s, Seen::Rtp { .. })).await
+    else {
+        unreachable!()
+    };
+    assert_eq!(seq, last.wrapping_add(1), "resubscribing leaves no gap");
+
     // bob's own PLI goes upstream (after the rate limit), his NACK does not.
     tokio::time::sleep(Duration::from_millis(400)).await;
     while alice.seen.try_recv().is_ok() {}
@@ -247,14 +312,7 @@ async fn webrtc_rs_peers_see_per_leg_rewrites_contiguous_sequences_and_keyframe_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_track_added_while_an_offer_is_unanswered_waits_for_the_next_offer() {
     let c = TestServer::start().await;
-    let (_, v) = c.post("/rooms", "alice", json!({"name": "race"})).await;
-    let room = v["room"]["id"].as_str().unwrap().to_owned();
-    let mut alice_ws = c.ws_ready("alice").await;
-    let mut bob_ws = c.ws_ready("bob").await;
-    for w in [&mut alice_ws, &mut bob_ws] {
-        w.send(json!({"type": "room-join", "roomId": room})).await;
-        w.recv_type("room-joined").await;
-    }
+    let (room, mut alice_ws, mut bob_ws) = pair_in_room(&c, "race").await;
     let mut alice = RtcPeer::start().await;
 
     // Publish (or re-publish) alice's tracks; returns the senders.
@@ -286,75 +344,27 @@ async fn a_track_added_while_an_offer_is_unanswered_waits_for_the_next_offer() {
             })
             .await;
     }
-    let send = |alice: &RtcPeer, ssrc: u32, seq: u16| {
-        let ctl = alice.ctl.clone();
-        async move {
-            ctl.with(move |pc, now| {
-                let sender = pc
-                    .get_senders()
-                    .collect::<Vec<_>>()
-                    .into_iter()
-                    .find(|s| pc.rtp_sender(*s).is_some_and(|x| x.track().ssrcs().any(|x| x == ssrc)));
-                let Some(sender) = sender else { return };
-                let mut s = pc.rtp_sender(sender).unwrap();
-                let pt = s
-                    .get_parameters()
-                    .rtp_parameters
-                    .codecs
-                    .iter()
-                    .find(|c| c.rtp_codec.mime_type == "video/VP8")
-                    .map(|c| c.payload_type);
-                let pkt = rtc::rtp::Packet {
-                    header: rtc::rtp::header::Header {
-                        version: 2,
-                        payload_type: pt.unwrap_or(96),
-                        sequence_number: seq,
-                        timestamp: u32::from(seq) * 900,
-                        ssrc,
-                        marker: true,
-                        ..Default::default()
-                    },
-                    payload: bytes::Bytes::from_static(&[0x10, 0, 0x9d, 1, 0x2a, 1, 2, 3]),
-                };
-                let _ = s.write_rtp(now, pkt);
-            })
-            .await
-        }
-    };
-
     publish(&mut alice, &mut alice_ws, &room, vec![1111]).await;
     alice.wait_for("alice connected", |s| matches!(s, Seen::Connected)).await;
     for i in 0..5 {
-        send(&alice, 1111, 100 + i).await;
+        alice.with(move |pc, now| write_video(pc, now, Some(1111), 100 + i)).await;
     }
     let first_offer = bob_ws.recv_type("subscribe-offer").await["sdp"].as_str().unwrap().to_owned();
 
     // A second track is published while bob has not answered yet.
     publish(&mut alice, &mut alice_ws, &room, vec![1111, 2222]).await;
     for i in 0..10 {
-        send(&alice, 2222, 500 + i).await;
+        alice.with(move |pc, now| write_video(pc, now, Some(2222), 500 + i)).await;
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     // (The first track's event went by before the first offer.)
     bob_ws.recv_type("track-published").await;
 
     let mut bob = RtcPeer::start().await;
-    let answer_for = |bob: &RtcPeer, offer: String| {
-        let ctl = bob.ctl.clone();
-        async move {
-            ctl.with(move |pc, now| {
-                pc.set_remote_description(now, RTCSessionDescription::offer(offer).unwrap()).unwrap();
-                let answer = pc.create_answer(None).unwrap();
-                pc.set_local_description(now, answer.clone()).unwrap();
-                answer.sdp
-            })
-            .await
-        }
-    };
-    let a1 = answer_for(&bob, first_offer).await;
+    let a1 = answer(&bob, first_offer).await;
     bob_ws.send(json!({"type": "subscribe-answer", "roomId": room, "sdp": a1})).await;
     let second_offer = bob_ws.recv_type("subscribe-offer").await["sdp"].as_str().unwrap().to_owned();
-    let a2 = answer_for(&bob, second_offer.clone()).await;
+    let a2 = answer(&bob, second_offer.clone()).await;
     bob_ws.send(json!({"type": "subscribe-answer", "roomId": room, "sdp": a2})).await;
 
     // What the second offer agreed for alice's second track (the last m-section).
@@ -370,35 +380,7 @@ async fn a_track_added_while_an_offer_is_unanswered_waits_for_the_next_offer() {
         tokio::spawn(async move {
             for i in 0..300u16 {
                 let seq = 1000 + i;
-                ctl.with(move |pc, now| {
-                    let senders: Vec<_> = pc.get_senders().collect();
-                    for sid in senders {
-                        let Some(mut s) = pc.rtp_sender(sid) else { continue };
-                        let Some(ssrc) = s.track().ssrcs().next() else { continue };
-                        let pt = s
-                            .get_parameters()
-                            .rtp_parameters
-                            .codecs
-                            .iter()
-                            .find(|c| c.rtp_codec.mime_type == "video/VP8")
-                            .map(|c| c.payload_type)
-                            .unwrap_or(96);
-                        let pkt = rtc::rtp::Packet {
-                            header: rtc::rtp::header::Header {
-                                version: 2,
-                                payload_type: pt,
-                                sequence_number: seq,
-                                timestamp: u32::from(seq) * 900,
-                                ssrc,
-                                marker: true,
-                                ..Default::default()
-                            },
-                            payload: bytes::Bytes::from_static(&[0x10, 0, 0x9d, 1, 0x2a, 1, 2, 3]),
-                        };
-                        let _ = s.write_rtp(now, pkt);
-                    }
-                })
-                .await;
+                ctl.with(move |pc, now| write_video(pc, now, None, seq)).await;
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         })

@@ -180,6 +180,8 @@ struct Engine {
     by_ssrc: HashMap<(LegId, u32), TrackId>,
     /// Monotonic origin of the arrival times fed to the statistics.
     epoch: Instant,
+    /// Reused by `drain_reads`.
+    reads: Vec<TaggedRTCMessage>,
     /// Repeated keyframe requests for new subscribers: (when, track).
     followups: Vec<(Instant, TrackId)>,
     /// Goodbyes (DTLS close) of legs already removed.
@@ -210,6 +212,7 @@ impl Engine {
             dirty: Vec::new(),
             closing: Vec::new(),
             followups: Vec::new(),
+            reads: Vec::new(),
             by_ssrc: HashMap::new(),
             epoch: Instant::now(),
         }
@@ -1045,17 +1048,19 @@ impl Engine {
     fn drain_reads(&mut self, id: LegId) {
         let Some(leg) = self.legs.get_mut(&id) else { return };
         let role = leg.role;
-        let mut msgs = Vec::new();
+        // One buffer for every drain: no allocation per packet here.
+        let mut msgs = std::mem::take(&mut self.reads);
         while let Some(m) = leg.pc.poll_read() {
             msgs.push(m);
         }
-        for TaggedRTCMessage { now, message } in msgs {
+        for TaggedRTCMessage { now, message } in msgs.drain(..) {
             match (role, message) {
                 (Role::Publisher, RTCMessage::RtpPacket(track, pkt)) => self.forward(id, &track, pkt, now),
                 (_, RTCMessage::RtcpPacket(track, pkts)) => self.rtcp(id, role, &track, &pkts, now),
                 _ => {}
             }
         }
+        self.reads = msgs;
     }
 
     fn forward(&mut self, leg_id: LegId, remote_track: &str, mut pkt: rtc::rtp::Packet, now: Instant) {
