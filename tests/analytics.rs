@@ -40,6 +40,7 @@ async fn lossy_publisher_scores_lower_than_a_clean_one_and_loss_matches_the_prox
     assert!(c.metric("confer_stream_rtt_seconds_count").await.unwrap() > 0.0);
     drop(server);
 
+    println!("clean: {clean}\nlossy: {lossy}");
     let f = |v: &Value, k: &str| v[k].as_f64().unwrap_or_else(|| panic!("{k} in {v}"));
     // Clean: under 1 % loss, good or better.
     assert!(f(&clean, "aliceVideoLoss") < 0.01 && f(&clean, "aliceAudioLoss") < 0.01, "{clean}");
@@ -49,6 +50,12 @@ async fn lossy_publisher_scores_lower_than_a_clean_one_and_loss_matches_the_prox
     assert_eq!(clean["storedStatus"], "ended", "the summary persisted: {clean}");
     assert!(f(&clean, "connectionQualityEvents") >= 1.0, "{clean}");
     assert!(clean["lastSample"]["rttMs"].as_f64().unwrap() > 0.0, "RTT from RR/SR: {clean}");
+    // The SFU read the frame size from aiortc's VP8 keyframes (Pattern is 320×240).
+    assert_eq!(
+        (clean["aliceVideo"]["frameWidth"].as_u64(), clean["aliceVideo"]["frameHeight"].as_u64()),
+        (Some(320), Some(240)),
+        "{clean}"
+    );
 
     // Lossy: near what the proxy dropped, and a lower score.
     let dropped = f(&lossy, "proxyDropRate");
@@ -63,6 +70,11 @@ async fn lossy_publisher_scores_lower_than_a_clean_one_and_loss_matches_the_prox
         clean["roomQuality"]
     );
     assert_eq!(lossy["storedStatus"], "ended");
+    // The SFU asked alice again for what the proxy dropped, and counted it.
+    assert!(
+        f(&lossy["aliceVideo"], "nackCount") > 0.0 && clean["aliceVideo"]["nackCount"].as_f64() < Some(5.0),
+        "{lossy}"
+    );
 }
 
 #[tokio::test]

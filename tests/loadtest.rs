@@ -13,7 +13,7 @@ fn loadtest(args: &[&str]) -> (Value, String) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_confer"))
         .arg("loadtest")
         .args(args)
-        .args(["--seconds", "2", "--video-kbps", "300", "--url"])
+        .args(["--video-kbps", "300", "--url"])
         .arg(format!("http://{}", server.addr))
         .arg("--data")
         .arg(dir.path())
@@ -28,7 +28,8 @@ fn loadtest(args: &[&str]) -> (Value, String) {
 
 #[test]
 fn a_small_load_run_reports_every_track_and_no_loss() {
-    let (r, stderr) = loadtest(&["--subscribers", "2"]);
+    // Long enough for one analytics report (every 5 s).
+    let (r, stderr) = loadtest(&["--subscribers", "2", "--seconds", "7"]);
     assert!(stderr.contains("received"), "a progress line: {stderr}");
     assert_eq!(r["tracksExpected"], 4, "{r}");
     assert_eq!(r["tracksReceived"], 4, "{r}");
@@ -36,11 +37,21 @@ fn a_small_load_run_reports_every_track_and_no_loss() {
     assert!(r["loss"].as_f64().unwrap() < 0.05, "{r}");
     assert!(r["latencyMs"]["p50"].as_f64().unwrap() > 0.0, "{r}");
     assert!(r["packetsForwarded"].as_f64().unwrap() > 0.0 && r["serverCpuSeconds"].as_f64().unwrap() > 0.0, "{r}");
+    // The server's own analytics of the same run: webrtc-rs subscribers send
+    // RTCP receiver reports and TWCC feedback, so both round trips are there
+    // (loopback: well under 50 ms), and loss agrees with the clients'.
+    let a = &r["serverAnalytics"];
+    assert!(a["roomScore"].as_f64().unwrap() >= 4.0, "{r}");
+    assert!(a["subscribeLoss"].as_f64().unwrap() < 0.05, "{r}");
+    for k in ["subscribeRttMs", "subscribeTwccRttMs"] {
+        let ms = a[k].as_f64().unwrap_or_else(|| panic!("{k}: {r}"));
+        assert!(ms > 0.0 && ms < 50.0, "{k}: {r}");
+    }
 }
 
 #[test]
 fn a_meeting_load_has_every_publisher_receive_the_others() {
-    let (r, _) = loadtest(&["--rooms", "2", "--publishers", "2", "--subscribers", "0", "--meeting"]);
+    let (r, _) = loadtest(&["--rooms", "2", "--publishers", "2", "--subscribers", "0", "--meeting", "--seconds", "2"]);
     // 2 rooms x 2 publishers x 1 other x (video + audio).
     assert_eq!((r["tracksExpected"].as_u64(), r["tracksReceived"].as_u64()), (Some(8), Some(8)), "{r}");
     assert!(r["loss"].as_f64().unwrap() < 0.05 && r["meeting"] == true, "{r}");

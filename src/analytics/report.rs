@@ -15,14 +15,26 @@ pub struct StreamReport {
     /// Fraction 0–1: cumulative for a summary.
     pub packet_loss: f64,
     pub jitter_ms: f64,
+    /// From RTCP SR/RR (LSR/DLSR) where the receiver reports on it, else
+    /// from TWCC feedback.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rtt_ms: Option<f64>,
+    /// The round trip from transport-wide congestion-control feedback, where
+    /// the subscriber negotiated it (subscribe streams only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub twcc_rtt_ms: Option<f64>,
     pub bitrate_kbps: f64,
     pub nack_count: u64,
     pub pli_count: u64,
     pub fir_count: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub frame_rate: Option<f64>,
+    /// Video: the size of the last keyframe, where the SFU can read it
+    /// (VP8); the video score's bitrate term measures against it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frame_width: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frame_height: Option<u32>,
     /// The last interval's loss (what the live score and samples use).
     #[serde(skip)]
     pub interval_loss: f64,
@@ -60,9 +72,11 @@ pub const EXPECTED_FPS: f64 = 24.0;
 ///   loss (measured at the SFU) and their downstream loss (their receiver
 ///   reports), jitter likewise, and the RTT of their subscriber leg (the SFU
 ///   sends no SR on publisher legs, so that RTT stands for both directions).
-/// - Video: [`score::video_score`] from the same losses and the frame rate
-///   they publish. The SFU does not parse the codec payload, so the
-///   resolution, and with it the bitrate term, is not known: that term is off.
+/// - Video: [`score::video_score`] from the same losses, the frame rate they
+///   publish, and their bitrate against what their resolution needs
+///   ([`score::min_video_kbps`]). The resolution is the size of the last
+///   keyframe the SFU read (VP8 announces it) or the client's `frameWidth`
+///   and `frameHeight`; where neither is known, that term is off.
 /// - The participant's score is the worse of the two.
 pub fn participant_quality(publish: &Directional, subscribe: &Directional) -> Option<Quality> {
     let rtt = subscribe.audio.as_ref().or(subscribe.video.as_ref()).and_then(|s| s.rtt_ms).unwrap_or(0.0);
@@ -74,8 +88,14 @@ pub fn participant_quality(publish: &Directional, subscribe: &Directional) -> Op
         score::audio_mos(score::OPUS, loss, rtt, jitter)
     });
     let video = worst(publish.video.as_ref(), subscribe.video.as_ref(), |s| s.interval_loss).map(|loss| {
-        let fps = publish.video.as_ref().and_then(|v| v.frame_rate);
-        score::video_score(loss, fps.unwrap_or(0.0), if fps.is_some() { EXPECTED_FPS } else { 0.0 }, 0.0, 0.0)
+        let v = publish.video.as_ref();
+        let fps = v.and_then(|v| v.frame_rate);
+        let needed = v
+            .filter(|v| v.bitrate_kbps > 0.0)
+            .and_then(|v| Some(score::min_video_kbps(v.frame_width?, v.frame_height?)))
+            .unwrap_or(0.0);
+        let bitrate = v.map_or(0.0, |v| v.bitrate_kbps);
+        score::video_score(loss, fps.unwrap_or(0.0), if fps.is_some() { EXPECTED_FPS } else { 0.0 }, bitrate, needed)
     });
     score::participant_score(audio, video).map(Quality::of)
 }
@@ -171,11 +191,28 @@ mod tests {
 /// publish and subscribe streams: `outbound-rtp` with its `remote-inbound-rtp`
 /// (the other side's view: loss, jitter, RTT) is what the party publishes,
 /// `inbound-rtp` what it receives, and the nominated `candidate-pair` gives an
-/// RTT when no remote report has one. Unknown types and fields are ignored.
-pub fn client_streams(stats: &[serde_json::Value]) -> (Directional, Directional) {
+/// RTT when no remote report has one. Bitrates come from the byte counters
+/// of the `previous` report of the same stream (by `id`, else by type and
+/// kind) and the two `timestamp`s. Unknown types and fields are ignored.
+pub fn client_streams(stats: &[serde_json::Value], previous: &[serde_json::Value]) -> (Directional, Directional) {
     use serde_json::Value;
     let num = |v: &Value, k: &str| v.get(k).and_then(Value::as_f64);
     let kind = |v: &Value| v.get("kind").or_else(|| v.get("mediaType")).and_then(Value::as_str).map(str::to_owned);
+    // Bits per millisecond are kbit/s.
+    let rate = |s: &Value| -> f64 {
+        let key = if s["type"] == "inbound-rtp" { "bytesReceived" } else { "bytesSent" };
+        let same = |p: &&Value| match (s.get("id"), p.get("id")) {
+            (Some(a), Some(b)) => a == b,
+            _ => p["type"] == s["type"] && kind(p) == kind(s),
+        };
+        let Some(p) = previous.iter().find(same) else { return 0.0 };
+        match (num(s, key), num(p, key), num(s, "timestamp"), num(p, "timestamp")) {
+            (Some(b), Some(pb), Some(t), Some(pt)) if t > pt && b >= pb => {
+                ((b - pb) * 8.0 / (t - pt) * 100.0).round() / 100.0
+            }
+            _ => 0.0,
+        }
+    };
     let pair_rtt = stats
         .iter()
         .filter(|s| s["type"] == "candidate-pair" && (s["nominated"] == true || s["state"] == "succeeded"))
@@ -188,6 +225,9 @@ pub fn client_streams(stats: &[serde_json::Value]) -> (Directional, Directional)
         pli_count: num(s, "pliCount").unwrap_or(0.0) as u64,
         fir_count: num(s, "firCount").unwrap_or(0.0) as u64,
         frame_rate: if kind(s).as_deref() == Some("video") { num(s, "framesPerSecond") } else { None },
+        frame_width: num(s, "frameWidth").map(|x| x as u32),
+        frame_height: num(s, "frameHeight").map(|x| x as u32),
+        bitrate_kbps: rate(s),
         ..Default::default()
     };
     let (mut publish, mut subscribe) = (Directional::default(), Directional::default());
@@ -223,7 +263,10 @@ pub fn client_streams(stats: &[serde_json::Value]) -> (Directional, Directional)
                 let merged = target.take().map(|old| StreamReport {
                     packets: r.packets,
                     bytes: r.bytes,
+                    bitrate_kbps: r.bitrate_kbps,
                     frame_rate: r.frame_rate,
+                    frame_width: r.frame_width,
+                    frame_height: r.frame_height,
                     nack_count: r.nack_count,
                     pli_count: r.pli_count,
                     fir_count: r.fir_count,
@@ -260,13 +303,45 @@ mod client_tests {
             json!({"type": "candidate-pair", "nominated": true, "currentRoundTripTime": 0.05}),
             json!({"type": "codec", "mimeType": "video/VP8"}),
         ];
-        let (publish, subscribe) = client_streams(&stats);
+        let (publish, subscribe) = client_streams(&stats, &[]);
         let a = subscribe.audio.unwrap();
         assert_eq!((a.packets, a.packets_lost), (950, 50));
         assert!((a.packet_loss - 0.05).abs() < 1e-9 && (a.jitter_ms - 4.0).abs() < 1e-9 && a.rtt_ms == Some(50.0));
         let v = publish.video.unwrap();
         assert_eq!((v.packets, v.frame_rate, v.rtt_ms), (3000, Some(30.0), Some(40.0)));
         assert!((v.packet_loss - 0.01).abs() < 1e-9);
-        assert!(client_streams(&[json!({"type": "inbound-rtp"}), json!(7)]).1.audio.is_none());
+        assert!(client_streams(&[json!({"type": "inbound-rtp"}), json!(7)], &[]).1.audio.is_none());
+    }
+
+    /// Bitrates from two reports a second apart; the frame size puts the
+    /// bitrate term into the video score.
+    #[test]
+    fn bitrates_come_from_consecutive_reports_and_starved_video_scores_lower() {
+        let at = |t: f64, sent: f64, w: u32| {
+            vec![
+                json!({"type": "outbound-rtp", "id": "OT01V", "kind": "video", "timestamp": t, "bytesSent": sent,
+                       "framesPerSecond": 30, "frameWidth": w, "frameHeight": w * 9 / 16}),
+                json!({"type": "inbound-rtp", "kind": "audio", "timestamp": t, "bytesReceived": sent / 10.0,
+                       "packetsReceived": 100, "packetsLost": 0}),
+            ]
+        };
+        let (publish, subscribe) = client_streams(&at(2000.0, 250_000.0, 1280), &at(1000.0, 100_000.0, 1280));
+        let v = publish.video.as_ref().unwrap();
+        assert_eq!((v.bitrate_kbps, v.frame_width, v.frame_height), (1200.0, Some(1280), Some(720)));
+        assert_eq!(subscribe.audio.as_ref().unwrap().bitrate_kbps, 120.0);
+        let good = participant_quality(&publish, &Directional::default()).unwrap();
+        // 150 kbit/s for 720p: starved.
+        let (starved, _) = client_streams(&at(2000.0, 118_750.0, 1280), &at(1000.0, 100_000.0, 1280));
+        let bad = participant_quality(&starved, &Directional::default()).unwrap();
+        assert!(good.score >= 4.4 && bad.score < good.score - 0.5, "{good:?} vs {bad:?}");
+        // The same bitrate is plenty at 320×180.
+        let (small, _) = client_streams(&at(2000.0, 118_750.0, 320), &at(1000.0, 100_000.0, 320));
+        assert!(participant_quality(&small, &Directional::default()).unwrap().score >= 4.4);
+        // No previous report, or a counter that went back: no bitrate, no term.
+        let (first, _) = client_streams(&at(2000.0, 250_000.0, 1280), &[]);
+        assert_eq!(first.video.as_ref().unwrap().bitrate_kbps, 0.0);
+        assert!(participant_quality(&first, &Directional::default()).unwrap().score >= 4.4);
+        let (reset, _) = client_streams(&at(2000.0, 1_000.0, 1280), &at(1000.0, 100_000.0, 1280));
+        assert_eq!(reset.video.as_ref().unwrap().bitrate_kbps, 0.0);
     }
 }

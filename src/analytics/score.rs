@@ -76,6 +76,13 @@ pub fn expected_video_kbps(width: u32, height: u32) -> f64 {
     (pixels / (1280.0 * 720.0) * 1500.0).clamp(150.0, 4000.0)
 }
 
+/// Below this the video score's bitrate term starts to count: half of
+/// [`expected_video_kbps`]. Encoders legitimately send well under their
+/// target for still scenes; half of it is where blocky video begins.
+pub fn min_video_kbps(width: u32, height: u32) -> f64 {
+    expected_video_kbps(width, height) / 2.0
+}
+
 /// SPEC 8's rating names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]

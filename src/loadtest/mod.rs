@@ -329,6 +329,7 @@ pub async fn run(opts: LoadOpts, keys: &TokenKeys) -> anyhow::Result<Value> {
     let stop = Instant::now() + setup + Duration::from_secs(opts.seconds);
     let mut tasks = Vec::new();
     let mut subs = Vec::new();
+    let mut rooms = Vec::new();
     let before_join = server_metrics(&http, &opts.url).await?;
     for r in 0..opts.rooms {
         let owner = token(&format!("load-owner-{r}"));
@@ -347,6 +348,7 @@ pub async fn run(opts: LoadOpts, keys: &TokenKeys) -> anyhow::Result<Value> {
             );
         }
         let room = resp["room"]["id"].as_str().unwrap_or_default().to_owned();
+        rooms.push((room.clone(), owner.clone()));
         for i in 0..opts.subscribers {
             let (o, t, room, c) = (opts.clone(), token(&format!("load-sub-{r}-{i}")), room.clone(), counters.clone());
             subs.push(tokio::spawn(subscriber(o, t, room, c, epoch, stop)));
@@ -385,6 +387,7 @@ pub async fn run(opts: LoadOpts, keys: &TokenKeys) -> anyhow::Result<Value> {
     counters.measuring.store(false, Relaxed);
     let m1 = server_metrics(&http, &opts.url).await?;
     let secs = started.elapsed().as_secs_f64();
+    let analytics = server_analytics(&http, &opts.url, &rooms).await;
     eprintln!();
     let mut latencies: Vec<u32> = Vec::new();
     for s in subs {
@@ -429,5 +432,38 @@ pub async fn run(opts: LoadOpts, keys: &TokenKeys) -> anyhow::Result<Value> {
         "serverCpuUsPerForwardedPacket": if forwarded > 0.0 { ((m1.0 - m0.0) * 1e6 / forwarded * 100.0).round() / 100.0 } else { 0.0 },
         "serverRssMiB": (m1.1 / 1048576.0 * 10.0).round() / 10.0,
         "serverRssPerParticipantMiB": ((m1.1 - before_join.1) / 1048576.0 / participants.max(1.0) * 100.0).round() / 100.0,
+        "serverAnalytics": analytics,
     }))
+}
+
+/// What the server's own call-quality analytics (SPEC 8) say about the
+/// rooms while they run: the mean room score, and the mean over subscriber
+/// streams of the loss, the RTCP round trip and the TWCC round trip. A run
+/// shorter than one report interval (5 s) has `null`s here.
+async fn server_analytics(http: &reqwest::Client, url: &str, rooms: &[(String, String)]) -> Value {
+    let mut scores = Vec::new();
+    let (mut loss, mut rtt, mut twcc) = (Vec::new(), Vec::new(), Vec::new());
+    for (room, owner) in rooms {
+        let Ok(resp) = http.get(format!("{url}/rooms/{room}/analytics")).bearer_auth(owner).send().await else {
+            continue;
+        };
+        let Ok(v) = resp.json::<Value>().await else { continue };
+        let a = &v["analytics"];
+        scores.extend(a["quality"]["score"].as_f64());
+        for p in a["participants"].as_array().into_iter().flatten() {
+            for kind in ["audio", "video"] {
+                let s = &p["subscribe"][kind];
+                loss.extend(s["packetLoss"].as_f64());
+                rtt.extend(s["rttMs"].as_f64());
+                twcc.extend(s["twccRttMs"].as_f64());
+            }
+        }
+    }
+    let mean = |v: &[f64]| (!v.is_empty()).then(|| (v.iter().sum::<f64>() / v.len() as f64 * 1000.0).round() / 1000.0);
+    json!({
+        "roomScore": mean(&scores),
+        "subscribeLoss": mean(&loss),
+        "subscribeRttMs": mean(&rtt),
+        "subscribeTwccRttMs": mean(&twcc),
+    })
 }

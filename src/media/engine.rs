@@ -105,6 +105,7 @@ fn round(s: &mut crate::analytics::report::StreamReport) {
     s.jitter_ms = r(s.jitter_ms, 100.0);
     s.bitrate_kbps = r(s.bitrate_kbps, 100.0);
     s.rtt_ms = s.rtt_ms.map(|x| r(x, 100.0));
+    s.twcc_rtt_ms = s.twcc_rtt_ms.map(|x| r(x, 100.0));
     s.frame_rate = s.frame_rate.map(|x| r(x, 100.0));
 }
 
@@ -132,6 +133,8 @@ struct Leg {
     remote: HashMap<String, TrackId>,
     /// DTLS is up: SRTP can be written (writes before that are lost).
     connected: bool,
+    /// TWCC round trips and NACKs sent, seen by the leg's interceptor.
+    observed: std::sync::Arc<super::observe::Observed>,
 }
 
 /// A participant as the media plane sees it.
@@ -405,7 +408,7 @@ impl Engine {
 
     fn new_leg(&mut self, peer: &PeerId, role: Role) -> Result<LegId, pc::Error> {
         let (ufrag, pwd) = pc::credentials();
-        let conn = pc::build(&ufrag, &pwd, self.advertised, None, Instant::now())?;
+        let (conn, observed) = pc::build(&ufrag, &pwd, self.advertised, None, Instant::now())?;
         let id = self.next_leg;
         self.next_leg = self.next_leg.wrapping_add(1);
         self.by_ufrag.insert(ufrag.clone(), id);
@@ -419,6 +422,7 @@ impl Engine {
                 addrs: Vec::new(),
                 remote: HashMap::new(),
                 connected: false,
+                observed,
             },
         );
         self.metrics.peer_connections.inc();
@@ -522,7 +526,10 @@ impl Engine {
                 .iter()
                 // mid and rid name the publisher's m-line and layers; they
                 // mean nothing (or something else) on the subscriber's leg.
-                .filter(|(uri, _)| !uri.starts_with("urn:ietf:params:rtp-hdrext:sdes:"))
+                // Transport-wide numbers are per hop: the leg writes its own.
+                .filter(|(uri, _)| {
+                    !uri.starts_with("urn:ietf:params:rtp-hdrext:sdes:") && uri != super::observe::TRANSPORT_CC_URI
+                })
                 .filter_map(|(uri, id)| {
                     params.header_extensions.iter().find(|h| &h.uri == uri).map(|h| (*id, h.id as u8))
                 })
@@ -823,11 +830,15 @@ impl Engine {
         use crate::model::TrackSource;
         let mut publish: HashMap<PeerId, Directional> = HashMap::new();
         let mut subscribe: HashMap<PeerId, (Directional, [u32; 2])> = HashMap::new();
-        // RTT is only measured on subscriber legs (the SFU sends SRs there).
+        // RTT is only measured on subscriber legs (the SFU sends SRs and
+        // transport-wide numbers there): from their receiver reports, and
+        // from their TWCC feedback where they send it.
+        let twcc: HashMap<LegId, f64> =
+            self.legs.iter().filter_map(|(&id, l)| Some((id, l.observed.take_rtt()?.as_secs_f64() * 1000.0))).collect();
         let mut rtt: HashMap<PeerId, f64> = HashMap::new();
         for p in self.producers.values() {
             for c in &p.consumers {
-                if let Some(r) = c.report.rtt_ms {
+                if let Some(r) = c.report.rtt_ms.or_else(|| twcc.get(&c.leg).copied()) {
                     rtt.insert(c.peer.clone(), r);
                 }
             }
@@ -847,11 +858,14 @@ impl Engine {
                     jitter_ms: p.stats.jitter_ms(),
                     rtt_ms: rtt.get(&p.peer).copied(),
                     bitrate_kbps: iv.bitrate_kbps,
-                    nack_count: p.stats.nacks,
+                    nack_count: self.legs.get(&p.leg).map_or(0, |l| l.observed.nacks_sent(p.media_ssrc)),
                     pli_count: p.stats.plis,
                     fir_count: p.stats.firs,
                     frame_rate: video.then_some(iv.frame_rate),
+                    frame_width: p.frame_size.map(|(w, _)| u32::from(w)),
+                    frame_height: p.frame_size.map(|(_, h)| u32::from(h)),
                     interval_loss: iv.loss,
+                    ..Default::default()
                 });
             }
             for c in p.consumers.iter_mut() {
@@ -868,6 +882,10 @@ impl Engine {
                 s.interval_loss += r.fraction_lost;
                 s.jitter_ms = s.jitter_ms.max(r.jitter_ms);
                 s.rtt_ms = r.rtt_ms.or(s.rtt_ms);
+                if let Some(&t) = twcc.get(&c.leg) {
+                    s.twcc_rtt_ms = Some(t);
+                    s.rtt_ms = s.rtt_ms.or(Some(t));
+                }
                 s.nack_count += r.nacks;
                 s.pli_count += r.plis;
                 s.fir_count += r.firs;
@@ -1029,6 +1047,8 @@ impl Engine {
                 audio_level_ext,
                 level: LevelMeter::default(),
                 stats: crate::analytics::stream::StreamStats::new(clock_rate),
+                vp8: codec.mime_type.eq_ignore_ascii_case("video/VP8"),
+                frame_size: None,
             },
         );
         self.by_ssrc.insert((leg_id, ssrc), announced.id.clone());
@@ -1074,6 +1094,11 @@ impl Engine {
         }
         if !p.forwards(pkt.header.ssrc) {
             return;
+        }
+        if p.vp8 {
+            if let Some(size) = super::router::vp8_keyframe_size(&pkt.payload) {
+                p.frame_size = Some(size);
+            }
         }
         let (forwarded, bytes) = (self.metrics.forwarded(p.kind), self.metrics.forwarded_bytes(p.kind));
         let header = std::mem::take(&mut pkt.header);

@@ -11,6 +11,7 @@
 //! - [`router`]: pure forwarding decisions (producers, consumers, rewrites,
 //!   keyframe rate limits, audio levels).
 //! - [`deliver`]: lets inbound RTCP through webrtc-rs's interceptor chain.
+//! - [`observe`]: TWCC round trips and sent NACKs, for analytics.
 //! - [`pc`]: how a server-side PeerConnection is configured.
 //! - [`sdp`]: the few edits made to outgoing SDP.
 //! - [`engine`]: the socket loop that owns every PeerConnection.
@@ -18,6 +19,7 @@
 pub mod deliver;
 pub mod demux;
 pub mod engine;
+pub mod observe;
 pub mod pc;
 pub mod router;
 pub mod sdp;

@@ -2,13 +2,18 @@
 //! SFU needs them: ICE-lite with credentials we choose (so the shared socket
 //! can demultiplex by ufrag), one host candidate on the shared port, the
 //! default codecs and interceptors (NACK generator and responder, RTCP
-//! reports, TWCC feedback) plus RFC 6464 audio levels, and one DTLS
-//! certificate shared by every connection.
+//! reports, TWCC feedback) plus transport-wide sequence numbers on what the
+//! SFU sends (so subscribers' TWCC feedback gives a round trip,
+//! [`super::observe`]) and RFC 6464 audio levels, and one DTLS certificate
+//! shared by every connection.
 
+use super::observe::{Observe, Observed};
 use rand::distributions::{Alphanumeric, DistString};
 use rtc::interceptor::Registry;
 use rtc::peer_connection::certificate::RTCCertificate;
-use rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors;
+use rtc::peer_connection::configuration::interceptor_registry::{
+    configure_twcc_sender_only, register_default_interceptors,
+};
 use rtc::peer_connection::configuration::media_engine::MediaEngine;
 use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
@@ -16,6 +21,7 @@ use rtc::peer_connection::transport::{CandidateConfig, CandidateHostConfig, RTCD
 use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
 use rtc::rtp_transceiver::rtp_sender::{RTCRtpHeaderExtensionCapability, RtpCodecKind};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub const AUDIO_LEVEL_URI: &str = "urn:ietf:params:rtp-hdrext:ssrc-audio-level";
@@ -24,6 +30,8 @@ pub type Error = rtc::shared::error::Error;
 
 /// After every built-in interceptor (the highest is below 10 000).
 const DELIVER_SLOT: usize = 20_000;
+/// Wire-most: below the TWCC sender (2 000), so packets arrive numbered.
+const OBSERVE_SLOT: usize = 1_500;
 
 /// ICE credentials for a new leg; the ufrag is how the shared socket finds it.
 pub fn credentials() -> (String, String) {
@@ -31,14 +39,15 @@ pub fn credentials() -> (String, String) {
     (Alphanumeric.sample_string(&mut rng, 16), Alphanumeric.sample_string(&mut rng, 32))
 }
 
-/// A new server-side PeerConnection whose only candidate is `advertised`.
+/// A new server-side PeerConnection whose only candidate is `advertised`,
+/// and what its wire observer sees.
 pub fn build(
     ufrag: &str,
     pwd: &str,
     advertised: SocketAddr,
     certificate: Option<&RTCCertificate>,
     now: Instant,
-) -> Result<RTCPeerConnection, Error> {
+) -> Result<(RTCPeerConnection, Arc<Observed>), Error> {
     let mut media = MediaEngine::default();
     media.register_default_codecs()?;
     media.register_header_extension(
@@ -46,7 +55,11 @@ pub fn build(
         RtpCodecKind::Audio,
         None,
     )?;
-    let registry = register_default_interceptors(Registry::new(), &mut media)?
+    let observed = Arc::new(Observed::default());
+    let registry = register_default_interceptors(Registry::new(), &mut media)?;
+    // The defaults only answer TWCC; number what we send too.
+    let registry = configure_twcc_sender_only(registry, &mut media)?
+        .with(rtc::interceptor::Slot::Custom(OBSERVE_SLOT), Observe::new(observed.clone()))
         .with(rtc::interceptor::Slot::Custom(DELIVER_SLOT), super::deliver::DeliverRtcp::default());
     let settings = SettingEngineBuilder::new()
         .with_lite(true)
@@ -78,7 +91,7 @@ pub fn build(
     }
     .new_candidate_host()?;
     pc.add_local_candidate(RTCIceCandidate::from(&host).to_json()?)?;
-    Ok(pc)
+    Ok((pc, observed))
 }
 
 /// Feed one datagram to a fresh server PeerConnection and drain it: the
@@ -87,7 +100,7 @@ pub fn fuzz_datagram(data: &[u8]) {
     use rtc::sansio::Protocol;
     let now = Instant::now();
     let local: SocketAddr = "127.0.0.1:7882".parse().expect("literal");
-    let Ok(mut conn) = build("fuzzufrag", "fuzzpasswordfuzzpassword", local, None, now) else { return };
+    let Ok((mut conn, _)) = build("fuzzufrag", "fuzzpasswordfuzzpassword", local, None, now) else { return };
     let msg = rtc::shared::TaggedBytesMut {
         now,
         transport: rtc::shared::TransportContext {
@@ -108,7 +121,7 @@ pub fn fuzz_datagram(data: &[u8]) {
 pub fn fuzz_offer(sdp: &str) {
     let now = Instant::now();
     let local: SocketAddr = "127.0.0.1:7882".parse().expect("literal");
-    let Ok(mut conn) = build("fuzzufrag", "fuzzpasswordfuzzpassword", local, None, now) else { return };
+    let Ok((mut conn, _)) = build("fuzzufrag", "fuzzpasswordfuzzpassword", local, None, now) else { return };
     let _ = rtc::peer_connection::sdp::RTCSessionDescription::offer(sdp.to_owned())
         .and_then(|o| conn.set_remote_description(now, o))
         .and_then(|()| conn.create_answer(None))

@@ -147,6 +147,10 @@ pub struct Producer {
     /// RFC 3550 receiver statistics of what reaches the SFU's socket (before
     /// any retransmission), for analytics.
     pub stats: crate::analytics::stream::StreamStats,
+    /// VP8: the frame size of the last keyframe (what the video score
+    /// measures the bitrate against).
+    pub vp8: bool,
+    pub frame_size: Option<(u16, u16)>,
 }
 
 impl Producer {
@@ -193,6 +197,40 @@ impl KeyframeLimiter {
 #[derive(Debug, Default)]
 pub struct LevelMeter {
     loudest: Option<u8>,
+}
+
+/// The frame size a VP8 RTP payload announces, if it starts a keyframe
+/// (RFC 7741 4.2 payload descriptor, then RFC 6386 9.1 frame header). The SFU
+/// reads nothing else of the payload; other codecs are not parsed.
+pub fn vp8_keyframe_size(payload: &[u8]) -> Option<(u16, u16)> {
+    let d = *payload.first()?;
+    // S (start of partition) set and partition index 0.
+    if d & 0x10 == 0 || d & 0x0f != 0 {
+        return None;
+    }
+    let mut i = 1;
+    if d & 0x80 != 0 {
+        let x = *payload.get(1)?;
+        i = 2;
+        if x & 0x80 != 0 {
+            // PictureID: 15 bits when M is set.
+            i += if payload.get(i)? & 0x80 != 0 { 2 } else { 1 };
+        }
+        if x & 0x40 != 0 {
+            i += 1; // TL0PICIDX
+        }
+        if x & 0x30 != 0 {
+            i += 1; // TID/Y/KEYIDX
+        }
+    }
+    let f = payload.get(i..i + 10)?;
+    // P bit clear: a keyframe, followed by the start code 9d 01 2a.
+    if f[0] & 0x01 != 0 || f[3..6] != [0x9d, 0x01, 0x2a] {
+        return None;
+    }
+    let w = u16::from_le_bytes([f[6], f[7]]) & 0x3fff;
+    let h = u16::from_le_bytes([f[8], f[9]]) & 0x3fff;
+    (w > 0 && h > 0).then_some((w, h))
 }
 
 /// Louder than this (in −dBov) counts as speaking.
@@ -318,6 +356,29 @@ mod tests {
     }
 
     #[test]
+    fn vp8_keyframes_announce_their_size_and_nothing_else_does() {
+        // 640×480 keyframe: descriptor with X, I (15-bit picture id), then
+        // the frame tag (P = 0), start code, sizes.
+        let key = [0x90, 0x80, 0x81, 0x23, 0x50, 0x2d, 0x01, 0x9d, 0x01, 0x2a, 0x80, 0x02, 0xe0, 0x01, 0xff];
+        assert_eq!(vp8_keyframe_size(&key), Some((640, 480)));
+        // The minimal descriptor, 1280×720 with a scaling field that is ignored.
+        let small = [0x10, 0x50, 0x2d, 0x01, 0x9d, 0x01, 0x2a, 0x00, 0x45, 0xd0, 0x02];
+        assert_eq!(vp8_keyframe_size(&small), Some((1280, 720)));
+        let mut delta = key;
+        delta[4] |= 0x01;
+        assert_eq!(vp8_keyframe_size(&delta), None, "an interframe");
+        let mut middle = key;
+        middle[0] &= !0x10;
+        assert_eq!(vp8_keyframe_size(&middle), None, "not the start of the frame");
+        let mut bad = key;
+        bad[8] = 0x00;
+        assert_eq!(vp8_keyframe_size(&bad), None, "no start code");
+        for n in 0..key.len() - 1 {
+            assert_eq!(vp8_keyframe_size(&key[..n]), None, "truncated to {n}");
+        }
+    }
+
+    #[test]
     fn muted_or_other_ssrc_is_not_forwarded() {
         let mut p = Producer {
             id: "tr_1".into(),
@@ -332,6 +393,8 @@ mod tests {
             audio_level_ext: None,
             level: LevelMeter::default(),
             stats: Default::default(),
+            vp8: true,
+            frame_size: None,
         };
         assert!(p.forwards(1111));
         assert!(!p.forwards(2222));

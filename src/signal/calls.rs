@@ -45,8 +45,9 @@ struct LiveCall {
     /// Parties that had a WebSocket while the call was live: the reconnect
     /// grace applies only to them (SPEC 12).
     seen_online: HashSet<UserId>,
-    /// The latest `call-stats` per party (P2P analytics input).
-    stats: HashMap<UserId, Vec<serde_json::Value>>,
+    /// The latest `call-stats` per party and the one before it (P2P
+    /// analytics input; two reports give bitrates).
+    stats: HashMap<UserId, (Vec<serde_json::Value>, Vec<serde_json::Value>)>,
     /// P2P analytics samples built from `call-stats`, and when the last one was taken.
     samples: std::collections::VecDeque<crate::analytics::report::Sample>,
     last_sample: Option<std::time::Instant>,
@@ -331,7 +332,8 @@ impl CallService {
     pub fn record_stats(&self, actor: &Actor, id: &CallId, stats: Vec<serde_json::Value>) -> Result<(), SignalError> {
         let mut calls = self.live.lock();
         let l = calls.get_mut(id).filter(|l| l.session.is_party(actor.user())).ok_or_else(not_found)?;
-        l.stats.insert(actor.user().clone(), stats);
+        let slot = l.stats.entry(actor.user().clone()).or_default();
+        slot.1 = std::mem::replace(&mut slot.0, stats);
         let summary = client_summary(l);
         drop(calls);
         self.store.put_analytics(&super::room_analytics::key_call(id), &summary)?;
@@ -537,8 +539,8 @@ fn client_summary(l: &mut LiveCall) -> serde_json::Value {
     let mut scores = Vec::new();
     let mut dirs = Vec::new();
     for user in [&l.session.caller_id, &l.session.callee_id] {
-        let Some(stats) = l.stats.get(user) else { continue };
-        let (publish, subscribe) = report::client_streams(stats);
+        let Some((stats, previous)) = l.stats.get(user) else { continue };
+        let (publish, subscribe) = report::client_streams(stats, previous);
         let quality = report::participant_quality(&publish, &subscribe);
         if let Some(q) = quality {
             scores.push(q.score);
