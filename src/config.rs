@@ -87,11 +87,14 @@ pub struct MediaConfig {
     pub listen: SocketAddr,
     /// Address advertised in ICE candidates (deployments behind NAT).
     pub public_ip: Option<std::net::IpAddr>,
+    /// SFU worker threads, each with its own UDP port (`listen`'s port, then
+    /// the next ones); a room lives on one worker. 0: one per core.
+    pub workers: usize,
 }
 
 impl Default for MediaConfig {
     fn default() -> Self {
-        Self { listen: "127.0.0.1:7882".parse().unwrap(), public_ip: None }
+        Self { listen: "127.0.0.1:7882".parse().unwrap(), public_ip: None, workers: 0 }
     }
 }
 

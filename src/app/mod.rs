@@ -41,7 +41,7 @@ pub struct Server {
     signal: Arc<Signaling>,
     store: Arc<SledStore>,
     media_addr: SocketAddr,
-    media_thread: Option<std::thread::JoinHandle<()>>,
+    media_threads: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl Server {
@@ -96,15 +96,28 @@ impl Server {
             secret: turn_secret.into_bytes(),
             ttl: config.turn.credential_ttl.0,
         });
-        // The SFU: one UDP port for every PeerConnection, on its own thread.
-        let media_socket = std::net::UdpSocket::bind(config.media.listen).with_context(|| {
-            format!("cannot bind media.listen = {} (is another server running?)", config.media.listen)
-        })?;
-        let media_addr = media_socket.local_addr()?;
-        let advertised = SocketAddr::new(config.media.public_ip.unwrap_or(media_addr.ip()), media_addr.port());
-        let (media, mut media_events, media_thread) =
-            crate::media::engine::spawn(media_socket, advertised, metrics.media.clone())
+        // The SFU: one worker thread per core, each with one UDP port for
+        // the PeerConnections of its rooms (media.listen, then the next ports).
+        let workers = match config.media.workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        let mut media_sockets = Vec::with_capacity(workers);
+        for i in 0..workers {
+            let mut at = config.media.listen;
+            if at.port() != 0 {
+                at.set_port(at.port().checked_add(i as u16).context("media.listen: no room for a port per worker")?);
+            }
+            let socket = std::net::UdpSocket::bind(at).with_context(|| {
+                format!("cannot bind the media port {at} (media.listen + worker {i}; is another server running?)")
+            })?;
+            media_sockets.push(socket);
+        }
+        let (media, mut media_events, media_threads) =
+            crate::media::engine::spawn(media_sockets, config.media.public_ip, metrics.media.clone())
                 .context("cannot start the media engine")?;
+        let media_addr = media.local_addr();
+        tracing::info!(workers, ports = ?media.local_addrs(), "SFU workers");
 
         let hub = Arc::new(Hub::new());
         let dyn_store: Arc<dyn Store> = store.clone();
@@ -162,7 +175,7 @@ impl Server {
             }),
             sockets_ready: Arc::new(AtomicBool::new(false)),
         };
-        Ok(Server { http, http_addr, tls, turn, state, signal, store, media_addr, media_thread: Some(media_thread) })
+        Ok(Server { http, http_addr, tls, turn, state, signal, store, media_addr, media_threads })
     }
 
     pub fn http_addr(&self) -> SocketAddr {
@@ -183,7 +196,7 @@ impl Server {
 
     /// Serve until `shutdown` resolves, then shut down gracefully.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-        let Server { http, tls, turn, state, signal, store, media_thread, .. } = self;
+        let Server { http, tls, turn, state, signal, store, media_threads, .. } = self;
         let (turn_stop, turn_stopped) = tokio::sync::oneshot::channel::<()>();
         let turn_task = turn.map(|t| {
             tokio::spawn(t.run(async move {
@@ -242,9 +255,9 @@ impl Server {
         if let Some(t) = turn_task {
             let _ = t.await;
         }
-        if let Some(t) = media_thread {
-            // The engine stops on the shutdown command signaling sent; give it
-            // a moment to say goodbye to every PeerConnection.
+        // The engines stop on the shutdown command signaling sent; give them
+        // a moment to say goodbye to every PeerConnection.
+        for t in media_threads {
             let _ = tokio::task::spawn_blocking(move || t.join()).await;
         }
         store.flush().context("flushing the store")?;

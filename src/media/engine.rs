@@ -3,7 +3,9 @@
 //! forwards what publishers send to their consumers as [`super::router`]
 //! decides, runs the legs' timers, and drains what each leg wants to send.
 //!
-//! A room's packets never leave this thread, and nothing here takes a lock.
+//! There is one engine per worker thread, each with its own socket; a room
+//! lives on one of them ([`MediaHandle::worker_of`]), so its packets never
+//! leave that thread, and nothing here takes a lock.
 
 use super::demux;
 use super::pc;
@@ -44,35 +46,44 @@ const TICK: Duration = Duration::from_millis(10);
 pub const REPORT_EVERY: Duration = Duration::from_secs(5);
 /// SPEC 5: active speakers every 500 ms, on change.
 const SPEAKERS_EVERY: Duration = Duration::from_millis(500);
-/// Datagrams read per wake-up before timers and commands get a turn.
-const READ_BATCH: usize = 64;
+/// `recvmmsg` batches read per wake-up before timers and commands get a turn.
+const READ_BATCHES: usize = 4;
 
-/// Start the engine on its own thread. `socket` is already bound; `advertised`
-/// is the address put in ICE candidates (the bound one, or `public_ip`).
+/// Start one engine per socket, each on its own thread (a worker). Each
+/// socket is already bound; `public_ip`, when set, replaces the bound IP in
+/// ICE candidates. Rooms are spread over the workers by [`MediaHandle`].
 pub fn spawn(
-    socket: std::net::UdpSocket,
-    advertised: SocketAddr,
+    sockets: Vec<std::net::UdpSocket>,
+    public_ip: Option<std::net::IpAddr>,
     metrics: MediaMetrics,
-) -> std::io::Result<(MediaHandle, mpsc::UnboundedReceiver<MediaEvent>, std::thread::JoinHandle<()>)> {
-    let local = socket.local_addr()?;
-    socket.set_nonblocking(true)?;
-    grow_buffers(&socket);
-    let (tx, rx) = mpsc::unbounded_channel();
+) -> std::io::Result<(MediaHandle, mpsc::UnboundedReceiver<MediaEvent>, Vec<std::thread::JoinHandle<()>>)> {
     let (ev_tx, ev_rx) = mpsc::unbounded_channel();
-    let thread = std::thread::Builder::new().name("confer-media".into()).spawn(move || {
-        let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-            Ok(rt) => rt,
-            Err(e) => return tracing::error!(error = %e, "media engine: cannot start its runtime"),
-        };
-        rt.block_on(async move {
-            let socket = match UdpSocket::from_std(socket) {
-                Ok(s) => s,
-                Err(e) => return tracing::error!(error = %e, "media engine: cannot register the UDP socket"),
+    let mut workers = Vec::new();
+    let mut threads = Vec::new();
+    for (i, socket) in sockets.into_iter().enumerate() {
+        let local = socket.local_addr()?;
+        let advertised = SocketAddr::new(public_ip.unwrap_or(local.ip()), local.port());
+        socket.set_nonblocking(true)?;
+        grow_buffers(&socket);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (ev_tx, metrics) = (ev_tx.clone(), metrics.clone());
+        let thread = std::thread::Builder::new().name(format!("confer-media-{i}")).spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => return tracing::error!(error = %e, "media engine: cannot start its runtime"),
             };
-            Engine::new(local, advertised, ev_tx, metrics).run(socket, rx).await;
-        });
-    })?;
-    Ok((MediaHandle { tx, addr: local }, ev_rx, thread))
+            rt.block_on(async move {
+                let socket = match UdpSocket::from_std(socket) {
+                    Ok(s) => s,
+                    Err(e) => return tracing::error!(error = %e, "media engine: cannot register the UDP socket"),
+                };
+                Engine::new(local, advertised, ev_tx, metrics).run(socket, rx).await;
+            });
+        })?;
+        workers.push((tx, local));
+        threads.push(thread);
+    }
+    Ok((MediaHandle::new(workers), ev_rx, threads))
 }
 
 /// Bursts (a keyframe to many subscribers, many publishers at once) must not
@@ -189,6 +200,8 @@ struct Engine {
     followups: Vec<(Instant, TrackId)>,
     /// Goodbyes (DTLS close) of legs already removed.
     closing: Vec<(Vec<u8>, SocketAddr)>,
+    /// What `flush` sends, `sendmmsg` at a time.
+    out: super::udp::SendBatch,
 }
 
 impl Engine {
@@ -214,6 +227,7 @@ impl Engine {
             speakers: HashMap::new(),
             dirty: Vec::new(),
             closing: Vec::new(),
+            out: Default::default(),
             followups: Vec::new(),
             reads: Vec::new(),
             by_ssrc: HashMap::new(),
@@ -222,7 +236,7 @@ impl Engine {
     }
 
     async fn run(mut self, socket: UdpSocket, mut commands: mpsc::UnboundedReceiver<Command>) {
-        let mut buf = vec![0u8; 2048];
+        let mut rx = super::udp::RecvBatch::default();
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut next_speakers = Instant::now() + SPEAKERS_EVERY;
@@ -234,14 +248,15 @@ impl Engine {
                     None | Some(Command::Shutdown) => break,
                     Some(cmd) => self.command(cmd),
                 },
-                r = socket.recv_from(&mut buf) => {
-                    if let Ok((n, from)) = r {
-                        self.datagram(&buf[..n], from);
-                    }
-                    for _ in 1..READ_BATCH {
-                        match socket.try_recv_from(&mut buf) {
-                            Ok((n, from)) => self.datagram(&buf[..n], from),
-                            Err(_) => break,
+                r = socket.readable() => {
+                    if r.is_ok() {
+                        for _ in 0..READ_BATCHES {
+                            if rx.recv(&socket).is_err() {
+                                break;
+                            }
+                            for (data, from) in rx.iter() {
+                                self.datagram(data, from);
+                            }
                         }
                     }
                 }
@@ -408,7 +423,7 @@ impl Engine {
 
     fn new_leg(&mut self, peer: &PeerId, role: Role) -> Result<LegId, pc::Error> {
         let (ufrag, pwd) = pc::credentials();
-        let (conn, observed) = pc::build(&ufrag, &pwd, self.advertised, None, Instant::now())?;
+        let (conn, observed) = pc::build(role, &ufrag, &pwd, self.advertised, None, Instant::now())?;
         let id = self.next_leg;
         self.next_leg = self.next_leg.wrapping_add(1);
         self.by_ufrag.insert(ufrag.clone(), id);
@@ -926,8 +941,10 @@ impl Engine {
 
     /// Drain every leg that may have something to say, until none has.
     fn flush(&mut self, socket: &UdpSocket) {
+        let mut out = std::mem::take(&mut self.out);
+        let mut failed = 0;
         for (data, to) in self.closing.drain(..) {
-            let _ = socket.try_send_to(&data, to);
+            failed += out.push(socket, &data, to);
         }
         while let Some(id) = self.dirty.pop() {
             if !self.legs.contains_key(&id) {
@@ -936,13 +953,16 @@ impl Engine {
             self.drain_events(id);
             self.drain_reads(id);
             if let Some(leg) = self.legs.get_mut(&id) {
-                while let Some(out) = leg.pc.poll_write() {
-                    if socket.try_send_to(&out.message, out.transport.peer_addr).is_err() {
-                        self.metrics.send_errors.inc();
-                    }
+                while let Some(o) = leg.pc.poll_write() {
+                    failed += out.push(socket, &o.message, o.transport.peer_addr);
                 }
             }
         }
+        failed += out.flush(socket);
+        if failed > 0 {
+            self.metrics.send_errors.inc_by(failed as u64);
+        }
+        self.out = out;
     }
 
     fn drain_events(&mut self, id: LegId) {

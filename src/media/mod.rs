@@ -10,10 +10,13 @@
 //! - [`demux`]: which PeerConnection a datagram belongs to.
 //! - [`router`]: pure forwarding decisions (producers, consumers, rewrites,
 //!   keyframe rate limits, audio levels).
-//! - [`deliver`]: lets inbound RTCP through webrtc-rs's interceptor chain.
-//! - [`observe`]: TWCC round trips and sent NACKs, for analytics.
+//! - [`deliver`]: lets inbound RTCP through webrtc-rs's interceptor chain
+//!   (the load tool's peers use it).
+//! - [`observe`]: the server legs' own interceptor: delivers inbound RTCP,
+//!   and measures TWCC round trips and sent NACKs for analytics.
 //! - [`pc`]: how a server-side PeerConnection is configured.
 //! - [`sdp`]: the few edits made to outgoing SDP.
+//! - [`udp`]: batched socket I/O (`recvmmsg`, `sendmmsg`).
 //! - [`engine`]: the socket loop that owns every PeerConnection.
 
 pub mod deliver;
@@ -23,6 +26,7 @@ pub mod observe;
 pub mod pc;
 pub mod router;
 pub mod sdp;
+pub mod udp;
 
 use crate::ids::{PeerId, RoomId, TrackId};
 use crate::model::{TrackKind, TrackSource};
@@ -154,26 +158,99 @@ pub struct PeerReport {
     pub subscribe: crate::analytics::report::Directional,
 }
 
-/// Signaling's end of the media plane.
+/// Signaling's end of the media plane: one command queue per worker. A room
+/// lives on one worker (chosen by a hash of its id), so its packets never
+/// cross threads; a participant's later commands go where its `Join` went.
 #[derive(Clone, Debug)]
 pub struct MediaHandle {
-    tx: mpsc::UnboundedSender<Command>,
-    addr: SocketAddr,
+    workers: Vec<(mpsc::UnboundedSender<Command>, SocketAddr)>,
+    placed: std::sync::Arc<parking_lot::Mutex<std::collections::HashMap<PeerId, usize>>>,
 }
 
 impl MediaHandle {
-    /// Queue a command; a stopped engine ignores it.
-    pub fn send(&self, cmd: Command) {
-        let _ = self.tx.send(cmd);
+    pub(crate) fn new(workers: Vec<(mpsc::UnboundedSender<Command>, SocketAddr)>) -> Self {
+        assert!(!workers.is_empty(), "at least one media worker");
+        Self { workers, placed: Default::default() }
     }
 
-    /// The shared UDP port's address.
+    /// Which worker carries `room`.
+    pub fn worker_of(&self, room: &RoomId) -> usize {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::hash::DefaultHasher::new();
+        room.as_str().hash(&mut h);
+        (h.finish() % self.workers.len() as u64) as usize
+    }
+
+    /// Queue a command for the worker it concerns; a stopped engine ignores it.
+    pub fn send(&self, cmd: Command) {
+        let w = match &cmd {
+            Command::Shutdown => {
+                for (tx, _) in &self.workers {
+                    let _ = tx.send(Command::Shutdown);
+                }
+                return;
+            }
+            Command::Join { room, peer } => {
+                let w = self.worker_of(room);
+                self.placed.lock().insert(peer.clone(), w);
+                w
+            }
+            Command::Leave { peer } => self.placed.lock().remove(peer).unwrap_or(0),
+            Command::Publish { peer, .. }
+            | Command::SubscribeAnswer { peer, .. }
+            | Command::Candidate { peer, .. }
+            | Command::Mute { peer, .. }
+            | Command::MuteKind { peer, .. }
+            | Command::Subscribe { peer, .. }
+            | Command::Unpublish { peer, .. } => self.placed.lock().get(peer).copied().unwrap_or(0),
+        };
+        let _ = self.workers[w].0.send(cmd);
+    }
+
+    /// The first worker's UDP address (the `listening` line's `media=`).
     pub fn local_addr(&self) -> SocketAddr {
-        self.addr
+        self.workers[0].1
+    }
+
+    /// Every worker's UDP address.
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.workers.iter().map(|(_, a)| *a).collect()
     }
 
     /// A handle whose commands go to `tx` (tests of the signaling side).
     pub fn detached(tx: mpsc::UnboundedSender<Command>, addr: SocketAddr) -> Self {
-        Self { tx, addr }
+        Self::new(vec![(tx, addr)])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Rooms spread over the workers, and everything a participant does
+    /// follows its `Join` to the worker of its room.
+    #[test]
+    fn rooms_spread_over_workers_and_commands_follow_the_join() {
+        let (a, mut ra) = mpsc::unbounded_channel();
+        let (b, mut rb) = mpsc::unbounded_channel();
+        let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let h = MediaHandle::new(vec![(a, addr), (b, addr)]);
+        let on_b = (0..200).filter(|i| h.worker_of(&RoomId::from(format!("rm_{i}").as_str())) == 1).count();
+        assert!((60..=140).contains(&on_b), "{on_b} of 200 rooms on worker 1");
+        let room = (0..).map(|i| RoomId::from(format!("rm_{i}").as_str())).find(|r| h.worker_of(r) == 1).unwrap();
+        let peer = PeerId::from("peer_x");
+        h.send(Command::Join { room: room.clone(), peer: peer.clone() });
+        h.send(Command::Subscribe { peer: peer.clone(), track: TrackId::from("tr_1"), subscribe: false });
+        h.send(Command::Leave { peer: peer.clone() });
+        let mut got = Vec::new();
+        while let Ok(c) = rb.try_recv() {
+            got.push(format!("{c:?}").split_whitespace().next().unwrap_or_default().to_owned());
+        }
+        assert_eq!(got, ["Join", "Subscribe", "Leave"]);
+        assert!(ra.try_recv().is_err(), "nothing went to worker 0");
+        // After the leave the participant is forgotten; shutdown reaches all.
+        assert!(h.placed.lock().is_empty());
+        h.send(Command::Shutdown);
+        assert!(matches!(ra.try_recv(), Ok(Command::Shutdown)) && matches!(rb.try_recv(), Ok(Command::Shutdown)));
     }
 }

@@ -11,13 +11,18 @@
 //! - **NACKs the SFU sends** (publisher legs), per media SSRC: webrtc-rs's NACK
 //!   generator writes them without telling the application.
 //!
+//! - **Delivery of inbound RTCP**: it marks every inbound RTCP packet
+//!   `DeliverToApplication`, as [`super::deliver::DeliverRtcp`] does (one
+//!   interceptor fewer per leg); without it webrtc-rs drops all of it.
+//!
 //! It sits wire-most (below the TWCC sender), so it sees packets numbered and
-//! feedback before anything else consumes it. Per packet the work is a lookup
+//! feedback before anything else consumes it; the mark does not change what
+//! the other interceptors do with a packet. Per packet the work is a lookup
 //! in a list of one or two streams and one store into a ring; the engine reads
 //! the shared [`Observed`] on its 5-second report timer. Hand-written because
 //! webrtc-rs keeps its own send history private to its congestion controller.
 
-use rtc::interceptor::{Interceptor, Packet, StreamInfo, TaggedPacket};
+use rtc::interceptor::{Attribute, Interceptor, Packet, StreamInfo, TaggedPacket};
 use rtc::rtcp::transport_feedbacks::transport_layer_cc::{PacketStatusChunk, SymbolTypeTcc, TransportLayerCc};
 use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use std::collections::VecDeque;
@@ -165,8 +170,12 @@ impl rtc::sansio::Protocol<TaggedPacket, TaggedPacket, ()> for Observe {
     type Error = rtc::shared::error::Error;
     type Time = Instant;
 
-    fn handle_read(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
+    fn handle_read(&mut self, mut msg: TaggedPacket) -> Result<(), Self::Error> {
         if let Packet::Rtcp(pkts) = &msg.message.packet {
+            if pkts.is_empty() {
+                self.reads.push_back(msg);
+                return Ok(());
+            }
             for p in pkts {
                 if let Some(fb) = p.as_any().downcast_ref::<TransportLayerCc>() {
                     if let Some(rtt) = feedback_rtt(fb, &self.sent, msg.now) {
@@ -174,6 +183,7 @@ impl rtc::sansio::Protocol<TaggedPacket, TaggedPacket, ()> for Observe {
                     }
                 }
             }
+            msg.message.add(Attribute::DeliverToApplication);
         }
         self.reads.push_back(msg);
         Ok(())

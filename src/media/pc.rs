@@ -9,7 +9,10 @@
 
 use super::observe::{Observe, Observed};
 use rand::distributions::{Alphanumeric, DistString};
-use rtc::interceptor::Registry;
+use rtc::interceptor::{
+    NackGeneratorBuilder, NackResponderBuilder, ReceiverReportBuilder, Registry, SenderReportBuilder, Slot,
+    TwccReceiverBuilder, TwccSenderBuilder,
+};
 use rtc::peer_connection::certificate::RTCCertificate;
 use rtc::peer_connection::configuration::interceptor_registry::{
     configure_twcc_sender_only, register_default_interceptors,
@@ -28,8 +31,6 @@ pub const AUDIO_LEVEL_URI: &str = "urn:ietf:params:rtp-hdrext:ssrc-audio-level";
 
 pub type Error = rtc::shared::error::Error;
 
-/// After every built-in interceptor (the highest is below 10 000).
-const DELIVER_SLOT: usize = 20_000;
 /// Wire-most: below the TWCC sender (2 000), so packets arrive numbered.
 const OBSERVE_SLOT: usize = 1_500;
 
@@ -41,7 +42,16 @@ pub fn credentials() -> (String, String) {
 
 /// A new server-side PeerConnection whose only candidate is `advertised`,
 /// and what its wire observer sees.
+///
+/// Both roles negotiate the same things (NACK, PLI, transport-cc, RTCP
+/// reports), but each gets only the interceptors its direction uses: every
+/// interceptor in the chain costs every packet two moves and a queue, and a
+/// subscriber leg forwards hundreds of packets for each one a publisher
+/// sends. A publisher leg only receives media: NACK generator, receiver
+/// reports, TWCC feedback. A subscriber leg only sends it: NACK responder,
+/// sender reports, transport-wide numbering. Both get [`Observe`].
 pub fn build(
+    role: super::Role,
     ufrag: &str,
     pwd: &str,
     advertised: SocketAddr,
@@ -55,12 +65,21 @@ pub fn build(
         RtpCodecKind::Audio,
         None,
     )?;
+    // What the defaults negotiate (their registries are not used).
+    register_default_interceptors(Registry::new(), &mut media)?;
+    configure_twcc_sender_only(Registry::new(), &mut media)?;
     let observed = Arc::new(Observed::default());
-    let registry = register_default_interceptors(Registry::new(), &mut media)?;
-    // The defaults only answer TWCC; number what we send too.
-    let registry = configure_twcc_sender_only(registry, &mut media)?
-        .with(rtc::interceptor::Slot::Custom(OBSERVE_SLOT), Observe::new(observed.clone()))
-        .with(rtc::interceptor::Slot::Custom(DELIVER_SLOT), super::deliver::DeliverRtcp::default());
+    let registry = match role {
+        super::Role::Publisher => Registry::new()
+            .with(Slot::NackGenerator, NackGeneratorBuilder::new().build())
+            .with(Slot::ReceiverReport, ReceiverReportBuilder::new().build())
+            .with(Slot::TwccReceiver, TwccReceiverBuilder::new().build()),
+        super::Role::Subscriber => Registry::new()
+            .with(Slot::NackResponder, NackResponderBuilder::new().build())
+            .with(Slot::SenderReport, SenderReportBuilder::new().build())
+            .with(Slot::TwccSender, TwccSenderBuilder::new().build()),
+    }
+    .with(Slot::Custom(OBSERVE_SLOT), Observe::new(observed.clone()));
     let settings = SettingEngineBuilder::new()
         .with_lite(true)
         .with_ice_credentials(ufrag.to_owned(), pwd.to_owned())
@@ -100,7 +119,10 @@ pub fn fuzz_datagram(data: &[u8]) {
     use rtc::sansio::Protocol;
     let now = Instant::now();
     let local: SocketAddr = "127.0.0.1:7882".parse().expect("literal");
-    let Ok((mut conn, _)) = build("fuzzufrag", "fuzzpasswordfuzzpassword", local, None, now) else { return };
+    let Ok((mut conn, _)) = build(super::Role::Publisher, "fuzzufrag", "fuzzpasswordfuzzpassword", local, None, now)
+    else {
+        return;
+    };
     let msg = rtc::shared::TaggedBytesMut {
         now,
         transport: rtc::shared::TransportContext {
@@ -121,7 +143,10 @@ pub fn fuzz_datagram(data: &[u8]) {
 pub fn fuzz_offer(sdp: &str) {
     let now = Instant::now();
     let local: SocketAddr = "127.0.0.1:7882".parse().expect("literal");
-    let Ok((mut conn, _)) = build("fuzzufrag", "fuzzpasswordfuzzpassword", local, None, now) else { return };
+    let Ok((mut conn, _)) = build(super::Role::Publisher, "fuzzufrag", "fuzzpasswordfuzzpassword", local, None, now)
+    else {
+        return;
+    };
     let _ = rtc::peer_connection::sdp::RTCSessionDescription::offer(sdp.to_owned())
         .and_then(|o| conn.set_remote_description(now, o))
         .and_then(|()| conn.create_answer(None))

@@ -12,6 +12,7 @@ leaves, and the persisted summary is read back. Prints one JSON line.
 import asyncio
 import json
 import random
+import re
 import sys
 import time
 
@@ -60,10 +61,9 @@ async def main(addr, media, alice_t, bob_t, loss):
     loss = float(loss)
     started = time.monotonic()
     loop = asyncio.get_running_loop()
-    host, port = media.rsplit(":", 1)
-    proxy = Proxy((host, int(port)), loss)
+    host = media.rsplit(":", 1)[0]
+    proxy = Proxy(None, loss)
     ptransport, _ = await loop.create_datagram_endpoint(lambda: proxy, local_addr=("127.0.0.1", 0))
-    await loop.create_datagram_endpoint(lambda: Upstream(proxy), remote_addr=(host, int(port)))
     proxy_port = ptransport.get_extra_info("sockname")[1]
 
     auth = lambda t: {"Authorization": f"Bearer {t}"}  # noqa: E731
@@ -82,6 +82,10 @@ async def main(addr, media, alice_t, bob_t, loss):
         tracks = [{"mid": t.mid, "source": s} for t, s in zip(alice.pub.getTransceivers(), ["camera", "microphone"])]
         await alice.send({"type": "publish-offer", "roomId": room_id, "sdp": alice.pub.localDescription.sdp, "tracks": tracks})
         answer = (await alice.expect("publish-answer"))["sdp"]
+        # The room's worker port, from the answer's candidate.
+        port = re.search(r" (\d+) typ host", answer).group(1)
+        proxy.server = (host, int(port))
+        await loop.create_datagram_endpoint(lambda: Upstream(proxy), remote_addr=proxy.server)
         if loss > 0:
             answer = answer.replace(f"127.0.0.1 {port} typ host", f"127.0.0.1 {proxy_port} typ host")
             assert str(proxy_port) in answer, "the answer's candidate was not redirected to the proxy"

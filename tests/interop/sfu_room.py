@@ -16,6 +16,7 @@ Prints one JSON summary line; exit 0 only when every check held.
 import asyncio
 import json
 import os
+import re
 import socket
 import sys
 import time
@@ -218,8 +219,10 @@ async def main(addr, media, alice_t, bob_t, carol_t, dave_t):
     late_join_s = dave.first_frame_at - t0
     assert late_join_s < 2.0, f"late joiner waited {late_join_s:.2f}s for video"
 
-    # 4. garbage on the media port, and a malformed offer: errors, no outage.
-    host, port = media.rsplit(":", 1)
+    # 4. garbage on the room's media port (its worker's: the candidate in
+    # alice's answer), and a malformed offer: errors, no outage.
+    host = media.rsplit(":", 1)[0]
+    port = re.search(r" (\d+) typ host", alice.pub.remoteDescription.sdp).group(1)
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     for i in range(200):
         s.sendto(os.urandom(1 + i * 7 % 1400), (host, int(port)))
