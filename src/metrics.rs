@@ -131,6 +131,7 @@ pub struct MediaMetrics {
     pub pli: IntCounter,
     pub datagrams_dropped: IntCounter,
     pub send_errors: IntCounter,
+    pub forward_delay: Histogram,
 }
 
 fn by_kind<T: Clone>(f: impl Fn(&str) -> T) -> [T; 2] {
@@ -184,6 +185,19 @@ impl MediaMetrics {
                 "Datagrams on the media port from an unknown address or that a PeerConnection rejected",
             ),
             send_errors: counter("confer_media_send_errors_total", "Datagrams the media socket could not send"),
+            forward_delay: {
+                let h = Histogram::with_opts(
+                    HistogramOpts::new(
+                        "confer_media_forward_delay_seconds",
+                        "From reading a batch of datagrams to handing the last datagram it caused to the kernel: \
+                         an upper bound on what the SFU adds to each packet in the batch",
+                    )
+                    .buckets(vec![0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05]),
+                )
+                .unwrap();
+                r.register(Box::new(h.clone())).unwrap();
+                h
+            },
         }
     }
 

@@ -43,6 +43,8 @@ fn a_small_load_run_reports_every_track_and_no_loss() {
     let a = &r["serverAnalytics"];
     assert!(a["roomScore"].as_f64().unwrap() >= 4.0, "{r}");
     assert!(a["subscribeLoss"].as_f64().unwrap() < 0.05, "{r}");
+    assert_eq!(a["publishFrameSizes"], serde_json::json!(["640x360"]), "read from the VP8 keyframes: {r}");
+    assert!(r["serverForwardDelayMs"]["p50"].as_f64().is_some(), "{r}");
     for k in ["subscribeRttMs", "subscribeTwccRttMs"] {
         let ms = a[k].as_f64().unwrap_or_else(|| panic!("{k}: {r}"));
         assert!(ms > 0.0 && ms < 50.0, "{k}: {r}");

@@ -168,27 +168,49 @@ async fn publisher(
         })
     };
 
-    let frame_bytes = (opts.video_kbps as usize * 1000 / 8 / opts.fps.max(1) as usize).max(200);
-    let mut tick = tokio::time::interval(Duration::from_millis(20));
-    let (mut vseq, mut aseq, mut n) = (rand::random::<u16>(), rand::random::<u16>(), 0u64);
-    let frame_every = (50 / opts.fps.clamp(1, 50)).max(1) as u64;
+    // Video: `fps` frames a second, a keyframe every 2 s that is KEY_RATIO
+    // times a delta frame, sized so the average is `video_kbps` (at the frame
+    // size of `frame_size_for`, announced in keyframes); frames split
+    // into packets of at most 1,100 bytes, sent back to back. Audio: a packet
+    // every 20 ms.
+    const KEY_RATIO: usize = 5;
+    let fps = opts.fps.clamp(1, 120);
+    let gop = u64::from(fps) * 2;
+    let delta_bytes = (opts.video_kbps as usize * 1000 / 8 * 2 / (gop as usize - 1 + KEY_RATIO)).max(200);
+    let frame_every = Duration::from_secs_f64(1.0 / f64::from(fps));
+    let audio_every = Duration::from_millis(20);
+    let (mut vseq, mut aseq) = (rand::random::<u16>(), rand::random::<u16>());
+    let (mut frames, mut audio_n) = (0u64, 0u64);
+    let mut next_video = tokio::time::Instant::now();
+    let mut next_audio = next_video;
     while Instant::now() < stop {
-        tick.tick().await;
-        n += 1;
+        tokio::time::sleep_until(next_video.min(next_audio)).await;
+        let now = tokio::time::Instant::now();
         let t = now_us(epoch);
         let mut pkts = Vec::new();
-        if n % frame_every == 0 {
-            let mut left = frame_bytes;
+        if next_video <= now {
+            let key = frames % gop == 0;
+            let mut left = if key { delta_bytes * KEY_RATIO } else { delta_bytes };
+            let ts = (frames * 90_000 / u64::from(fps)) as u32;
+            let mut first = true;
             while left > 0 {
                 let size = left.min(1100);
                 left -= size;
-                pkts.push((vs, rtp(vpt, vseq, (n * 1800) as u32, video_ssrc, left == 0, size, t)));
+                let head = if first { vp8_frame_start(key, frame_size_for(opts.video_kbps)) } else { vec![0x00] };
+                pkts.push((vs, rtp(vpt, vseq, ts, video_ssrc, left == 0, &head, size, t)));
                 vseq = vseq.wrapping_add(1);
+                first = false;
             }
+            frames += 1;
+            next_video += frame_every;
         }
-        if let (Some(a), Some(apt)) = (as_, pts.1) {
-            pkts.push((a, rtp(apt, aseq, (n * 960) as u32, audio_ssrc, false, 80, t)));
-            aseq = aseq.wrapping_add(1);
+        if next_audio <= now {
+            if let (Some(a), Some(apt)) = (as_, pts.1) {
+                pkts.push((a, rtp(apt, aseq, (audio_n * 960) as u32, audio_ssrc, false, &[], 80, t)));
+                aseq = aseq.wrapping_add(1);
+            }
+            audio_n += 1;
+            next_audio += audio_every;
         }
         let count = pkts.len() as u64;
         let ok = p
@@ -215,9 +237,37 @@ async fn publisher(
     Ok(Vec::new())
 }
 
-fn rtp(pt: u8, seq: u16, ts: u32, ssrc: u32, marker: bool, size: usize, sent_us: u64) -> rtc::rtp::Packet {
-    let mut payload = vec![0u8; size.max(8)];
-    payload[..8].copy_from_slice(&sent_us.to_be_bytes());
+/// The start of a synthetic VP8 frame: a payload descriptor with S set,
+/// then the frame tag, and for a keyframe the start code and the frame size
+/// (what the SFU's analytics read; RFC 7741, RFC 6386 9.1).
+fn vp8_frame_start(key: bool, (w, h): (u16, u16)) -> Vec<u8> {
+    if key {
+        let (w, h) = (w.to_le_bytes(), h.to_le_bytes());
+        vec![0x10, 0x50, 0x2d, 0x01, 0x9d, 0x01, 0x2a, w[0], w[1], h[0], h[1]]
+    } else {
+        vec![0x10, 0x51, 0x2d, 0x01]
+    }
+}
+
+/// The frame size an encoder would choose for a bitrate (roughly
+/// libwebrtc's ladder).
+fn frame_size_for(kbps: u32) -> (u16, u16) {
+    match kbps {
+        1200.. => (1280, 720),
+        700.. => (960, 540),
+        300.. => (640, 360),
+        _ => (320, 180),
+    }
+}
+
+/// A packet of `size` bytes: `head`, zeros, and the send time (µs since the
+/// run's epoch) in the last 8 bytes, which subscribers read for latency.
+#[allow(clippy::too_many_arguments)]
+fn rtp(pt: u8, seq: u16, ts: u32, ssrc: u32, marker: bool, head: &[u8], size: usize, sent_us: u64) -> rtc::rtp::Packet {
+    let size = size.max(head.len() + 8);
+    let mut payload = vec![0u8; size];
+    payload[..head.len()].copy_from_slice(head);
+    payload[size - 8..].copy_from_slice(&sent_us.to_be_bytes());
     rtc::rtp::Packet {
         header: rtc::rtp::header::Header {
             version: 2,
@@ -291,7 +341,7 @@ async fn receive(mut ws: Ws, mut p: RtcPeer, c: Arc<Counters>, epoch: Instant, s
             if c.measuring.load(Relaxed) {
                 c.received.fetch_add(1, Relaxed);
                 if payload.len() >= 8 {
-                    let sent = u64::from_be_bytes(payload[..8].try_into().expect("8 bytes"));
+                    let sent = u64::from_be_bytes(payload[payload.len() - 8..].try_into().expect("8 bytes"));
                     latencies.push(now_us(epoch).saturating_sub(sent).min(u64::from(u32::MAX)) as u32);
                 }
             }
@@ -317,6 +367,34 @@ async fn server_metrics(http: &reqwest::Client, url: &str) -> anyhow::Result<(f6
         }
     }
     Ok(out)
+}
+
+/// The cumulative buckets of `confer_media_forward_delay_seconds`: (upper
+/// bound in seconds, count). Empty if the server has none.
+async fn forward_delay_buckets(http: &reqwest::Client, url: &str) -> Vec<(f64, f64)> {
+    let Ok(resp) = http.get(format!("{url}/metrics")).send().await else { return Vec::new() };
+    let text = resp.text().await.unwrap_or_default();
+    text.lines()
+        .filter_map(|l| l.strip_prefix("confer_media_forward_delay_seconds_bucket{le=\""))
+        .filter_map(|l| {
+            let (le, rest) = l.split_once("\"}")?;
+            let le = if le == "+Inf" { f64::INFINITY } else { le.parse().ok()? };
+            Some((le, rest.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// The `q` quantile (ms) of what a histogram counted between two scrapes:
+/// the upper bound of the first bucket that reaches it (Prometheus buckets
+/// only bound a value), `None` without samples or beyond the last bound.
+fn bucket_quantile(before: &[(f64, f64)], after: &[(f64, f64)], q: f64) -> Option<f64> {
+    let delta: Vec<(f64, f64)> =
+        after.iter().map(|&(le, n)| (le, n - before.iter().find(|(b, _)| *b == le).map_or(0.0, |(_, m)| *m))).collect();
+    let total = delta.last()?.1;
+    if total <= 0.0 {
+        return None;
+    }
+    delta.iter().find(|(_, n)| *n >= q * total).map(|(le, _)| le * 1000.0).filter(|ms| ms.is_finite())
 }
 
 /// Run the load and return the report.
@@ -369,6 +447,7 @@ pub async fn run(opts: LoadOpts, keys: &TokenKeys) -> anyhow::Result<Value> {
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     let m0 = server_metrics(&http, &opts.url).await?;
+    let d0 = forward_delay_buckets(&http, &opts.url).await;
     counters.measuring.store(true, Relaxed);
     let started = Instant::now();
     let end = started + Duration::from_secs(opts.seconds);
@@ -386,6 +465,7 @@ pub async fn run(opts: LoadOpts, keys: &TokenKeys) -> anyhow::Result<Value> {
     }
     counters.measuring.store(false, Relaxed);
     let m1 = server_metrics(&http, &opts.url).await?;
+    let d1 = forward_delay_buckets(&http, &opts.url).await;
     let secs = started.elapsed().as_secs_f64();
     let analytics = server_analytics(&http, &opts.url, &rooms).await;
     eprintln!();
@@ -428,6 +508,7 @@ pub async fn run(opts: LoadOpts, keys: &TokenKeys) -> anyhow::Result<Value> {
         "forwardedPerSecond": (forwarded / secs).round(),
         "loss": if expected > 0 { ((1.0 - received as f64 / expected as f64).max(0.0) * 1e5).round() / 1e5 } else { 0.0 },
         "latencyMs": {"p50": pct(0.50), "p99": pct(0.99)},
+        "serverForwardDelayMs": {"p50": bucket_quantile(&d0, &d1, 0.5), "p99": bucket_quantile(&d0, &d1, 0.99)},
         "serverCpuSeconds": ((m1.0 - m0.0) * 1000.0).round() / 1000.0,
         "serverCpuUsPerForwardedPacket": if forwarded > 0.0 { ((m1.0 - m0.0) * 1e6 / forwarded * 100.0).round() / 100.0 } else { 0.0 },
         "serverRssMiB": (m1.1 / 1048576.0 * 10.0).round() / 10.0,
@@ -437,12 +518,14 @@ pub async fn run(opts: LoadOpts, keys: &TokenKeys) -> anyhow::Result<Value> {
 }
 
 /// What the server's own call-quality analytics (SPEC 8) say about the
-/// rooms while they run: the mean room score, and the mean over subscriber
-/// streams of the loss, the RTCP round trip and the TWCC round trip. A run
+/// rooms while they run: the mean room score, the mean over subscriber
+/// streams of the loss, the RTCP round trip and the TWCC round trip, and the
+/// frame sizes the SFU read from the publishers' keyframes. A run
 /// shorter than one report interval (5 s) has `null`s here.
 async fn server_analytics(http: &reqwest::Client, url: &str, rooms: &[(String, String)]) -> Value {
     let mut scores = Vec::new();
     let (mut loss, mut rtt, mut twcc) = (Vec::new(), Vec::new(), Vec::new());
+    let mut sizes = std::collections::BTreeSet::new();
     for (room, owner) in rooms {
         let Ok(resp) = http.get(format!("{url}/rooms/{room}/analytics")).bearer_auth(owner).send().await else {
             continue;
@@ -451,6 +534,10 @@ async fn server_analytics(http: &reqwest::Client, url: &str, rooms: &[(String, S
         let a = &v["analytics"];
         scores.extend(a["quality"]["score"].as_f64());
         for p in a["participants"].as_array().into_iter().flatten() {
+            let v = &p["publish"]["video"];
+            if let (Some(w), Some(h)) = (v["frameWidth"].as_u64(), v["frameHeight"].as_u64()) {
+                sizes.insert(format!("{w}x{h}"));
+            }
             for kind in ["audio", "video"] {
                 let s = &p["subscribe"][kind];
                 loss.extend(s["packetLoss"].as_f64());
@@ -465,5 +552,19 @@ async fn server_analytics(http: &reqwest::Client, url: &str, rooms: &[(String, S
         "subscribeLoss": mean(&loss),
         "subscribeRttMs": mean(&rtt),
         "subscribeTwccRttMs": mean(&twcc),
+        "publishFrameSizes": sizes,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn quantiles_of_the_difference_between_two_scrapes() {
+        let before = [(0.001, 10.0), (0.002, 10.0), (0.005, 10.0), (f64::INFINITY, 10.0)];
+        let after = [(0.001, 60.0), (0.002, 108.0), (0.005, 110.0), (f64::INFINITY, 110.0)];
+        assert_eq!(super::bucket_quantile(&before, &after, 0.5), Some(1.0));
+        assert_eq!(super::bucket_quantile(&before, &after, 0.99), Some(5.0));
+        assert_eq!(super::bucket_quantile(&after, &after, 0.5), None, "nothing happened in between");
+        assert_eq!(super::bucket_quantile(&[], &[], 0.5), None);
+    }
 }

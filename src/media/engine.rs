@@ -241,6 +241,8 @@ impl Engine {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut next_speakers = Instant::now() + SPEAKERS_EVERY;
         let mut last_report = Instant::now();
+        // When the current batch of datagrams was read.
+        let mut read_at: Option<Instant> = None;
         loop {
             tokio::select! {
                 biased;
@@ -254,6 +256,7 @@ impl Engine {
                             if rx.recv(&socket).is_err() {
                                 break;
                             }
+                            read_at.get_or_insert_with(Instant::now);
                             for (data, from) in rx.iter() {
                                 self.datagram(data, from);
                             }
@@ -275,6 +278,9 @@ impl Engine {
                 }
             }
             self.flush(&socket);
+            if let Some(t) = read_at.take() {
+                self.metrics.forward_delay.observe(t.elapsed().as_secs_f64());
+            }
         }
         let peers: Vec<PeerId> = self.peers.keys().cloned().collect();
         for p in peers {
