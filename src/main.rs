@@ -99,6 +99,8 @@ fn loadtest(args: confer::app::cli::LoadtestArgs) -> anyhow::Result<()> {
         fps: args.fps.clamp(1, 50),
         audio: !args.no_audio,
         meeting: args.meeting,
+        janus: args.janus.clone(),
+        server_pid: args.server_pid,
     };
     let rt = tokio::runtime::Runtime::new()?;
     let report = rt.block_on(confer::loadtest::run(opts, &keys))?;

@@ -68,6 +68,15 @@ pub struct LoadtestArgs {
     /// (e.g. `--rooms 10 --publishers 4 --subscribers 0 --meeting`).
     #[arg(long)]
     pub meeting: bool,
+    /// Load a Janus 1.x VideoRoom through its HTTP API instead of confer
+    /// (e.g. `http://198.18.0.1:8088/janus`; one publisher per room); the
+    /// same clients, for a side-by-side comparison (benches/janus_fanout.sh).
+    #[arg(long, value_name = "URL")]
+    pub janus: Option<String>,
+    /// Measure the server's CPU and RSS from /proc/PID instead of its
+    /// /metrics (required with --janus; use it for confer too to compare alike).
+    #[arg(long, value_name = "PID")]
+    pub server_pid: Option<u32>,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -7,6 +7,7 @@
 //! from its `/metrics` process metrics. Prints a progress line to stderr and a
 //! JSON report to stdout.
 
+pub mod janus;
 pub mod peer;
 
 use crate::auth::{Claims, TokenKeys};
@@ -32,6 +33,18 @@ pub struct LoadOpts {
     pub audio: bool,
     /// Publishers also subscribe to each other (a meeting), on one WebSocket each.
     pub meeting: bool,
+    /// Load a Janus VideoRoom at this HTTP API URL instead of confer.
+    pub janus: Option<String>,
+    /// Measure the server's CPU and RSS from `/proc/<pid>` instead of its
+    /// `/metrics` (the only way for Janus; the same way for both).
+    pub server_pid: Option<u32>,
+}
+
+impl LoadOpts {
+    /// The server the clients' media goes to.
+    fn target(&self) -> &str {
+        self.janus.as_deref().unwrap_or(&self.url)
+    }
 }
 
 /// Counters shared by every client of the run.
@@ -88,6 +101,7 @@ async fn join(opts: &LoadOpts, token: &str, room: &str) -> anyhow::Result<(Ws, R
     Ok((ws, RtcPeer::start_with(false, ip).await?))
 }
 
+/// The local address that reaches the server: where the clients' sockets bind.
 async fn local_ip_towards(url: &str) -> anyhow::Result<std::net::IpAddr> {
     let u = reqwest::Url::parse(url)?;
     let host = u.host_str().ok_or_else(|| anyhow::anyhow!("--url has no host"))?;
@@ -104,30 +118,44 @@ async fn publisher(
     c: Arc<Counters>,
     epoch: Instant,
     stop: Instant,
+    janus: Option<(Arc<janus::Janus>, tokio::sync::watch::Sender<Option<u64>>)>,
 ) -> anyhow::Result<Vec<u32>> {
-    let (mut ws, mut p) = join(&opts, &token, &room).await?;
     let (video_ssrc, audio_ssrc) = (rand::random::<u32>(), rand::random::<u32>());
     let audio = opts.audio;
-    let (offer, tracks, senders) = p
-        .ctl
-        .try_with(move |pc, now| -> anyhow::Result<_> {
-            let v = pc.add_track(peer::video_track("video", video_ssrc))?;
-            let a = if audio { Some(pc.add_track(peer::audio_track("audio", audio_ssrc))?) } else { None };
-            let offer = pc.create_offer(None)?;
-            pc.set_local_description(now, offer.clone())?;
-            let ids: Vec<_> = pc.get_transceivers().collect();
-            let mids: Vec<String> = ids.into_iter().filter_map(|t| pc.rtp_transceiver(t)?.mid().clone()).collect();
-            let sources = ["camera", "microphone"];
-            let tracks: Vec<Value> = mids.iter().zip(sources).map(|(m, s)| json!({"mid": m, "source": s})).collect();
-            Ok((offer.sdp, tracks, (v, a)))
-        })
-        .await
-        .ok_or_else(|| anyhow::anyhow!("publisher peer stopped"))??;
-    send(&mut ws, json!({"type": "publish-offer", "roomId": room, "sdp": offer, "tracks": tracks})).await?;
-    let answer = expect(&mut ws, "publish-answer").await?["sdp"].as_str().unwrap_or_default().to_owned();
-    p.ctl
-        .try_with(move |pc, now| RTCSessionDescription::answer(answer).and_then(|a| pc.set_remote_description(now, a)))
-        .await;
+    let offer_with = move |pc: &mut rtc::peer_connection::RTCPeerConnection, now| -> anyhow::Result<_> {
+        let v = pc.add_track(peer::video_track("video", video_ssrc))?;
+        let a = if audio { Some(pc.add_track(peer::audio_track("audio", audio_ssrc))?) } else { None };
+        let offer = pc.create_offer(None)?;
+        pc.set_local_description(now, offer.clone())?;
+        let ids: Vec<_> = pc.get_transceivers().collect();
+        let mids: Vec<String> = ids.into_iter().filter_map(|t| pc.rtp_transceiver(t)?.mid().clone()).collect();
+        let sources = ["camera", "microphone"];
+        let tracks: Vec<Value> = mids.iter().zip(sources).map(|(m, s)| json!({"mid": m, "source": s})).collect();
+        Ok((offer.sdp, tracks, (v, a)))
+    };
+    let (ws, mut p, senders) = match &janus {
+        Some((j, feed)) => {
+            let p = RtcPeer::start_with(false, local_ip_towards(opts.target()).await?).await?;
+            let (offer, _, senders) =
+                p.ctl.try_with(offer_with).await.ok_or_else(|| anyhow::anyhow!("publisher peer stopped"))??;
+            let room: u64 = room.parse()?;
+            feed.send_replace(Some(j.publish(room, &p, offer).await?));
+            (None, p, senders)
+        }
+        None => {
+            let (mut ws, p) = join(&opts, &token, &room).await?;
+            let (offer, tracks, senders) =
+                p.ctl.try_with(offer_with).await.ok_or_else(|| anyhow::anyhow!("publisher peer stopped"))??;
+            send(&mut ws, json!({"type": "publish-offer", "roomId": room, "sdp": offer, "tracks": tracks})).await?;
+            let answer = expect(&mut ws, "publish-answer").await?["sdp"].as_str().unwrap_or_default().to_owned();
+            p.ctl
+                .try_with(move |pc, now| {
+                    RTCSessionDescription::answer(answer).and_then(|a| pc.set_remote_description(now, a))
+                })
+                .await;
+            (Some(ws), p, senders)
+        }
+    };
     tokio::time::timeout(Duration::from_secs(20), async {
         while let Some(s) = p.seen.recv().await {
             if matches!(s, Seen::Connected) {
@@ -158,14 +186,16 @@ async fn publisher(
     let vpt = pts.0.ok_or_else(|| anyhow::anyhow!("VP8 was not negotiated"))?;
     // In a meeting everyone also subscribes on the same WebSocket; otherwise
     // keep it read so the server's pings are answered.
-    let receiving = if opts.meeting {
-        let sub = RtcPeer::start_with(false, local_ip_towards(&opts.url).await?).await?;
-        tokio::spawn(receive(ws, sub, c.clone(), epoch, stop))
-    } else {
-        tokio::spawn(async move {
+    let receiving = match ws {
+        Some(ws) if opts.meeting => {
+            let sub = RtcPeer::start_with(false, local_ip_towards(&opts.url).await?).await?;
+            tokio::spawn(receive(ws, sub, c.clone(), epoch, stop))
+        }
+        Some(mut ws) => tokio::spawn(async move {
             while let Some(Ok(_)) = ws.next().await {}
             Vec::new()
-        })
+        }),
+        None => tokio::spawn(async move { Vec::new() }),
     };
 
     // Video: `fps` frames a second, a keyframe every 2 s that is KEY_RATIO
@@ -290,14 +320,25 @@ async fn subscriber(
     c: Arc<Counters>,
     epoch: Instant,
     stop: Instant,
+    janus: Option<(Arc<janus::Janus>, tokio::sync::watch::Receiver<Option<u64>>)>,
 ) -> anyhow::Result<Vec<u32>> {
-    let (ws, p) = join(&opts, &token, &room).await?;
-    Ok(receive(ws, p, c, epoch, stop).await)
+    match janus {
+        Some((j, mut feed)) => {
+            let p = RtcPeer::start_with(false, local_ip_towards(opts.target()).await?).await?;
+            let feed = feed.wait_for(Option::is_some).await?.expect("waited for Some");
+            j.subscribe(room.parse()?, feed, &p).await?;
+            Ok(count(p, c, epoch, stop).await)
+        }
+        None => {
+            let (ws, p) = join(&opts, &token, &room).await?;
+            Ok(receive(ws, p, c, epoch, stop).await)
+        }
+    }
 }
 
 /// Answer every subscribe-offer on `ws` with `p`, and count what arrives
 /// until `stop`: the added latency of each packet, in µs.
-async fn receive(mut ws: Ws, mut p: RtcPeer, c: Arc<Counters>, epoch: Instant, stop: Instant) -> Vec<u32> {
+async fn receive(mut ws: Ws, p: RtcPeer, c: Arc<Counters>, epoch: Instant, stop: Instant) -> Vec<u32> {
     let ctl = p.ctl.clone();
     let signaling = tokio::spawn(async move {
         while let Some(Ok(msg)) = ws.next().await {
@@ -326,6 +367,13 @@ async fn receive(mut ws: Ws, mut p: RtcPeer, c: Arc<Counters>, epoch: Instant, s
             }
         }
     });
+    let latencies = count(p, c, epoch, stop).await;
+    signaling.abort();
+    latencies
+}
+
+/// Count what `p` receives until `stop`: the added latency of each packet, in µs.
+async fn count(mut p: RtcPeer, c: Arc<Counters>, epoch: Instant, stop: Instant) -> Vec<u32> {
     let mut latencies = Vec::new();
     let mut tracks = std::collections::HashSet::new();
     let until = tokio::time::Instant::from_std(stop);
@@ -347,8 +395,42 @@ async fn receive(mut ws: Ws, mut p: RtcPeer, c: Arc<Counters>, epoch: Instant, s
             }
         }
     }
-    signaling.abort();
     latencies
+}
+
+/// The server's (CPU seconds, RSS bytes, forwarded packets): from `/proc`
+/// with `--server-pid`, else from its `/metrics`. Janus has no forwarding
+/// counter: there it is what the subscribers received.
+async fn measure(http: &reqwest::Client, opts: &LoadOpts, c: &Counters) -> anyhow::Result<(f64, f64, f64)> {
+    let mut m = match opts.server_pid {
+        Some(pid) => proc_usage(pid)?,
+        None if opts.janus.is_some() => anyhow::bail!("--janus needs --server-pid (Janus has no /metrics)"),
+        None => server_metrics(http, &opts.url).await?,
+    };
+    if opts.janus.is_some() {
+        m.2 = c.received.load(Relaxed) as f64;
+    } else if opts.server_pid.is_some() {
+        m.2 = server_metrics(http, &opts.url).await?.2;
+    }
+    Ok(m)
+}
+
+/// (CPU seconds, RSS bytes, 0) of a process, from `/proc/<pid>/stat` and `status`.
+fn proc_usage(pid: u32) -> anyhow::Result<(f64, f64, f64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the parenthesised command name; utime and stime are 14 and 15.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i - 3).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let rss_kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    Ok(((ticks(14) + ticks(15)) / hz, rss_kib * 1024.0, 0.0))
 }
 
 /// Server process metrics: (CPU seconds, RSS bytes, forwarded packets).
@@ -408,9 +490,28 @@ pub async fn run(opts: LoadOpts, keys: &TokenKeys) -> anyhow::Result<Value> {
     let mut tasks = Vec::new();
     let mut subs = Vec::new();
     let mut rooms = Vec::new();
-    let before_join = server_metrics(&http, &opts.url).await?;
+    if opts.janus.is_some() && (opts.meeting || opts.publishers != 1) {
+        anyhow::bail!("--janus supports one publisher per room and no --meeting");
+    }
+    let janus = match &opts.janus {
+        Some(url) => Some(janus::Janus::connect(url).await?),
+        None => None,
+    };
+    let before_join = measure(&http, &opts, &counters).await?;
     for r in 0..opts.rooms {
         let owner = token(&format!("load-owner-{r}"));
+        if let Some(j) = &janus {
+            let room = j.create_room(opts.publishers, opts.video_kbps).await?.to_string();
+            let (feed_tx, feed_rx) = tokio::sync::watch::channel(None);
+            for i in 0..opts.subscribers {
+                let (o, room, c) = (opts.clone(), room.clone(), counters.clone());
+                let j = Some((j.clone(), feed_rx.clone()));
+                subs.push(tokio::spawn(subscriber(o, format!("sub-{r}-{i}"), room, c, epoch, stop, j)));
+            }
+            let (o, c) = (opts.clone(), counters.clone());
+            tasks.push(tokio::spawn(publisher(o, String::new(), room, c, epoch, stop, Some((j.clone(), feed_tx)))));
+            continue;
+        }
         let resp = http
             .post(format!("{}/rooms", opts.url))
             .bearer_auth(&owner)
@@ -429,11 +530,11 @@ pub async fn run(opts: LoadOpts, keys: &TokenKeys) -> anyhow::Result<Value> {
         rooms.push((room.clone(), owner.clone()));
         for i in 0..opts.subscribers {
             let (o, t, room, c) = (opts.clone(), token(&format!("load-sub-{r}-{i}")), room.clone(), counters.clone());
-            subs.push(tokio::spawn(subscriber(o, t, room, c, epoch, stop)));
+            subs.push(tokio::spawn(subscriber(o, t, room, c, epoch, stop, None)));
         }
         for i in 0..opts.publishers {
             let (o, t, room, c) = (opts.clone(), token(&format!("load-pub-{r}-{i}")), room.clone(), counters.clone());
-            tasks.push(tokio::spawn(publisher(o, t, room, c, epoch, stop)));
+            tasks.push(tokio::spawn(publisher(o, t, room, c, epoch, stop, None)));
         }
     }
     let per_pub = if opts.audio { 2 } else { 1 };
@@ -446,9 +547,9 @@ pub async fn run(opts: LoadOpts, keys: &TokenKeys) -> anyhow::Result<Value> {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let m0 = server_metrics(&http, &opts.url).await?;
-    let d0 = forward_delay_buckets(&http, &opts.url).await;
     counters.measuring.store(true, Relaxed);
+    let m0 = measure(&http, &opts, &counters).await?;
+    let d0 = forward_delay_buckets(&http, &opts.url).await;
     let started = Instant::now();
     let end = started + Duration::from_secs(opts.seconds);
     while Instant::now() < end {
@@ -463,11 +564,11 @@ pub async fn run(opts: LoadOpts, keys: &TokenKeys) -> anyhow::Result<Value> {
             tracks_expected
         );
     }
+    let m1 = measure(&http, &opts, &counters).await?;
     counters.measuring.store(false, Relaxed);
-    let m1 = server_metrics(&http, &opts.url).await?;
     let d1 = forward_delay_buckets(&http, &opts.url).await;
     let secs = started.elapsed().as_secs_f64();
-    let analytics = server_analytics(&http, &opts.url, &rooms).await;
+    let analytics = if opts.janus.is_some() { Value::Null } else { server_analytics(&http, &opts.url, &rooms).await };
     eprintln!();
     let mut latencies: Vec<u32> = Vec::new();
     for s in subs {
@@ -514,6 +615,8 @@ pub async fn run(opts: LoadOpts, keys: &TokenKeys) -> anyhow::Result<Value> {
         "serverRssMiB": (m1.1 / 1048576.0 * 10.0).round() / 10.0,
         "serverRssPerParticipantMiB": ((m1.1 - before_join.1) / 1048576.0 / participants.max(1.0) * 100.0).round() / 100.0,
         "serverAnalytics": analytics,
+        "target": if opts.janus.is_some() { "janus" } else { "confer" },
+        "forwardedFrom": if opts.janus.is_some() { "clients" } else { "server" },
     }))
 }
 
@@ -566,5 +669,18 @@ mod tests {
         assert_eq!(super::bucket_quantile(&before, &after, 0.99), Some(5.0));
         assert_eq!(super::bucket_quantile(&after, &after, 0.5), None, "nothing happened in between");
         assert_eq!(super::bucket_quantile(&[], &[], 0.5), None);
+    }
+
+    /// `--server-pid` reads this process's CPU and RSS like `ps` would.
+    #[test]
+    fn proc_usage_reads_cpu_and_rss() {
+        let spin = std::time::Instant::now();
+        let mut x = 0u64;
+        while spin.elapsed() < std::time::Duration::from_millis(50) {
+            x = x.wrapping_add(std::hint::black_box(1));
+        }
+        let (cpu, rss, _) = super::proc_usage(std::process::id()).unwrap();
+        assert!(cpu >= 0.03 && rss > 1e6, "cpu {cpu} s, rss {rss} B ({x})");
+        assert!(super::proc_usage(u32::MAX).is_err(), "no such process");
     }
 }
