@@ -4,7 +4,7 @@
 //! type and sequence number arrive, which RTCP comes back). The caller runs
 //! closures on the connection and reads what arrived from a channel.
 
-use crate::media::deliver::DeliverRtcp;
+use crate::media::observe::{Observe, Observed};
 use bytes::BytesMut;
 use rtc::interceptor::{Registry, Slot};
 use rtc::media_stream::MediaStreamTrack;
@@ -143,7 +143,7 @@ impl RtcPeer {
         let mut media = MediaEngine::default();
         media.register_default_codecs()?;
         let registry = register_default_interceptors(Registry::new(), &mut media)?
-            .with(Slot::Custom(20_000), DeliverRtcp::default());
+            .with(Slot::Custom(20_000), Observe::new(std::sync::Arc::new(Observed::default())));
         let mut pc = RTCPeerConnectionBuilder::new()
             .with_media_engine(media)
             .with_interceptor_registry(registry)

@@ -10,16 +10,14 @@
 //! - [`demux`]: which PeerConnection a datagram belongs to.
 //! - [`router`]: pure forwarding decisions (producers, consumers, rewrites,
 //!   keyframe rate limits, audio levels).
-//! - [`deliver`]: lets inbound RTCP through webrtc-rs's interceptor chain
-//!   (the load tool's peers use it).
-//! - [`observe`]: the server legs' own interceptor: delivers inbound RTCP,
-//!   and measures TWCC round trips and sent NACKs for analytics.
+//! - [`observe`]: every leg's own interceptor: lets inbound RTCP through
+//!   webrtc-rs's chain, and measures TWCC round trips and sent NACKs for
+//!   analytics (the load tool's peers use it too).
 //! - [`pc`]: how a server-side PeerConnection is configured.
 //! - [`sdp`]: the few edits made to outgoing SDP.
 //! - [`udp`]: batched socket I/O (`recvmmsg`, `sendmmsg`).
 //! - [`engine`]: the socket loop that owns every PeerConnection.
 
-pub mod deliver;
 pub mod demux;
 pub mod engine;
 pub mod observe;

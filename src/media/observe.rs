@@ -12,8 +12,9 @@
 //!   generator writes them without telling the application.
 //!
 //! - **Delivery of inbound RTCP**: it marks every inbound RTCP packet
-//!   `DeliverToApplication`, as [`super::deliver::DeliverRtcp`] does (one
-//!   interceptor fewer per leg); without it webrtc-rs drops all of it.
+//!   `DeliverToApplication`. webrtc-rs ends the inbound RTCP path at its
+//!   terminus unless a packet is so marked, and the SFU needs subscribers'
+//!   PLI/FIR (keyframe requests to relay), NACKs and receiver reports.
 //!
 //! It sits wire-most (below the TWCC sender), so it sees packets numbered and
 //! feedback before anything else consumes it; the mark does not change what
