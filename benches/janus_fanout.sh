@@ -1,16 +1,22 @@
 #!/usr/bin/env bash
 # confer vs Janus 1.1.2 (Debian's VideoRoom), same load, same clients, same run:
-# 1 publisher (VP8 1.5 Mbit/s at 30 fps + Opus) -> N subscribers, both servers
-# measured alike (CPU and RSS from /proc, packets as the subscribers received
-# them), runs alternating.
+# 1 publisher (VP8 1.5 Mbit/s at 30 fps + Opus, the loadtest defaults) -> N
+# subscribers, both servers measured alike (CPU and RSS from /proc/PID via
+# `confer loadtest --server-pid`), runs alternating confer, Janus, confer, ...
 #
-#   benches/janus_fanout.sh [SECONDS] [N ...]     (default 12 s; 10 50 100)
+#   benches/janus_fanout.sh [N ...] [SECONDS]   (default 10 50 100 subscribers, 12 s;
+#                                               with two or more numbers the last is SECONDS)
+#   RUNS=3 benches/janus_fanout.sh ...          (rounds, interleaved; the table shows medians)
+#   JANUS_EVENT_LOOPS=2 benches/janus_fanout.sh (Janus's `event_loops`; unset = its default,
+#                                               one thread per handle)
 #
+# Packets forwarded: confer's own counter (/metrics); Janus has none, so there it
+# is what the subscribers received (the report says `forwardedFrom`).
 # Janus (libnice) refuses loopback candidates, so everything runs in a private
 # network namespace with a veth pair on 198.18.0.1 (the benchmarking range),
 # never on the machine's real interfaces. Installs Janus with apt if missing.
-# Prints one line per run and a table of the ratio confer / Janus of server CPU
-# per forwarded packet.
+# On a shared machine, serialise with other benchmarks:
+#   flock /tmp/bench.lock benches/janus_fanout.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,24 +27,30 @@ if [ "${JANUS_FANOUT_INSIDE:-}" != 1 ]; then
   exec unshare -n env JANUS_FANOUT_INSIDE=1 CARGO_TARGET_DIR="$CARGO_TARGET_DIR" bash "$0" "$@"
 fi
 
-# --- inside the namespace ---
+# --- inside the namespace: lo, and a veth pair whose v0 end holds $IP ---
 ip link set lo up
 ip link add v0 type veth peer name v1
 ip addr add 198.18.0.1/24 dev v0
 ip link set v0 up
 ip link set v1 up
 IP=198.18.0.1
-secs=${1:-12}
-shift || true
-sizes=("${@:-10 50 100}")
-[ $# -eq 0 ] && sizes=(10 50 100)
+secs=12
+sizes=(10 50 100)
+if [ $# -ge 2 ]; then
+  secs=${*: -1}
+  sizes=("${@:1:$#-1}")
+elif [ $# -eq 1 ]; then
+  sizes=("$1")
+fi
+runs=${RUNS:-1}
 bin="$CARGO_TARGET_DIR/release/confer"
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 
-# A minimal Janus: the HTTP transport on $IP and the VideoRoom plugin only.
-lib=/usr/lib/x86_64-linux-gnu/janus
+# A minimal Janus: the HTTP transport on $IP, the VideoRoom plugin only, ICE on v0 only.
+lib=$(dirname "$(dirname "$(find /usr/lib -path '*/janus/plugins/libjanus_videoroom.so' | head -1)")")
 mkdir -p "$work/janus"
+others() { (cd "$lib/$1" && ls lib*.so | grep -v "^$2\$" | paste -sd, -); }
 cat > "$work/janus/janus.jcfg" <<EOF
 general: {
   configs_folder = "$work/janus"
@@ -48,13 +60,15 @@ general: {
   loggers_folder = "$lib/loggers"
   debug_level = 2
   admin_secret = "unused"
+  interface = "$IP"
+  ${JANUS_EVENT_LOOPS:+event_loops = $JANUS_EVENT_LOOPS}
 }
 media: { rtp_port_range = "30000-60000" }
 nat: { ice_enforce_list = "v0" }
-plugins: { disable = "libjanus_audiobridge.so,libjanus_duktape.so,libjanus_echotest.so,libjanus_lua.so,libjanus_nosip.so,libjanus_recordplay.so,libjanus_sip.so,libjanus_streaming.so,libjanus_textroom.so,libjanus_videocall.so,libjanus_voicemail.so" }
-transports: { disable = "libjanus_websockets.so,libjanus_pfunix.so,libjanus_mqtt.so,libjanus_nanomsg.so,libjanus_rabbitmq.so" }
-events: { broadcast = false }
-loggers: { disable = "libjanus_jsonlog.so" }
+plugins: { disable = "$(others plugins libjanus_videoroom.so)" }
+transports: { disable = "$(others transports libjanus_http.so)" }
+events: { broadcast = false, disable = "$(others events -)" }
+loggers: { disable = "$(others loggers -)" }
 EOF
 cat > "$work/janus/janus.transport.http.jcfg" <<EOF
 general: { json = "plain", base_path = "/janus", http = true, port = 8088, ip = "$IP", https = false }
@@ -65,10 +79,11 @@ echo 'general: { }' > "$work/janus/janus.plugin.videoroom.jcfg"
 run_confer() {
   local n=$1 data="$work/confer-$n"
   CONFER_MEDIA_LISTEN=$IP:0 CONFER_TURN_LISTEN=$IP:0 CONFER_ROOMS_MAX_PARTICIPANTS=1000 RUST_LOG=warn \
-    "$bin" serve --http $IP:7880 --data "$data" > "$work/confer.out" 2> "$work/confer.err" &
+    "$bin" serve --http $IP:7880 --data "$data" > "$work/confer.out" 2> "$work/confer.log" &
   local pid=$!
   for _ in $(seq 100); do grep -q listening "$work/confer.out" 2>/dev/null && break; sleep 0.1; done
-  "$bin" loadtest --url http://$IP:7880 --data "$data" --subscribers "$n" --seconds "$secs" --server-pid $pid 2>/dev/null
+  "$bin" loadtest --url http://$IP:7880 --data "$data" --subscribers "$n" --seconds "$secs" \
+    --server-pid $pid 2>> "$work/loadtest.log"
   kill $pid; wait $pid 2>/dev/null || true
 }
 
@@ -77,8 +92,9 @@ run_janus() {
   janus -C "$work/janus/janus.jcfg" -F "$work/janus" > "$work/janus.log" 2>&1 &
   local pid=$!
   for _ in $(seq 100); do curl -s -o /dev/null http://$IP:8088/janus/info && break; sleep 0.1; done
+  # --url/--data are unused for Janus but still parsed (signing keys).
   "$bin" loadtest --janus http://$IP:8088/janus --url http://$IP:8088 --data "$work/janus-data" \
-    --subscribers "$n" --seconds "$secs" --server-pid $pid 2>/dev/null
+    --subscribers "$n" --seconds "$secs" --server-pid $pid 2>> "$work/loadtest.log"
   kill $pid; wait $pid 2>/dev/null || true
 }
 
@@ -87,26 +103,39 @@ summary() {
 import json, sys
 r = json.loads(sys.argv[1])
 print(json.dumps({k: r[k] for k in ("target", "subscribersPerRoom", "forwardedPerSecond", "loss", "latencyMs",
-      "serverCpuUsPerForwardedPacket", "serverRssMiB")}))' "$1"
+      "serverCpuUsPerForwardedPacket", "serverRssMiB", "forwardedFrom")}))' "$1"
 }
 
 results="$work/results"
-for n in "${sizes[@]}"; do
-  for target in confer janus; do
-    out=$("run_$target" "$n") || { echo "$target at $n subscribers failed" >&2; cat "$work/$target"*.log "$work/$target.err" 2>/dev/null | tail -20 >&2; exit 1; }
-    summary "$out"
-    echo "$out" >> "$results"
+for round in $(seq "$runs"); do
+  for n in "${sizes[@]}"; do
+    for target in confer janus; do
+      out=$("run_$target" "$n") || {
+        echo "$target at $n subscribers failed" >&2
+        tail -20 "$work/loadtest.log" "$work/$target.log" >&2 2>/dev/null
+        exit 1
+      }
+      summary "$out"
+      echo "$out" >> "$results"
+    done
   done
 done
-python3 - "$results" <<'EOF'
-import json, sys
+python3 - "$results" "$runs" <<'EOF'
+import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
-print("\n| subscribers | confer µs/pkt | Janus µs/pkt | confer / Janus | loss confer / Janus | latency p50/p99 ms confer | Janus |")
-print("|---:|---:|---:|---:|---:|---:|---:|")
+med = lambda xs: statistics.median([x for x in xs if x is not None]) if any(x is not None for x in xs) else None
+def agg(n, t):
+    rs = [r for r in rows if r["subscribersPerRoom"] == n and r["target"] == t]
+    return {"us": med([r["serverCpuUsPerForwardedPacket"] for r in rs]), "loss": med([r["loss"] for r in rs]),
+            "p50": med([r["latencyMs"]["p50"] for r in rs]), "p99": med([r["latencyMs"]["p99"] for r in rs]),
+            "rss": med([r["serverRssMiB"] for r in rs])}
+print(f"\nmedians of {sys.argv[2]} run(s) each; µs of server CPU per forwarded packet")
+print("| subscribers | confer µs/pkt | Janus µs/pkt | confer / Janus | loss confer / Janus "
+      "| latency p50 / p99 ms, confer | Janus | RSS MiB confer / Janus |")
+print("|---:|---:|---:|---:|---:|---:|---:|---:|")
 for n in sorted({r["subscribersPerRoom"] for r in rows}):
-    c = next(r for r in rows if r["subscribersPerRoom"] == n and r["target"] == "confer")
-    j = next(r for r in rows if r["subscribersPerRoom"] == n and r["target"] == "janus")
-    cu, ju = c["serverCpuUsPerForwardedPacket"], j["serverCpuUsPerForwardedPacket"]
-    lat = lambda r: f'{r["latencyMs"]["p50"]} / {r["latencyMs"]["p99"]}'
-    print(f'| {n} | {cu} | {ju} | {cu / ju:.2f} | {c["loss"]} / {j["loss"]} | {lat(c)} | {lat(j)} |')
+    c, j = agg(n, "confer"), agg(n, "janus")
+    ratio = f'{c["us"] / j["us"]:.2f}' if c["us"] and j["us"] else "-"
+    print(f'| {n} | {c["us"]} | {j["us"]} | {ratio} | {c["loss"] * 100:.2f} % / {j["loss"] * 100:.2f} % '
+          f'| {c["p50"]} / {c["p99"]} | {j["p50"]} / {j["p99"]} | {c["rss"]} / {j["rss"]} |')
 EOF
