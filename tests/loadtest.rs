@@ -9,7 +9,8 @@ use serde_json::Value;
 /// Run `confer loadtest ARGS` against a fresh server; (report, stderr).
 fn loadtest(args: &[&str]) -> (Value, String) {
     let dir = tempfile::tempdir().unwrap();
-    let server = ChildServer::spawn(dir.path(), &[]);
+    // Two SFU workers whatever the machine has, so placement is tested.
+    let server = ChildServer::spawn(dir.path(), &[("CONFER_MEDIA_WORKERS", "2")]);
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_confer"))
         .arg("loadtest")
         .args(args)
@@ -33,6 +34,7 @@ fn a_small_load_run_reports_every_track_and_no_loss() {
     assert!(stderr.contains("received"), "a progress line: {stderr}");
     assert_eq!(r["tracksExpected"], 4, "{r}");
     assert_eq!(r["tracksReceived"], 4, "{r}");
+    assert_eq!(r["serverMediaPorts"], 1, "one room, one worker: {r}");
     assert!(r["packetsReceived"].as_u64().unwrap() > 100, "{r}");
     assert!(r["loss"].as_f64().unwrap() < 0.05, "{r}");
     assert!(r["latencyMs"]["p50"].as_f64().unwrap() > 0.0, "{r}");
@@ -56,5 +58,8 @@ fn a_meeting_load_has_every_publisher_receive_the_others() {
     let (r, _) = loadtest(&["--rooms", "2", "--publishers", "2", "--subscribers", "0", "--meeting", "--seconds", "2"]);
     // 2 rooms x 2 publishers x 1 other x (video + audio).
     assert_eq!((r["tracksExpected"].as_u64(), r["tracksReceived"].as_u64()), (Some(8), Some(8)), "{r}");
+    // The two rooms, live at once, were placed on the two workers (two
+    // ports), and media flowed in both.
+    assert_eq!(r["serverMediaPorts"], 2, "{r}");
     assert!(r["loss"].as_f64().unwrap() < 0.05 && r["meeting"] == true, "{r}");
 }

@@ -54,6 +54,9 @@ struct Counters {
     sent: AtomicU64,
     received: AtomicU64,
     tracks_received: AtomicU64,
+    /// The server's media ports publishers were answered with (one per
+    /// worker their rooms landed on).
+    media_ports: std::sync::Mutex<std::collections::BTreeSet<u16>>,
 }
 
 fn now_us(epoch: Instant) -> u64 {
@@ -148,6 +151,9 @@ async fn publisher(
                 p.ctl.try_with(offer_with).await.ok_or_else(|| anyhow::anyhow!("publisher peer stopped"))??;
             send(&mut ws, json!({"type": "publish-offer", "roomId": room, "sdp": offer, "tracks": tracks})).await?;
             let answer = expect(&mut ws, "publish-answer").await?["sdp"].as_str().unwrap_or_default().to_owned();
+            let port =
+                answer.lines().find_map(|l| l.split_once(" typ host")?.0.rsplit(' ').next()?.parse::<u16>().ok());
+            c.media_ports.lock().unwrap_or_else(|e| e.into_inner()).extend(port);
             p.ctl
                 .try_with(move |pc, now| {
                     RTCSessionDescription::answer(answer).and_then(|a| pc.set_remote_description(now, a))
@@ -615,6 +621,7 @@ pub async fn run(opts: LoadOpts, keys: &TokenKeys) -> anyhow::Result<Value> {
         "serverRssMiB": (m1.1 / 1048576.0 * 10.0).round() / 10.0,
         "serverRssPerParticipantMiB": ((m1.1 - before_join.1) / 1048576.0 / participants.max(1.0) * 100.0).round() / 100.0,
         "serverAnalytics": analytics,
+        "serverMediaPorts": counters.media_ports.lock().unwrap_or_else(|e| e.into_inner()).len(),
         "target": if opts.janus.is_some() { "janus" } else { "confer" },
         "forwardedFrom": if opts.janus.is_some() { "clients" } else { "server" },
     }))

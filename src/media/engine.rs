@@ -4,7 +4,7 @@
 //! decides, runs the legs' timers, and drains what each leg wants to send.
 //!
 //! There is one engine per worker thread, each with its own socket; a room
-//! lives on one of them ([`MediaHandle::worker_of`]), so its packets never
+//! lives on one of them (placed by [`MediaHandle`]), so its packets never
 //! leave that thread, and nothing here takes a lock.
 
 use super::demux;

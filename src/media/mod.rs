@@ -157,30 +157,71 @@ pub struct PeerReport {
 }
 
 /// Signaling's end of the media plane: one command queue per worker. A room
-/// lives on one worker (chosen by a hash of its id), so its packets never
-/// cross threads; a participant's later commands go where its `Join` went.
+/// lives on one worker, so its packets never cross threads: a new room goes
+/// to the worker with the fewest live rooms, and a participant's later
+/// commands go where its `Join` went. A room is forgotten when its last
+/// participant leaves.
 #[derive(Clone, Debug)]
 pub struct MediaHandle {
     workers: Vec<(mpsc::UnboundedSender<Command>, SocketAddr)>,
-    placed: std::sync::Arc<parking_lot::Mutex<std::collections::HashMap<PeerId, usize>>>,
+    placement: std::sync::Arc<parking_lot::Mutex<Placement>>,
+}
+
+/// Which worker each live room and participant is on.
+#[derive(Debug, Default)]
+struct Placement {
+    /// Room → (worker, participants joined).
+    rooms: std::collections::HashMap<RoomId, (usize, usize)>,
+    peers: std::collections::HashMap<PeerId, RoomId>,
+}
+
+impl Placement {
+    fn join(&mut self, room: &RoomId, peer: &PeerId, workers: usize) -> usize {
+        // A rejoin (after a reconnect) stays where the room's state is.
+        if self.peers.get(peer) == Some(room) {
+            return self.rooms[room].0;
+        }
+        self.leave(peer);
+        let w = match self.rooms.get(room) {
+            Some(&(w, _)) => w,
+            None => {
+                let mut load = vec![0usize; workers];
+                for &(w, _) in self.rooms.values() {
+                    load[w] += 1;
+                }
+                (0..workers).min_by_key(|&w| load[w]).unwrap_or(0)
+            }
+        };
+        self.rooms.entry(room.clone()).or_insert((w, 0)).1 += 1;
+        self.peers.insert(peer.clone(), room.clone());
+        w
+    }
+
+    fn leave(&mut self, peer: &PeerId) -> Option<usize> {
+        let room = self.peers.remove(peer)?;
+        let (w, n) = self.rooms.get_mut(&room)?;
+        let w = *w;
+        *n -= 1;
+        if *n == 0 {
+            self.rooms.remove(&room);
+        }
+        Some(w)
+    }
+
+    fn worker_of(&self, peer: &PeerId) -> Option<usize> {
+        self.rooms.get(self.peers.get(peer)?).map(|&(w, _)| w)
+    }
 }
 
 impl MediaHandle {
     pub(crate) fn new(workers: Vec<(mpsc::UnboundedSender<Command>, SocketAddr)>) -> Self {
         assert!(!workers.is_empty(), "at least one media worker");
-        Self { workers, placed: Default::default() }
-    }
-
-    /// Which worker carries `room`.
-    pub fn worker_of(&self, room: &RoomId) -> usize {
-        use std::hash::{Hash, Hasher};
-        let mut h = std::hash::DefaultHasher::new();
-        room.as_str().hash(&mut h);
-        (h.finish() % self.workers.len() as u64) as usize
+        Self { workers, placement: Default::default() }
     }
 
     /// Queue a command for the worker it concerns; a stopped engine ignores it.
     pub fn send(&self, cmd: Command) {
+        let n = self.workers.len();
         let w = match &cmd {
             Command::Shutdown => {
                 for (tx, _) in &self.workers {
@@ -188,19 +229,15 @@ impl MediaHandle {
                 }
                 return;
             }
-            Command::Join { room, peer } => {
-                let w = self.worker_of(room);
-                self.placed.lock().insert(peer.clone(), w);
-                w
-            }
-            Command::Leave { peer } => self.placed.lock().remove(peer).unwrap_or(0),
+            Command::Join { room, peer } => self.placement.lock().join(room, peer, n),
+            Command::Leave { peer } => self.placement.lock().leave(peer).unwrap_or(0),
             Command::Publish { peer, .. }
             | Command::SubscribeAnswer { peer, .. }
             | Command::Candidate { peer, .. }
             | Command::Mute { peer, .. }
             | Command::MuteKind { peer, .. }
             | Command::Subscribe { peer, .. }
-            | Command::Unpublish { peer, .. } => self.placed.lock().get(peer).copied().unwrap_or(0),
+            | Command::Unpublish { peer, .. } => self.placement.lock().worker_of(peer).unwrap_or(0),
         };
         let _ = self.workers[w].0.send(cmd);
     }
@@ -225,30 +262,48 @@ impl MediaHandle {
 mod tests {
     use super::*;
 
-    /// Rooms spread over the workers, and everything a participant does
-    /// follows its `Join` to the worker of its room.
+    /// New rooms go to the least loaded worker, everything a participant
+    /// does follows its `Join`, and an emptied room frees its worker.
     #[test]
     fn rooms_spread_over_workers_and_commands_follow_the_join() {
         let (a, mut ra) = mpsc::unbounded_channel();
         let (b, mut rb) = mpsc::unbounded_channel();
         let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
         let h = MediaHandle::new(vec![(a, addr), (b, addr)]);
-        let on_b = (0..200).filter(|i| h.worker_of(&RoomId::from(format!("rm_{i}").as_str())) == 1).count();
-        assert!((60..=140).contains(&on_b), "{on_b} of 200 rooms on worker 1");
-        let room = (0..).map(|i| RoomId::from(format!("rm_{i}").as_str())).find(|r| h.worker_of(r) == 1).unwrap();
-        let peer = PeerId::from("peer_x");
-        h.send(Command::Join { room: room.clone(), peer: peer.clone() });
-        h.send(Command::Subscribe { peer: peer.clone(), track: TrackId::from("tr_1"), subscribe: false });
-        h.send(Command::Leave { peer: peer.clone() });
-        let mut got = Vec::new();
-        while let Ok(c) = rb.try_recv() {
-            got.push(format!("{c:?}").split_whitespace().next().unwrap_or_default().to_owned());
+        let kinds = |r: &mut mpsc::UnboundedReceiver<Command>| {
+            let mut got = Vec::new();
+            while let Ok(c) = r.try_recv() {
+                got.push(format!("{c:?}").split_whitespace().next().unwrap_or_default().to_owned());
+            }
+            got
+        };
+        let join = |room: &str, peer: &str| h.send(Command::Join { room: room.into(), peer: peer.into() });
+        join("rm_a", "p1");
+        join("rm_b", "p2");
+        join("rm_a", "p3");
+        join("rm_c", "p4");
+        join("rm_c", "p4");
+        assert_eq!(
+            kinds(&mut ra),
+            ["Join", "Join", "Join", "Join"],
+            "rm_a twice, rm_c (and p4's rejoin) on the less loaded worker 0"
+        );
+        assert_eq!(kinds(&mut rb), ["Join"], "rm_b on the empty worker 1");
+        h.send(Command::Subscribe { peer: "p2".into(), track: TrackId::from("tr_1"), subscribe: false });
+        h.send(Command::Leave { peer: "p2".into() });
+        assert_eq!(kinds(&mut rb), ["Subscribe", "Leave"]);
+        // rm_b is gone: worker 1 is empty again and takes the next room.
+        join("rm_d", "p5");
+        assert_eq!(kinds(&mut rb), ["Join"]);
+        for p in ["p1", "p3", "p4", "p5"] {
+            h.send(Command::Leave { peer: p.into() });
         }
-        assert_eq!(got, ["Join", "Subscribe", "Leave"]);
-        assert!(ra.try_recv().is_err(), "nothing went to worker 0");
-        // After the leave the participant is forgotten; shutdown reaches all.
-        assert!(h.placed.lock().is_empty());
+        let placement = h.placement.lock();
+        assert!(placement.rooms.is_empty() && placement.peers.is_empty(), "{placement:?}");
+        drop(placement);
         h.send(Command::Shutdown);
-        assert!(matches!(ra.try_recv(), Ok(Command::Shutdown)) && matches!(rb.try_recv(), Ok(Command::Shutdown)));
+        assert!(
+            kinds(&mut ra).ends_with(&["Shutdown".to_owned()]) && kinds(&mut rb).ends_with(&["Shutdown".to_owned()])
+        );
     }
 }
