@@ -97,6 +97,7 @@ fn loadtest(args: confer::app::cli::LoadtestArgs) -> anyhow::Result<()> {
         seconds: args.seconds.max(1),
         video_kbps: args.video_kbps.max(10),
         fps: args.fps.clamp(1, 50),
+        pacing: if args.pacing.is_finite() { args.pacing.clamp(0.0, 100.0) } else { 0.0 },
         audio: !args.no_audio,
         meeting: args.meeting,
         janus: args.janus.clone(),

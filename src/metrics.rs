@@ -128,6 +128,7 @@ pub struct MediaMetrics {
     forwarded_bytes: [IntCounter; 2],
     rtcp: IntCounterVec,
     pub nack: IntCounter,
+    pub retransmitted: IntCounter,
     pub pli: IntCounter,
     pub datagrams_dropped: IntCounter,
     pub send_errors: IntCounter,
@@ -179,6 +180,10 @@ impl MediaMetrics {
             forwarded_bytes: by_kind(|k| bytes.with_label_values(&[k])),
             rtcp: counter_vec("confer_rtcp_packets_total", "RTCP packets received by the SFU, by type", "type"),
             nack: counter("confer_nack_total", "NACKs received from subscribers"),
+            retransmitted: counter(
+                "confer_rtp_packets_retransmitted_total",
+                "RTP packets the SFU sent again to subscribers that NACKed them, from its history",
+            ),
             pli: counter("confer_pli_total", "Keyframe requests (PLI) the SFU sent to publishers"),
             datagrams_dropped: counter(
                 "confer_media_datagrams_dropped_total",

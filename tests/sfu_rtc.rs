@@ -258,6 +258,7 @@ async fn webrtc_rs_peers_see_per_leg_rewrites_contiguous_sequences_and_keyframe_
     tokio::time::sleep(Duration::from_millis(400)).await;
     while alice.seen.try_recv().is_ok() {}
     let nacks_before = c.metric("confer_nack_total").await.unwrap();
+    let resent_before = c.metric("confer_rtp_packets_retransmitted_total").await.unwrap();
     let nack_seq = seq.wrapping_sub(3);
     bob.with(move |pc, now| {
         use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
@@ -284,7 +285,11 @@ async fn webrtc_rs_peers_see_per_leg_rewrites_contiguous_sequences_and_keyframe_
         }
     })
     .await;
-    assert!(resent.is_ok(), "packet {nack_seq} was not retransmitted after bob's NACK");
+    assert_eq!(resent.ok(), Some(got_ssrc), "packet {nack_seq} was not retransmitted after bob's NACK");
+    assert!(
+        c.metric("confer_rtp_packets_retransmitted_total").await.unwrap() > resent_before,
+        "the server's history answered it"
+    );
     let relayed =
         alice.wait_for("bob's PLI relayed", |s| matches!(s, Seen::Rtcp { kinds, .. } if kinds.contains(&"pli"))).await;
     assert!(!matches!(relayed, Seen::Rtcp { ref kinds, .. } if kinds.contains(&"nack")));
@@ -294,6 +299,10 @@ async fn webrtc_rs_peers_see_per_leg_rewrites_contiguous_sequences_and_keyframe_
         .count();
     assert_eq!(upstream_nacks, 0, "a subscriber's NACK is answered by the server, not the publisher");
     assert!(c.metric("confer_nack_total").await.unwrap() > nacks_before, "the NACK was seen");
+
+    // The server writes forwarded media itself, so it sends the sender
+    // reports too (once a second per stream).
+    bob.wait_for("a sender report", |s| matches!(s, Seen::Rtcp { kinds, .. } if kinds.contains(&"sr"))).await;
 
     // Upstream loss: a packet the server never got is NACKed to the publisher.
     while alice.seen.try_recv().is_ok() {}

@@ -61,6 +61,12 @@ pub struct LoadtestArgs {
     /// Video frames per second.
     #[arg(long, default_value_t = 30)]
     pub fps: u32,
+    /// Pace video like libwebrtc's sender: a frame's packets leave at this
+    /// multiple of --video-kbps (its pacing factor is 2.5), audio unpaced.
+    /// 0 sends each frame's packets back to back, a harsher burst than
+    /// browsers make.
+    #[arg(long, default_value_t = 2.5, value_name = "FACTOR")]
+    pub pacing: f64,
     /// Publish video only.
     #[arg(long)]
     pub no_audio: bool,

@@ -2,8 +2,10 @@
 //! against a running server, for a duration. Clients are webrtc-rs
 //! PeerConnections ([`peer`]) that really negotiate, connect (ICE, DTLS,
 //! SRTP) and decrypt, but do not decode: publishers send synthetic VP8-shaped
-//! RTP (and Opus-sized audio) whose payload starts with the send time, so
-//! subscribers measure the added forwarding latency. Server CPU and RSS come
+//! RTP (and Opus-sized audio) whose payload ends with the send time, so
+//! subscribers measure the added forwarding latency (from the publisher's
+//! send to the subscriber's socket read, so that the load tool's own
+//! decrypting and bookkeeping is not counted). Server CPU and RSS come
 //! from its `/metrics` process metrics. Prints a progress line to stderr and a
 //! JSON report to stdout.
 
@@ -30,6 +32,9 @@ pub struct LoadOpts {
     pub seconds: u64,
     pub video_kbps: u32,
     pub fps: u32,
+    /// Video packets leave at this multiple of `video_kbps`; 0: each frame
+    /// back to back.
+    pub pacing: f64,
     pub audio: bool,
     /// Publishers also subscribe to each other (a meeting), on one WebSocket each.
     pub meeting: bool,
@@ -206,21 +211,30 @@ async fn publisher(
 
     // Video: `fps` frames a second, a keyframe every 2 s that is KEY_RATIO
     // times a delta frame, sized so the average is `video_kbps` (at the frame
-    // size of `frame_size_for`, announced in keyframes); frames split
-    // into packets of at most 1,100 bytes, sent back to back. Audio: a packet
-    // every 20 ms.
+    // size of `frame_size_for`, announced in keyframes); frames split into
+    // packets of at most 1,100 bytes, which leave paced at `pacing` times
+    // the bitrate, as libwebrtc's pacer sends them (or back to back). Audio:
+    // a packet every 20 ms, never held back by video. Each packet carries
+    // the time it leaves.
     const KEY_RATIO: usize = 5;
     let fps = opts.fps.clamp(1, 120);
     let gop = u64::from(fps) * 2;
     let delta_bytes = (opts.video_kbps as usize * 1000 / 8 * 2 / (gop as usize - 1 + KEY_RATIO)).max(200);
     let frame_every = Duration::from_secs_f64(1.0 / f64::from(fps));
     let audio_every = Duration::from_millis(20);
+    let pace_bytes_per_sec = opts.pacing * f64::from(opts.video_kbps) * 1000.0 / 8.0;
     let (mut vseq, mut aseq) = (rand::random::<u16>(), rand::random::<u16>());
     let (mut frames, mut audio_n) = (0u64, 0u64);
     let mut next_video = tokio::time::Instant::now();
     let mut next_audio = next_video;
+    // Video packets not yet sent: (marker, frame head, size, timestamp); and
+    // when the pacer lets the next one go.
+    let mut queue: std::collections::VecDeque<(bool, Vec<u8>, usize, u32)> = Default::default();
+    let mut next_paced = next_video;
     while Instant::now() < stop {
-        tokio::time::sleep_until(next_video.min(next_audio)).await;
+        let wake =
+            if queue.is_empty() { next_video.min(next_audio) } else { next_video.min(next_audio).min(next_paced) };
+        tokio::time::sleep_until(wake).await;
         let now = tokio::time::Instant::now();
         let t = now_us(epoch);
         let mut pkts = Vec::new();
@@ -233,12 +247,23 @@ async fn publisher(
                 let size = left.min(1100);
                 left -= size;
                 let head = if first { vp8_frame_start(key, frame_size_for(opts.video_kbps)) } else { vec![0x00] };
-                pkts.push((vs, rtp(vpt, vseq, ts, video_ssrc, left == 0, &head, size, t)));
-                vseq = vseq.wrapping_add(1);
+                queue.push_back((left == 0, head, size, ts));
                 first = false;
             }
             frames += 1;
             next_video += frame_every;
+            next_paced = next_paced.max(now);
+        }
+        while let Some((marker, head, size, ts)) = queue.pop_front() {
+            if pace_bytes_per_sec > 0.0 {
+                if next_paced > now {
+                    queue.push_front((marker, head, size, ts));
+                    break;
+                }
+                next_paced += Duration::from_secs_f64(size as f64 / pace_bytes_per_sec);
+            }
+            pkts.push((vs, rtp(vpt, vseq, ts, video_ssrc, marker, &head, size, t)));
+            vseq = vseq.wrapping_add(1);
         }
         if next_audio <= now {
             if let (Some(a), Some(apt)) = (as_, pts.1) {
@@ -247,6 +272,9 @@ async fn publisher(
             }
             audio_n += 1;
             next_audio += audio_every;
+        }
+        if pkts.is_empty() {
+            continue;
         }
         let count = pkts.len() as u64;
         let ok = p
@@ -388,7 +416,7 @@ async fn count(mut p: RtcPeer, c: Arc<Counters>, epoch: Instant, stop: Instant) 
             Ok(Some(s)) => s,
             _ => break,
         };
-        if let Seen::Rtp { track, payload, .. } = s {
+        if let Seen::Rtp { track, payload, at, .. } = s {
             if tracks.insert(track) {
                 c.tracks_received.fetch_add(1, Relaxed);
             }
@@ -396,7 +424,11 @@ async fn count(mut p: RtcPeer, c: Arc<Counters>, epoch: Instant, stop: Instant) 
                 c.received.fetch_add(1, Relaxed);
                 if payload.len() >= 8 {
                     let sent = u64::from_be_bytes(payload[payload.len() - 8..].try_into().expect("8 bytes"));
-                    latencies.push(now_us(epoch).saturating_sub(sent).min(u64::from(u32::MAX)) as u32);
+                    // From the publisher's send to this subscriber's socket
+                    // read: what the peers' own pipelines and this task
+                    // take afterwards is not the server's.
+                    let read = at.saturating_duration_since(epoch).as_micros() as u64;
+                    latencies.push(read.saturating_sub(sent).min(u64::from(u32::MAX)) as u32);
                 }
             }
         }
@@ -604,6 +636,7 @@ pub async fn run(opts: LoadOpts, keys: &TokenKeys) -> anyhow::Result<Value> {
         "subscribersPerRoom": opts.subscribers,
         "videoKbps": opts.video_kbps,
         "fps": opts.fps,
+        "pacing": opts.pacing,
         "audio": opts.audio,
         "meeting": opts.meeting,
         "seconds": (secs * 100.0).round() / 100.0,

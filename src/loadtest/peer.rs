@@ -39,6 +39,8 @@ pub enum Seen {
         seq: u16,
         exts: Vec<(u8, Vec<u8>)>,
         payload: bytes::Bytes,
+        /// When the datagram that carried it was read from the socket.
+        at: Instant,
     },
     /// RTCP, by type: "pli", "fir", "nack", "rr", "sr", "other".
     Rtcp {
@@ -179,7 +181,7 @@ impl RtcPeer {
                         _ => {}
                     }
                 }
-                while let Some(TaggedRTCMessage { message, .. }) = pc.poll_read() {
+                while let Some(TaggedRTCMessage { message, now }) = pc.poll_read() {
                     let s = match message {
                         RTCMessage::RtpPacket(track, p) => Seen::Rtp {
                             track,
@@ -192,6 +194,7 @@ impl RtcPeer {
                                 Vec::new()
                             },
                             payload: p.payload,
+                            at: now,
                         },
                         RTCMessage::RtcpPacket(track, pkts) => {
                             Seen::Rtcp { track, kinds: pkts.iter().map(|p| kind(&**p)).collect() }

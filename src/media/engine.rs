@@ -6,10 +6,18 @@
 //! There is one engine per worker thread, each with its own socket; a room
 //! lives on one of them (placed by [`MediaHandle`]), so its packets never
 //! leave that thread, and nothing here takes a lock.
+//!
+//! Forwarded RTP does not go through the subscriber leg's webrtc-rs
+//! pipeline: the engine rewrites, protects and queues each copy itself
+//! ([`super::egress`]), answers subscribers' NACKs from the producer's
+//! history and sends their sender reports.
 
 use super::demux;
+use super::egress;
 use super::pc;
-use super::router::{Consumer, KeyframeLimiter, LegId, LegReport, LevelMeter, Producer, Rewrite};
+use super::router::{
+    Consumer, History, KeyframeLimiter, LegId, LegReport, LevelMeter, Producer, Rewrite, Rtx, VIDEO_HISTORY,
+};
 use super::{Candidate, Command, MediaEvent, MediaHandle, PublishTrack, Role};
 use crate::ids::{PeerId, RoomId, TrackId};
 use crate::metrics::MediaMetrics;
@@ -29,7 +37,8 @@ use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
@@ -48,6 +57,10 @@ pub const REPORT_EVERY: Duration = Duration::from_secs(5);
 const SPEAKERS_EVERY: Duration = Duration::from_millis(500);
 /// `recvmmsg` batches read per wake-up before timers and commands get a turn.
 const READ_BATCHES: usize = 4;
+/// Packets one NACK can have sent again.
+const MAX_RESENT_PER_NACK: usize = 64;
+/// RTCP sender reports on subscriber legs, per forwarded stream.
+const SENDER_REPORT_EVERY: Duration = Duration::from_secs(1);
 
 /// Start one engine per socket, each on its own thread (a worker). Each
 /// socket is already bound; `public_ip`, when set, replaces the bound IP in
@@ -77,7 +90,7 @@ pub fn spawn(
                     Ok(s) => s,
                     Err(e) => return tracing::error!(error = %e, "media engine: cannot register the UDP socket"),
                 };
-                Engine::new(local, advertised, ev_tx, metrics).run(socket, rx).await;
+                Engine::new(local, advertised, ev_tx, metrics, Arc::new(socket)).run(rx).await;
             });
         })?;
         workers.push((tx, local));
@@ -145,7 +158,9 @@ struct Leg {
     /// DTLS is up: SRTP can be written (writes before that are lost).
     connected: bool,
     /// TWCC round trips and NACKs sent, seen by the leg's interceptor.
-    observed: std::sync::Arc<super::observe::Observed>,
+    observed: Arc<super::observe::Observed>,
+    /// Subscriber legs: where and how the engine writes to it directly.
+    out: egress::LegOut,
 }
 
 /// A participant as the media plane sees it.
@@ -202,6 +217,10 @@ struct Engine {
     closing: Vec<(Vec<u8>, SocketAddr)>,
     /// What `flush` sends, `sendmmsg` at a time.
     out: super::udp::SendBatch,
+    socket: Arc<UdpSocket>,
+    /// Reused buffers for forwarded copies.
+    writer: egress::Writer,
+    next_sender_reports: Instant,
 }
 
 impl Engine {
@@ -210,8 +229,12 @@ impl Engine {
         advertised: SocketAddr,
         events: mpsc::UnboundedSender<MediaEvent>,
         metrics: MediaMetrics,
+        socket: Arc<UdpSocket>,
     ) -> Self {
         Self {
+            socket,
+            writer: egress::Writer::default(),
+            next_sender_reports: Instant::now() + SENDER_REPORT_EVERY,
             local,
             advertised,
             events,
@@ -235,7 +258,8 @@ impl Engine {
         }
     }
 
-    async fn run(mut self, socket: UdpSocket, mut commands: mpsc::UnboundedReceiver<Command>) {
+    async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
+        let socket = self.socket.clone();
         let mut rx = super::udp::RecvBatch::default();
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -277,7 +301,7 @@ impl Engine {
                     }
                 }
             }
-            self.flush(&socket);
+            self.flush();
             if let Some(t) = read_at.take() {
                 self.metrics.forward_delay.observe(t.elapsed().as_secs_f64());
             }
@@ -286,7 +310,7 @@ impl Engine {
         for p in peers {
             self.leave(&p);
         }
-        self.flush(&socket);
+        self.flush();
         tracing::debug!("media engine stopped");
     }
 
@@ -444,6 +468,7 @@ impl Engine {
                 remote: HashMap::new(),
                 connected: false,
                 observed,
+                out: egress::LegOut::default(),
             },
         );
         self.metrics.peer_connections.inc();
@@ -531,7 +556,10 @@ impl Engine {
             let Some(src) = self.sources.get(&track) else { continue };
             let leg = self.legs.get_mut(&leg_id).expect("subscriber leg exists");
             let Some(mut s) = leg.pc.rtp_sender(sender) else { continue };
-            let params = s.get_parameters().rtp_parameters.clone();
+            let send_params = s.get_parameters();
+            let rtx_ssrc =
+                send_params.encodings.iter().find_map(|e| e.rtp_coding_parameters.rtx.as_ref()).map(|r| r.ssrc);
+            let params = send_params.rtp_parameters.clone();
             let payload_types: Vec<(u8, u8)> = pub_pts
                 .iter()
                 .filter_map(|(pt, mime)| {
@@ -556,6 +584,24 @@ impl Engine {
                 })
                 .collect();
             let mid_ext = params.header_extensions.iter().find(|h| h.uri == MID_URI).map(|h| h.id as u8);
+            let transport_cc = params
+                .header_extensions
+                .iter()
+                .find(|h| h.uri == super::observe::TRANSPORT_CC_URI && h.id != 0)
+                .map(|h| h.id as u8);
+            // RFC 4588: the sender's RTX SSRC and, per media type, its RTX type.
+            let rtx = rtx_ssrc.map(|ssrc| Rtx {
+                ssrc,
+                payload_types: params
+                    .codecs
+                    .iter()
+                    .filter(|c| c.rtp_codec.mime_type.eq_ignore_ascii_case("video/rtx"))
+                    .filter_map(|c| {
+                        let apt = c.rtp_codec.sdp_fmtp_line.split(';').find_map(|p| p.trim().strip_prefix("apt="))?;
+                        Some((apt.trim().parse().ok()?, c.payload_type))
+                    })
+                    .collect(),
+            });
             let leg = self.legs.get_mut(&leg_id).expect("subscriber leg exists");
             let ids: Vec<_> = leg.pc.get_transceivers().collect();
             let mid = ids.into_iter().find_map(|t| {
@@ -569,10 +615,12 @@ impl Engine {
                 leg: leg_id,
                 peer: peer_id.clone(),
                 track: track.to_string(),
-                rewrite: Rewrite { ssrc, payload_types, extensions, mid },
+                rewrite: Rewrite { ssrc, payload_types, extensions, mid, transport_cc, rtx },
                 paused: false,
                 seq: Default::default(),
                 report: Default::default(),
+                last_sent: None,
+                rtx_seq: rand::random(),
             });
             if prod.kind == TrackKind::Video {
                 self.keyframe(&track, now);
@@ -798,6 +846,10 @@ impl Engine {
     // ---- timers ------------------------------------------------------------
 
     fn timers(&mut self, now: Instant) {
+        if now >= self.next_sender_reports {
+            self.next_sender_reports = now + SENDER_REPORT_EVERY;
+            self.sender_reports(now);
+        }
         for (id, leg) in self.legs.iter_mut() {
             if leg.pc.poll_timeout().is_some_and(|t| t <= now) {
                 let _ = leg.pc.handle_timeout(now);
@@ -945,12 +997,14 @@ impl Engine {
 
     // ---- output ------------------------------------------------------------
 
-    /// Drain every leg that may have something to say, until none has.
-    fn flush(&mut self, socket: &UdpSocket) {
-        let mut out = std::mem::take(&mut self.out);
+    /// Drain every leg that may have something to say, until none has, and
+    /// send what is queued. Forwarding happens in here too (reading a
+    /// publisher's packets queues their copies), so everything goes through
+    /// the one batch.
+    fn flush(&mut self) {
         let mut failed = 0;
         for (data, to) in self.closing.drain(..) {
-            failed += out.push(socket, &data, to);
+            failed += self.out.push(&self.socket, &data, to);
         }
         while let Some(id) = self.dirty.pop() {
             if !self.legs.contains_key(&id) {
@@ -960,15 +1014,15 @@ impl Engine {
             self.drain_reads(id);
             if let Some(leg) = self.legs.get_mut(&id) {
                 while let Some(o) = leg.pc.poll_write() {
-                    failed += out.push(socket, &o.message, o.transport.peer_addr);
+                    leg.out.on_transmit(&o.message, o.transport.peer_addr);
+                    failed += self.out.push(&self.socket, &o.message, o.transport.peer_addr);
                 }
             }
         }
-        failed += out.flush(socket);
+        failed += self.out.flush(&self.socket);
         if failed > 0 {
             self.metrics.send_errors.inc_by(failed as u64);
         }
-        self.out = out;
     }
 
     fn drain_events(&mut self, id: LegId) {
@@ -1075,6 +1129,7 @@ impl Engine {
                 stats: crate::analytics::stream::StreamStats::new(clock_rate),
                 vp8: codec.mime_type.eq_ignore_ascii_case("video/VP8"),
                 frame_size: None,
+                history: History::new(if kind == TrackKind::Video { VIDEO_HISTORY } else { 0 }),
             },
         );
         self.by_ssrc.insert((leg_id, ssrc), announced.id.clone());
@@ -1109,7 +1164,7 @@ impl Engine {
         self.reads = msgs;
     }
 
-    fn forward(&mut self, leg_id: LegId, remote_track: &str, mut pkt: rtc::rtp::Packet, now: Instant) {
+    fn forward(&mut self, leg_id: LegId, remote_track: &str, pkt: rtc::rtp::Packet, now: Instant) {
         let Some(track) = self.legs.get(&leg_id).and_then(|l| l.remote.get(remote_track)) else { return };
         let Some(p) = self.producers.get_mut(track) else { return };
         self.metrics.received(p.kind).inc();
@@ -1127,26 +1182,86 @@ impl Engine {
             }
         }
         let (forwarded, bytes) = (self.metrics.forwarded(p.kind), self.metrics.forwarded_bytes(p.kind));
-        let header = std::mem::take(&mut pkt.header);
+        let mut failed = 0;
         for c in p.consumers.iter_mut().filter(|c| !c.paused) {
             let Some(leg) = self.legs.get_mut(&c.leg).filter(|l| l.connected) else {
                 c.seq.skip();
                 continue;
             };
-            let mut out = rtc::rtp::Packet { header: header.clone(), payload: pkt.payload.clone() };
-            if !c.rewrite.apply(&mut out.header) {
+            if !c.rewrite.accepts(pkt.header.payload_type) {
                 continue;
             }
-            out.header.sequence_number = c.seq.next(out.header.sequence_number);
-            let size = out.payload.len() + 12;
-            let msg = TaggedRTCMessage { now, message: RTCMessage::RtpPacket(c.track.clone(), out) };
-            if leg.pc.handle_write(msg).is_ok() {
-                forwarded.inc();
-                bytes.inc_by(size as u64);
-                c.report.packets += 1;
-                c.report.bytes += size as u64;
-                self.dirty.push(c.leg);
+            let seq = c.seq.next(pkt.header.sequence_number);
+            let Some(size) =
+                write_copy(leg, &mut self.writer, c, &pkt, seq, None, now, &mut self.out, &self.socket, &mut failed)
+            else {
+                continue;
+            };
+            forwarded.inc();
+            bytes.inc_by(size as u64);
+            c.report.packets += 1;
+            c.report.bytes += size as u64;
+            c.last_sent = Some((pkt.header.timestamp, now));
+        }
+        if failed > 0 {
+            self.metrics.send_errors.inc_by(failed as u64);
+        }
+        p.history.put(pkt);
+    }
+
+    /// Answer a subscriber's NACK from the producer's history: the packets
+    /// it names are written to it again, with the numbers it knows them by.
+    fn retransmit(
+        &mut self,
+        leg_id: LegId,
+        track: &TrackId,
+        nack: &rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack,
+        now: Instant,
+    ) {
+        let Some(Producer { consumers, history, .. }) = self.producers.get_mut(track) else { return };
+        let Some(c) = consumers.iter_mut().find(|c| c.leg == leg_id && c.rewrite.ssrc == nack.media_ssrc) else {
+            return;
+        };
+        let Some(leg) = self.legs.get_mut(&leg_id).filter(|l| l.connected) else { return };
+        let mut failed = 0;
+        // A NACK names at most 17 packets per pair; how many pairs fit is up
+        // to the sender, so what one NACK may cost is capped.
+        for seq in nack.nacks.iter().flat_map(|pair| *pair).take(MAX_RESENT_PER_NACK) {
+            let Some(pkt) = c.seq.original(seq).and_then(|s| history.get(s)) else { continue };
+            let rtx = c.rewrite.rtx_for(pkt.header.payload_type).map(|(ssrc, pt)| {
+                c.rtx_seq = c.rtx_seq.wrapping_add(1);
+                (ssrc, pt, c.rtx_seq)
+            });
+            let (w, out, socket) = (&mut self.writer, &mut self.out, &self.socket);
+            if write_copy(leg, w, c, pkt, seq, rtx, now, out, socket, &mut failed).is_some() {
+                self.metrics.retransmitted.inc();
             }
+        }
+        if failed > 0 {
+            self.metrics.send_errors.inc_by(failed as u64);
+        }
+    }
+
+    /// Sender reports for every forwarded stream that has sent something.
+    fn sender_reports(&mut self, now: Instant) {
+        let wall = SystemTime::now();
+        let mut failed = 0;
+        for p in self.producers.values() {
+            let clock = self.sources.get(&p.id).map_or(90_000, |s| s.codec.clock_rate.max(1));
+            for c in &p.consumers {
+                let Some(last) = c.last_sent else { continue };
+                let Some(leg) = self.legs.get_mut(&c.leg).filter(|l| l.connected) else { continue };
+                let (Some(remote), Some(ctx)) = (leg.out.remote, leg.pc.local_srtp_context()) else { continue };
+                let octets = c.report.bytes.saturating_sub(12 * c.report.packets);
+                let sr = egress::sender_report(c.rewrite.ssrc, clock, last, c.report.packets, octets, now, wall);
+                match egress::protect_rtcp(ctx, &sr) {
+                    Ok(data) => failed += self.out.push(&self.socket, &data, remote),
+                    Err(e) => tracing::debug!(error = %e, "media: sender report not protected"),
+                }
+            }
+        }
+        if failed > 0 {
+            self.metrics.send_errors.inc_by(failed as u64);
         }
     }
 
@@ -1163,8 +1278,11 @@ impl Engine {
             } else if any.is::<FullIntraRequest>() {
                 wants_keyframe = true;
                 "fir"
-            } else if any.is::<TransportLayerNack>() {
+            } else if let Some(nack) = any.downcast_ref::<TransportLayerNack>() {
                 self.metrics.nack.inc();
+                if role == Role::Subscriber {
+                    self.retransmit(leg, &TrackId::from(track), nack, now);
+                }
                 "nack"
             } else if any.is::<rtcp::receiver_report::ReceiverReport>() {
                 "rr"
@@ -1209,4 +1327,39 @@ impl Engine {
             }
         }
     }
+}
+
+/// Write one forwarded copy to a subscriber leg, numbered `seq` (as an RTX
+/// retransmission with `rtx`, see [`egress::Writer::protect`]): rewrite,
+/// number it on the leg, protect, queue. The size counted (payload plus the
+/// fixed header), or `None` when the leg cannot take it (DTLS not done, no
+/// address yet, a payload type it did not negotiate, a protect error).
+#[allow(clippy::too_many_arguments)]
+fn write_copy(
+    leg: &mut Leg,
+    writer: &mut egress::Writer,
+    c: &Consumer,
+    pkt: &rtc::rtp::Packet,
+    seq: u16,
+    rtx: Option<(u32, u8, u16)>,
+    now: Instant,
+    out: &mut super::udp::SendBatch,
+    socket: &UdpSocket,
+    failed: &mut usize,
+) -> Option<usize> {
+    let remote = leg.out.remote?;
+    let ctx = leg.pc.local_srtp_context()?;
+    let transport_seq = c.rewrite.transport_cc.map(|_| leg.out.transport_seq());
+    let data = match writer.protect(ctx, &c.rewrite, pkt, seq, transport_seq, rtx) {
+        Ok(d) => d?,
+        Err(e) => {
+            tracing::debug!(error = %e, "media: a forwarded packet was not protected");
+            return None;
+        }
+    };
+    *failed += out.push(socket, &data, remote);
+    if let Some(n) = transport_seq {
+        leg.observed.sent.record(n, now);
+    }
+    Some(pkt.payload.len() + 12)
 }

@@ -16,9 +16,12 @@
 //! - [`pc`]: how a server-side PeerConnection is configured.
 //! - [`sdp`]: the few edits made to outgoing SDP.
 //! - [`udp`]: batched socket I/O (`recvmmsg`, `sendmmsg`).
+//! - [`egress`]: the engine's own write path for forwarded RTP (rewrite,
+//!   SRTP protect, retransmission history, sender reports).
 //! - [`engine`]: the socket loop that owns every PeerConnection.
 
 pub mod demux;
+pub mod egress;
 pub mod engine;
 pub mod observe;
 pub mod pc;

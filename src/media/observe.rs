@@ -43,6 +43,10 @@ pub struct Observed {
     rtt_count: AtomicU64,
     /// NACK packets sent, by the media SSRC they ask about.
     nacks: Mutex<Vec<(u32, u64)>>,
+    /// When each transport-wide number left: written by the interceptor for
+    /// what goes through webrtc-rs, and by the engine for what it forwards
+    /// itself ([`super::egress`]).
+    pub sent: SendTimes,
 }
 
 impl Observed {
@@ -73,27 +77,41 @@ impl Observed {
     }
 }
 
-/// When each transport-wide sequence number left.
+/// When each transport-wide sequence number left: a ring of words, each
+/// the number (high 16 bits) and the time in µs after the ring was made,
+/// plus one (low 48 bits; 0 is an empty slot). Lock-free: one relaxed
+/// store per packet.
+#[derive(Debug)]
 pub struct SendTimes {
-    slots: Box<[Option<(u16, Instant)>]>,
+    base: Instant,
+    slots: Box<[AtomicU64]>,
 }
+
+const MICROS: u64 = (1 << 48) - 1;
 
 impl Default for SendTimes {
     fn default() -> Self {
-        Self { slots: vec![None; RING].into_boxed_slice() }
+        Self::new(Instant::now())
     }
 }
 
 impl SendTimes {
-    pub fn record(&mut self, seq: u16, at: Instant) {
-        self.slots[usize::from(seq) % RING] = Some((seq, at));
+    /// Times are kept to the µs from `base` on.
+    pub fn new(base: Instant) -> Self {
+        Self { base, slots: (0..RING).map(|_| AtomicU64::new(0)).collect() }
+    }
+
+    /// Times before the ring was made are not kept.
+    pub fn record(&self, seq: u16, at: Instant) {
+        let Some(d) = at.checked_duration_since(self.base) else { return };
+        let us = (d.as_micros() as u64 + 1).min(MICROS);
+        self.slots[usize::from(seq) % RING].store(u64::from(seq) << 48 | us, Ordering::Relaxed);
     }
 
     pub fn get(&self, seq: u16) -> Option<Instant> {
-        match self.slots[usize::from(seq) % RING] {
-            Some((s, at)) if s == seq => Some(at),
-            _ => None,
-        }
+        let v = self.slots[usize::from(seq) % RING].load(Ordering::Relaxed);
+        let us = v & MICROS;
+        (us != 0 && (v >> 48) as u16 == seq).then(|| self.base + Duration::from_micros(us - 1))
     }
 }
 
@@ -153,14 +171,13 @@ pub struct Observe {
     shared: Arc<Observed>,
     /// Local streams that carry a transport-wide sequence number: (ssrc, ext id).
     twcc: Vec<(u32, u8)>,
-    sent: SendTimes,
     reads: VecDeque<TaggedPacket>,
     writes: VecDeque<TaggedPacket>,
 }
 
 impl Observe {
     pub fn new(shared: Arc<Observed>) -> Self {
-        Self { shared, twcc: Vec::new(), sent: SendTimes::default(), reads: VecDeque::new(), writes: VecDeque::new() }
+        Self { shared, twcc: Vec::new(), reads: VecDeque::new(), writes: VecDeque::new() }
     }
 }
 
@@ -179,7 +196,7 @@ impl rtc::sansio::Protocol<TaggedPacket, TaggedPacket, ()> for Observe {
             }
             for p in pkts {
                 if let Some(fb) = p.as_any().downcast_ref::<TransportLayerCc>() {
-                    if let Some(rtt) = feedback_rtt(fb, &self.sent, msg.now) {
+                    if let Some(rtt) = feedback_rtt(fb, &self.shared.sent, msg.now) {
                         self.shared.add_rtt(rtt);
                     }
                 }
@@ -199,7 +216,7 @@ impl rtc::sansio::Protocol<TaggedPacket, TaggedPacket, ()> for Observe {
             Packet::Rtp(p) => {
                 if let Some(&(_, id)) = self.twcc.iter().find(|(ssrc, _)| *ssrc == p.header.ssrc) {
                     if let Some(&[hi, lo]) = p.header.extensions.iter().find(|e| e.id == id).map(|e| &e.payload[..]) {
-                        self.sent.record(u16::from_be_bytes([hi, lo]), msg.now);
+                        self.shared.sent.record(u16::from_be_bytes([hi, lo]), msg.now);
                     }
                 }
             }
@@ -252,7 +269,7 @@ mod tests {
     #[test]
     fn rtt_from_crafted_feedback_discounts_the_receivers_wait() {
         let t0 = Instant::now();
-        let mut sent = SendTimes::default();
+        let (sent, only_first) = (SendTimes::new(t0), SendTimes::new(t0));
         for (i, seq) in (10u16..15).enumerate() {
             sent.record(seq, t0 + Duration::from_millis(5 * i as u64));
         }
@@ -283,7 +300,6 @@ mod tests {
         assert_eq!(rtt, Duration::from_millis(43));
         // Without discounting what the receiver held, packet 10 alone would
         // say 63 ms.
-        let mut only_first = SendTimes::default();
         only_first.record(10, t0);
         assert_eq!(feedback_rtt(&fb, &only_first, t0 + Duration::from_millis(63)), Some(Duration::from_millis(43)));
     }
@@ -291,7 +307,7 @@ mod tests {
     #[test]
     fn unknown_sequence_numbers_and_empty_reports_give_nothing() {
         let t0 = Instant::now();
-        let sent = SendTimes::default();
+        let sent = SendTimes::new(t0);
         let fb = TransportLayerCc {
             base_sequence_number: 65_534,
             packet_status_count: 4,
@@ -311,7 +327,7 @@ mod tests {
     #[test]
     fn sequence_numbers_wrap_and_old_slots_are_not_mistaken() {
         let t0 = Instant::now();
-        let mut sent = SendTimes::default();
+        let sent = SendTimes::new(t0);
         sent.record(65_535, t0);
         sent.record(0, t0 + Duration::from_millis(1));
         let fb = TransportLayerCc {

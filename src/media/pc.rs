@@ -1,18 +1,15 @@
 //! Building webrtc-rs (`rtc`, the sans-IO core) PeerConnections the way the
 //! SFU needs them: ICE-lite with credentials we choose (so the shared socket
 //! can demultiplex by ufrag), one host candidate on the shared port, the
-//! default codecs and interceptors (NACK generator and responder, RTCP
-//! reports, TWCC feedback) plus transport-wide sequence numbers on what the
-//! SFU sends (so subscribers' TWCC feedback gives a round trip,
+//! default codecs and what the default interceptors negotiate (NACK, PLI,
+//! RTCP reports, TWCC feedback) plus transport-wide sequence numbers on what
+//! the SFU sends (so subscribers' TWCC feedback gives a round trip,
 //! [`super::observe`]) and RFC 6464 audio levels, and one DTLS certificate
 //! shared by every connection.
 
 use super::observe::{Observe, Observed};
 use rand::distributions::{Alphanumeric, DistString};
-use rtc::interceptor::{
-    NackGeneratorBuilder, NackResponderBuilder, ReceiverReportBuilder, Registry, SenderReportBuilder, Slot,
-    TwccReceiverBuilder, TwccSenderBuilder,
-};
+use rtc::interceptor::{NackGeneratorBuilder, ReceiverReportBuilder, Registry, Slot, TwccReceiverBuilder};
 use rtc::peer_connection::certificate::RTCCertificate;
 use rtc::peer_connection::configuration::interceptor_registry::{
     configure_twcc_sender_only, register_default_interceptors,
@@ -31,7 +28,7 @@ pub const AUDIO_LEVEL_URI: &str = "urn:ietf:params:rtp-hdrext:ssrc-audio-level";
 
 pub type Error = rtc::shared::error::Error;
 
-/// Wire-most: below the TWCC sender (2 000), so packets arrive numbered.
+/// Wire-most, below webrtc-rs's own interceptors.
 const OBSERVE_SLOT: usize = 1_500;
 
 /// ICE credentials for a new leg; the ufrag is how the shared socket finds it.
@@ -44,12 +41,12 @@ pub fn credentials() -> (String, String) {
 /// and what its wire observer sees.
 ///
 /// Both roles negotiate the same things (NACK, PLI, transport-cc, RTCP
-/// reports), but each gets only the interceptors its direction uses: every
-/// interceptor in the chain costs every packet two moves and a queue, and a
-/// subscriber leg forwards hundreds of packets for each one a publisher
-/// sends. A publisher leg only receives media: NACK generator, receiver
-/// reports, TWCC feedback. A subscriber leg only sends it: NACK responder,
-/// sender reports, transport-wide numbering. Both get [`Observe`].
+/// reports), but each gets only the interceptors its direction uses. A
+/// publisher leg only receives media: NACK generator, receiver reports, TWCC
+/// feedback. A subscriber leg only sends it, and the engine writes that media
+/// itself ([`super::egress`]: retransmissions, sender reports and
+/// transport-wide numbers included), so it gets no interceptor of its own.
+/// Both get [`Observe`], which hands inbound RTCP to the engine.
 pub fn build(
     role: super::Role,
     ufrag: &str,
@@ -74,10 +71,7 @@ pub fn build(
             .with(Slot::NackGenerator, NackGeneratorBuilder::new().build())
             .with(Slot::ReceiverReport, ReceiverReportBuilder::new().build())
             .with(Slot::TwccReceiver, TwccReceiverBuilder::new().build()),
-        super::Role::Subscriber => Registry::new()
-            .with(Slot::NackResponder, NackResponderBuilder::new().build())
-            .with(Slot::SenderReport, SenderReportBuilder::new().build())
-            .with(Slot::TwccSender, TwccSenderBuilder::new().build()),
+        super::Role::Subscriber => Registry::new(),
     }
     .with(Slot::Custom(OBSERVE_SLOT), Observe::new(observed.clone()));
     let settings = SettingEngineBuilder::new()

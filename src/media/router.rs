@@ -26,34 +26,79 @@ pub struct Rewrite {
     /// The subscriber leg's `sdes:mid` extension id and this consumer's mid
     /// there: receivers demultiplex bundled m-lines by it (RFC 8843 15).
     pub mid: Option<(u8, bytes::Bytes)>,
+    /// The subscriber leg's transport-wide sequence number extension id, when
+    /// it negotiated transport-cc: every packet on the leg is numbered.
+    pub transport_cc: Option<u8>,
+    /// RFC 4588 retransmission stream, when the leg negotiated one.
+    pub rtx: Option<Rtx>,
+}
+
+/// A consumer's retransmission stream: its SSRC, and the leg's RTX payload
+/// type for each of its media payload types (`apt`).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Rtx {
+    pub ssrc: u32,
+    pub payload_types: Vec<(u8, u8)>,
 }
 
 impl Rewrite {
-    /// Rewrite `h` for this leg in place; `false` means drop the packet (a
-    /// payload type this leg did not negotiate).
-    pub fn apply(&self, h: &mut rtp::header::Header) -> bool {
-        let Some(&(_, pt)) = self.payload_types.iter().find(|(from, _)| *from == h.payload_type) else {
+    /// Whether this leg negotiated the packet's payload type (if not, the
+    /// packet is not forwarded to it).
+    pub fn accepts(&self, payload_type: u8) -> bool {
+        self.payload_types.iter().any(|(from, _)| *from == payload_type)
+    }
+
+    /// How a retransmission of a packet with the publisher's `payload_type`
+    /// goes out on RTX: (SSRC, RTX payload type), if the leg negotiated it.
+    pub fn rtx_for(&self, payload_type: u8) -> Option<(u32, u8)> {
+        let rtx = self.rtx.as_ref()?;
+        let &(_, media) = self.payload_types.iter().find(|(from, _)| *from == payload_type)?;
+        rtx.payload_types.iter().find(|(m, _)| *m == media).map(|&(_, pt)| (rtx.ssrc, pt))
+    }
+
+    /// Write `src` rewritten for this leg into `dst`, reusing `dst`'s
+    /// buffers (no allocation once they have grown): SSRC, payload type,
+    /// extension ids, the leg's mid, and `transport_seq` (two bytes, big
+    /// endian) when the leg numbers its packets. Sequence number and
+    /// timestamp are copied; the caller sets the sequence number. `false`
+    /// means drop the packet (a payload type this leg did not negotiate).
+    pub fn apply_into(
+        &self,
+        src: &rtp::header::Header,
+        dst: &mut rtp::header::Header,
+        transport_seq: Option<bytes::Bytes>,
+    ) -> bool {
+        let Some(&(_, pt)) = self.payload_types.iter().find(|(from, _)| *from == src.payload_type) else {
             return false;
         };
-        h.payload_type = pt;
-        h.ssrc = self.ssrc;
-        if h.extension {
-            h.extensions.retain_mut(|e| match self.extensions.iter().find(|(from, _)| *from == e.id) {
-                Some(&(_, to)) => {
-                    e.id = to;
-                    true
+        dst.version = src.version;
+        dst.padding = src.padding;
+        dst.marker = src.marker;
+        dst.payload_type = pt;
+        dst.sequence_number = src.sequence_number;
+        dst.timestamp = src.timestamp;
+        dst.ssrc = self.ssrc;
+        dst.csrc.clear();
+        dst.csrc.extend_from_slice(&src.csrc);
+        dst.extensions_padding = 0;
+        dst.extensions.clear();
+        if src.extension {
+            for e in &src.extensions {
+                if let Some(&(_, to)) = self.extensions.iter().find(|(from, _)| *from == e.id) {
+                    dst.extensions.push(rtp::header::Extension { id: to, payload: e.payload.clone() });
                 }
-                None => false,
-            });
-        } else {
-            h.extensions.clear();
+            }
         }
         if let Some((id, mid)) = &self.mid {
-            h.extensions.push(rtp::header::Extension { id: *id, payload: mid.clone() });
+            dst.extensions.push(rtp::header::Extension { id: *id, payload: mid.clone() });
         }
-        h.extension = !h.extensions.is_empty();
-        if h.extension {
-            h.extension_profile = if h.extensions.iter().all(|e| (1..=14).contains(&e.id) && e.payload.len() <= 16) {
+        if let (Some(id), Some(n)) = (self.transport_cc, transport_seq) {
+            dst.extensions.push(rtp::header::Extension { id, payload: n });
+        }
+        dst.extension = !dst.extensions.is_empty();
+        if dst.extension {
+            dst.extension_profile = if dst.extensions.iter().all(|e| (1..=14).contains(&e.id) && e.payload.len() <= 16)
+            {
                 rtp::header::EXTENSION_PROFILE_ONE_BYTE
             } else {
                 rtp::header::EXTENSION_PROFILE_TWO_BYTE
@@ -71,7 +116,15 @@ pub struct SeqRewriter {
     offset: u16,
     last_out: Option<u16>,
     resync: bool,
+    /// The offsets in use lately, newest last, each with the first outgoing
+    /// number written with it: what maps a NACKed number back to the
+    /// incoming one. Older ones are forgotten.
+    epochs: [(u16, u16); EPOCHS],
+    epoch_count: usize,
 }
+
+/// Offsets remembered for answering NACKs (pauses within the history's span).
+const EPOCHS: usize = 4;
 
 impl SeqRewriter {
     /// Packets were skipped on purpose: the next one follows the last sent.
@@ -85,14 +138,79 @@ impl SeqRewriter {
             self.resync = false;
             if let Some(last) = self.last_out {
                 self.offset = seq.wrapping_sub(last.wrapping_add(1));
+                self.begin_epoch(last.wrapping_add(1));
             }
         }
         let out = seq.wrapping_sub(self.offset);
+        if self.last_out.is_none() {
+            self.begin_epoch(out);
+        }
         // Only move forward; a late (reordered) packet keeps its place.
         if self.last_out.is_none_or(|l| out.wrapping_sub(l) < 0x8000) {
             self.last_out = Some(out);
         }
         out
+    }
+
+    fn begin_epoch(&mut self, since: u16) {
+        if self.epoch_count == EPOCHS {
+            self.epochs.rotate_left(1);
+            self.epoch_count -= 1;
+        }
+        self.epochs[self.epoch_count] = (since, self.offset);
+        self.epoch_count += 1;
+    }
+
+    /// The incoming number an outgoing one was written for (to answer a
+    /// NACK): not ahead of the last one written, and under an offset still
+    /// remembered.
+    pub fn original(&self, out: u16) -> Option<u16> {
+        let last = self.last_out?;
+        let back = last.wrapping_sub(out);
+        if back >= 0x8000 {
+            return None;
+        }
+        // Outgoing numbers are contiguous across offsets: the newest epoch
+        // that began at or before `out` wrote it.
+        self.epochs[..self.epoch_count]
+            .iter()
+            .rev()
+            .find(|(since, _)| back <= last.wrapping_sub(*since))
+            .map(|(_, offset)| out.wrapping_add(*offset))
+    }
+}
+
+/// Packets of a video producer kept for retransmission: about 3 s at
+/// 1.5 Mbit/s. A power of two, so the ring stays aligned across the 16-bit wrap.
+pub const VIDEO_HISTORY: usize = 512;
+
+/// The last packets a producer sent, by sequence number, for answering
+/// NACKs. An empty one keeps nothing.
+#[derive(Debug)]
+pub struct History {
+    slots: Box<[Option<rtp::Packet>]>,
+}
+
+impl History {
+    /// `len` must be a power of two no larger than 65,536 (or 0).
+    pub fn new(len: usize) -> Self {
+        debug_assert!(len == 0 || (len.is_power_of_two() && len <= 1 << 16));
+        Self { slots: (0..len).map(|_| None).collect() }
+    }
+
+    pub fn put(&mut self, pkt: rtp::Packet) {
+        if self.slots.is_empty() {
+            return;
+        }
+        let i = usize::from(pkt.header.sequence_number) % self.slots.len();
+        self.slots[i] = Some(pkt);
+    }
+
+    pub fn get(&self, seq: u16) -> Option<&rtp::Packet> {
+        if self.slots.is_empty() {
+            return None;
+        }
+        self.slots[usize::from(seq) % self.slots.len()].as_ref().filter(|p| p.header.sequence_number == seq)
     }
 }
 
@@ -109,6 +227,10 @@ pub struct Consumer {
     pub seq: SeqRewriter,
     /// What went to this subscriber and what its receiver reports said.
     pub report: LegReport,
+    /// The RTP timestamp last sent and when: sender reports extrapolate it.
+    pub last_sent: Option<(u32, Instant)>,
+    /// The next sequence number on the RTX stream.
+    pub rtx_seq: u16,
 }
 
 /// A subscriber leg's view of one forwarded track: counted as sent, and
@@ -151,6 +273,8 @@ pub struct Producer {
     /// measures the bitrate against).
     pub vp8: bool,
     pub frame_size: Option<(u16, u16)>,
+    /// What it sent lately, for subscribers' NACKs.
+    pub history: History,
 }
 
 impl Producer {
@@ -275,13 +399,28 @@ mod tests {
     }
 
     fn leg_rewrite() -> Rewrite {
-        Rewrite { ssrc: 4242, payload_types: vec![(96, 100), (111, 109)], extensions: vec![(1, 3), (4, 2)], mid: None }
+        Rewrite {
+            ssrc: 4242,
+            payload_types: vec![(96, 100), (111, 109)],
+            extensions: vec![(1, 3), (4, 2)],
+            mid: None,
+            transport_cc: None,
+            rtx: None,
+        }
+    }
+
+    fn applied(r: &Rewrite, src: &Header) -> Option<Header> {
+        // A used header: what it held before must not leak into the result.
+        let mut dst = header(1, &[(7, b"old"), (8, b"old")]);
+        dst.csrc = vec![9, 9];
+        dst.padding = true;
+        r.apply_into(src, &mut dst, Some(Bytes::from_static(b"\x01\x02"))).then_some(dst)
     }
 
     #[test]
     fn rewrites_ssrc_pt_and_extension_ids_keeping_seq_and_ts() {
-        let mut h = header(96, &[(1, b"\x10"), (4, b"ab"), (9, b"x")]);
-        assert!(leg_rewrite().apply(&mut h));
+        let h = applied(&leg_rewrite(), &header(96, &[(1, b"\x10"), (4, b"ab"), (9, b"x")])).expect("forwarded");
+        assert!(h.csrc.is_empty() && !h.padding);
         assert_eq!((h.ssrc, h.payload_type, h.sequence_number, h.timestamp), (4242, 100, 7, 90_000));
         let ids: Vec<u8> = h.extensions.iter().map(|e| e.id).collect();
         assert_eq!(ids, vec![3, 2], "id 9 is not negotiated on the leg and is stripped");
@@ -292,23 +431,47 @@ mod tests {
     fn the_subscriber_mid_is_written() {
         let mut r = leg_rewrite();
         r.mid = Some((5, Bytes::from_static(b"2")));
-        let mut h = header(96, &[(1, b"\x10"), (9, b"0")]);
-        assert!(r.apply(&mut h));
+        let h = applied(&r, &header(96, &[(1, b"\x10"), (9, b"0")])).expect("forwarded");
         let exts: Vec<(u8, &[u8])> = h.extensions.iter().map(|e| (e.id, &e.payload[..])).collect();
         assert_eq!(exts, vec![(3, &b"\x10"[..]), (5, &b"2"[..])]);
-        let mut bare = header(96, &[]);
-        assert!(r.apply(&mut bare));
+        let bare = applied(&r, &header(96, &[])).expect("forwarded");
         assert!(bare.extension && bare.extensions.len() == 1);
+        // With transport-cc negotiated, the leg's number comes last.
+        r.transport_cc = Some(6);
+        let h = applied(&r, &header(96, &[(1, b"\x10")])).expect("forwarded");
+        let exts: Vec<(u8, &[u8])> = h.extensions.iter().map(|e| (e.id, &e.payload[..])).collect();
+        assert_eq!(exts, vec![(3, &b"\x10"[..]), (5, &b"2"[..]), (6, &b"\x01\x02"[..])]);
     }
 
     #[test]
     fn unknown_payload_type_is_dropped_and_empty_extensions_cleared() {
-        let mut h = header(97, &[]);
-        assert!(!leg_rewrite().apply(&mut h));
-        let mut h = header(111, &[(9, b"x")]);
-        assert!(leg_rewrite().apply(&mut h));
+        assert!(applied(&leg_rewrite(), &header(97, &[])).is_none());
+        assert!(!leg_rewrite().accepts(97) && leg_rewrite().accepts(111));
+        let h = applied(&leg_rewrite(), &header(111, &[(9, b"x")])).expect("forwarded");
         assert!(!h.extension && h.extensions.is_empty());
         assert_eq!(h.payload_type, 109);
+    }
+
+    fn packet(seq: u16, payload: &'static [u8], _padding: bool) -> rtp::Packet {
+        rtp::Packet {
+            header: Header { sequence_number: seq, ..Default::default() },
+            payload: Bytes::from_static(payload),
+        }
+    }
+
+    #[test]
+    fn history_answers_only_for_the_number_it_holds() {
+        let mut h = History::new(VIDEO_HISTORY);
+        h.put(packet(65535, b"a", false));
+        h.put(packet(0, b"b", false));
+        assert_eq!(h.get(65535).map(|p| &p.payload[..]), Some(&b"a"[..]));
+        assert_eq!(h.get(0).map(|p| &p.payload[..]), Some(&b"b"[..]));
+        assert!(h.get(1).is_none());
+        h.put(packet(512, b"c", false));
+        assert!(h.get(0).is_none(), "its slot now holds 512");
+        let mut none = History::new(0);
+        none.put(packet(1, b"a", false));
+        assert!(none.get(1).is_none());
     }
 
     #[test]
@@ -326,6 +489,43 @@ mod tests {
         w.skip();
         assert_eq!(w.next(10), 65535);
         assert_eq!(w.next(11), 0);
+    }
+
+    #[test]
+    fn retransmissions_use_the_rtx_type_of_the_legs_media_type() {
+        let mut r = leg_rewrite();
+        assert_eq!(r.rtx_for(96), None, "no RTX negotiated");
+        r.rtx = Some(Rtx { ssrc: 77, payload_types: vec![(100, 101)] });
+        assert_eq!(r.rtx_for(96), Some((77, 101)), "publisher 96 is the leg's 100, whose RTX is 101");
+        assert_eq!(r.rtx_for(111), None, "the leg's 109 has no RTX");
+        assert_eq!(r.rtx_for(97), None, "not negotiated at all");
+    }
+
+    #[test]
+    fn outgoing_numbers_map_back_only_under_the_current_offset() {
+        let mut s = SeqRewriter::default();
+        assert_eq!(s.original(5), None, "nothing written yet");
+        for seq in 100..=102 {
+            s.next(seq);
+        }
+        assert_eq!((s.original(100), s.original(102)), (Some(100), Some(102)));
+        assert_eq!((s.original(99), s.original(103)), (None, None), "before the first, after the last");
+        s.skip();
+        assert_eq!(s.next(500), 103);
+        assert_eq!(s.original(103), Some(500));
+        assert_eq!(s.original(102), Some(102), "written under the previous offset");
+        for pause in 1..=4u16 {
+            s.skip();
+            s.next(1000 * pause);
+        }
+        assert_eq!(s.original(102), None, "offsets four pauses back are forgotten");
+        assert_eq!(s.original(104), Some(1000), "the oldest remembered");
+        assert_eq!(s.original(107), Some(4000));
+        // Across the 16-bit wrap.
+        let mut w = SeqRewriter::default();
+        w.next(65535);
+        w.next(0);
+        assert_eq!((w.original(65535), w.original(0)), (Some(65535), Some(0)));
     }
 
     #[test]
@@ -395,6 +595,7 @@ mod tests {
             stats: Default::default(),
             vp8: true,
             frame_size: None,
+            history: History::new(0),
         };
         assert!(p.forwards(1111));
         assert!(!p.forwards(2222));

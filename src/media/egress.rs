@@ -1,0 +1,282 @@
+//! The SFU's own write path for forwarded media.
+//!
+//! Through webrtc-rs's public API, every packet written to a PeerConnection
+//! goes through its handler chain (endpoint, interceptors, SRTP, DTLS, ICE),
+//! about ten queues and several allocations per packet. An SFU writes each
+//! packet a publisher sends once per subscriber, so that chain was most of
+//! the server's CPU (issue 7's profile: 54 %). Here a forwarded copy is
+//! rewritten into a reused header, marshalled into a reused buffer, protected
+//! with the leg's own outbound SRTP context (the one accessor confer adds to
+//! its vendored `rtc`, `vendor/rtc/CONFER-PATCH.md`) and queued for
+//! `sendmmsg` — the way mediasoup and Janus write.
+//!
+//! What the subscriber leg's interceptors did for those packets is done here
+//! and in the engine instead:
+//!
+//! - **transport-wide sequence numbers** ([`LegOut::transport_seq`]), whose
+//!   send times go to the leg's [`super::observe::Observed`] so TWCC feedback
+//!   still gives a round trip;
+//! - **retransmission on NACK**, from a per-producer [`super::router::History`]
+//!   of what the publisher sent, rewritten again for the consumer that asks
+//!   (one copy of each packet is kept, not one per subscriber), on the leg's
+//!   RTX stream when it negotiated one (RFC 4588), else as the packet again;
+//! - **RTCP sender reports**, once a second per consumer ([`sender_report`]),
+//!   which receivers need for their round-trip reports and lip sync.
+//!
+//! Publisher legs (reading) and everything else a leg writes (RTCP feedback,
+//! DTLS, STUN) still go through webrtc-rs.
+
+use super::router::Rewrite;
+use bytes::{Bytes, BytesMut};
+use rtc::rtcp::sender_report::SenderReport;
+use rtc::rtp;
+use rtc::rtp::header::Header;
+use rtc::shared::marshal::{Marshal, MarshalSize};
+use rtc::srtp::context::Context;
+use std::net::SocketAddr;
+use std::time::{Instant, SystemTime};
+
+pub type Error = rtc::shared::error::Error;
+
+/// Reused buffers for writing forwarded copies; one per engine.
+pub struct Writer {
+    header: Header,
+    plain: Vec<u8>,
+    /// Every transport-wide sequence number as two big-endian bytes: a
+    /// packet's number is a slice of this one buffer, not an allocation.
+    numbers: Bytes,
+}
+
+impl Default for Writer {
+    fn default() -> Self {
+        let numbers: Vec<u8> = (0..=u16::MAX).flat_map(u16::to_be_bytes).collect();
+        Self { header: Header::default(), plain: Vec::with_capacity(1500), numbers: numbers.into() }
+    }
+}
+
+impl Writer {
+    /// `pkt` rewritten for one consumer, numbered `seq` (and `transport_seq`
+    /// on the leg), then protected: the datagram to send. With `rtx`
+    /// (SSRC, payload type, sequence number) it is written as an RFC 4588
+    /// retransmission instead: on the RTX stream, `seq` leading the payload.
+    /// `Ok(None)` means the leg did not negotiate the packet's payload type.
+    pub fn protect(
+        &mut self,
+        ctx: &mut Context,
+        rewrite: &Rewrite,
+        pkt: &rtp::Packet,
+        seq: u16,
+        transport_seq: Option<u16>,
+        rtx: Option<(u32, u8, u16)>,
+    ) -> Result<Option<BytesMut>, Error> {
+        let number = transport_seq.map(|n| {
+            let at = usize::from(n) * 2;
+            self.numbers.slice(at..at + 2)
+        });
+        if !rewrite.apply_into(&pkt.header, &mut self.header, number) {
+            return Ok(None);
+        }
+        self.header.sequence_number = seq;
+        if let Some((ssrc, pt, rtx_seq)) = rtx {
+            self.header.ssrc = ssrc;
+            self.header.payload_type = pt;
+            self.header.sequence_number = rtx_seq;
+        }
+        let head = self.header.marshal_size();
+        self.plain.clear();
+        self.plain.resize(head, 0);
+        self.header.marshal_to(&mut self.plain[..head])?;
+        if rtx.is_some() {
+            self.plain.extend_from_slice(&seq.to_be_bytes());
+        }
+        self.plain.extend_from_slice(&pkt.payload);
+        if self.header.padding {
+            // As webrtc-rs writes it: to a multiple of 4, at least 1 byte
+            // (4 when already aligned), the last byte giving the count.
+            let n = match (self.plain.len() - head) % 4 {
+                0 => 4,
+                r => 4 - r,
+            };
+            self.plain.extend(std::iter::repeat_n(0, n - 1));
+            self.plain.push(n as u8);
+        }
+        ctx.encrypt_rtp_with_header(&self.plain, &self.header).map(Some)
+    }
+}
+
+/// What the engine keeps per subscriber leg for writing to it directly.
+#[derive(Debug, Default)]
+pub struct LegOut {
+    /// Where the leg's SRTP and DTLS go: the remote address of the pair ICE
+    /// selected, learnt from what webrtc-rs itself sends.
+    pub remote: Option<SocketAddr>,
+    next_transport_seq: u16,
+}
+
+impl LegOut {
+    /// Note a datagram webrtc-rs sends on this leg: DTLS (first byte 20–63)
+    /// and SRTP/SRTCP (128–191) go to the selected pair; STUN answers
+    /// (0–3) go to whoever checked, so they are not taken as the address.
+    pub fn on_transmit(&mut self, data: &[u8], to: SocketAddr) {
+        if matches!(data.first(), Some(20..=63 | 128..=191)) {
+            self.remote = Some(to);
+        }
+    }
+
+    /// The leg's next transport-wide sequence number.
+    pub fn transport_seq(&mut self) -> u16 {
+        let n = self.next_transport_seq;
+        self.next_transport_seq = n.wrapping_add(1);
+        n
+    }
+}
+
+/// An RTCP sender report for a consumer that last sent RTP timestamp
+/// `last.0` at `last.1`: the timestamp is carried forward to `now` at the
+/// codec's clock rate, against the wall clock `wall` (RFC 3550 6.4.1).
+/// `octets` counts payload only.
+pub fn sender_report(
+    ssrc: u32,
+    clock_rate: u32,
+    last: (u32, Instant),
+    packets: u64,
+    octets: u64,
+    now: Instant,
+    wall: SystemTime,
+) -> SenderReport {
+    let elapsed = now.saturating_duration_since(last.1).as_secs_f64();
+    let ticks = (elapsed * f64::from(clock_rate)) as u64;
+    SenderReport {
+        ssrc,
+        ntp_time: crate::analytics::rtt::ntp64(wall),
+        rtp_time: last.0.wrapping_add(ticks as u32),
+        // RFC 3550: the counts wrap.
+        packet_count: packets as u32,
+        octet_count: octets as u32,
+        ..Default::default()
+    }
+}
+
+/// Marshal and protect an RTCP packet for a leg.
+pub fn protect_rtcp(ctx: &mut Context, pkt: &impl Marshal) -> Result<BytesMut, Error> {
+    let raw = pkt.marshal()?;
+    ctx.encrypt_rtcp(&raw)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rtc::rtp::header::Extension;
+    use rtc::shared::marshal::Unmarshal;
+    use rtc::srtp::protection_profile::ProtectionProfile;
+    use std::time::Duration;
+
+    /// A sender and a receiver context with the same keys, as the two ends
+    /// of a leg would have after DTLS.
+    fn contexts(profile: ProtectionProfile) -> (Context, Context) {
+        let provider = rtc::crypto::default_provider().expect("a crypto provider");
+        let key = vec![7u8; profile.key_len()];
+        let salt = vec![9u8; profile.salt_len()];
+        let tx = Context::new(&key, &salt, profile, None, None, provider.crypto()).expect("context");
+        let rx = Context::new(&key, &salt, profile, None, None, provider.crypto()).expect("context");
+        (tx, rx)
+    }
+
+    fn publisher_packet(seq: u16, payload: &'static [u8], padding: bool) -> rtp::Packet {
+        rtp::Packet {
+            header: Header {
+                version: 2,
+                padding,
+                marker: true,
+                payload_type: 96,
+                sequence_number: seq,
+                timestamp: 3000,
+                ssrc: 1111,
+                extension: true,
+                extension_profile: rtp::header::EXTENSION_PROFILE_ONE_BYTE,
+                extensions: vec![
+                    Extension { id: 1, payload: Bytes::from_static(b"\x90") },
+                    Extension { id: 9, payload: Bytes::from_static(b"rid") },
+                ],
+                ..Default::default()
+            },
+            payload: Bytes::from_static(payload),
+        }
+    }
+
+    fn rewrite() -> Rewrite {
+        Rewrite {
+            ssrc: 4242,
+            payload_types: vec![(96, 100)],
+            extensions: vec![(1, 3)],
+            mid: Some((4, Bytes::from_static(b"1"))),
+            transport_cc: Some(5),
+            rtx: None,
+        }
+    }
+
+    /// What a receiver decrypts is the rewritten packet, for both profiles,
+    /// and the writer's reused buffers carry nothing from one copy to the next.
+    #[test]
+    fn a_protected_copy_decrypts_to_the_rewritten_packet() {
+        for profile in [ProtectionProfile::AeadAes128Gcm, ProtectionProfile::Aes128CmHmacSha1_80] {
+            let (mut tx, mut rx) = contexts(profile);
+            let mut w = Writer::default();
+            for (i, (payload, padding)) in
+                [(&b"keyframe!"[..], false), (&b"abcd"[..], true), (&b"xyz"[..], true)].into_iter().enumerate()
+            {
+                let src = publisher_packet(7000 + i as u16, payload, padding);
+                let out = w.protect(&mut tx, &rewrite(), &src, 10 + i as u16, Some(65535), None).expect("protect");
+                let out = out.expect("payload type negotiated");
+                let mut plain = rx.decrypt_rtp(&out).expect("decrypts");
+                let got = rtp::Packet::unmarshal(&mut plain).expect("parses");
+                let h = &got.header;
+                assert_eq!((h.ssrc, h.payload_type, h.sequence_number, h.timestamp), (4242, 100, 10 + i as u16, 3000));
+                let exts: Vec<(u8, &[u8])> = h.extensions.iter().map(|e| (e.id, &e.payload[..])).collect();
+                assert_eq!(exts, vec![(3, &b"\x90"[..]), (4, &b"1"[..]), (5, &[0xff, 0xff][..])]);
+                assert_eq!(&got.payload[..], payload, "{profile:?}: padding is added and stripped again");
+            }
+            let other =
+                rtp::Packet { header: Header { payload_type: 97, ..Default::default() }, payload: Bytes::new() };
+            assert!(w.protect(&mut tx, &rewrite(), &other, 1, None, None).expect("no error").is_none());
+            // A retransmission on RTX: its own SSRC, type and number; the
+            // original number leads the payload.
+            let src = publisher_packet(7000, b"lost", true);
+            let out = w.protect(&mut tx, &rewrite(), &src, 42, Some(3), Some((5555, 101, 9))).expect("protect");
+            let mut plain = rx.decrypt_rtp(&out.expect("negotiated")).expect("decrypts");
+            let got = rtp::Packet::unmarshal(&mut plain).expect("parses");
+            let h = &got.header;
+            assert_eq!((h.ssrc, h.payload_type, h.sequence_number, h.timestamp), (5555, 101, 9, 3000));
+            assert_eq!(&got.payload[..], b"\x00\x2alost");
+        }
+    }
+
+    #[test]
+    fn remote_is_learnt_from_dtls_and_srtp_not_stun() {
+        let mut l = LegOut::default();
+        let (a, b): (SocketAddr, SocketAddr) = ("127.0.0.1:1".parse().unwrap(), "127.0.0.1:2".parse().unwrap());
+        l.on_transmit(&[0x01, 0x01], a);
+        assert_eq!(l.remote, None);
+        l.on_transmit(&[22, 254, 253], a);
+        l.on_transmit(&[0x01, 0x01], b);
+        assert_eq!(l.remote, Some(a));
+        l.on_transmit(&[0x80, 96], b);
+        assert_eq!(l.remote, Some(b));
+        assert_eq!((l.transport_seq(), l.transport_seq()), (0, 1));
+    }
+
+    #[test]
+    fn sender_reports_carry_the_timestamp_forward() {
+        let t0 = Instant::now();
+        let wall = SystemTime::now();
+        let sr = sender_report(9, 90_000, (u32::MAX - 10, t0), 5, 5000, t0 + Duration::from_millis(100), wall);
+        assert_eq!(sr.rtp_time, 9_000 - 11, "100 ms at 90 kHz, across the wrap");
+        assert_eq!((sr.ssrc, sr.packet_count, sr.octet_count), (9, 5, 5000));
+        assert_eq!(sr.ntp_time, crate::analytics::rtt::ntp64(wall));
+        let (mut tx, mut rx) = contexts(ProtectionProfile::AeadAes128Gcm);
+        let out = protect_rtcp(&mut tx, &sr).expect("protect");
+        let mut plain = rx.decrypt_rtcp(&out).expect("decrypts");
+        let pkts = rtc::rtcp::packet::unmarshal(&mut plain).expect("parses");
+        assert_eq!(pkts[0].as_any().downcast_ref::<SenderReport>(), Some(&sr));
+    }
+}
