@@ -6,9 +6,11 @@
 //! packet a publisher sends once per subscriber, so that chain was most of
 //! the server's CPU (issue 7's profile: 54 %). Here a forwarded copy is
 //! rewritten into a reused header, marshalled into a reused buffer, protected
-//! with the leg's own outbound SRTP context (the one accessor confer adds to
-//! its vendored `rtc`, `vendor/rtc/CONFER-PATCH.md`) and queued for
-//! `sendmmsg` — the way mediasoup and Janus write.
+//! there in place with the leg's own outbound SRTP context and queued for
+//! `sendmmsg` — the way mediasoup and Janus write — with no allocation per
+//! copy. webrtc-rs exposes neither the context nor in-place protection, so
+//! confer builds vendored copies of `rtc` and `rtc-srtp` with one addition
+//! each (`vendor/*/CONFER-PATCH.md`).
 //!
 //! What the subscriber leg's interceptors did for those packets is done here
 //! and in the engine instead:
@@ -56,7 +58,8 @@ impl Default for Writer {
 
 impl Writer {
     /// `pkt` rewritten for one consumer, numbered `seq` (and `transport_seq`
-    /// on the leg), then protected: the datagram to send. With `rtx`
+    /// on the leg), then protected in the writer's own buffer: the datagram
+    /// to send, valid until the next call (nothing is allocated). With `rtx`
     /// (SSRC, payload type, sequence number) it is written as an RFC 4588
     /// retransmission instead: on the RTX stream, `seq` leading the payload.
     /// `Ok(None)` means the leg did not negotiate the packet's payload type.
@@ -68,7 +71,7 @@ impl Writer {
         seq: u16,
         transport_seq: Option<u16>,
         rtx: Option<(u32, u8, u16)>,
-    ) -> Result<Option<BytesMut>, Error> {
+    ) -> Result<Option<&[u8]>, Error> {
         let number = transport_seq.map(|n| {
             let at = usize::from(n) * 2;
             self.numbers.slice(at..at + 2)
@@ -100,7 +103,8 @@ impl Writer {
             self.plain.extend(std::iter::repeat_n(0, n - 1));
             self.plain.push(n as u8);
         }
-        ctx.encrypt_rtp_with_header(&self.plain, &self.header).map(Some)
+        ctx.encrypt_rtp_in_place(&mut self.plain, &self.header)?;
+        Ok(Some(&self.plain))
     }
 }
 
@@ -228,7 +232,7 @@ mod tests {
                 let src = publisher_packet(7000 + i as u16, payload, padding);
                 let out = w.protect(&mut tx, &rewrite(), &src, 10 + i as u16, Some(65535), None).expect("protect");
                 let out = out.expect("payload type negotiated");
-                let mut plain = rx.decrypt_rtp(&out).expect("decrypts");
+                let mut plain = rx.decrypt_rtp(out).expect("decrypts");
                 let got = rtp::Packet::unmarshal(&mut plain).expect("parses");
                 let h = &got.header;
                 assert_eq!((h.ssrc, h.payload_type, h.sequence_number, h.timestamp), (4242, 100, 10 + i as u16, 3000));
@@ -243,11 +247,31 @@ mod tests {
             // original number leads the payload.
             let src = publisher_packet(7000, b"lost", true);
             let out = w.protect(&mut tx, &rewrite(), &src, 42, Some(3), Some((5555, 101, 9))).expect("protect");
-            let mut plain = rx.decrypt_rtp(&out.expect("negotiated")).expect("decrypts");
+            let mut plain = rx.decrypt_rtp(out.expect("negotiated")).expect("decrypts");
             let got = rtp::Packet::unmarshal(&mut plain).expect("parses");
             let h = &got.header;
             assert_eq!((h.ssrc, h.payload_type, h.sequence_number, h.timestamp), (5555, 101, 9, 3000));
             assert_eq!(&got.payload[..], b"\x00\x2alost");
+        }
+    }
+
+    /// The vendored in-place protection (vendor/rtc-srtp/CONFER-PATCH.md)
+    /// writes byte for byte what the published `encrypt_rtp` returns, for
+    /// both profiles, across a sequence-number rollover (the ROC must move).
+    #[test]
+    fn in_place_protection_matches_the_published_encrypt() {
+        for profile in [ProtectionProfile::AeadAes128Gcm, ProtectionProfile::Aes128CmHmacSha1_80] {
+            let (mut in_place, mut published) = contexts(profile);
+            let (_, mut rx) = contexts(profile);
+            let mut w = Writer::default();
+            for seq in [65533u16, 65534, 65535, 0, 1, 2] {
+                let src = publisher_packet(seq, b"same bytes either way", seq % 2 == 0);
+                let ours = w.protect(&mut in_place, &rewrite(), &src, seq, Some(seq), None).expect("protect");
+                let ours = ours.expect("negotiated").to_vec();
+                let plain = rx.decrypt_rtp(&ours).expect("decrypts");
+                let theirs = published.encrypt_rtp(&plain).expect("published encrypt");
+                assert_eq!(ours, &theirs[..], "{profile:?} seq {seq}");
+            }
         }
     }
 

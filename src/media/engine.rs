@@ -1357,7 +1357,7 @@ fn write_copy(
             return None;
         }
     };
-    *failed += out.push(socket, &data, remote);
+    *failed += out.push(socket, data, remote);
     if let Some(n) = transport_seq {
         leg.observed.sent.record(n, now);
     }
