@@ -9,6 +9,8 @@
 #   RUNS=3 benches/janus_fanout.sh ...          (rounds, interleaved; the table shows medians)
 #   JANUS_EVENT_LOOPS=2 benches/janus_fanout.sh (Janus's `event_loops`; unset = its default,
 #                                               one thread per handle)
+#   KEEP=results.jsonl ...                      (keep every report, one JSON per line;
+#                                               benches/fanout_table.py prints the table again)
 #
 # Packets forwarded: confer's own counter (/metrics); Janus has none, so there it
 # is what the subscribers received (the report says `forwardedFrom`).
@@ -106,7 +108,8 @@ print(json.dumps({k: r[k] for k in ("target", "subscribersPerRoom", "forwardedPe
       "serverCpuUsPerForwardedPacket", "serverRssMiB", "forwardedFrom")}))' "$1"
 }
 
-results="$work/results"
+results="${KEEP:-$work/results}"
+: > "$results"
 for round in $(seq "$runs"); do
   for n in "${sizes[@]}"; do
     for target in confer janus; do
@@ -120,22 +123,5 @@ for round in $(seq "$runs"); do
     done
   done
 done
-python3 - "$results" "$runs" <<'EOF'
-import json, statistics, sys
-rows = [json.loads(l) for l in open(sys.argv[1])]
-med = lambda xs: statistics.median([x for x in xs if x is not None]) if any(x is not None for x in xs) else None
-def agg(n, t):
-    rs = [r for r in rows if r["subscribersPerRoom"] == n and r["target"] == t]
-    return {"us": med([r["serverCpuUsPerForwardedPacket"] for r in rs]), "loss": med([r["loss"] for r in rs]),
-            "p50": med([r["latencyMs"]["p50"] for r in rs]), "p99": med([r["latencyMs"]["p99"] for r in rs]),
-            "rss": med([r["serverRssMiB"] for r in rs])}
-print(f"\nmedians of {sys.argv[2]} run(s) each; µs of server CPU per forwarded packet")
-print("| subscribers | confer µs/pkt | Janus µs/pkt | confer / Janus | loss confer / Janus "
-      "| latency p50 / p99 ms, confer | Janus | RSS MiB confer / Janus |")
-print("|---:|---:|---:|---:|---:|---:|---:|---:|")
-for n in sorted({r["subscribersPerRoom"] for r in rows}):
-    c, j = agg(n, "confer"), agg(n, "janus")
-    ratio = f'{c["us"] / j["us"]:.2f}' if c["us"] and j["us"] else "-"
-    print(f'| {n} | {c["us"]} | {j["us"]} | {ratio} | {c["loss"] * 100:.2f} % / {j["loss"] * 100:.2f} % '
-          f'| {c["p50"]} / {c["p99"]} | {j["p50"]} / {j["p99"]} | {c["rss"]} / {j["rss"]} |')
-EOF
+echo "medians of $runs run(s), $secs s measured each, on $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs) ($(nproc) cores), Janus event_loops=${JANUS_EVENT_LOOPS:-unset}"
+python3 benches/fanout_table.py "$results"

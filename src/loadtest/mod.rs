@@ -5,8 +5,10 @@
 //! RTP (and Opus-sized audio) whose payload ends with the send time, so
 //! subscribers measure the added forwarding latency (from the publisher's
 //! send to the subscriber's socket read, so that the load tool's own
-//! decrypting and bookkeeping is not counted). Server CPU and RSS come
-//! from its `/metrics` process metrics. Prints a progress line to stderr and a
+//! decrypting and bookkeeping is not counted). A packet is counted as sent,
+//! received and timed by its send time against one measured window, so
+//! loss is exact: nothing in flight at the window's edges counts as lost.
+//! Server CPU and RSS come from its `/metrics` process metrics. Prints a progress line to stderr and a
 //! JSON report to stdout.
 
 pub mod janus;
@@ -17,7 +19,7 @@ use futures_util::{SinkExt, StreamExt};
 use peer::{RtcPeer, Seen};
 use rtc::peer_connection::sdp::RTCSessionDescription;
 use serde_json::{json, Value};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::Message;
@@ -53,15 +55,46 @@ impl LoadOpts {
 }
 
 /// Counters shared by every client of the run.
-#[derive(Default)]
 struct Counters {
-    measuring: AtomicBool,
+    /// The measured window, µs since the run's epoch, by send time: a packet
+    /// is counted as sent, received and timed only if it left inside
+    /// `[window_from, window_until)`, so what is in flight at either edge is
+    /// neither lost nor gained. Both are set before the window opens.
+    window_from: AtomicU64,
+    window_until: AtomicU64,
+    /// Set once the report's numbers are in: every client stops.
+    done: tokio::sync::watch::Sender<bool>,
     sent: AtomicU64,
     received: AtomicU64,
     tracks_received: AtomicU64,
     /// The server's media ports publishers were answered with (one per
     /// worker their rooms landed on).
     media_ports: std::sync::Mutex<std::collections::BTreeSet<u16>>,
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        Self {
+            window_from: AtomicU64::new(u64::MAX),
+            window_until: AtomicU64::new(u64::MAX),
+            done: tokio::sync::watch::Sender::new(false),
+            sent: AtomicU64::default(),
+            received: AtomicU64::default(),
+            tracks_received: AtomicU64::default(),
+            media_ports: Default::default(),
+        }
+    }
+}
+
+impl Counters {
+    /// Whether a packet sent at `sent_us` belongs to the measured window.
+    fn in_window(&self, sent_us: u64) -> bool {
+        (self.window_from.load(Relaxed)..self.window_until.load(Relaxed)).contains(&sent_us)
+    }
+
+    fn is_done(&self) -> bool {
+        *self.done.borrow()
+    }
 }
 
 fn now_us(epoch: Instant) -> u64 {
@@ -231,7 +264,7 @@ async fn publisher(
     // when the pacer lets the next one go.
     let mut queue: std::collections::VecDeque<(bool, Vec<u8>, usize, u32)> = Default::default();
     let mut next_paced = next_video;
-    while Instant::now() < stop {
+    while Instant::now() < stop && !c.is_done() {
         let wake =
             if queue.is_empty() { next_video.min(next_audio) } else { next_video.min(next_audio).min(next_paced) };
         tokio::time::sleep_until(wake).await;
@@ -290,7 +323,7 @@ async fn publisher(
         if ok.is_none() {
             break;
         }
-        if c.measuring.load(Relaxed) {
+        if c.in_window(t) {
             c.sent.fetch_add(count, Relaxed);
         }
     }
@@ -406,30 +439,34 @@ async fn receive(mut ws: Ws, p: RtcPeer, c: Arc<Counters>, epoch: Instant, stop:
     latencies
 }
 
-/// Count what `p` receives until `stop`: the added latency of each packet, in µs.
+/// Count what `p` receives until the run is done (or `stop`): the added
+/// latency of each packet sent inside the measured window, in µs.
 async fn count(mut p: RtcPeer, c: Arc<Counters>, epoch: Instant, stop: Instant) -> Vec<u32> {
     let mut latencies = Vec::new();
     let mut tracks = std::collections::HashSet::new();
     let until = tokio::time::Instant::from_std(stop);
+    let mut done = c.done.subscribe();
     loop {
-        let s = match tokio::time::timeout_at(until, p.seen.recv()).await {
-            Ok(Some(s)) => s,
-            _ => break,
+        let s = tokio::select! {
+            s = tokio::time::timeout_at(until, p.seen.recv()) => match s {
+                Ok(Some(s)) => s,
+                _ => break,
+            },
+            _ = done.wait_for(|d| *d) => break,
         };
         if let Seen::Rtp { track, payload, at, .. } = s {
             if tracks.insert(track) {
                 c.tracks_received.fetch_add(1, Relaxed);
             }
-            if c.measuring.load(Relaxed) {
+            let Some(sent) = payload.len().checked_sub(8).map(|at| &payload[at..]) else { continue };
+            let sent = u64::from_be_bytes(sent.try_into().expect("8 bytes"));
+            if c.in_window(sent) {
                 c.received.fetch_add(1, Relaxed);
-                if payload.len() >= 8 {
-                    let sent = u64::from_be_bytes(payload[payload.len() - 8..].try_into().expect("8 bytes"));
-                    // From the publisher's send to this subscriber's socket
-                    // read: what the peers' own pipelines and this task
-                    // take afterwards is not the server's.
-                    let read = at.saturating_duration_since(epoch).as_micros() as u64;
-                    latencies.push(read.saturating_sub(sent).min(u64::from(u32::MAX)) as u32);
-                }
+                // From the publisher's send to this subscriber's socket
+                // read: what the peers' own pipelines and this task take
+                // afterwards is not the server's.
+                let read = at.saturating_duration_since(epoch).as_micros() as u64;
+                latencies.push(read.saturating_sub(sent).min(u64::from(u32::MAX)) as u32);
             }
         }
     }
@@ -438,16 +475,14 @@ async fn count(mut p: RtcPeer, c: Arc<Counters>, epoch: Instant, stop: Instant) 
 
 /// The server's (CPU seconds, RSS bytes, forwarded packets): from `/proc`
 /// with `--server-pid`, else from its `/metrics`. Janus has no forwarding
-/// counter: there it is what the subscribers received.
-async fn measure(http: &reqwest::Client, opts: &LoadOpts, c: &Counters) -> anyhow::Result<(f64, f64, f64)> {
+/// counter (0 here; the report counts what the subscribers received).
+async fn measure(http: &reqwest::Client, opts: &LoadOpts) -> anyhow::Result<(f64, f64, f64)> {
     let mut m = match opts.server_pid {
         Some(pid) => proc_usage(pid)?,
         None if opts.janus.is_some() => anyhow::bail!("--janus needs --server-pid (Janus has no /metrics)"),
         None => server_metrics(http, &opts.url).await?,
     };
-    if opts.janus.is_some() {
-        m.2 = c.received.load(Relaxed) as f64;
-    } else if opts.server_pid.is_some() {
+    if opts.janus.is_none() && opts.server_pid.is_some() {
         m.2 = server_metrics(http, &opts.url).await?.2;
     }
     Ok(m)
@@ -517,6 +552,10 @@ fn bucket_quantile(before: &[(f64, f64)], after: &[(f64, f64)], q: f64) -> Optio
     delta.iter().find(|(_, n)| *n >= q * total).map(|(le, _)| le * 1000.0).filter(|ms| ms.is_finite())
 }
 
+/// How long after the measured window packets sent inside it may still
+/// arrive and be counted.
+const ARRIVAL_GRACE: Duration = Duration::from_millis(500);
+
 /// Run the load and return the report.
 pub async fn run(opts: LoadOpts, keys: &TokenKeys) -> anyhow::Result<Value> {
     let http = reqwest::Client::new();
@@ -524,7 +563,8 @@ pub async fn run(opts: LoadOpts, keys: &TokenKeys) -> anyhow::Result<Value> {
     let epoch = Instant::now();
     let counters = Arc::new(Counters::default());
     let setup = Duration::from_secs(10 + (opts.rooms * (opts.publishers + opts.subscribers)) as u64 / 10);
-    let stop = Instant::now() + setup + Duration::from_secs(opts.seconds);
+    // Clients stop when the report is made; this is only the backstop.
+    let stop = Instant::now() + setup * 2 + Duration::from_secs(opts.seconds + 10);
     let mut tasks = Vec::new();
     let mut subs = Vec::new();
     let mut rooms = Vec::new();
@@ -535,7 +575,7 @@ pub async fn run(opts: LoadOpts, keys: &TokenKeys) -> anyhow::Result<Value> {
         Some(url) => Some(janus::Janus::connect(url).await?),
         None => None,
     };
-    let before_join = measure(&http, &opts, &counters).await?;
+    let before_join = measure(&http, &opts).await?;
     for r in 0..opts.rooms {
         let owner = token(&format!("load-owner-{r}"));
         if let Some(j) = &janus {
@@ -585,13 +625,19 @@ pub async fn run(opts: LoadOpts, keys: &TokenKeys) -> anyhow::Result<Value> {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
-    counters.measuring.store(true, Relaxed);
-    let m0 = measure(&http, &opts, &counters).await?;
+    // The window is fixed before it opens, so every client judges a packet
+    // by its send time against the same bounds.
+    let from = now_us(epoch) + 100_000;
+    let until = from + opts.seconds * 1_000_000;
+    counters.window_until.store(until, Relaxed);
+    counters.window_from.store(from, Relaxed);
+    tokio::time::sleep_until((epoch + Duration::from_micros(from)).into()).await;
+    let m0 = measure(&http, &opts).await?;
     let d0 = forward_delay_buckets(&http, &opts.url).await;
     let started = Instant::now();
-    let end = started + Duration::from_secs(opts.seconds);
+    let end = epoch + Duration::from_micros(until);
     while Instant::now() < end {
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        tokio::time::sleep(end.saturating_duration_since(Instant::now()).min(Duration::from_secs(1))).await;
         eprint!(
             "\r[{:>4}/{} s] sent {:>9}  received {:>10}  tracks {}/{}   ",
             started.elapsed().as_secs(),
@@ -602,11 +648,14 @@ pub async fn run(opts: LoadOpts, keys: &TokenKeys) -> anyhow::Result<Value> {
             tracks_expected
         );
     }
-    let m1 = measure(&http, &opts, &counters).await?;
-    counters.measuring.store(false, Relaxed);
+    let m1 = measure(&http, &opts).await?;
     let d1 = forward_delay_buckets(&http, &opts.url).await;
     let secs = started.elapsed().as_secs_f64();
+    // What left inside the window and is still in flight is counted when it
+    // arrives; what does not arrive by now is lost.
+    tokio::time::sleep(ARRIVAL_GRACE).await;
     let analytics = if opts.janus.is_some() { Value::Null } else { server_analytics(&http, &opts.url, &rooms).await };
+    counters.done.send_replace(true);
     eprintln!();
     let mut latencies: Vec<u32> = Vec::new();
     for s in subs {
@@ -628,7 +677,9 @@ pub async fn run(opts: LoadOpts, keys: &TokenKeys) -> anyhow::Result<Value> {
     let sent = counters.sent.load(Relaxed);
     let received = counters.received.load(Relaxed);
     let expected = sent * receivers as u64;
-    let forwarded = m1.2 - m0.2;
+    // Janus counts nothing it forwards: there it is what the subscribers
+    // received of what was sent inside the window.
+    let forwarded = if opts.janus.is_some() { received as f64 } else { m1.2 - m0.2 };
     let participants = (opts.rooms * (opts.publishers + opts.subscribers)) as f64;
     Ok(json!({
         "rooms": opts.rooms,
