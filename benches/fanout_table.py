@@ -44,6 +44,8 @@ def aggregate(rs):
         "us": med([r["serverCpuUsPerForwardedPacket"] for r in rs]),
         "p50": med([r["latencyMs"]["p50"] for r in rs]),
         "p99": med([r["latencyMs"]["p99"] for r in rs]),
+        "read50": med([r.get("readLatencyMs", {}).get("p50") for r in rs]),
+        "read99": med([r.get("readLatencyMs", {}).get("p99") for r in rs]),
         "fwd50": med([r.get("serverForwardDelayMs", {}).get("p50") for r in rs]),
         "fwd99": med([r.get("serverForwardDelayMs", {}).get("p99") for r in rs]),
         "rss": med([r["serverRssMiB"] for r in rs]),
@@ -57,8 +59,8 @@ def main(path):
     shapes = sorted({shape(r) for r in rows}, key=lambda s: (s[3], s[0], s[2], -s[4]))
     targets = sorted({r["target"] for r in rows})
     print("| load | target | runs | forwarded pkt/s | loss median (max) | server CPU µs per forwarded packet "
-          "| latency p50 / p99 ms | server forward delay p50 / p99 ms | RSS MiB (per participant) | tracks |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "| latency to arrival p50 / p99 ms | to the client's read | server forward delay p50 / p99 ms | RSS MiB (per participant) | tracks |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     ratios = []
     for s in shapes:
         aggs = {}
@@ -68,7 +70,7 @@ def main(path):
                 continue
             a = aggs[t] = aggregate(rs)
             print(f'| {label(s)} | {t} | {a["runs"]} | {a["pps"]:,.0f} | {a["loss"] * 100:.3f} % ({a["loss_max"] * 100:.3f} %) '
-                  f'| {fmt(a["us"])} | {fmt(a["p50"])} / {fmt(a["p99"])} | {fmt(a["fwd50"])} / {fmt(a["fwd99"])} '
+                  f'| {fmt(a["us"])} | {fmt(a["p50"])} / {fmt(a["p99"])} | {fmt(a["read50"])} / {fmt(a["read99"])} | {fmt(a["fwd50"])} / {fmt(a["fwd99"])} '
                   f'| {fmt(a["rss"], 1)} ({fmt(a["rss_pp"])}) | {a["tracks"] * 100:.0f} % |')
         c, j = aggs.get("confer"), aggs.get("janus")
         if c and j and c["us"] and j["us"]:

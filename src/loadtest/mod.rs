@@ -160,7 +160,7 @@ async fn publisher(
     epoch: Instant,
     stop: Instant,
     janus: Option<(Arc<janus::Janus>, tokio::sync::watch::Sender<Option<u64>>)>,
-) -> anyhow::Result<Vec<u32>> {
+) -> anyhow::Result<Latencies> {
     let (video_ssrc, audio_ssrc) = (rand::random::<u32>(), rand::random::<u32>());
     let audio = opts.audio;
     let offer_with = move |pc: &mut rtc::peer_connection::RTCPeerConnection, now| -> anyhow::Result<_> {
@@ -269,7 +269,6 @@ async fn publisher(
             if queue.is_empty() { next_video.min(next_audio) } else { next_video.min(next_audio).min(next_paced) };
         tokio::time::sleep_until(wake).await;
         let now = tokio::time::Instant::now();
-        let t = now_us(epoch);
         let mut pkts = Vec::new();
         if next_video <= now {
             let key = frames % gop == 0;
@@ -295,12 +294,12 @@ async fn publisher(
                 }
                 next_paced += Duration::from_secs_f64(size as f64 / pace_bytes_per_sec);
             }
-            pkts.push((vs, rtp(vpt, vseq, ts, video_ssrc, marker, &head, size, t)));
+            pkts.push((vs, rtp(vpt, vseq, ts, video_ssrc, marker, &head, size)));
             vseq = vseq.wrapping_add(1);
         }
         if next_audio <= now {
             if let (Some(a), Some(apt)) = (as_, pts.1) {
-                pkts.push((a, rtp(apt, aseq, (audio_n * 960) as u32, audio_ssrc, false, &[], 80, t)));
+                pkts.push((a, rtp(apt, aseq, (audio_n * 960) as u32, audio_ssrc, false, &[], 80)));
                 aseq = aseq.wrapping_add(1);
             }
             audio_n += 1;
@@ -310,19 +309,23 @@ async fn publisher(
             continue;
         }
         let count = pkts.len() as u64;
-        let ok = p
+        // Stamped by the peer's task as it writes them, just before they go
+        // through webrtc-rs to its socket, not when this loop woke.
+        let sent = p
             .ctl
             .try_with(move |pc, now| {
-                for (s, pkt) in pkts {
+                let t = now.saturating_duration_since(epoch).as_micros() as u64;
+                for (s, (header, mut payload)) in pkts {
+                    let at = payload.len() - 8;
+                    payload[at..].copy_from_slice(&t.to_be_bytes());
                     if let Some(mut s) = pc.rtp_sender(s) {
-                        let _ = s.write_rtp(now, pkt);
+                        let _ = s.write_rtp(now, rtc::rtp::Packet { header, payload: payload.into() });
                     }
                 }
+                t
             })
             .await;
-        if ok.is_none() {
-            break;
-        }
+        let Some(t) = sent else { break };
         if c.in_window(t) {
             c.sent.fetch_add(count, Relaxed);
         }
@@ -357,26 +360,31 @@ fn frame_size_for(kbps: u32) -> (u16, u16) {
     }
 }
 
-/// A packet of `size` bytes: `head`, zeros, and the send time (µs since the
-/// run's epoch) in the last 8 bytes, which subscribers read for latency.
-#[allow(clippy::too_many_arguments)]
-fn rtp(pt: u8, seq: u16, ts: u32, ssrc: u32, marker: bool, head: &[u8], size: usize, sent_us: u64) -> rtc::rtp::Packet {
+/// A packet's header and a payload of `size` bytes: `head`, then zeros; the
+/// last 8 bytes are for the send time (µs since the run's epoch), written
+/// when it is sent, which subscribers read for latency.
+fn rtp(
+    pt: u8,
+    seq: u16,
+    ts: u32,
+    ssrc: u32,
+    marker: bool,
+    head: &[u8],
+    size: usize,
+) -> (rtc::rtp::header::Header, Vec<u8>) {
     let size = size.max(head.len() + 8);
     let mut payload = vec![0u8; size];
     payload[..head.len()].copy_from_slice(head);
-    payload[size - 8..].copy_from_slice(&sent_us.to_be_bytes());
-    rtc::rtp::Packet {
-        header: rtc::rtp::header::Header {
-            version: 2,
-            payload_type: pt,
-            sequence_number: seq,
-            timestamp: ts,
-            ssrc,
-            marker,
-            ..Default::default()
-        },
-        payload: payload.into(),
-    }
+    let header = rtc::rtp::header::Header {
+        version: 2,
+        payload_type: pt,
+        sequence_number: seq,
+        timestamp: ts,
+        ssrc,
+        marker,
+        ..Default::default()
+    };
+    (header, payload)
 }
 
 /// One subscriber: join, answer every subscribe-offer, count what arrives.
@@ -388,7 +396,7 @@ async fn subscriber(
     epoch: Instant,
     stop: Instant,
     janus: Option<(Arc<janus::Janus>, tokio::sync::watch::Receiver<Option<u64>>)>,
-) -> anyhow::Result<Vec<u32>> {
+) -> anyhow::Result<Latencies> {
     match janus {
         Some((j, mut feed)) => {
             let p = RtcPeer::start_with(false, local_ip_towards(opts.target()).await?).await?;
@@ -405,7 +413,7 @@ async fn subscriber(
 
 /// Answer every subscribe-offer on `ws` with `p`, and count what arrives
 /// until `stop`: the added latency of each packet, in µs.
-async fn receive(mut ws: Ws, p: RtcPeer, c: Arc<Counters>, epoch: Instant, stop: Instant) -> Vec<u32> {
+async fn receive(mut ws: Ws, p: RtcPeer, c: Arc<Counters>, epoch: Instant, stop: Instant) -> Latencies {
     let ctl = p.ctl.clone();
     let signaling = tokio::spawn(async move {
         while let Some(Ok(msg)) = ws.next().await {
@@ -439,9 +447,13 @@ async fn receive(mut ws: Ws, p: RtcPeer, c: Arc<Counters>, epoch: Instant, stop:
     latencies
 }
 
+/// Latencies of received packets in µs: (to the subscriber host's kernel,
+/// to the subscriber peer's read).
+type Latencies = Vec<(u32, u32)>;
+
 /// Count what `p` receives until the run is done (or `stop`): the added
-/// latency of each packet sent inside the measured window, in µs.
-async fn count(mut p: RtcPeer, c: Arc<Counters>, epoch: Instant, stop: Instant) -> Vec<u32> {
+/// latencies of each packet sent inside the measured window.
+async fn count(mut p: RtcPeer, c: Arc<Counters>, epoch: Instant, stop: Instant) -> Latencies {
     let mut latencies = Vec::new();
     let mut tracks = std::collections::HashSet::new();
     let until = tokio::time::Instant::from_std(stop);
@@ -454,7 +466,7 @@ async fn count(mut p: RtcPeer, c: Arc<Counters>, epoch: Instant, stop: Instant) 
             },
             _ = done.wait_for(|d| *d) => break,
         };
-        if let Seen::Rtp { track, payload, at, .. } = s {
+        if let Seen::Rtp { track, payload, at, read, .. } = s {
             if tracks.insert(track) {
                 c.tracks_received.fetch_add(1, Relaxed);
             }
@@ -462,11 +474,15 @@ async fn count(mut p: RtcPeer, c: Arc<Counters>, epoch: Instant, stop: Instant) 
             let sent = u64::from_be_bytes(sent.try_into().expect("8 bytes"));
             if c.in_window(sent) {
                 c.received.fetch_add(1, Relaxed);
-                // From the publisher's send to this subscriber's socket
-                // read: what the peers' own pipelines and this task take
-                // afterwards is not the server's.
-                let read = at.saturating_duration_since(epoch).as_micros() as u64;
-                latencies.push(read.saturating_sub(sent).min(u64::from(u32::MAX)) as u32);
+                // From the publisher's send to the packet's arrival at the
+                // subscriber (and to its read there): what the subscriber's
+                // own pipeline and this task take afterwards is not the
+                // server's.
+                let since = |t: Instant| {
+                    let us = t.saturating_duration_since(epoch).as_micros() as u64;
+                    us.saturating_sub(sent).min(u64::from(u32::MAX)) as u32
+                };
+                latencies.push((since(at), since(read)));
             }
         }
     }
@@ -657,21 +673,18 @@ pub async fn run(opts: LoadOpts, keys: &TokenKeys) -> anyhow::Result<Value> {
     let analytics = if opts.janus.is_some() { Value::Null } else { server_analytics(&http, &opts.url, &rooms).await };
     counters.done.send_replace(true);
     eprintln!();
-    let mut latencies: Vec<u32> = Vec::new();
-    for s in subs {
+    let mut all: Latencies = Vec::new();
+    for s in subs.into_iter().chain(tasks) {
         if let Ok(Ok(l)) = s.await {
-            latencies.extend(l);
+            all.extend(l);
         }
     }
-    for t in tasks {
-        if let Ok(Ok(l)) = t.await {
-            latencies.extend(l);
-        }
-    }
-    latencies.sort_unstable();
-    let pct = |p: f64| {
-        latencies
-            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
+    let (mut arrival, mut read): (Vec<u32>, Vec<u32>) = all.into_iter().unzip();
+    arrival.sort_unstable();
+    read.sort_unstable();
+    let pct = |sorted: &[u32], p: f64| {
+        sorted
+            .get(((sorted.len() as f64 * p) as usize).min(sorted.len().saturating_sub(1)))
             .map(|us| f64::from(*us) / 1000.0)
     };
     let sent = counters.sent.load(Relaxed);
@@ -698,7 +711,8 @@ pub async fn run(opts: LoadOpts, keys: &TokenKeys) -> anyhow::Result<Value> {
         "packetsReceived": received,
         "forwardedPerSecond": (forwarded / secs).round(),
         "loss": if expected > 0 { ((1.0 - received as f64 / expected as f64).max(0.0) * 1e5).round() / 1e5 } else { 0.0 },
-        "latencyMs": {"p50": pct(0.50), "p99": pct(0.99)},
+        "latencyMs": {"p50": pct(&arrival, 0.50), "p99": pct(&arrival, 0.99)},
+        "readLatencyMs": {"p50": pct(&read, 0.50), "p99": pct(&read, 0.99)},
         "serverForwardDelayMs": {"p50": bucket_quantile(&d0, &d1, 0.5), "p99": bucket_quantile(&d0, &d1, 0.99)},
         "serverCpuSeconds": ((m1.0 - m0.0) * 1000.0).round() / 1000.0,
         "serverCpuUsPerForwardedPacket": if forwarded > 0.0 { ((m1.0 - m0.0) * 1e6 / forwarded * 100.0).round() / 100.0 } else { 0.0 },

@@ -39,8 +39,13 @@ pub enum Seen {
         seq: u16,
         exts: Vec<(u8, Vec<u8>)>,
         payload: bytes::Bytes,
-        /// When the datagram that carried it was read from the socket.
+        /// When the datagram that carried it reached this host: the
+        /// kernel's receive time, so that how long this peer's task took to
+        /// get round to reading it is not counted (the read time without a
+        /// kernel stamp).
         at: Instant,
+        /// When this peer's task read that datagram from its socket.
+        read: Instant,
     },
     /// RTCP, by type: "pli", "fir", "nack", "rr", "sr", "other".
     Rtcp {
@@ -141,6 +146,7 @@ impl RtcPeer {
     /// copying header extensions (the load tool does not look at them).
     pub async fn start_with(want_exts: bool, ip: std::net::IpAddr) -> anyhow::Result<RtcPeer> {
         let socket = UdpSocket::bind(SocketAddr::new(ip, 0)).await?;
+        crate::media::udp::stamp_arrivals(&socket);
         let addr = socket.local_addr()?;
         let mut media = MediaEngine::default();
         media.register_default_codecs()?;
@@ -166,6 +172,9 @@ impl RtcPeer {
         let (seen_tx, seen) = mpsc::unbounded_channel();
         tokio::spawn(async move {
             let mut buf = vec![0u8; 2048];
+            // When the datagram last handed to the connection arrived, and
+            // was read: what it yields is stamped with these.
+            let (mut arrived, mut read) = (Instant::now(), Instant::now());
             loop {
                 while let Some(out) = pc.poll_write() {
                     let _ = socket.send_to(&out.message, out.transport.peer_addr).await;
@@ -194,7 +203,8 @@ impl RtcPeer {
                                 Vec::new()
                             },
                             payload: p.payload,
-                            at: now,
+                            at: arrived.min(now),
+                            read: read.min(now),
                         },
                         RTCMessage::RtcpPacket(track, pkts) => {
                             Seen::Rtcp { track, kinds: pkts.iter().map(|p| kind(&**p)).collect() }
@@ -211,9 +221,12 @@ impl RtcPeer {
                         Some(job) => job(&mut pc, Instant::now()),
                         None => { let _ = pc.close(); return; }
                     },
-                    r = socket.recv_from(&mut buf) => if let Ok((n, from)) = r {
+                    r = crate::media::udp::recv_stamped(&socket, &mut buf) => if let Ok((n, from, stamp)) = r {
+                        read = Instant::now();
+                        let ago = stamp.and_then(|s| std::time::SystemTime::now().duration_since(s).ok());
+                        arrived = ago.and_then(|d| read.checked_sub(d)).unwrap_or(read);
                         let _ = pc.handle_read(TaggedBytesMut {
-                            now: Instant::now(),
+                            now: read,
                             transport: TransportContext { local_addr: addr, peer_addr: from, ecn: None, transport_protocol: TransportProtocol::UDP },
                             message: BytesMut::from(&buf[..n]),
                         });

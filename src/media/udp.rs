@@ -245,9 +245,124 @@ fn recv_many(
     Ok(1)
 }
 
+/// Ask the kernel to stamp every datagram `socket` receives with its
+/// arrival time (`SO_TIMESTAMPNS`), read back by [`recv_stamped`]. Used by
+/// the load tool, whose subscribers measure latency to the moment a packet
+/// reached their host rather than to when their busy task read it. Returns
+/// whether the kernel agreed.
+pub fn stamp_arrivals(socket: &UdpSocket) -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        let on: libc::c_int = 1;
+        // SAFETY: a valid socket fd and a pointer to a c_int of the given length.
+        let rc = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_TIMESTAMPNS,
+                (&on as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        rc == 0
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = socket;
+        false
+    }
+}
+
+/// Wait for one datagram: its length, its source, and when the kernel
+/// received it (`None` unless [`stamp_arrivals`] was set). Cancel-safe, as
+/// `recv_from` is.
+pub async fn recv_stamped(
+    socket: &UdpSocket,
+    buf: &mut [u8],
+) -> io::Result<(usize, SocketAddr, Option<std::time::SystemTime>)> {
+    socket.async_io(Interest::READABLE, || recv_one_stamped(socket, buf)).await
+}
+
+#[cfg(target_os = "linux")]
+fn recv_one_stamped(
+    socket: &UdpSocket,
+    buf: &mut [u8],
+) -> io::Result<(usize, SocketAddr, Option<std::time::SystemTime>)> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: all-zero is a valid sockaddr_storage and msghdr.
+    let mut addr: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+    // Room for one SCM_TIMESTAMPNS (a timespec), aligned for cmsghdr.
+    let mut control = [0u64; 8];
+    let mut h: libc::msghdr = unsafe { std::mem::zeroed() };
+    h.msg_name = (&mut addr as *mut libc::sockaddr_storage).cast();
+    h.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    h.msg_iov = &mut iov;
+    h.msg_iovlen = 1;
+    h.msg_control = control.as_mut_ptr().cast();
+    h.msg_controllen = std::mem::size_of_val(&control) as _;
+    // SAFETY: the header points at `addr`, `iov` (into `buf`) and `control`,
+    // all valid and writable for the call.
+    let n = unsafe { libc::recvmsg(socket.as_raw_fd(), &mut h, 0) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let from = read_sockaddr(&addr).ok_or_else(|| io::Error::other("a datagram from an unreadable address"))?;
+    let mut stamp = None;
+    // SAFETY: the CMSG_* macros walk the control data the kernel wrote
+    // into `control`, bounded by `msg_controllen`.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&h);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_TIMESTAMPNS {
+                let ts = std::ptr::read_unaligned(libc::CMSG_DATA(c) as *const libc::timespec);
+                stamp = Some(std::time::UNIX_EPOCH + std::time::Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32));
+            }
+            c = libc::CMSG_NXTHDR(&h, c);
+        }
+    }
+    Ok(((n as usize).min(buf.len()), from, stamp))
+}
+
+#[cfg(not(target_os = "linux"))]
+fn recv_one_stamped(
+    socket: &UdpSocket,
+    buf: &mut [u8],
+) -> io::Result<(usize, SocketAddr, Option<std::time::SystemTime>)> {
+    socket.try_recv_from(buf).map(|(n, from)| (n, from, None))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A stamped read returns the datagram, its source and a kernel arrival
+    /// time between the send and the read.
+    #[tokio::test]
+    async fn a_stamped_read_carries_the_kernel_arrival_time() {
+        let tx = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let rx = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        assert!(stamp_arrivals(&rx), "SO_TIMESTAMPNS on Linux");
+        // The kernel turns stamping on asynchronously; until then a read is
+        // stamped with the time of the read.
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let before = std::time::SystemTime::now();
+        tx.send_to(b"stamped", rx.local_addr().unwrap()).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        let mut buf = [0u8; 64];
+        let (n, from, stamp) = recv_stamped(&rx, &mut buf).await.unwrap();
+        let after = std::time::SystemTime::now();
+        assert_eq!((&buf[..n], from), (&b"stamped"[..], tx.local_addr().unwrap()));
+        let stamp = stamp.expect("a kernel timestamp");
+        assert!(before <= stamp && stamp <= after, "{before:?} <= {stamp:?} <= {after:?}");
+        // Read 20 ms after it arrived: the stamp is the arrival, not the read.
+        assert!(after.duration_since(stamp).unwrap() >= std::time::Duration::from_millis(15));
+        // Without the option there is no stamp.
+        tx.send_to(b"plain", tx.local_addr().unwrap()).await.unwrap();
+        let (n, _, stamp) = recv_stamped(&tx, &mut buf).await.unwrap();
+        assert_eq!((&buf[..n], stamp), (&b"plain"[..], None));
+    }
 
     /// Real sockets on loopback: a batch of differently sized datagrams to
     /// two receivers arrives whole, in order, with the right source, and
