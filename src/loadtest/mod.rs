@@ -3,13 +3,15 @@
 //! PeerConnections ([`peer`]) that really negotiate, connect (ICE, DTLS,
 //! SRTP) and decrypt, but do not decode: publishers send synthetic VP8-shaped
 //! RTP (and Opus-sized audio) whose payload ends with the send time, so
-//! subscribers measure the added forwarding latency (from the publisher's
-//! send to the subscriber's socket read, so that the load tool's own
-//! decrypting and bookkeeping is not counted). A packet is counted as sent,
-//! received and timed by its send time against one measured window, so
-//! loss is exact: nothing in flight at the window's edges counts as lost.
-//! Server CPU and RSS come from its `/metrics` process metrics. Prints a progress line to stderr and a
-//! JSON report to stdout.
+//! subscribers measure the added forwarding latency: from the publisher's
+//! peer writing the packet to its arrival at the subscriber (the kernel's
+//! receive time), so that the load tool's own scheduling, decrypting and
+//! bookkeeping are not counted; `readLatencyMs` runs to the subscriber's
+//! read instead. A packet is counted as sent, received and timed by its send
+//! time against one measured window, so loss is exact: nothing in flight at
+//! the window's edges counts as lost. Server CPU and RSS come from its
+//! `/metrics` process metrics (or `/proc` with `--server-pid`). Prints a
+//! progress line to stderr and a JSON report to stdout.
 
 pub mod janus;
 pub mod peer;
@@ -412,7 +414,7 @@ async fn subscriber(
 }
 
 /// Answer every subscribe-offer on `ws` with `p`, and count what arrives
-/// until `stop`: the added latency of each packet, in µs.
+/// until the run is done (see [`count`]).
 async fn receive(mut ws: Ws, p: RtcPeer, c: Arc<Counters>, epoch: Instant, stop: Instant) -> Latencies {
     let ctl = p.ctl.clone();
     let signaling = tokio::spawn(async move {
