@@ -38,12 +38,8 @@ ip link set v1 up
 IP=198.18.0.1
 secs=12
 sizes=(10 50 100)
-if [ $# -ge 2 ]; then
-  secs=${*: -1}
-  sizes=("${@:1:$#-1}")
-elif [ $# -eq 1 ]; then
-  sizes=("$1")
-fi
+. benches/fanout_lib.sh
+parse_sizes_and_secs "$@"
 runs=${RUNS:-1}
 bin="$CARGO_TARGET_DIR/release/confer"
 work=$(mktemp -d)

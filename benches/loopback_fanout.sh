@@ -17,18 +17,14 @@
 #   flock /tmp/bench.lock benches/loopback_fanout.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. benches/fanout_lib.sh
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/confer-target}"
 cargo build --release -q
 bin="$CARGO_TARGET_DIR/release/confer"
 
 secs=12
 sizes=(10 50 100 200)
-if [ $# -ge 2 ]; then
-  secs=${*: -1}
-  sizes=("${@:1:$#-1}")
-elif [ $# -eq 1 ]; then
-  sizes=("$1")
-fi
+parse_sizes_and_secs "$@"
 runs=${RUNS:-3}
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
@@ -40,17 +36,10 @@ results="${KEEP:-$work/results}"
 run() {
   local server_cpus=$1 client_cpus=$2 data="$work/data-$RANDOM"
   shift 2
-  CONFER_ROOMS_MAX_PARTICIPANTS=1000 CONFER_MEDIA_LISTEN=127.0.0.1:0 CONFER_TURN_LISTEN=127.0.0.1:0 RUST_LOG=warn \
-    taskset -c "$server_cpus" "$bin" serve --http 127.0.0.1:0 --data "$data" > "$work/serve.out" 2> "$work/serve.log" &
-  local pid=$! url=""
-  for _ in $(seq 100); do
-    url=$(grep -o 'http=[0-9.:]*' "$work/serve.out" 2>/dev/null | cut -d= -f2) && [ -n "$url" ] && break
-    sleep 0.1
-  done
-  [ -n "$url" ] || { echo "the server did not start" >&2; cat "$work/serve.log" >&2; exit 1; }
-  taskset -c "$client_cpus" "$bin" loadtest --url "http://$url" --data "$data" --seconds "$secs" "$@" \
+  start_confer "$server_cpus" "$data"
+  taskset -c "$client_cpus" "$bin" loadtest --url "http://$server_url" --data "$data" --seconds "$secs" "$@" \
     2>> "$work/loadtest.log" >> "$results" || { echo "loadtest $* failed" >&2; tail -20 "$work/loadtest.log" >&2; exit 1; }
-  kill -INT $pid; wait $pid 2>/dev/null || true
+  kill -INT $server_pid; wait $server_pid 2>/dev/null || true
   rm -rf "$data"
   tail -1 "$results" | python3 -c 'import json, sys; r = json.load(sys.stdin); print("  %4d subscribers x %d rooms: %s us/pkt, loss %.3f %%, p99 %s ms" % (r["subscribersPerRoom"], r["rooms"], r["serverCpuUsPerForwardedPacket"], r["loss"] * 100, r["latencyMs"]["p99"]), file=sys.stderr)'
 }

@@ -11,6 +11,7 @@
 # sampling works where hardware counters do not (this VM has none).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. benches/fanout_lib.sh
 n=${1:-100}
 secs=${2:-12}
 command -v perf >/dev/null || { echo "installing linux-perf" >&2; apt-get install -y -qq linux-perf >/dev/null; }
@@ -21,16 +22,9 @@ work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 data="${PERF_DATA:-$work/perf.data}"
 
-CONFER_ROOMS_MAX_PARTICIPANTS=1000 CONFER_MEDIA_LISTEN=127.0.0.1:0 CONFER_TURN_LISTEN=127.0.0.1:0 RUST_LOG=warn \
-  taskset -c 1 "$bin" serve --http 127.0.0.1:0 --data "$work/data" > "$work/serve.out" 2> "$work/serve.log" &
-pid=$!
-url=""
-for _ in $(seq 100); do
-  url=$(grep -o 'http=[0-9.:]*' "$work/serve.out" 2>/dev/null | cut -d= -f2) && [ -n "$url" ] && break
-  sleep 0.1
-done
-[ -n "$url" ] || { echo "the server did not start" >&2; cat "$work/serve.log" >&2; exit 1; }
-taskset -c 0 "$bin" loadtest --url "http://$url" --data "$work/data" --subscribers "$n" --seconds $((secs + 4)) \
+start_confer 1 "$work/data"
+pid=$server_pid
+taskset -c 0 "$bin" loadtest --url "http://$server_url" --data "$work/data" --subscribers "$n" --seconds $((secs + 4)) \
   > "$work/report.json" 2> "$work/loadtest.log" &
 lt=$!
 # The progress line starts once every client is connected and measuring.

@@ -37,6 +37,10 @@ fn a_small_load_run_reports_every_track_and_no_loss() {
     assert_eq!(r["serverMediaPorts"], 1, "one room, one worker: {r}");
     assert!(r["packetsReceived"].as_u64().unwrap() > 100, "{r}");
     assert!(r["loss"].as_f64().unwrap() < 0.05, "{r}");
+    // Sent and received are counted over the same window of send times, so
+    // the subscribers can never have received more than was sent to them.
+    let (sent, received) = (r["packetsSent"].as_u64().unwrap(), r["packetsReceived"].as_u64().unwrap());
+    assert!(received <= sent * 2, "{received} received of {sent} sent to 2 subscribers: {r}");
     assert!(r["latencyMs"]["p50"].as_f64().unwrap() > 0.0, "{r}");
     assert!(r["packetsForwarded"].as_f64().unwrap() > 0.0 && r["serverCpuSeconds"].as_f64().unwrap() > 0.0, "{r}");
     // The server's own analytics of the same run: webrtc-rs subscribers send

@@ -102,20 +102,8 @@ pub fn spawn(
 /// Bursts (a keyframe to many subscribers, many publishers at once) must not
 /// overflow the kernel's default socket buffers; best effort.
 fn grow_buffers(socket: &std::net::UdpSocket) {
-    use std::os::fd::AsRawFd;
-    let size: libc::c_int = 4 << 20;
     for opt in [libc::SO_RCVBUF, libc::SO_SNDBUF] {
-        // SAFETY: a valid socket fd and a pointer to a c_int of the given length.
-        let rc = unsafe {
-            libc::setsockopt(
-                socket.as_raw_fd(),
-                libc::SOL_SOCKET,
-                opt,
-                (&size as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
+        if !super::udp::set_socket_option(socket, opt, 4 << 20) {
             tracing::debug!(opt, "media: could not grow a socket buffer");
         }
     }

@@ -252,26 +252,24 @@ fn recv_many(
 /// whether the kernel agreed.
 pub fn stamp_arrivals(socket: &UdpSocket) -> bool {
     #[cfg(target_os = "linux")]
-    {
-        use std::os::fd::AsRawFd;
-        let on: libc::c_int = 1;
-        // SAFETY: a valid socket fd and a pointer to a c_int of the given length.
-        let rc = unsafe {
-            libc::setsockopt(
-                socket.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_TIMESTAMPNS,
-                (&on as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        rc == 0
-    }
+    return set_socket_option(socket, libc::SO_TIMESTAMPNS, 1);
     #[cfg(not(target_os = "linux"))]
-    {
-        let _ = socket;
-        false
-    }
+    return false;
+}
+
+/// Set a `SOL_SOCKET` option that takes an int; whether the kernel agreed.
+pub fn set_socket_option(socket: &impl std::os::fd::AsRawFd, opt: libc::c_int, value: libc::c_int) -> bool {
+    // SAFETY: a valid socket fd and a pointer to a c_int of the given length.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            opt,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    rc == 0
 }
 
 /// Wait for one datagram: its length, its source, and when the kernel
