@@ -8,7 +8,9 @@
 
 use bytes::Bytes;
 use confer::media::egress::Writer;
-use confer::media::router::{Rewrite, SeqRewriter};
+use confer::media::forwarder::{self, Decision, Forwarder};
+use confer::media::ids::Ssrc;
+use confer::media::rewrite::Rewrite;
 use criterion::{criterion_group, criterion_main, Criterion};
 use rtc::rtp::header::{Extension, Header, EXTENSION_PROFILE_ONE_BYTE};
 use rtc::shared::marshal::Marshal;
@@ -37,22 +39,28 @@ fn header() -> Header {
 
 fn forwarding(c: &mut Criterion) {
     let rewrite = Rewrite {
-        ssrc: 77,
-        payload_types: vec![(96, 100), (111, 109)],
         extensions: vec![(1, 2), (3, 5)],
         mid: Some((9, Bytes::from_static(b"3"))),
         transport_cc: Some(6),
         rtx: None,
     };
-    let mut seq = SeqRewriter::default();
+    let mut fwd = Forwarder::new(Ssrc(77), vec![(96, 100), (111, 109)]);
     let template = header();
     let numbers = Bytes::from_static(&[0x12, 0x34]);
     let mut h = Header::default();
-    c.bench_function("rewrite one consumer (into a reused header + seq)", |b| {
+    let info = |h: &Header, payload: &'static [u8]| forwarder::Packet {
+        ssrc: Ssrc(h.ssrc),
+        seq: h.sequence_number,
+        ts: h.timestamp,
+        pt: h.payload_type,
+        marker: h.marker,
+        payload,
+    };
+    c.bench_function("decide + rewrite one consumer (into a reused header)", |b| {
         b.iter(|| {
-            let ok = rewrite.apply_into(black_box(&template), &mut h, Some(numbers.clone()));
-            h.sequence_number = seq.next(h.sequence_number);
-            black_box((ok, &h));
+            let Decision::Send(send) = fwd.decide(&info(black_box(&template), b"x"), true) else { panic!("sent") };
+            rewrite.apply_into(black_box(&template), &send, &mut h, Some(numbers.clone()));
+            black_box(&h);
         })
     });
     // What the engine does per consumer, I/O aside: rewrite, marshal, protect.
@@ -66,8 +74,9 @@ fn forwarding(c: &mut Criterion) {
     c.bench_function("write one forwarded copy, 1100 B (rewrite + marshal + AES-128-GCM)", |b| {
         b.iter(|| {
             n = n.wrapping_add(1);
-            let out = writer.protect(&mut ctx, &rewrite, black_box(&pkt), n, Some(n), None).expect("protect");
-            black_box(out.map(<[u8]>::len))
+            let send = forwarder::Send { ssrc: Ssrc(77), seq: n, ts: 3000, pt: 100 };
+            let out = writer.protect(&mut ctx, &rewrite, black_box(&pkt), &send, Some(n), None).expect("protect");
+            black_box(out.len())
         })
     });
 }

@@ -1,13 +1,15 @@
 //! The forwarding path allocates nothing per forwarded copy (issue 7): after
 //! a warm-up, writing copies of a publisher's packet for many consumers —
-//! sequence rewrite, header rewrite, marshal, SRTP protect in place, queueing
+//! the forwarding decision, header rewrite, marshal, SRTP protect in place, queueing
 //! and sending with `sendmmsg` over a real loopback socket — makes no heap
 //! allocation at all. A counting global allocator (this test binary only)
 //! sees every one.
 
 use bytes::Bytes;
 use confer::media::egress::Writer;
-use confer::media::router::{Rewrite, SeqRewriter};
+use confer::media::forwarder::{self, Decision, Forwarder};
+use confer::media::ids::Ssrc;
+use confer::media::rewrite::Rewrite;
 use confer::media::udp::SendBatch;
 use rtc::rtp::header::{Extension, Header, EXTENSION_PROFILE_ONE_BYTE};
 use rtc::srtp::context::Context;
@@ -67,21 +69,19 @@ fn publisher_packet(seq: u16) -> rtc::rtp::Packet {
 async fn forwarding_a_packet_to_many_consumers_allocates_nothing_per_copy() {
     const CONSUMERS: usize = 100;
     let provider = rtc::crypto::default_provider().expect("a crypto provider");
-    let mut legs: Vec<(Context, Rewrite, SeqRewriter)> = (0..CONSUMERS)
+    let mut legs: Vec<(Context, Rewrite, Forwarder)> = (0..CONSUMERS)
         .map(|i| {
             let profile =
                 if i % 2 == 0 { ProtectionProfile::AeadAes128Gcm } else { ProtectionProfile::Aes128CmHmacSha1_80 };
             let (key, salt) = (vec![i as u8; profile.key_len()], vec![9u8; profile.salt_len()]);
             let ctx = Context::new(&key, &salt, profile, None, None, provider.crypto()).expect("context");
             let rewrite = Rewrite {
-                ssrc: 5000 + i as u32,
-                payload_types: vec![(96, 100)],
                 extensions: vec![(1, 2), (3, 5)],
                 mid: Some((9, Bytes::from_static(b"3"))),
                 transport_cc: Some(6),
                 rtx: None,
             };
-            (ctx, rewrite, SeqRewriter::default())
+            (ctx, rewrite, Forwarder::new(Ssrc(5000 + i as u32), vec![(96, 100)]))
         })
         .collect();
     let tx = tokio::net::UdpSocket::bind("127.0.0.1:0").await.expect("bind");
@@ -93,11 +93,11 @@ async fn forwarding_a_packet_to_many_consumers_allocates_nothing_per_copy() {
     let mut transport_seq = 0u16;
     let mut sent = 0usize;
     let mut forward = |pkt: &rtc::rtp::Packet, batch: &mut SendBatch| {
-        for (ctx, rewrite, seq) in legs.iter_mut() {
-            let n = seq.next(pkt.header.sequence_number);
+        let info = forwarder::Packet::of(pkt);
+        for (ctx, rewrite, fwd) in legs.iter_mut() {
+            let Decision::Send(send) = fwd.decide(&info, true) else { panic!("payload type negotiated") };
             transport_seq = transport_seq.wrapping_add(1);
-            let out = writer.protect(ctx, rewrite, pkt, n, Some(transport_seq), None).expect("protect");
-            let out = out.expect("payload type negotiated");
+            let out = writer.protect(ctx, rewrite, pkt, &send, Some(transport_seq), None).expect("protect");
             assert_eq!(batch.push(&tx, out, to), 0, "queued and sent");
             sent += 1;
         }

@@ -1,18 +1,18 @@
 //! Any bytes as a decrypted RTP or RTCP packet, as the SFU's own code meets
 //! them after SRTP: the webrtc-rs RTP and RTCP parsers, the VP8 keyframe
-//! reader (`router::vp8_keyframe_size`) and the TWCC round-trip estimator
+//! reader (`producer::vp8_keyframe_size`) and the TWCC round-trip estimator
 //! (`observe::feedback_rtt`) never panic.
 #![no_main]
 
-use confer::media::{observe, router};
+use confer::media::{observe, producer};
 use libfuzzer_sys::fuzz_target;
 use rtc::rtcp::transport_feedbacks::transport_layer_cc::TransportLayerCc;
 use rtc::shared::marshal::Unmarshal;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = router::vp8_keyframe_size(data);
+    let _ = producer::vp8_keyframe_size(data);
     if let Ok(p) = rtc::rtp::Packet::unmarshal(&mut &data[..]) {
-        let _ = router::vp8_keyframe_size(&p.payload);
+        let _ = producer::vp8_keyframe_size(&p.payload);
     }
     if let Ok(pkts) = rtc::rtcp::packet::unmarshal(&mut &data[..]) {
         let sent = observe::SendTimes::default();

@@ -114,7 +114,7 @@ impl Server {
             media_sockets.push(socket);
         }
         let (media, mut media_events, media_threads) =
-            crate::media::engine::spawn(media_sockets, config.media.public_ip, metrics.media.clone())
+            crate::media::worker::spawn(media_sockets, config.media.public_ip, metrics.media.clone())
                 .context("cannot start the media engine")?;
         let media_addr = media.local_addr();
         tracing::info!(workers, ports = ?media.local_addrs(), "SFU workers");

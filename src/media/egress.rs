@@ -18,7 +18,7 @@
 //! - **transport-wide sequence numbers** ([`LegOut::transport_seq`]), whose
 //!   send times go to the leg's [`super::observe::Observed`] so TWCC feedback
 //!   still gives a round trip;
-//! - **retransmission on NACK**, from a per-producer [`super::router::History`]
+//! - **retransmission on NACK**, from a per-producer [`super::producer::History`]
 //!   of what the publisher sent, rewritten again for the consumer that asks
 //!   (one copy of each packet is kept, not one per subscriber), on the leg's
 //!   RTX stream when it negotiated one (RFC 4588), else as the packet again;
@@ -28,7 +28,8 @@
 //! Publisher legs (reading) and everything else a leg writes (RTCP feedback,
 //! DTLS, STUN) still go through webrtc-rs.
 
-use super::router::Rewrite;
+use super::forwarder::Send;
+use super::rewrite::Rewrite;
 use bytes::{Bytes, BytesMut};
 use rtc::rtcp::sender_report::SenderReport;
 use rtc::rtp;
@@ -57,29 +58,27 @@ impl Default for Writer {
 }
 
 impl Writer {
-    /// `pkt` rewritten for one consumer, numbered `seq` (and `transport_seq`
-    /// on the leg), then protected in the writer's own buffer: the datagram
-    /// to send, valid until the next call (nothing is allocated). With `rtx`
-    /// (SSRC, payload type, sequence number) it is written as an RFC 4588
-    /// retransmission instead: on the RTX stream, `seq` leading the payload.
-    /// `Ok(None)` means the leg did not negotiate the packet's payload type.
+    /// `pkt` rewritten for one consumer as `send` decided (and numbered
+    /// `transport_seq` on the leg), then protected in the writer's own buffer:
+    /// the datagram to send, valid until the next call (nothing is
+    /// allocated). With `rtx` (SSRC, payload type, sequence number) it is
+    /// written as an RFC 4588 retransmission instead: on the RTX stream,
+    /// `send.seq` leading the payload.
     pub fn protect(
         &mut self,
         ctx: &mut Context,
         rewrite: &Rewrite,
         pkt: &rtp::Packet,
-        seq: u16,
+        send: &Send,
         transport_seq: Option<u16>,
         rtx: Option<(u32, u8, u16)>,
-    ) -> Result<Option<&[u8]>, Error> {
+    ) -> Result<&[u8], Error> {
         let number = transport_seq.map(|n| {
             let at = usize::from(n) * 2;
             self.numbers.slice(at..at + 2)
         });
-        if !rewrite.apply_into(&pkt.header, &mut self.header, number) {
-            return Ok(None);
-        }
-        self.header.sequence_number = seq;
+        rewrite.apply_into(&pkt.header, send, &mut self.header, number);
+        let seq = send.seq;
         if let Some((ssrc, pt, rtx_seq)) = rtx {
             self.header.ssrc = ssrc;
             self.header.payload_type = pt;
@@ -104,7 +103,7 @@ impl Writer {
             self.plain.push(n as u8);
         }
         ctx.encrypt_rtp_in_place(&mut self.plain, &self.header)?;
-        Ok(Some(&self.plain))
+        Ok(&self.plain)
     }
 }
 
@@ -208,15 +207,12 @@ mod tests {
         }
     }
 
+    fn send(seq: u16) -> Send {
+        Send { ssrc: crate::media::ids::Ssrc(4242), seq, ts: 3000, pt: 100 }
+    }
+
     fn rewrite() -> Rewrite {
-        Rewrite {
-            ssrc: 4242,
-            payload_types: vec![(96, 100)],
-            extensions: vec![(1, 3)],
-            mid: Some((4, Bytes::from_static(b"1"))),
-            transport_cc: Some(5),
-            rtx: None,
-        }
+        Rewrite { extensions: vec![(1, 3)], mid: Some((4, Bytes::from_static(b"1"))), transport_cc: Some(5), rtx: None }
     }
 
     /// What a receiver decrypts is the rewritten packet, for both profiles,
@@ -230,8 +226,8 @@ mod tests {
                 [(&b"keyframe!"[..], false), (&b"abcd"[..], true), (&b"xyz"[..], true)].into_iter().enumerate()
             {
                 let src = publisher_packet(7000 + i as u16, payload, padding);
-                let out = w.protect(&mut tx, &rewrite(), &src, 10 + i as u16, Some(65535), None).expect("protect");
-                let out = out.expect("payload type negotiated");
+                let out =
+                    w.protect(&mut tx, &rewrite(), &src, &send(10 + i as u16), Some(65535), None).expect("protect");
                 let mut plain = rx.decrypt_rtp(out).expect("decrypts");
                 let got = rtp::Packet::unmarshal(&mut plain).expect("parses");
                 let h = &got.header;
@@ -240,14 +236,11 @@ mod tests {
                 assert_eq!(exts, vec![(3, &b"\x90"[..]), (4, &b"1"[..]), (5, &[0xff, 0xff][..])]);
                 assert_eq!(&got.payload[..], payload, "{profile:?}: padding is added and stripped again");
             }
-            let other =
-                rtp::Packet { header: Header { payload_type: 97, ..Default::default() }, payload: Bytes::new() };
-            assert!(w.protect(&mut tx, &rewrite(), &other, 1, None, None).expect("no error").is_none());
             // A retransmission on RTX: its own SSRC, type and number; the
             // original number leads the payload.
             let src = publisher_packet(7000, b"lost", true);
-            let out = w.protect(&mut tx, &rewrite(), &src, 42, Some(3), Some((5555, 101, 9))).expect("protect");
-            let mut plain = rx.decrypt_rtp(out.expect("negotiated")).expect("decrypts");
+            let out = w.protect(&mut tx, &rewrite(), &src, &send(42), Some(3), Some((5555, 101, 9))).expect("protect");
+            let mut plain = rx.decrypt_rtp(out).expect("decrypts");
             let got = rtp::Packet::unmarshal(&mut plain).expect("parses");
             let h = &got.header;
             assert_eq!((h.ssrc, h.payload_type, h.sequence_number, h.timestamp), (5555, 101, 9, 3000));
@@ -266,8 +259,8 @@ mod tests {
             let mut w = Writer::default();
             for seq in [65533u16, 65534, 65535, 0, 1, 2] {
                 let src = publisher_packet(seq, b"same bytes either way", seq % 2 == 0);
-                let ours = w.protect(&mut in_place, &rewrite(), &src, seq, Some(seq), None).expect("protect");
-                let ours = ours.expect("negotiated").to_vec();
+                let ours = w.protect(&mut in_place, &rewrite(), &src, &send(seq), Some(seq), None).expect("protect");
+                let ours = ours.to_vec();
                 let plain = rx.decrypt_rtp(&ours).expect("decrypts");
                 let theirs = published.encrypt_rtp(&plain).expect("published encrypt");
                 assert_eq!(ours, &theirs[..], "{profile:?} seq {seq}");

@@ -2,42 +2,58 @@
 //! PeerConnections (webrtc-rs's sans-IO core, `rtc`) on one shared UDP port and
 //! forwards RTP between them without decoding.
 //!
-//! It may depend on [`crate::model`], [`crate::ids`] and [`crate::metrics`];
-//! it never imports signaling, HTTP or the store. Signaling drives it with
-//! [`Command`]s through a [`MediaHandle`] and hears back through
-//! [`MediaEvent`]s; the engine runs on its own thread.
+//! It may depend on [`crate::model`], [`crate::ids`], [`crate::metrics`] and
+//! the pure calculators of [`crate::analytics`]; it never imports signaling,
+//! HTTP or the store, and speaks none of their formats: signaling drives it
+//! with [`Command`]s through a [`MediaHandle`] and hears back through
+//! [`MediaEvent`]s (typed [`MediaError`]s, plain [`PeerStats`]); each worker
+//! runs on its own thread.
 //!
-//! - [`demux`]: which PeerConnection a datagram belongs to.
-//! - [`router`]: pure forwarding decisions (producers, consumers, rewrites,
-//!   keyframe rate limits, audio levels).
+//! - [`worker`]: one thread's socket loop (the only clock reader), its
+//!   rooms' [`router::Router`]s and the demux of datagrams to them.
+//! - [`router`]: one room: participants, [`transport`]s, [`producer`]s and
+//!   their [`consumer`]s; negotiation, forwarding, RTCP, reports.
+//! - [`forwarder`]: the pure per-consumer decision (drop, or send with this
+//!   SSRC, sequence number, timestamp and payload type).
+//! - [`rewrite`]: how a subscriber leg wants headers written.
+//! - [`egress`]: the write path for forwarded RTP (rewrite, SRTP protect in
+//!   place, sender reports).
 //! - [`observe`]: every leg's own interceptor: lets inbound RTCP through
 //!   webrtc-rs's chain, and measures TWCC round trips and sent NACKs for
 //!   analytics (the load tool's peers use it too).
 //! - [`pc`]: how a server-side PeerConnection is configured.
-//! - [`sdp`]: the few edits made to outgoing SDP.
-//! - [`udp`]: batched socket I/O (`recvmmsg`, `sendmmsg`).
-//! - [`egress`]: the engine's own write path for forwarded RTP (rewrite,
-//!   SRTP protect, retransmission history, sender reports).
-//! - [`engine`]: the socket loop that owns every PeerConnection.
+//! - [`demux`], [`sdp`], [`udp`]: STUN usernames, outgoing SDP edits, batched
+//!   socket I/O (`recvmmsg`, `sendmmsg`).
+//! - [`stats`], [`error`], [`ids`]: what the plane reports, how it fails,
+//!   and its own identifiers.
 
+pub mod consumer;
 pub mod demux;
 pub mod egress;
-pub mod engine;
+pub mod error;
+pub mod forwarder;
+pub mod ids;
 pub mod observe;
 pub mod pc;
+pub mod producer;
+pub mod rewrite;
 pub mod router;
 pub mod sdp;
+pub mod stats;
+pub mod transport;
 pub mod udp;
+pub mod worker;
+
+pub use error::MediaError;
+pub use stats::{PeerStats, StreamSample, Streams};
 
 use crate::ids::{PeerId, RoomId, TrackId};
 use crate::model::{TrackKind, TrackSource};
-use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use tokio::sync::mpsc;
 
 /// A participant's two PeerConnections with the server (SPEC 4).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Role {
     /// The client offers and sends its tracks.
     Publisher,
@@ -138,25 +154,17 @@ pub enum MediaEvent {
         room: RoomId,
         speakers: Vec<(PeerId, f64)>,
     },
-    /// Every [`engine::REPORT_EVERY`]: what each participant of a room
-    /// published and received (SPEC 8 streams).
+    /// Every [`stats::REPORT_EVERY`]: what each participant of a room
+    /// published and received.
     Stats {
         room: RoomId,
-        peers: Vec<PeerReport>,
+        peers: Vec<PeerStats>,
     },
+    /// A command for `peer` failed; signaling tells the client.
     Error {
         peer: PeerId,
-        code: &'static str,
-        message: String,
+        error: MediaError,
     },
-}
-
-/// One participant's streams in a [`MediaEvent::Stats`].
-#[derive(Debug, Clone)]
-pub struct PeerReport {
-    pub peer: PeerId,
-    pub publish: crate::analytics::report::Directional,
-    pub subscribe: crate::analytics::report::Directional,
 }
 
 /// Signaling's end of the media plane: one command queue per worker. A room

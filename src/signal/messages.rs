@@ -4,12 +4,38 @@
 //! an `error` can echo it.
 
 use crate::ids::{CallId, PeerId, RoomId, TrackId, UserId};
-use crate::media::Role;
 use crate::model::{
     CallMode, CallParticipant, CallSession, CallStatus, CallType, Room, RoomParticipant, TrackInfo, TrackSource,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+
+/// Which of a participant's two PeerConnections a message is about (SPEC 4's
+/// `pc`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PcRole {
+    Publisher,
+    Subscriber,
+}
+
+impl From<PcRole> for crate::media::Role {
+    fn from(r: PcRole) -> Self {
+        match r {
+            PcRole::Publisher => Self::Publisher,
+            PcRole::Subscriber => Self::Subscriber,
+        }
+    }
+}
+
+impl From<crate::media::Role> for PcRole {
+    fn from(r: crate::media::Role) -> Self {
+        match r {
+            crate::media::Role::Publisher => Self::Publisher,
+            crate::media::Role::Subscriber => Self::Subscriber,
+        }
+    }
+}
 
 /// A parsed client frame: the message and the `reqId` it carried.
 #[derive(Debug)]
@@ -85,7 +111,7 @@ pub enum ClientMessage {
     },
     RoomIceCandidate {
         room_id: RoomId,
-        pc: Role,
+        pc: PcRole,
         candidate: IceCandidate,
     },
     TrackMute {
@@ -281,7 +307,7 @@ pub enum ServerEvent {
     },
     RoomIceCandidate {
         room_id: RoomId,
-        pc: Role,
+        pc: PcRole,
         candidate: IceCandidate,
     },
     ParticipantJoined {

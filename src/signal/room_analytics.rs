@@ -6,11 +6,11 @@
 
 use super::messages::{QualityUpdate, ServerEvent};
 use super::rooms::{RoomService, RoomState};
-use crate::analytics::report::{self, Directional, Quality, Sample, MAX_SAMPLES};
+use crate::analytics::report::{self, Directional, Quality, Sample, StreamReport, MAX_SAMPLES};
 use crate::analytics::score::{self, Rating};
 use crate::clock::{self, Timestamp};
 use crate::ids::{CallId, PeerId, RoomId, UserId};
-use crate::media::PeerReport;
+use crate::media::{PeerStats, StreamSample, Streams};
 use serde::Serialize;
 use std::collections::{HashMap, VecDeque};
 
@@ -73,23 +73,23 @@ impl RoomAnalytics {
     }
 
     /// Fold in one 5-second report; returns the ratings that changed.
-    pub fn update(&mut self, peers: Vec<PeerReport>, metrics: &crate::metrics::QualityMetrics) -> Vec<QualityUpdate> {
+    pub fn update(&mut self, peers: Vec<PeerStats>, metrics: &crate::metrics::QualityMetrics) -> Vec<QualityUpdate> {
         let mut changed = Vec::new();
         for r in peers {
+            let (publish, subscribe) = (directional(r.publish), directional(r.subscribe));
             let Some(p) = self.participants.iter_mut().find(|p| p.peer_id == r.peer && p.left_at.is_none()) else {
                 continue;
             };
-            for s in [&r.publish.audio, &r.publish.video, &r.subscribe.audio, &r.subscribe.video].into_iter().flatten()
-            {
+            for s in [&publish.audio, &publish.video, &subscribe.audio, &subscribe.video].into_iter().flatten() {
                 metrics.stream_packet_loss.observe(s.interval_loss);
                 metrics.stream_jitter_seconds.observe(s.jitter_ms / 1000.0);
                 if let Some(rtt) = s.rtt_ms {
                     metrics.stream_rtt_seconds.observe(rtt / 1000.0);
                 }
             }
-            let q = report::participant_quality(&r.publish, &r.subscribe);
-            p.publish = r.publish;
-            p.subscribe = r.subscribe;
+            let q = report::participant_quality(&publish, &subscribe);
+            p.publish = publish;
+            p.subscribe = subscribe;
             if let Some(q) = q {
                 p.quality = Some(q);
                 if self.ratings.insert(p.peer_id.clone(), q.rating) != Some(q.rating) {
@@ -130,6 +130,33 @@ impl RoomAnalytics {
     }
 }
 
+/// The media plane's measurements as the API shows them (SPEC 8).
+fn directional(s: Streams) -> Directional {
+    Directional { audio: s.audio.map(stream_report), video: s.video.map(stream_report) }
+}
+
+/// Readable numbers in the API: loss to 4 decimals, the rest to 2.
+fn stream_report(s: StreamSample) -> StreamReport {
+    let r = |x: f64, d: f64| (x * d).round() / d;
+    StreamReport {
+        packets: s.packets,
+        bytes: s.bytes,
+        packets_lost: s.packets_lost,
+        packet_loss: r(s.packet_loss, 1e4),
+        jitter_ms: r(s.jitter_ms, 100.0),
+        rtt_ms: s.rtt_ms.map(|x| r(x, 100.0)),
+        twcc_rtt_ms: s.twcc_rtt_ms.map(|x| r(x, 100.0)),
+        bitrate_kbps: r(s.bitrate_kbps, 100.0),
+        nack_count: s.nack_count,
+        pli_count: s.pli_count,
+        fir_count: s.fir_count,
+        frame_rate: s.frame_rate.map(|x| r(x, 100.0)),
+        frame_width: s.frame_size.map(|(w, _)| u32::from(w)),
+        frame_height: s.frame_size.map(|(_, h)| u32::from(h)),
+        interval_loss: r(s.interval_loss, 1e4),
+    }
+}
+
 /// The store key of a room's or call's summary.
 pub fn key_room(id: &RoomId) -> String {
     format!("room:{id}")
@@ -141,7 +168,7 @@ pub fn key_call(id: &CallId) -> String {
 
 impl RoomService {
     /// Apply a media report; tell the room about changed ratings.
-    pub(super) fn on_stats(&self, s: &mut RoomState, peers: Vec<PeerReport>) {
+    pub(super) fn on_stats(&self, s: &mut RoomState, peers: Vec<PeerStats>) {
         let Some(a) = s.analytics.as_mut() else { return };
         let updates = a.update(peers, &self.metrics.quality);
         if !updates.is_empty() {

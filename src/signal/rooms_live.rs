@@ -7,12 +7,13 @@
 //! keeps the room model that `GET /rooms/:id` shows; the SFU only moves media.
 
 use super::hub::To;
+use super::messages::PcRole;
 use super::messages::{IceCandidate, ServerEvent, Speaker, TrackAnnouncement};
 use super::rooms::{check_access, expire, find, RoomService, RoomState};
 use super::{Actor, SignalError};
 use crate::clock;
 use crate::ids::{CallId, ConnId, PeerId, RoomId, TrackId, UserId};
-use crate::media::{self, Command, MediaEvent, Role};
+use crate::media::{self, Command, MediaError, MediaEvent, Role};
 use crate::model::{Room, RoomParticipant, TrackInfo, TrackKind, TrackSource};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -179,7 +180,13 @@ impl RoomService {
         Ok(())
     }
 
-    pub fn ice_candidate(&self, actor: &Actor, room_id: &RoomId, pc: Role, c: IceCandidate) -> Result<(), SignalError> {
+    pub fn ice_candidate(
+        &self,
+        actor: &Actor,
+        room_id: &RoomId,
+        pc: PcRole,
+        c: IceCandidate,
+    ) -> Result<(), SignalError> {
         let media = self.media()?.clone();
         let mut rooms = self.rooms.lock();
         let (peer, _) = Self::my_peer(actor, find(&mut rooms, room_id)?)?;
@@ -189,7 +196,7 @@ impl RoomService {
             sdp_m_line_index: c.sdp_m_line_index.and_then(|i| u16::try_from(i).ok()),
             username_fragment: c.username_fragment,
         };
-        media.send(Command::Candidate { peer, role: pc, candidate });
+        media.send(Command::Candidate { peer, role: pc.into(), candidate });
         Ok(())
     }
 
@@ -386,10 +393,13 @@ impl RoomService {
         match ev {
             MediaEvent::PublishAnswer { sdp, .. } => to_peer(ServerEvent::PublishAnswer { room_id, sdp }),
             MediaEvent::SubscribeOffer { sdp, .. } => to_peer(ServerEvent::SubscribeOffer { room_id, sdp }),
-            MediaEvent::Error { code, message, .. } => to_peer(ServerEvent::error(code, message, None)),
+            MediaEvent::Error { error, .. } => {
+                let (code, message) = media_error(error);
+                to_peer(ServerEvent::error(code, message, None))
+            }
             MediaEvent::LocalCandidate { role, candidate, mid, .. } => to_peer(ServerEvent::RoomIceCandidate {
                 room_id,
-                pc: role,
+                pc: role.into(),
                 candidate: IceCandidate { candidate, sdp_mid: mid, sdp_m_line_index: Some(0), username_fragment: None },
             }),
             MediaEvent::TrackPublished { track, kind, .. } => {
@@ -412,5 +422,18 @@ impl RoomService {
         if let Some(m) = &self.media {
             m.send(Command::Shutdown);
         }
+    }
+}
+
+/// What a client is told when the media plane could not do what it asked.
+fn media_error(e: MediaError) -> (&'static str, &'static str) {
+    match e {
+        MediaError::NotJoined => ("bad-request", "publish-offer: join the room first"),
+        MediaError::NoOfferPending => ("conflict", "subscribe-answer: no subscribe-offer is waiting for an answer"),
+        MediaError::BadOffer => ("bad-request", "sdp: not a usable offer"),
+        MediaError::BadAnswer => ("bad-request", "sdp: not a usable answer"),
+        MediaError::CannotCreate => ("internal", "the server could not create a PeerConnection; try again"),
+        MediaError::Failed(Role::Publisher) => ("internal", "the publisher PeerConnection failed; rejoin the room"),
+        MediaError::Failed(Role::Subscriber) => ("internal", "the subscriber PeerConnection failed; rejoin the room"),
     }
 }

@@ -1,0 +1,391 @@
+//! A router's data path: datagrams into their leg, publishers' RTP out to
+//! every consumer as [`crate::media::forwarder`] decides, subscribers' RTCP
+//! answered (NACKs from the history, keyframe requests to the publisher),
+//! sender reports, and the legs' own timers.
+
+use super::{Router, KEYFRAME_FOLLOWUPS};
+use crate::ids::TrackId;
+use crate::media::consumer::Consumer;
+use crate::media::error::MediaError;
+use crate::media::forwarder::{self, Decision};
+use crate::media::ids::{LegId, Ssrc};
+use crate::media::transport::{Side, Transport};
+use crate::media::worker::Io;
+use crate::media::{egress, Role};
+use crate::model::TrackKind;
+use bytes::BytesMut;
+use rtc::peer_connection::event::{RTCPeerConnectionEvent, RTCTrackEvent};
+use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
+use rtc::peer_connection::state::RTCPeerConnectionState;
+use rtc::rtcp;
+use rtc::sansio::Protocol;
+use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
+use std::net::SocketAddr;
+use std::time::{Instant, SystemTime};
+
+/// Packets one NACK can have sent again.
+const MAX_RESENT_PER_NACK: usize = 64;
+
+impl Router {
+    /// One datagram for `leg`, read at `now`.
+    pub fn datagram(&mut self, leg: LegId, data: &[u8], from: SocketAddr, now: Instant, io: &mut Io) {
+        // RTP headers travel in the clear under SRTP: count what arrives,
+        // before any NACK recovery, for the publisher's statistics.
+        if data.len() >= 12 && data[0] >> 6 == 2 && !(192..=223).contains(&data[1]) {
+            let ssrc = Ssrc(u32::from_be_bytes([data[8], data[9], data[10], data[11]]));
+            if let Some(p) = self.by_ssrc.get(&(leg, ssrc)).and_then(|t| self.producers.get_mut(t)) {
+                let seq = u16::from_be_bytes([data[2], data[3]]);
+                let ts = u32::from_be_bytes([data[4], data[5], data[6], data[7]]);
+                p.stats.on_packet(seq, ts, io.arrival(now), data.len(), data[1] & 0x80 != 0);
+            }
+        }
+        let Some(l) = self.transports.get_mut(&leg) else { return };
+        let msg = TaggedBytesMut {
+            now,
+            transport: TransportContext {
+                local_addr: io.local,
+                peer_addr: from,
+                ecn: None,
+                transport_protocol: TransportProtocol::UDP,
+            },
+            message: BytesMut::from(data),
+        };
+        if let Err(e) = l.pc.handle_read(msg) {
+            io.metrics.datagrams_dropped.inc();
+            tracing::trace!(error = %e, %from, "media: datagram rejected");
+        }
+        self.dirty.push(leg);
+    }
+
+    /// Drain every leg that may have something to say, until none has, and
+    /// queue what they send. Forwarding happens in here too (reading a
+    /// publisher's packets queues their copies).
+    pub fn flush(&mut self, io: &mut Io, now: Instant, wall: SystemTime) {
+        while let Some(id) = self.dirty.pop() {
+            if !self.transports.contains_key(&id) {
+                continue;
+            }
+            self.drain_events(id, io, now);
+            self.drain_reads(id, io, wall);
+            if let Some(leg) = self.transports.get_mut(&id) {
+                while let Some(o) = leg.pc.poll_write() {
+                    leg.out.on_transmit(&o.message, o.transport.peer_addr);
+                    io.send(&o.message, o.transport.peer_addr);
+                }
+            }
+        }
+    }
+
+    fn drain_events(&mut self, id: LegId, io: &mut Io, now: Instant) {
+        let mut events = Vec::new();
+        if let Some(leg) = self.transports.get_mut(&id) {
+            while let Some(e) = leg.pc.poll_event() {
+                events.push(e);
+            }
+        }
+        for e in events {
+            match e {
+                RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnOpen(init)) => {
+                    self.track_open(id, init.receiver_id, init.track_id, init.ssrc, io, now)
+                }
+                RTCPeerConnectionEvent::OnConnectionStateChangeEvent(s) => {
+                    let Some(leg) = self.transports.get_mut(&id) else { continue };
+                    let role = leg.role();
+                    tracing::debug!(peer = %leg.peer, ?role, state = %s, "media: connection state");
+                    match s {
+                        RTCPeerConnectionState::Connected if !leg.connected => {
+                            leg.connected = true;
+                            if role == Role::Subscriber {
+                                self.subscriber_connected(id, now);
+                            }
+                        }
+                        RTCPeerConnectionState::Failed => io.error(&leg.peer.clone(), MediaError::Failed(role)),
+                        _ => {}
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Keyframes sent before DTLS was up were lost: ask again for everything
+    /// the leg carries. The server finishes DTLS a moment before the client
+    /// does, and a keyframe arriving in that moment is lost: ask again a
+    /// little later too.
+    fn subscriber_connected(&mut self, leg: LegId, now: Instant) {
+        let wanted: Vec<TrackId> = self
+            .producers
+            .values()
+            .filter(|p| p.consumers.iter().any(|c| c.leg == leg))
+            .map(|p| p.id.clone())
+            .collect();
+        for t in wanted {
+            self.keyframe(&t, now);
+            for after in KEYFRAME_FOLLOWUPS {
+                self.followups.push((now + after, t.clone()));
+            }
+        }
+    }
+
+    fn drain_reads(&mut self, id: LegId, io: &mut Io, wall: SystemTime) {
+        let Some(leg) = self.transports.get_mut(&id) else { return };
+        let role = leg.role();
+        // One buffer for every drain: no allocation per packet here.
+        let mut msgs = std::mem::take(&mut io.reads);
+        while let Some(m) = leg.pc.poll_read() {
+            msgs.push(m);
+        }
+        for TaggedRTCMessage { now, message } in msgs.drain(..) {
+            match (role, message) {
+                (Role::Publisher, RTCMessage::RtpPacket(track, pkt)) => self.forward(id, &track, pkt, now, io),
+                (_, RTCMessage::RtcpPacket(track, pkts)) => self.rtcp(id, role, &track, &pkts, now, wall, io),
+                _ => {}
+            }
+        }
+        io.reads = msgs;
+    }
+
+    fn forward(&mut self, leg_id: LegId, remote_track: &str, pkt: rtc::rtp::Packet, now: Instant, io: &mut Io) {
+        let Some(Transport { side: Side::Publisher { remote }, .. }) = self.transports.get(&leg_id) else { return };
+        let Some(track) = remote.get(remote_track) else { return };
+        let Some(p) = self.producers.get_mut(track) else { return };
+        io.metrics.received(p.kind).inc();
+        if let Some(ext) = p.audio_level_ext {
+            if let Some(e) = pkt.header.extensions.iter().find(|e| e.id == ext) {
+                p.level.on_extension(&e.payload);
+            }
+        }
+        if !p.forwards(Ssrc(pkt.header.ssrc)) {
+            return;
+        }
+        if p.vp8 {
+            if let Some(size) = crate::media::producer::vp8_keyframe_size(&pkt.payload) {
+                p.frame_size = Some(size);
+            }
+        }
+        let (forwarded, bytes) = (io.metrics.forwarded(p.kind), io.metrics.forwarded_bytes(p.kind));
+        let info = forwarder::Packet::of(&pkt);
+        for c in p.consumers.iter_mut() {
+            let leg = self.transports.get_mut(&c.leg).filter(|l| l.connected);
+            let Decision::Send(send) = c.forwarder.decide(&info, leg.is_some()) else { continue };
+            let Some(leg) = leg else { continue };
+            let Some(size) = write_copy(leg, io, c, &pkt, &send, None, now) else { continue };
+            forwarded.inc();
+            bytes.inc_by(size as u64);
+            c.report.packets += 1;
+            c.report.bytes += size as u64;
+            c.last_sent = Some((send.ts, now));
+        }
+        p.history.put(pkt);
+    }
+
+    /// Answer a subscriber's NACK from the producer's history: the packets
+    /// it names are written to it again, with the numbers it knows them by.
+    fn retransmit(
+        &mut self,
+        leg_id: LegId,
+        track: &TrackId,
+        nack: &rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack,
+        now: Instant,
+        io: &mut Io,
+    ) {
+        let Some(p) = self.producers.get_mut(track) else { return };
+        let Some(c) = p.consumers.iter_mut().find(|c| c.leg == leg_id && c.forwarder.ssrc() == Ssrc(nack.media_ssrc))
+        else {
+            return;
+        };
+        let Some(leg) = self.transports.get_mut(&leg_id).filter(|l| l.connected) else { return };
+        // A NACK names at most 17 packets per pair; how many pairs fit is up
+        // to the sender, so what one NACK may cost is capped.
+        for seq in nack.nacks.iter().flat_map(|pair| *pair).take(MAX_RESENT_PER_NACK) {
+            let Some(pkt) = c.forwarder.original(seq).and_then(|s| p.history.get(s)) else { continue };
+            let Some(pt) = c.forwarder.leg_payload_type(pkt.header.payload_type) else { continue };
+            let send = forwarder::Send { ssrc: c.forwarder.ssrc(), seq, ts: pkt.header.timestamp, pt };
+            let rtx = c.rewrite.rtx_for(pt).map(|(ssrc, pt)| {
+                c.rtx_seq = c.rtx_seq.wrapping_add(1);
+                (ssrc, pt, c.rtx_seq)
+            });
+            if write_copy(leg, io, c, pkt, &send, rtx, now).is_some() {
+                io.metrics.retransmitted.inc();
+            }
+        }
+    }
+
+    /// Sender reports for every forwarded stream that has sent something.
+    pub(super) fn sender_reports(&mut self, now: Instant, wall: SystemTime, io: &mut Io) {
+        for p in self.producers.values() {
+            let clock = p.clock_rate();
+            for c in &p.consumers {
+                let Some(last) = c.last_sent else { continue };
+                let Some(leg) = self.transports.get_mut(&c.leg).filter(|l| l.connected) else { continue };
+                let (Some(remote), Some(ctx)) = (leg.out.remote, leg.pc.local_srtp_context()) else { continue };
+                let octets = c.report.bytes.saturating_sub(12 * c.report.packets);
+                let sr = egress::sender_report(c.forwarder.ssrc().0, clock, last, c.report.packets, octets, now, wall);
+                match egress::protect_rtcp(ctx, &sr) {
+                    Ok(data) => io.send(&data, remote),
+                    Err(e) => tracing::debug!(error = %e, "media: sender report not protected"),
+                }
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn rtcp(
+        &mut self,
+        leg: LegId,
+        role: Role,
+        track: &str,
+        pkts: &[Box<dyn rtcp::packet::Packet>],
+        now: Instant,
+        wall: SystemTime,
+        io: &mut Io,
+    ) {
+        use rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
+        use rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+        use rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
+        let mut wants_keyframe = false;
+        for p in pkts {
+            let any = p.as_any();
+            let ty = if any.is::<PictureLossIndication>() {
+                wants_keyframe = true;
+                "pli"
+            } else if any.is::<FullIntraRequest>() {
+                wants_keyframe = true;
+                "fir"
+            } else if let Some(nack) = any.downcast_ref::<TransportLayerNack>() {
+                io.metrics.nack.inc();
+                if role == Role::Subscriber {
+                    self.retransmit(leg, &TrackId::from(track), nack, now, io);
+                }
+                "nack"
+            } else if any.is::<rtcp::receiver_report::ReceiverReport>() {
+                "rr"
+            } else if any.is::<rtcp::sender_report::SenderReport>() {
+                "sr"
+            } else if any.is::<rtcp::source_description::SourceDescription>() {
+                "sdes"
+            } else if any.is::<rtcp::goodbye::Goodbye>() {
+                "bye"
+            } else {
+                "other"
+            };
+            io.metrics.rtcp(ty).inc();
+        }
+        if role != Role::Subscriber {
+            return;
+        }
+        // A subscriber's feedback names our sender's track, which is the producer's id.
+        let track = TrackId::from(track);
+        if let Some(p) = self.producers.get_mut(&track) {
+            let clock = p.clock_rate();
+            if let Some(c) = p.consumers.iter_mut().find(|c| c.leg == leg) {
+                let ours = c.forwarder.ssrc().0;
+                for p in pkts {
+                    let any = p.as_any();
+                    if let Some(rr) = any.downcast_ref::<rtcp::receiver_report::ReceiverReport>() {
+                        for r in rr.reports.iter().filter(|r| r.ssrc == ours) {
+                            c.report.apply(r, clock, wall);
+                        }
+                    } else if let Some(sr) = any.downcast_ref::<rtcp::sender_report::SenderReport>() {
+                        for r in sr.reports.iter().filter(|r| r.ssrc == ours) {
+                            c.report.apply(r, clock, wall);
+                        }
+                    } else if any.is::<PictureLossIndication>() {
+                        c.report.plis += 1;
+                    } else if any.is::<FullIntraRequest>() {
+                        c.report.firs += 1;
+                    } else if any.is::<TransportLayerNack>() {
+                        c.report.nacks += 1;
+                    }
+                }
+            }
+        }
+        if wants_keyframe {
+            self.keyframe(&track, now);
+        }
+    }
+
+    /// Ask a publisher for a keyframe, within the rate limit.
+    pub(super) fn keyframe(&mut self, track: &TrackId, now: Instant) {
+        let Some(p) = self.producers.get_mut(track) else { return };
+        if p.kind == TrackKind::Video && p.keyframes.request(now) {
+            self.send_pli(track, now);
+        }
+    }
+
+    fn send_pli(&mut self, track: &TrackId, now: Instant) {
+        let Some(p) = self.producers.get_mut(track) else { return };
+        let Some(leg) = self.transports.get_mut(&p.leg) else { return };
+        let pli = rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication {
+            sender_ssrc: 0,
+            media_ssrc: p.media_ssrc.0,
+        };
+        if let Some(mut r) = leg.pc.rtp_receiver(p.codec.receiver) {
+            if r.write_rtcp(now, vec![Box::new(pli)]).is_ok() {
+                tracing::trace!(%track, ssrc = %p.media_ssrc, "media: PLI to the publisher");
+                self.plis.inc();
+                p.stats.plis += 1;
+            }
+        }
+        self.dirty.push(p.leg);
+    }
+
+    /// The legs' timers, deferred and repeated keyframe requests, and
+    /// (when `sender_reports`) the consumers' sender reports.
+    pub fn timers(&mut self, now: Instant, wall: SystemTime, sender_reports: bool, io: &mut Io) {
+        if sender_reports {
+            self.sender_reports(now, wall, io);
+        }
+        for (id, leg) in self.transports.iter_mut() {
+            if leg.pc.poll_timeout().is_some_and(|t| t <= now) {
+                let _ = leg.pc.handle_timeout(now);
+                self.dirty.push(*id);
+            }
+        }
+        let mut i = 0;
+        while i < self.followups.len() {
+            if self.followups[i].0 <= now {
+                let (_, t) = self.followups.swap_remove(i);
+                self.keyframe(&t, now);
+            } else {
+                i += 1;
+            }
+        }
+        let due: Vec<TrackId> =
+            self.producers.values_mut().filter_map(|p| p.keyframes.due(now).then(|| p.id.clone())).collect();
+        for t in due {
+            self.send_pli(&t, now);
+        }
+    }
+}
+
+/// Write one forwarded copy to a subscriber leg as `send` decided (as an
+/// RTX retransmission with `rtx`, see [`egress::Writer::protect`]): number
+/// it on the leg, protect, queue. The size counted (payload plus the fixed
+/// header), or `None` when the leg cannot take it (no address or SRTP
+/// context yet, a protect error).
+fn write_copy(
+    leg: &mut Transport,
+    io: &mut Io,
+    c: &Consumer,
+    pkt: &rtc::rtp::Packet,
+    send: &forwarder::Send,
+    rtx: Option<(u32, u8, u16)>,
+    now: Instant,
+) -> Option<usize> {
+    let remote = leg.out.remote?;
+    let ctx = leg.pc.local_srtp_context()?;
+    let transport_seq = c.rewrite.transport_cc.map(|_| leg.out.transport_seq());
+    let data = match io.writer.protect(ctx, &c.rewrite, pkt, send, transport_seq, rtx) {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::debug!(error = %e, "media: a forwarded packet was not protected");
+            return None;
+        }
+    };
+    io.failed += io.out.push(&io.socket, data, remote);
+    if let Some(n) = transport_seq {
+        leg.observed.sent.record(n, now);
+    }
+    Some(pkt.payload.len() + 12)
+}
