@@ -18,6 +18,10 @@
 //! - [`rewrite`]: how a subscriber leg wants headers written.
 //! - [`egress`]: the write path for forwarded RTP (rewrite, SRTP protect in
 //!   place, sender reports).
+//! - [`codec`]: VP8/H.264 keyframes and VP8 descriptor rewriting across
+//!   simulcast layer switches; [`allocate`]: the pure per-subscriber layer
+//!   allocation and dynacast demand; [`bwe`]: the pure send-side bandwidth
+//!   estimator (GCC) per subscriber transport.
 //! - [`observe`]: every leg's own interceptor: lets inbound RTCP through
 //!   webrtc-rs's chain, and measures TWCC round trips and sent NACKs for
 //!   analytics (the load tool's peers use it too).
@@ -27,6 +31,9 @@
 //! - [`stats`], [`error`], [`ids`]: what the plane reports, how it fails,
 //!   and its own identifiers.
 
+pub mod allocate;
+pub mod bwe;
+pub mod codec;
 pub mod consumer;
 pub mod demux;
 pub mod egress;

@@ -1,0 +1,776 @@
+//! How much one subscriber's downstream can take: a send-side bandwidth estimator.
+//!
+//! An [`Estimator`] owns one subscriber's estimate. It remembers when each transport-wide sequence
+//! number left and turns the subscriber's transport-cc feedback (or, without it, REMB and
+//! receiver-report loss) into the bitrate the allocator may send. It is pure: no I/O and no clock
+//! reads. Time comes in as `now: Instant` arguments, and receiver arrival times as `Duration`s
+//! since the receiver's own epoch. It is hand-written because the estimator is the product itself:
+//! how fast the SFU backs off from a congested link, and how fast it recovers, is what subscribers see.
+//!
+//! It follows draft-ietf-rmcat-gcc-02 in libwebrtc's send-side form (GoogCC):
+//! - **delay-based**: packets are grouped into 5 ms send-time bursts. Each group's delay variation
+//!   (arrival delta − send delta) feeds a trendline filter: the least-squares slope of the smoothed
+//!   accumulated delay over the last 20 groups, as libwebrtc's TrendlineEstimator computes it. It is
+//!   used instead of the draft's Kalman filter because libwebrtc runs it on send-side feedback, it
+//!   has no noise variances to tune, and it follows a growing queue within a few groups. The draft's
+//!   adaptive threshold (gamma; K_u = 0.01, K_d = 0.00018) classifies the trend as a [`Usage`], and
+//!   its Increase / Hold / Decrease controller acts on that. On overuse the controller cuts to 0.85 ×
+//!   the acknowledged rate, at most once per round trip. Otherwise it grows 8 %/s far from the last
+//!   congestion point and about one packet per response time near it, never above
+//!   1.5 × acknowledged + 10 kbit/s.
+//! - **loss-based**: per feedback window of at least 1 s, loss > 10 % → × (1 − 0.5·loss),
+//!   loss < 2 % → × 1.05, otherwise hold.
+//! - the estimate is the minimum of both (and of REMB, if any), clamped to [`Config`].
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+/// Where the estimate starts and the bounds it stays in, in bits per second.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Config {
+    pub initial_bps: u64,
+    /// Raised to 1 if 0: the estimate is never 0.
+    pub min_bps: u64,
+    pub max_bps: u64,
+}
+
+/// One packet the SFU sent to the subscriber (media, RTX or padding), recorded as it leaves.
+#[derive(Clone, Copy, Debug)]
+pub struct SentPacket {
+    pub transport_seq: u16,
+    /// Bytes on the wire.
+    pub size: usize,
+    pub at: Instant,
+}
+
+/// One packet's fate, from transport-cc feedback.
+#[derive(Clone, Copy, Debug)]
+pub struct Arrival {
+    pub transport_seq: u16,
+    /// When it arrived, on the receiver's clock since any epoch (only differences matter); `None`
+    /// if the feedback reports it lost.
+    pub arrived: Option<Duration>,
+}
+
+/// What the delay-based detector last concluded about the path's queue.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Usage {
+    #[default]
+    Normal,
+    /// Delay is growing: a queue is building.
+    Overusing,
+    /// Delay is shrinking: a queue is draining.
+    Underusing,
+}
+
+/// Send times kept: indexed by sequence number modulo this (it divides 2^16, so wrap is free).
+const RING: usize = 4096;
+const BURST_US: i64 = 5_000;
+const BURST_SPAN_US: i64 = 100_000;
+/// An arrival or group delta this far off is a receiver clock jump: start grouping afresh.
+const MAX_JUMP_US: i64 = 3_000_000;
+const TREND_WINDOW: usize = 20;
+const TREND_SMOOTHING: f64 = 0.9;
+const TREND_GAIN: f64 = 4.0;
+const OVERUSE_MS: f64 = 10.0;
+const K_UP: f64 = 0.01;
+const K_DOWN: f64 = 0.000_18;
+const BETA: f64 = 0.85;
+/// Acknowledged bitrate: what the receiver got over this much of its own clock.
+const ACK_WINDOW_US: i64 = 300_000;
+const ACK_MIN_SPAN_US: i64 = 50_000;
+const LOSS_HIGH: f64 = 0.10;
+const LOSS_LOW: f64 = 0.02;
+const LOSS_WINDOW: Duration = Duration::from_secs(1);
+const LOSS_MIN_PACKETS: u32 = 10;
+/// Loss-based cuts are at least this plus a round trip apart (libwebrtc's pacing of cuts).
+const LOSS_CUT_GAP_US: f64 = 300_000.0;
+/// While transport-cc came this recently, receiver-report loss is ignored (TWCC counts loss itself).
+const TWCC_FRESH: Duration = Duration::from_secs(5);
+
+const EMPTY: u8 = 0;
+const SENT: u8 = 1;
+const LOST: u8 = 2;
+const RECEIVED: u8 = 3;
+
+#[derive(Clone, Copy, Default)]
+struct Slot {
+    seq: u16,
+    state: u8,
+    size: u32,
+    sent_us: i64,
+}
+
+fn signed_us(t: Instant, base: Instant) -> i64 {
+    match t.checked_duration_since(base) {
+        Some(d) => d.as_micros().min(i64::MAX as u128) as i64,
+        None => -(base.duration_since(t).as_micros().min(i64::MAX as u128) as i64),
+    }
+}
+
+fn rx_us(d: Duration) -> i64 {
+    d.as_micros().min(i64::MAX as u128) as i64
+}
+
+/// A send-time burst: times in µs (send: since the estimator's base; arrival: receiver clock).
+#[derive(Clone, Copy)]
+struct Group {
+    first_send: i64,
+    last_send: i64,
+    first_arrival: i64,
+    last_arrival: i64,
+}
+
+impl Group {
+    fn new(send: i64, arrival: i64) -> Self {
+        Group { first_send: send, last_send: send, first_arrival: arrival, last_arrival: arrival }
+    }
+}
+
+/// Burst grouping, trendline filter and overuse detector with its adaptive threshold.
+#[derive(Default)]
+struct Detector {
+    cur: Option<Group>,
+    prev: Option<Group>,
+    first_ms: Option<f64>,
+    acc_ms: f64,
+    smoothed_ms: f64,
+    deltas: u32,
+    window: VecDeque<(f64, f64)>,
+    trend: f64,
+    threshold: f64,
+    threshold_at: Option<f64>,
+    over_ms: f64,
+    over_count: u32,
+    usage: Usage,
+}
+
+impl Detector {
+    fn new() -> Self {
+        Detector { threshold: 12.5, over_ms: -1.0, window: VecDeque::with_capacity(TREND_WINDOW), ..Default::default() }
+    }
+
+    /// Forgets the grouping and the trend (not the learnt threshold), starting from this packet.
+    fn restart(&mut self, send: i64, arrival: i64) {
+        let threshold = self.threshold;
+        *self = Detector { threshold, cur: Some(Group::new(send, arrival)), ..Detector::new() };
+    }
+
+    /// One received packet, in arrival order.
+    fn packet(&mut self, send: i64, arrival: i64) {
+        let Some(cur) = self.cur.as_mut() else { return self.restart(send, arrival) };
+        let arrival_delta = arrival - cur.last_arrival;
+        if arrival_delta.unsigned_abs() > MAX_JUMP_US as u64 {
+            return self.restart(send, arrival);
+        }
+        if send < cur.first_send {
+            return; // sent before the group now being built: reordered, skipped as libwebrtc does
+        }
+        let send_delta = send.saturating_sub(cur.last_send);
+        let burst = arrival_delta <= BURST_US
+            && arrival_delta.saturating_sub(send_delta) < 0
+            && arrival - cur.first_arrival < BURST_SPAN_US;
+        if send.saturating_sub(cur.first_send) <= BURST_US || burst {
+            cur.last_send = cur.last_send.max(send);
+            cur.last_arrival = cur.last_arrival.max(arrival);
+            return;
+        }
+        let done = *cur;
+        self.cur = Some(Group::new(send, arrival));
+        let Some(prev) = self.prev.replace(done) else { return };
+        let ds = done.last_send.saturating_sub(prev.last_send);
+        let da = done.last_arrival - prev.last_arrival;
+        if da < 0 || da.saturating_sub(ds).unsigned_abs() > MAX_JUMP_US as u64 {
+            return self.restart(send, arrival);
+        }
+        self.update(ds as f64 / 1e3, da as f64 / 1e3, done.last_arrival as f64 / 1e3);
+    }
+
+    fn update(&mut self, ds_ms: f64, da_ms: f64, at_ms: f64) {
+        self.deltas = (self.deltas + 1).min(1000);
+        self.acc_ms += da_ms - ds_ms;
+        self.smoothed_ms = TREND_SMOOTHING * self.smoothed_ms + (1.0 - TREND_SMOOTHING) * self.acc_ms;
+        let first = *self.first_ms.get_or_insert(at_ms);
+        if self.window.len() == TREND_WINDOW {
+            self.window.pop_front();
+        }
+        self.window.push_back((at_ms - first, self.smoothed_ms));
+        let prev_trend = self.trend;
+        if self.window.len() == TREND_WINDOW {
+            self.trend = slope(&self.window).unwrap_or(self.trend);
+        }
+        if self.deltas < 2 {
+            return;
+        }
+        let m = f64::from(self.deltas.min(60)) * self.trend * TREND_GAIN;
+        if m > self.threshold {
+            self.over_ms = if self.over_ms < 0.0 { ds_ms / 2.0 } else { self.over_ms + ds_ms };
+            self.over_count += 1;
+            if self.over_ms > OVERUSE_MS && self.over_count > 1 && self.trend >= prev_trend {
+                (self.over_ms, self.over_count, self.usage) = (0.0, 0, Usage::Overusing);
+            }
+        } else {
+            (self.over_ms, self.over_count) = (-1.0, 0);
+            self.usage = if m < -self.threshold { Usage::Underusing } else { Usage::Normal };
+        }
+        // gamma(t_i) = gamma(t_i-1) + dt * K * (|m| - gamma), not adapting to outliers (draft 5.4).
+        let last = self.threshold_at.replace(at_ms).unwrap_or(at_ms);
+        if m.abs() <= self.threshold + 15.0 {
+            let k = if m.abs() < self.threshold { K_DOWN } else { K_UP };
+            let dt = (at_ms - last).clamp(0.0, 100.0);
+            self.threshold = (self.threshold + dt * k * (m.abs() - self.threshold)).clamp(6.0, 600.0);
+        }
+    }
+}
+
+/// Least-squares slope of (x, y), if the x values are spread.
+fn slope(points: &VecDeque<(f64, f64)>) -> Option<f64> {
+    let n = points.len() as f64;
+    let (sx, sy) = points.iter().fold((0.0, 0.0), |(a, b), &(x, y)| (a + x, b + y));
+    let (mx, my) = (sx / n, sy / n);
+    let (num, den) =
+        points.iter().fold((0.0, 0.0), |(a, b), &(x, y)| (a + (x - mx) * (y - my), b + (x - mx) * (x - mx)));
+    (den > 0.0 && (num / den).is_finite()).then(|| num / den)
+}
+
+/// Where the link congested before (libwebrtc's LinkCapacityEstimator), in kbit/s.
+#[derive(Default)]
+struct Capacity {
+    kbps: Option<f64>,
+    var: f64,
+}
+
+impl Capacity {
+    fn deviation(&self, kbps: f64) -> f64 {
+        3.0 * (self.var * kbps).sqrt()
+    }
+
+    fn upper(&self) -> Option<f64> {
+        self.kbps.map(|e| e + self.deviation(e))
+    }
+
+    fn on_overuse(&mut self, sample: f64) {
+        if self.kbps.is_some_and(|e| sample < e - self.deviation(e)) {
+            self.kbps = None;
+        }
+        let e = self.kbps.map_or(sample, |e| 0.95 * e + 0.05 * sample);
+        self.var = (0.95 * self.var + 0.05 * (e - sample).powi(2) / e.max(1.0)).clamp(0.4, 2.5);
+        self.kbps = Some(e);
+    }
+}
+
+/// The draft's rate-control states (section 5.5).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Control {
+    Increase,
+    Hold,
+    Decrease,
+}
+
+/// One subscriber's bandwidth estimate; see the module documentation. About 64 KiB (the send ring).
+pub struct Estimator {
+    min: f64,
+    max: f64,
+    initial: f64,
+    base: Instant,
+    ring: Vec<Slot>,
+    detector: Detector,
+    delay_bps: f64,
+    control: Control,
+    last_change: Instant,
+    capacity: Capacity,
+    last_twcc: Option<Instant>,
+    acked: VecDeque<(i64, u32)>,
+    acked_bytes: u64,
+    rtt_us: f64,
+    loss_bps: Option<f64>,
+    loss: f64,
+    window_lost: u32,
+    window_total: u32,
+    window_start: Option<Instant>,
+    last_loss_update: Option<Instant>,
+    last_loss_cut: Option<Instant>,
+    remb_bps: Option<f64>,
+    scratch: Vec<(i64, i64, u32)>,
+}
+
+impl Estimator {
+    pub fn new(cfg: Config, now: Instant) -> Self {
+        let min = cfg.min_bps.max(1) as f64;
+        let max = (cfg.max_bps as f64).max(min);
+        let initial = (cfg.initial_bps as f64).clamp(min, max);
+        Estimator {
+            min,
+            max,
+            initial,
+            base: now,
+            ring: vec![Slot::default(); RING],
+            detector: Detector::new(),
+            delay_bps: initial,
+            control: Control::Increase,
+            last_change: now,
+            capacity: Capacity::default(),
+            last_twcc: None,
+            acked: VecDeque::new(),
+            acked_bytes: 0,
+            rtt_us: 100_000.0,
+            loss_bps: None,
+            loss: 0.0,
+            window_lost: 0,
+            window_total: 0,
+            window_start: None,
+            last_loss_update: None,
+            last_loss_cut: None,
+            remb_bps: None,
+            scratch: Vec::new(),
+        }
+    }
+
+    /// Records a packet as it leaves: one store into a fixed ring, no allocation.
+    pub fn on_sent(&mut self, p: SentPacket) {
+        let size = p.size.min(u32::MAX as usize) as u32;
+        let slot = Slot { seq: p.transport_seq, state: SENT, size, sent_us: signed_us(p.at, self.base) };
+        self.ring[usize::from(p.transport_seq) % RING] = slot;
+    }
+
+    /// One transport-cc feedback message, in any order. Numbers not sent (or no longer in the
+    /// ring), repeats and arrivals already reported are ignored; a packet reported lost and then
+    /// received counts as received.
+    pub fn on_feedback(&mut self, arrivals: &[Arrival], now: Instant) {
+        let mut got = std::mem::take(&mut self.scratch);
+        got.clear();
+        let (mut lost, mut total) = (0u32, 0u32);
+        for a in arrivals {
+            let slot = &mut self.ring[usize::from(a.transport_seq) % RING];
+            if slot.state == EMPTY || slot.seq != a.transport_seq {
+                continue;
+            }
+            match (a.arrived, slot.state) {
+                (None, SENT) => (slot.state, lost, total) = (LOST, lost + 1, total + 1),
+                (Some(at), SENT | LOST) => {
+                    if slot.state == LOST {
+                        self.window_lost = self.window_lost.saturating_sub(1);
+                    } else {
+                        total += 1;
+                    }
+                    slot.state = RECEIVED;
+                    got.push((rx_us(at), slot.sent_us, slot.size));
+                }
+                _ => {}
+            }
+        }
+        if total > 0 || !got.is_empty() {
+            self.last_twcc = Some(now);
+        }
+        if let Some(newest) = got.iter().map(|p| p.0).max() {
+            // libwebrtc's propagation RTT: flight time less how long the report held the packet.
+            let now_us = signed_us(now, self.base);
+            let rtt = got.iter().map(|&(at, sent, _)| now_us.saturating_sub(sent).saturating_sub(newest - at)).min();
+            if let Some(rtt) = rtt.filter(|&r| r > 0 && r < 10_000_000) {
+                self.rtt_us = 0.875 * self.rtt_us + 0.125 * rtt as f64;
+            }
+            got.sort_unstable_by_key(|&(at, sent, _)| (at, sent));
+            for &(at, sent, size) in &got {
+                self.ack(at, size);
+                self.detector.packet(sent, at);
+            }
+            self.update_delay(now);
+        }
+        self.scratch = got;
+        if total > 0 {
+            self.window_lost += lost;
+            self.window_total += total;
+            let start = *self.window_start.get_or_insert(now);
+            if now.saturating_duration_since(start) >= LOSS_WINDOW && self.window_total >= LOSS_MIN_PACKETS {
+                self.apply_loss(f64::from(self.window_lost) / f64::from(self.window_total), now);
+                (self.window_lost, self.window_total, self.window_start) = (0, 0, Some(now));
+            }
+        }
+    }
+
+    /// The receiver's own estimate (REMB). It is taken as is (clamped) and caps everything else.
+    pub fn on_remb(&mut self, bps: u64) {
+        self.remb_bps = Some(bps as f64);
+    }
+
+    /// Loss from an RTCP receiver report (fraction lost, 0..=1; others ignored). It drives the
+    /// loss-based part for subscribers without transport-cc, and is ignored while transport-cc
+    /// feedback flows.
+    pub fn on_receiver_report(&mut self, fraction_lost: f64, now: Instant) {
+        let twcc = self.last_twcc.is_some_and(|t| now.saturating_duration_since(t) < TWCC_FRESH);
+        if !twcc && (0.0..=1.0).contains(&fraction_lost) {
+            self.apply_loss(fraction_lost, now);
+        }
+    }
+
+    /// What the SFU may send to this subscriber, in bits per second: within [min, max], never 0.
+    pub fn estimate_bps(&self) -> u64 {
+        self.target().round() as u64
+    }
+
+    /// What the receiver got over the last 300 ms of its clock, from the feedback; `None` before
+    /// there is enough.
+    pub fn acknowledged_bps(&self) -> Option<u64> {
+        self.acked_rate().map(|r| r.round() as u64)
+    }
+
+    pub fn usage(&self) -> Usage {
+        self.detector.usage
+    }
+
+    /// The fraction lost in the last loss window (transport-cc) or receiver report.
+    pub fn loss(&self) -> f64 {
+        self.loss
+    }
+
+    /// Whether the caller may probe (pad or send RTX above the media rate) towards `desired_bps`:
+    /// the estimate is below it, and the link looks clean (no queue building or draining, low
+    /// loss, the controller increasing). Probes need no special handling: they are just packets.
+    pub fn should_probe(&self, desired_bps: u64) -> bool {
+        self.estimate_bps() < desired_bps
+            && self.detector.usage == Usage::Normal
+            && self.loss < LOSS_LOW
+            && self.control == Control::Increase
+    }
+
+    fn clamp(&self, bps: f64) -> f64 {
+        bps.clamp(self.min, self.max)
+    }
+
+    fn target(&self) -> f64 {
+        let mut t = if self.last_twcc.is_some() { self.delay_bps } else { f64::INFINITY };
+        for limit in [self.loss_bps, self.remb_bps].into_iter().flatten() {
+            t = t.min(limit);
+        }
+        if t.is_finite() {
+            self.clamp(t)
+        } else {
+            self.initial
+        }
+    }
+
+    fn ack(&mut self, at: i64, size: u32) {
+        if let Some(&(newest, _)) = self.acked.back() {
+            if at < newest - 1_000_000 || at > newest.saturating_add(MAX_JUMP_US) {
+                self.acked.clear();
+                self.acked_bytes = 0;
+            }
+        }
+        let at = self.acked.back().map_or(at, |&(newest, _)| at.max(newest));
+        self.acked.push_back((at, size));
+        self.acked_bytes += u64::from(size);
+        while let Some(&(t, s)) = self.acked.front() {
+            if t >= at - ACK_WINDOW_US {
+                break;
+            }
+            self.acked.pop_front();
+            self.acked_bytes -= u64::from(s);
+        }
+    }
+
+    fn acked_rate(&self) -> Option<f64> {
+        let (&(first, first_size), &(last, _)) = (self.acked.front()?, self.acked.back()?);
+        let span = last - first;
+        (span >= ACK_MIN_SPAN_US).then(|| (self.acked_bytes - u64::from(first_size)) as f64 * 8e6 / span as f64)
+    }
+
+    /// The draft's rate controller, once per feedback with received packets.
+    fn update_delay(&mut self, now: Instant) {
+        let acked = self.acked_rate();
+        if acked.zip(self.capacity.upper()).is_some_and(|(a, upper)| a / 1e3 > upper) {
+            self.capacity.kbps = None; // well past the old congestion point: grow fast again
+        }
+        let since = now.saturating_duration_since(self.last_change);
+        match (self.detector.usage, self.control) {
+            (Usage::Overusing, control) => {
+                // Cut at once from Increase, else once per round trip (sooner if half is not getting through).
+                let interval = self.rtt_us.clamp(10_000.0, 200_000.0);
+                let starved = acked.is_some_and(|a| a < self.delay_bps / 2.0);
+                if control == Control::Increase || since.as_micros() as f64 >= interval || starved {
+                    if let Some(a) = acked {
+                        self.capacity.on_overuse(a / 1e3);
+                    }
+                    let cut = BETA * acked.unwrap_or(self.delay_bps);
+                    self.delay_bps = self.clamp(cut.min(self.delay_bps));
+                    self.last_change = now;
+                }
+                self.control = Control::Decrease;
+            }
+            (Usage::Underusing, _) | (Usage::Normal, Control::Decrease) => self.control = Control::Hold,
+            (Usage::Normal, Control::Hold) => (self.control, self.last_change) = (Control::Increase, now),
+            (Usage::Normal, Control::Increase) => {
+                let dt = since.min(Duration::from_secs(1)).as_secs_f64();
+                let rate = self.delay_bps;
+                let step = if self.capacity.kbps.is_some() {
+                    let packet_bits = self.acked_bytes as f64 * 8.0 / self.acked.len().max(1) as f64;
+                    (packet_bits / (self.rtt_us / 1e6 + 0.1)).max(4_000.0) * dt // response time: RTT + 100 ms
+                } else {
+                    (rate * (1.08f64.powf(dt) - 1.0)).max(1_000.0 * dt)
+                };
+                // Never above 1.5 × what arrives (+ 10 kbit/s), but that limit does not cut either.
+                let limit = acked.map_or(f64::INFINITY, |a| 1.5 * a + 10_000.0);
+                self.delay_bps = self.clamp((rate + step).min(limit.max(rate)));
+                self.last_change = now;
+            }
+        }
+    }
+
+    /// The draft's loss-based controller (section 6), acting on the current estimate.
+    fn apply_loss(&mut self, loss: f64, now: Instant) {
+        let elapsed = self.last_loss_update.map_or(1.0, |t| now.saturating_duration_since(t).as_secs_f64().min(1.0));
+        self.last_loss_update = Some(now);
+        self.loss = loss;
+        let current = self.target();
+        let next = if loss > LOSS_HIGH {
+            let gap = LOSS_CUT_GAP_US + self.rtt_us;
+            if self.last_loss_cut.is_some_and(|t| (now.saturating_duration_since(t).as_micros() as f64) < gap) {
+                return;
+            }
+            self.last_loss_cut = Some(now);
+            current * (1.0 - 0.5 * loss)
+        } else if loss < LOSS_LOW {
+            current * 1.05f64.powf(elapsed)
+        } else {
+            current
+        };
+        self.loss_bps = Some(self.clamp(next));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PKT: usize = 1200;
+    const PROP_US: i64 = 20_000;
+    const QUEUE_US: f64 = 100_000.0;
+    const RX_EPOCH_US: i64 = 7_000_000_000;
+
+    fn xorshift(x: &mut u64) -> u64 {
+        *x ^= *x << 13;
+        *x ^= *x >> 7;
+        *x ^= *x << 17;
+        *x
+    }
+
+    /// A paced sender, a drop-tail bottleneck of `cap_bps` (100 ms of queue, 20 ms each way,
+    /// up to 1 ms of jitter, optional random loss) and a receiver reporting every 100 ms, in
+    /// 1 ms steps. Sequence numbers start near the wrap.
+    struct Sim {
+        base: Instant,
+        est: Estimator,
+        net: Net,
+    }
+
+    #[derive(Default)]
+    struct Net {
+        now_us: i64,
+        cap_bps: f64,
+        loss: f64,
+        rng: u64,
+        link_free_us: f64,
+        seq: u16,
+        credit: f64,
+        flight: VecDeque<(u16, Option<i64>, i64)>,
+        reports: VecDeque<(i64, Vec<Arrival>)>,
+    }
+
+    impl Sim {
+        fn new(initial_bps: u64, cap_bps: f64) -> Self {
+            let (base, cfg) = (Instant::now(), Config { initial_bps, min_bps: 50_000, max_bps: 20_000_000 });
+            let net = Net { cap_bps, rng: 0x9E37_79B9_7F4A_7C15, seq: 65_000, ..Net::default() };
+            Sim { base, est: Estimator::new(cfg, base), net }
+        }
+
+        fn rand(&mut self) -> f64 {
+            (xorshift(&mut self.net.rng) >> 11) as f64 / (1u64 << 53) as f64
+        }
+
+        fn instant(&self) -> Instant {
+            self.base + Duration::from_micros(self.net.now_us as u64)
+        }
+
+        fn est(&self) -> f64 {
+            self.est.estimate_bps() as f64
+        }
+
+        /// One millisecond: the sender follows the estimate up to `source` bit/s, 20 % above it
+        /// while `probe` and the estimator says the link is clean.
+        fn step(&mut self, source: f64, probe: bool) {
+            let probing = probe && self.est.should_probe(source as u64);
+            let rate = (self.est() * if probing { 1.2 } else { 1.0 }).min(source);
+            let bits = (PKT * 8) as f64;
+            self.net.credit = (self.net.credit + rate / 1000.0).min(2.0 * bits);
+            while self.net.credit >= bits {
+                self.net.credit -= bits;
+                self.send();
+            }
+            let now = self.net.now_us;
+            if now > 0 && now % 100_000 == 0 {
+                let mut report = Vec::new();
+                while let Some(&(seq, arrival, _)) = self.net.flight.front().filter(|f| f.2 <= now) {
+                    self.net.flight.pop_front();
+                    let arrived = arrival.map(|a| Duration::from_micros((a + RX_EPOCH_US) as u64));
+                    report.push(Arrival { transport_seq: seq, arrived });
+                }
+                self.net.reports.push_back((now + PROP_US, report));
+            }
+            while self.net.reports.front().is_some_and(|r| r.0 <= now) {
+                let (_, report) = self.net.reports.pop_front().unwrap();
+                self.est.on_feedback(&report, self.instant());
+            }
+            self.net.now_us += 1000;
+        }
+
+        fn send(&mut self) {
+            self.est.on_sent(SentPacket { transport_seq: self.net.seq, size: PKT, at: self.instant() });
+            let (now, lost) = (self.net.now_us, self.rand() < self.net.loss);
+            let queued = (self.net.link_free_us - now as f64).max(0.0);
+            let arrival = (!lost && queued <= QUEUE_US).then(|| {
+                let net = &mut self.net;
+                net.link_free_us = net.link_free_us.max(now as f64) + (PKT * 8) as f64 * 1e6 / net.cap_bps;
+                net.link_free_us as i64 + PROP_US + (self.rand() * 1000.0) as i64
+            });
+            let known = arrival.unwrap_or(now + PROP_US + queued as i64);
+            self.net.flight.push_back((self.net.seq, arrival, known));
+            self.net.seq = self.net.seq.wrapping_add(1);
+        }
+
+        /// Runs up to `ms` steps; the first step (1-based) after which `done` holds.
+        fn run_until(&mut self, ms: u32, source: f64, probe: bool, mut done: impl FnMut(&Sim) -> bool) -> Option<u32> {
+            (1..=ms).find(|_| {
+                self.step(source, probe);
+                done(self)
+            })
+        }
+    }
+
+    #[test]
+    fn capacity_step_down_is_detected_within_two_seconds() {
+        let mut sim = Sim::new(1_500_000, 2.5e6);
+        sim.run_until(10_000, 1.5e6, false, |_| false);
+        assert!(sim.est() >= 1.35e6, "before the step: {}", sim.est());
+        sim.net.cap_bps = 600e3;
+        let detected = sim.run_until(2_000, 1.5e6, false, |s| s.est() < 660e3);
+        assert!(detected.is_some(), "estimate still {} 2 s after the step to 600 kbit/s", sim.est());
+        sim.run_until(5_000, 1.5e6, false, |_| false);
+        assert!((300e3..700e3).contains(&sim.est()), "5 s later: {} on a 600 kbit/s link", sim.est());
+    }
+
+    #[test]
+    fn clean_link_is_not_underestimated() {
+        let mut sim = Sim::new(1_000_000, 10e6);
+        sim.run_until(12_000, 1.5e6, false, |_| false);
+        let (mut low, mut high) = (f64::MAX, 0f64);
+        sim.run_until(30_000, 1.5e6, false, |s| {
+            (low, high) = (low.min(s.est()), high.max(s.est()));
+            false
+        });
+        assert!(low >= 0.9 * 1.5e6, "estimate fell to {low} while sending 1.5 Mbit/s on a 10 Mbit/s link");
+        assert!(high <= 1.5 * 1.5e6 + 100e3, "estimate ran away to {high} while sending 1.5 Mbit/s");
+        let acked = sim.est.acknowledged_bps().unwrap_or(0);
+        assert!((1_350_000..1_650_000).contains(&acked), "acknowledged {acked}");
+        assert_eq!(sim.est.usage(), Usage::Normal);
+    }
+
+    #[test]
+    fn estimate_recovers_after_capacity_returns() {
+        let mut sim = Sim::new(1_500_000, 2.5e6);
+        sim.run_until(10_000, 1.5e6, true, |_| false);
+        sim.net.cap_bps = 600e3;
+        sim.run_until(10_000, 1.5e6, true, |_| false);
+        assert!(sim.est() < 800e3, "estimate {} after 10 s at 600 kbit/s", sim.est());
+        sim.net.cap_bps = 2.5e6;
+        let back = sim.run_until(25_000, 1.5e6, true, |s| s.est() > 1.2e6);
+        assert!(back.is_some(), "estimate only {} 25 s after the link returned to 2.5 Mbit/s", sim.est());
+    }
+
+    #[test]
+    fn random_loss_drives_the_estimate_down_and_no_loss_lets_it_grow() {
+        let mut lossy = Sim::new(1_000_000, 1e9);
+        lossy.net.loss = 0.2;
+        let mut clean = Sim::new(1_000_000, 1e9);
+        lossy.run_until(10_000, 5e6, false, |_| false);
+        clean.run_until(10_000, 5e6, false, |_| false);
+        let (est, loss) = (lossy.est(), lossy.est.loss());
+        assert!(est < 500e3 && (0.15..0.25).contains(&loss), "20 % loss: estimate {est}, loss {loss}");
+        assert_eq!(lossy.est.usage(), Usage::Normal, "random loss is not a queue");
+        assert!(!lossy.est.should_probe(5_000_000));
+        assert!(clean.est() > 1.3e6 && clean.est.loss() == 0.0, "no loss: estimate {}", clean.est());
+        let before = clean.est();
+        clean.est.on_receiver_report(1.0, clean.instant());
+        assert_eq!(clean.est(), before, "receiver-report loss is ignored while transport-cc flows");
+    }
+
+    #[test]
+    fn remb_and_receiver_reports_without_twcc() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let cfg = Config { initial_bps: 1_000_000, min_bps: 100_000, max_bps: 5_000_000 };
+        let mut remb = Estimator::new(cfg, t0);
+        assert_eq!(remb.estimate_bps(), 1_000_000);
+        assert_eq!(remb.acknowledged_bps(), None);
+        for (given, expect) in [(800_000, 800_000), (u64::MAX, 5_000_000), (0, 100_000), (2_000_000, 2_000_000)] {
+            remb.on_remb(given);
+            assert_eq!(remb.estimate_bps(), expect, "REMB {given}");
+        }
+        remb.on_receiver_report(0.5, at(1));
+        assert_eq!(remb.estimate_bps(), 1_500_000, "REMB 2 Mbit/s with 50 % loss");
+
+        let mut rr = Estimator::new(cfg, t0);
+        let steps = [(0.0, 1_050_000), (0.05, 1_050_000), (0.3, 892_500), (f64::NAN, 892_500), (-1.0, 892_500)];
+        for (s, (loss, expect)) in (1..).zip(steps) {
+            rr.on_receiver_report(loss, at(s));
+            assert_eq!(rr.estimate_bps(), expect, "after RR loss {loss}");
+        }
+        (10..100).for_each(|s| rr.on_receiver_report(0.0, at(s)));
+        assert_eq!(rr.estimate_bps(), 5_000_000);
+        (100..200).for_each(|s| rr.on_receiver_report(1.0, at(s)));
+        assert_eq!(rr.estimate_bps(), 100_000);
+        assert_eq!(rr.loss(), 1.0);
+        assert!(!rr.should_probe(1_000_000));
+    }
+
+    #[test]
+    fn garbage_feedback_never_panics_or_leaves_bounds() {
+        let t0 = Instant::now();
+        let cfg = Config { initial_bps: 1_000_000, min_bps: 100_000, max_bps: 5_000_000 };
+        let mut e = Estimator::new(cfg, t0);
+        let check = |e: &Estimator| {
+            let b = e.estimate_bps();
+            assert!((100_000..=5_000_000).contains(&b), "estimate {b}");
+            assert!((0.0..=1.0).contains(&e.loss()), "loss {}", e.loss());
+        };
+        e.on_feedback(&[], t0);
+        e.on_feedback(&[Arrival { transport_seq: 7, arrived: Some(Duration::MAX) }], t0);
+        check(&e);
+        let weird = [Duration::ZERO, Duration::MAX, Duration::from_secs(1 << 40), Duration::from_nanos(1)];
+        let (mut rng, mut report) = (42u64, Vec::new());
+        for i in 0..70_000u64 {
+            let now = t0 + Duration::from_millis(i);
+            e.on_sent(SentPacket { transport_seq: i as u16, size: if i % 7 == 0 { 0 } else { 1200 }, at: now });
+            if i % 50 != 49 {
+                continue;
+            }
+            report.clear();
+            for _ in 0..80 {
+                let r = xorshift(&mut rng);
+                let seq = (i + 100).wrapping_sub(r % 200) as u16; // sent, resent-to-be, or never sent
+                let arrived = match r % 5 {
+                    0 => None,
+                    1 => Some(weird[(r >> 8) as usize % weird.len()]),
+                    _ => Some(Duration::from_millis(i + (r >> 16) % 300)), // reordered
+                };
+                report.push(Arrival { transport_seq: seq, arrived });
+            }
+            let when = if i % 500 == 49 { now.checked_sub(Duration::from_secs(30)).unwrap_or(t0) } else { now };
+            e.on_feedback(&report, when);
+            e.on_feedback(&report, when); // repeated
+            e.on_receiver_report([f64::NAN, -1.0, 5.0, 0.5, f64::INFINITY][(i / 50 % 5) as usize], now);
+            if i % 5000 == 49 {
+                e.on_remb([0, u64::MAX, 3_000_000][(i / 5000 % 3) as usize]);
+            }
+            check(&e);
+        }
+    }
+}
