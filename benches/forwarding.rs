@@ -55,10 +55,13 @@ fn forwarding(c: &mut Criterion) {
         pt: h.payload_type,
         marker: h.marker,
         payload,
+        layer: confer::media::allocate::Layer::Q,
+        keyframe: false,
     };
+    let now = std::time::Instant::now();
     c.bench_function("decide + rewrite one consumer (into a reused header)", |b| {
         b.iter(|| {
-            let Decision::Send(send) = fwd.decide(&info(black_box(&template), b"x"), true) else { panic!("sent") };
+            let Decision::Send(send) = fwd.decide(&info(black_box(&template), b"x"), true, now) else { panic!("sent") };
             rewrite.apply_into(black_box(&template), &send, &mut h, Some(numbers.clone()));
             black_box(&h);
         })
@@ -74,7 +77,7 @@ fn forwarding(c: &mut Criterion) {
     c.bench_function("write one forwarded copy, 1100 B (rewrite + marshal + AES-128-GCM)", |b| {
         b.iter(|| {
             n = n.wrapping_add(1);
-            let send = forwarder::Send { ssrc: Ssrc(77), seq: n, ts: 3000, pt: 100 };
+            let send = forwarder::Send { ssrc: Ssrc(77), seq: n, ts: 3000, pt: 100, vp8: None, switched: false };
             let out = writer.protect(&mut ctx, &rewrite, black_box(&pkt), &send, Some(n), None).expect("protect");
             black_box(out.len())
         })

@@ -133,7 +133,12 @@ pub struct MediaMetrics {
     pub datagrams_dropped: IntCounter,
     pub send_errors: IntCounter,
     pub forward_delay: Histogram,
+    /// By reason: requested, bandwidth, publisher (SPEC 5.1).
+    layer_switches: [IntCounter; 3],
 }
+
+/// The reasons SPEC 5.1's `subscription-update` gives.
+pub const LAYER_SWITCH_REASONS: [&str; 3] = ["requested", "bandwidth", "publisher"];
 
 fn by_kind<T: Clone>(f: impl Fn(&str) -> T) -> [T; 2] {
     [f("audio"), f("video")]
@@ -172,7 +177,13 @@ impl MediaMetrics {
         let forwarded =
             counter_vec("confer_rtp_packets_forwarded_total", "RTP packets forwarded to subscribers", "kind");
         let bytes = counter_vec("confer_rtp_bytes_forwarded_total", "RTP bytes forwarded to subscribers", "kind");
+        let switches = counter_vec(
+            "confer_layer_switches_total",
+            "Changes of the simulcast layer forwarded to a subscriber, by reason",
+            "reason",
+        );
         Self {
+            layer_switches: LAYER_SWITCH_REASONS.map(|r| switches.with_label_values(&[r])),
             peer_connections: pcs,
             tracks_published: by_kind(|k| tracks.with_label_values(&[k])),
             received: by_kind(|k| received.with_label_values(&[k])),
@@ -220,6 +231,12 @@ impl MediaMetrics {
 
     pub fn forwarded_bytes(&self, kind: TrackKind) -> IntCounter {
         self.forwarded_bytes[kind_index(kind)].clone()
+    }
+
+    /// `reason` is one of [`LAYER_SWITCH_REASONS`].
+    pub fn layer_switches(&self, reason: &str) -> &IntCounter {
+        let i = LAYER_SWITCH_REASONS.iter().position(|r| *r == reason).unwrap_or(0);
+        &self.layer_switches[i]
     }
 
     pub fn rtcp(&self, ty: &str) -> IntCounter {

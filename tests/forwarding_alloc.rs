@@ -94,8 +94,9 @@ async fn forwarding_a_packet_to_many_consumers_allocates_nothing_per_copy() {
     let mut sent = 0usize;
     let mut forward = |pkt: &rtc::rtp::Packet, batch: &mut SendBatch| {
         let info = forwarder::Packet::of(pkt);
+        let now = std::time::Instant::now();
         for (ctx, rewrite, fwd) in legs.iter_mut() {
-            let Decision::Send(send) = fwd.decide(&info, true) else { panic!("payload type negotiated") };
+            let Decision::Send(send) = fwd.decide(&info, true, now) else { panic!("payload type negotiated") };
             transport_seq = transport_seq.wrapping_add(1);
             let out = writer.protect(ctx, rewrite, pkt, &send, Some(transport_seq), None).expect("protect");
             assert_eq!(batch.push(&tx, out, to), 0, "queued and sent");

@@ -56,6 +56,17 @@ impl Layer {
     }
 }
 
+impl Reason {
+    /// The wire name (`subscription-update`'s `reason`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Reason::Requested => "requested",
+            Reason::Publisher => "publisher",
+            Reason::Bandwidth => "bandwidth",
+        }
+    }
+}
+
 /// Why a track's forwarded layer changed. When several apply in one call the
 /// first of these wins: `Requested`, then `Publisher`, then `Bandwidth`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

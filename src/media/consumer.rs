@@ -2,6 +2,7 @@
 //! participant's subscriber leg, with its forwarding state and what the
 //! subscriber's RTCP said about it.
 
+use super::allocate::{Layer, Reason};
 use super::forwarder::Forwarder;
 use super::ids::LegId;
 use super::rewrite::Rewrite;
@@ -23,6 +24,21 @@ pub struct Consumer {
     pub last_sent: Option<(u32, Instant)>,
     /// The next sequence number on the RTX stream.
     pub rtx_seq: u16,
+    /// Simulcast: the highest layer the subscriber asked for
+    /// (`track-subscribe {quality}`), and why the target last changed.
+    pub ceiling: Layer,
+    pub reason: Reason,
+    /// Layer switches so far (analytics' `layerSwitches`).
+    pub switches: u64,
+}
+
+/// The layer to forward under `ceiling` given what arrives: the best one at
+/// or below it, else the lowest above it; the ceiling itself while nothing
+/// arrives yet (it starts when it does).
+pub fn choose_layer(ceiling: Layer, available: [bool; 3]) -> Layer {
+    let below = Layer::ALL.into_iter().rev().filter(|l| *l <= ceiling).find(|l| available[*l as usize]);
+    let above = Layer::ALL.into_iter().filter(|l| *l > ceiling).find(|l| available[*l as usize]);
+    below.or(above).unwrap_or(ceiling)
 }
 
 /// A subscriber leg's view of one forwarded track: counted as sent, and
@@ -63,6 +79,16 @@ impl LegReport {
 mod tests {
     use super::*;
     use rtc::rtcp::reception_report::ReceptionReport;
+
+    #[test]
+    fn the_layer_is_the_best_under_the_ceiling_that_arrives() {
+        use Layer::*;
+        assert_eq!(choose_layer(F, [true, true, true]), F);
+        assert_eq!(choose_layer(H, [true, true, true]), H);
+        assert_eq!(choose_layer(F, [true, true, false]), H, "f is not arriving");
+        assert_eq!(choose_layer(Q, [false, true, true]), H, "nothing at or below q: the lowest above");
+        assert_eq!(choose_layer(H, [false, false, false]), H, "nothing yet: wait for the ceiling");
+    }
 
     #[test]
     fn a_report_block_gives_loss_jitter_and_negative_cumulative_loss() {

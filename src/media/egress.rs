@@ -91,7 +91,11 @@ impl Writer {
         if rtx.is_some() {
             self.plain.extend_from_slice(&seq.to_be_bytes());
         }
+        let at = self.plain.len();
         self.plain.extend_from_slice(&pkt.payload);
+        if let Some(v) = &send.vp8 {
+            v.apply(&mut self.plain[at..]);
+        }
         if self.header.padding {
             // As webrtc-rs writes it: to a multiple of 4, at least 1 byte
             // (4 when already aligned), the last byte giving the count.
@@ -208,7 +212,7 @@ mod tests {
     }
 
     fn send(seq: u16) -> Send {
-        Send { ssrc: crate::media::ids::Ssrc(4242), seq, ts: 3000, pt: 100 }
+        Send { ssrc: crate::media::ids::Ssrc(4242), seq, ts: 3000, pt: 100, vp8: None, switched: false }
     }
 
     fn rewrite() -> Rewrite {

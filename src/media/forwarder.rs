@@ -1,10 +1,20 @@
 //! The forwarding decision for one consumer, without I/O: given a packet of
 //! the producer and the consumer's state, drop it or send it with this SSRC,
-//! sequence number, timestamp and payload type. The router asks, the writer
-//! ([`super::egress`]) writes; LiveKit splits `forwarder.go` from
-//! `downtrack.go` the same way, and [`tests`] drive it with synthetic packets.
+//! sequence number, timestamp, payload type and VP8 descriptor. The router
+//! asks, the writer ([`super::egress`]) writes; LiveKit splits `forwarder.go`
+//! from `downtrack.go` the same way, and the tests below drive it with
+//! synthetic packets.
+//!
+//! Simulcast (SPEC 5.1): a producer's packets carry the [`Layer`] they belong
+//! to; the forwarder sends one layer at a time and moves to its target layer
+//! only at a keyframe of that layer, so the subscriber sees one stream: one
+//! SSRC, contiguous sequence numbers, timestamps that continue by the time
+//! elapsed, and VP8 picture ids that continue ([`super::codec`]).
 
+use super::allocate::Layer;
+use super::codec::{TsRewriter, Vp8Munger, Vp8Rewrite};
 use super::ids::Ssrc;
+use std::time::{Duration, Instant};
 
 /// What the forwarder needs to know of an incoming packet.
 #[derive(Clone, Copy, Debug)]
@@ -15,6 +25,10 @@ pub struct Packet<'a> {
     pub pt: u8,
     pub marker: bool,
     pub payload: &'a [u8],
+    /// The simulcast layer the packet belongs to (`Q` for a single-layer track).
+    pub layer: Layer,
+    /// It starts a keyframe (only looked at for a switch).
+    pub keyframe: bool,
 }
 
 impl<'a> Packet<'a> {
@@ -28,7 +42,13 @@ impl<'a> Packet<'a> {
             pt: h.payload_type,
             marker: h.marker,
             payload: &pkt.payload,
+            layer: Layer::Q,
+            keyframe: false,
         }
+    }
+
+    pub fn with_layer(self, layer: Layer, keyframe: bool) -> Self {
+        Self { layer, keyframe, ..self }
     }
 }
 
@@ -41,6 +61,8 @@ pub enum DropReason {
     NotReady,
     /// The subscriber leg did not negotiate the packet's payload type.
     PayloadType,
+    /// A layer other than the one forwarded, or the target before its keyframe.
+    Layer,
 }
 
 /// How a forwarded copy is written.
@@ -50,6 +72,10 @@ pub struct Send {
     pub seq: u16,
     pub ts: u32,
     pub pt: u8,
+    /// VP8: the descriptor fields to write (picture id, TL0PICIDX, KEYIDX).
+    pub vp8: Option<Vp8Rewrite>,
+    /// This packet starts the forwarded layer (a switch, or the first packet).
+    pub switched: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,7 +85,7 @@ pub enum Decision {
 }
 
 /// One consumer's forwarding state: its outgoing SSRC, payload-type map,
-/// whether it is paused, and its sequence-number rewriting.
+/// whether it is paused, which layer it forwards and wants, and its rewriting.
 #[derive(Debug, Clone)]
 pub struct Forwarder {
     ssrc: Ssrc,
@@ -67,11 +93,46 @@ pub struct Forwarder {
     payload_types: Vec<(u8, u8)>,
     paused: bool,
     seq: SeqRewriter,
+    ts: TsRewriter,
+    /// VP8 tracks: descriptor continuity across layer switches.
+    vp8: Option<Vp8Munger>,
+    /// The layer being forwarded; `None` until the first (key)frame of the
+    /// target arrives.
+    current: Option<Layer>,
+    /// The layer to forward; `None` forwards nothing (paused for bandwidth).
+    target: Option<Layer>,
+    /// A simulcast track switches only at keyframes; a single-layer one
+    /// forwards from the first packet, as it always did.
+    simulcast: bool,
+    last_sent: Option<Instant>,
 }
 
 impl Forwarder {
+    /// A single-layer consumer: forwards every packet of layer `Q`.
     pub fn new(ssrc: Ssrc, payload_types: Vec<(u8, u8)>) -> Self {
-        Self { ssrc, payload_types, paused: false, seq: SeqRewriter::default() }
+        Self {
+            ssrc,
+            payload_types,
+            paused: false,
+            seq: SeqRewriter::default(),
+            ts: TsRewriter::new(90_000),
+            vp8: None,
+            current: Some(Layer::Q),
+            target: Some(Layer::Q),
+            simulcast: false,
+            last_sent: None,
+        }
+    }
+
+    /// A simulcast consumer of a codec at `clock_rate` (VP8 gets its
+    /// descriptors rewritten), starting at `target` from its next keyframe.
+    pub fn simulcast(mut self, clock_rate: u32, vp8: bool, target: Option<Layer>) -> Self {
+        self.simulcast = true;
+        self.ts = TsRewriter::new(clock_rate);
+        self.vp8 = vp8.then(Vp8Munger::new);
+        self.current = None;
+        self.target = target;
+        self
     }
 
     /// The SSRC the subscriber knows this track by.
@@ -81,6 +142,39 @@ impl Forwarder {
 
     pub fn paused(&self) -> bool {
         self.paused
+    }
+
+    pub fn is_simulcast(&self) -> bool {
+        self.simulcast
+    }
+
+    /// The layer forwarded now (`None`: nothing yet, or paused).
+    pub fn current(&self) -> Option<Layer> {
+        if self.paused {
+            None
+        } else {
+            self.current
+        }
+    }
+
+    pub fn target(&self) -> Option<Layer> {
+        self.target
+    }
+
+    /// Forward `layer` from its next keyframe on (`None`: stop forwarding).
+    /// `true` when a keyframe of that layer is now needed.
+    pub fn set_target(&mut self, layer: Option<Layer>) -> bool {
+        self.target = layer;
+        if layer.is_none() {
+            self.current = None;
+            self.seq.skip();
+        }
+        layer.is_some() && layer != self.current
+    }
+
+    /// The layer whose keyframe this consumer waits for, if it waits.
+    pub fn wants_keyframe(&self) -> Option<Layer> {
+        (!self.paused && self.target != self.current).then_some(self.target).flatten()
     }
 
     /// Pause or resume (`track-subscribe`); what is not sent meanwhile
@@ -100,8 +194,9 @@ impl Forwarder {
         self.payload_types.iter().find(|(from, _)| *from == pt).map(|&(_, to)| to)
     }
 
-    /// Drop or send `pkt`; `ready` says whether the leg can take media now.
-    pub fn decide(&mut self, pkt: &Packet<'_>, ready: bool) -> Decision {
+    /// Drop or send `pkt` at `now`; `ready` says whether the leg can take
+    /// media now.
+    pub fn decide(&mut self, pkt: &Packet<'_>, ready: bool, now: Instant) -> Decision {
         if self.paused {
             return Decision::Drop(DropReason::Paused);
         }
@@ -113,7 +208,51 @@ impl Forwarder {
         let Some(pt) = self.leg_payload_type(pkt.pt) else {
             return Decision::Drop(DropReason::PayloadType);
         };
-        Decision::Send(Send { ssrc: self.ssrc, seq: self.seq.next(pkt.seq), ts: pkt.ts, pt })
+        let mut switched = false;
+        if self.current != Some(pkt.layer) {
+            // A simulcast layer starts at its keyframe; a single-layer track
+            // resumes from any packet, as it always did.
+            let can_start = pkt.keyframe || !self.simulcast;
+            if self.target != Some(pkt.layer) || !can_start {
+                return Decision::Drop(DropReason::Layer);
+            }
+            self.current = self.target;
+            switched = true;
+            // The new layer's numbers, times and pictures continue ours; a
+            // NACK for what came before the keyframe is not worth answering.
+            self.seq.switch();
+            self.ts.switch();
+            if let Some(m) = &mut self.vp8 {
+                m.switch();
+            }
+        }
+        let since = self.last_sent.map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
+        self.last_sent = Some(now);
+        let vp8 = self.vp8.as_mut().and_then(|m| m.plan(pkt.payload));
+        Decision::Send(Send {
+            ssrc: self.ssrc,
+            seq: self.seq.next(pkt.seq),
+            ts: self.ts.rewrite(pkt.ts, since),
+            pt,
+            vp8,
+            switched,
+        })
+    }
+
+    /// Where a packet sent as `out` came from: the forwarded layer and its
+    /// incoming sequence number. `None` if not known any more, or sent before
+    /// the last layer switch (what preceded the new layer's keyframe is of
+    /// no use to the decoder).
+    pub fn source_of(&self, out: u16) -> Option<(Layer, u16)> {
+        Some((self.current()?, self.seq.original(out)?))
+    }
+
+    /// How that packet (`ts`, `pt`, `payload` as the publisher sent it) goes
+    /// out again for a NACK: the same number, time and descriptor.
+    pub fn resend(&mut self, out: u16, ts: u32, pt: u8, payload: &[u8]) -> Option<Send> {
+        let pt = self.leg_payload_type(pt)?;
+        let vp8 = self.vp8.as_mut().and_then(|m| m.plan(payload));
+        Some(Send { ssrc: self.ssrc, seq: out, ts: self.ts.rewrite(ts, Duration::ZERO), pt, vp8, switched: false })
     }
 
     /// The incoming sequence number an outgoing one was sent for (to answer
@@ -145,6 +284,13 @@ impl SeqRewriter {
     /// Packets were skipped on purpose: the next one follows the last sent.
     pub fn skip(&mut self) {
         self.resync = true;
+    }
+
+    /// The next packet is of another stream (a layer switch): it follows the
+    /// last sent, and what was sent before can no longer be mapped back.
+    pub fn switch(&mut self) {
+        self.resync = true;
+        self.epoch_count = 0;
     }
 
     /// The outgoing sequence number for an incoming one.
@@ -200,7 +346,20 @@ mod tests {
     use super::*;
 
     fn pkt(seq: u16, pt: u8) -> Packet<'static> {
-        Packet { ssrc: Ssrc(1111), seq, ts: u32::from(seq) * 3000, pt, marker: false, payload: b"x" }
+        Packet {
+            ssrc: Ssrc(1111),
+            seq,
+            ts: u32::from(seq) * 3000,
+            pt,
+            marker: false,
+            payload: b"x",
+            layer: Layer::Q,
+            keyframe: false,
+        }
+    }
+
+    fn t0() -> Instant {
+        Instant::now()
     }
 
     fn sent(d: Decision) -> Send {
@@ -217,33 +376,33 @@ mod tests {
     #[test]
     fn sends_with_the_consumers_ssrc_and_payload_type() {
         let mut f = forwarder();
-        let s = sent(f.decide(&pkt(7, 96), true));
-        assert_eq!(s, Send { ssrc: Ssrc(4242), seq: 7, ts: 21_000, pt: 100 });
-        assert_eq!(sent(f.decide(&pkt(8, 111), true)).pt, 109);
+        let s = sent(f.decide(&pkt(7, 96), true, t0()));
+        assert_eq!(s, Send { ssrc: Ssrc(4242), seq: 7, ts: 21_000, pt: 100, vp8: None, switched: false });
+        assert_eq!(sent(f.decide(&pkt(8, 111), true, t0())).pt, 109);
     }
 
     #[test]
     fn an_unnegotiated_payload_type_is_dropped_and_leaves_no_gap() {
         let mut f = forwarder();
-        sent(f.decide(&pkt(10, 96), true));
-        assert_eq!(f.decide(&pkt(11, 97), true), Decision::Drop(DropReason::PayloadType));
+        sent(f.decide(&pkt(10, 96), true, t0()));
+        assert_eq!(f.decide(&pkt(11, 97), true, t0()), Decision::Drop(DropReason::PayloadType));
         // The publisher's own numbering has the gap; the dropped one is not
         // renumbered away (it was the publisher's packet, just not ours).
-        assert_eq!(sent(f.decide(&pkt(12, 96), true)).seq, 12);
+        assert_eq!(sent(f.decide(&pkt(12, 96), true, t0())).seq, 12);
     }
 
     #[test]
     fn a_pause_drops_everything_and_resumes_contiguously() {
         let mut f = forwarder();
         for seq in 100..=102 {
-            sent(f.decide(&pkt(seq, 96), true));
+            sent(f.decide(&pkt(seq, 96), true, t0()));
         }
         f.set_paused(true);
         for seq in 103..=400 {
-            assert_eq!(f.decide(&pkt(seq, 96), true), Decision::Drop(DropReason::Paused));
+            assert_eq!(f.decide(&pkt(seq, 96), true, t0()), Decision::Drop(DropReason::Paused));
         }
         f.set_paused(false);
-        let s = sent(f.decide(&pkt(401, 96), true));
+        let s = sent(f.decide(&pkt(401, 96), true, t0()));
         assert_eq!(s.seq, 103, "follows the last sent");
         assert_eq!(s.ts, 401 * 3000, "timestamps pass through");
         assert_eq!(f.original(103), Some(401));
@@ -253,18 +412,174 @@ mod tests {
     #[test]
     fn a_leg_not_ready_drops_and_resyncs() {
         let mut f = forwarder();
-        sent(f.decide(&pkt(1, 96), true));
-        assert_eq!(f.decide(&pkt(2, 96), false), Decision::Drop(DropReason::NotReady));
-        assert_eq!(f.decide(&pkt(3, 96), false), Decision::Drop(DropReason::NotReady));
-        assert_eq!(sent(f.decide(&pkt(4, 96), true)).seq, 2);
+        sent(f.decide(&pkt(1, 96), true, t0()));
+        assert_eq!(f.decide(&pkt(2, 96), false, t0()), Decision::Drop(DropReason::NotReady));
+        assert_eq!(f.decide(&pkt(3, 96), false, t0()), Decision::Drop(DropReason::NotReady));
+        assert_eq!(sent(f.decide(&pkt(4, 96), true, t0())).seq, 2);
     }
 
     #[test]
     fn a_mute_leaves_no_gap() {
         let mut f = forwarder();
-        sent(f.decide(&pkt(50, 96), true));
+        sent(f.decide(&pkt(50, 96), true, t0()));
         f.skip();
-        assert_eq!(sent(f.decide(&pkt(90, 96), true)).seq, 51);
+        assert_eq!(sent(f.decide(&pkt(90, 96), true, t0())).seq, 51);
+    }
+
+    /// Three synthetic simulcast layers of one VP8 track, each with its own
+    /// SSRC, sequence numbers, timestamps and picture ids, 30 fps, three
+    /// packets a frame, a keyframe every `gop` frames.
+    struct Layers {
+        frame: u32,
+        gop: u32,
+        payloads: Vec<[u8; 16]>,
+    }
+
+    const KEY: [u8; 10] = [0x50, 0x2d, 0x01, 0x9d, 0x01, 0x2a, 0x80, 0x02, 0xe0, 0x01];
+
+    impl Layers {
+        fn new(gop: u32) -> Self {
+            Self { frame: 0, gop, payloads: Vec::new() }
+        }
+
+        /// One frame of every layer: (layer, seq, ts, keyframe, payload index).
+        fn frame(&mut self) -> Vec<(Layer, u16, u32, bool, usize)> {
+            let f = self.frame;
+            self.frame += 1;
+            let mut out = Vec::new();
+            for (i, layer) in Layer::ALL.into_iter().enumerate() {
+                let key = f % self.gop == 0;
+                let pic = (1000 * (i as u32 + 1) + f) as u16 & 0x7fff;
+                for k in 0..3u32 {
+                    let mut p = [0u8; 16];
+                    p[0] = 0x80 | if k == 0 { 0x10 } else { 0 };
+                    p[1] = 0x80;
+                    p[2] = 0x80 | (pic >> 8) as u8;
+                    p[3] = pic as u8;
+                    if k == 0 && key {
+                        p[4..14].copy_from_slice(&KEY);
+                    } else {
+                        p[4] = 0x01;
+                    }
+                    self.payloads.push(p);
+                    let seq = (10_000 * (i as u32 + 1) + f * 3 + k) as u16;
+                    let ts = 1_000_000 * (i as u32 + 1) + f * 3000;
+                    out.push((layer, seq, ts, k == 0 && key, self.payloads.len() - 1));
+                }
+            }
+            out
+        }
+    }
+
+    #[test]
+    fn simulcast_switches_only_at_a_keyframe_and_stays_one_stream() {
+        let start = Instant::now();
+        let mut f = Forwarder::new(Ssrc(9), vec![(96, 100)]).simulcast(90_000, true, Some(Layer::F));
+        assert_eq!(f.wants_keyframe(), Some(Layer::F), "nothing forwarded until f's keyframe");
+        let mut src = Layers::new(30);
+        let mut sent: Vec<(Layer, Send)> = Vec::new();
+        let mut drops = 0;
+        for n in 0..150u32 {
+            let now = start + Duration::from_millis(33 * u64::from(n));
+            if n == 40 {
+                assert!(f.set_target(Some(Layer::Q)), "q needs a keyframe");
+            }
+            if n == 100 {
+                assert!(f.set_target(Some(Layer::F)));
+            }
+            for (layer, seq, ts, key, i) in src.frame() {
+                let payload = &src.payloads[i];
+                let p =
+                    Packet { ssrc: Ssrc(layer as u32), seq, ts, pt: 96, marker: false, payload, layer, keyframe: key };
+                match f.decide(&p, true, now) {
+                    Decision::Send(s) => sent.push((layer, s)),
+                    Decision::Drop(r) => {
+                        assert_eq!(r, DropReason::Layer);
+                        drops += 1;
+                    }
+                }
+            }
+        }
+        assert!(drops > 0);
+        // f from frame 0, q from its keyframe at 60 (not at 40), f again at 120.
+        let switches: Vec<(usize, Layer)> =
+            sent.iter().enumerate().filter(|(_, (_, s))| s.switched).map(|(i, (l, _))| (i, *l)).collect();
+        assert_eq!(switches.iter().map(|s| s.1).collect::<Vec<_>>(), [Layer::F, Layer::Q, Layer::F], "{switches:?}");
+        assert_eq!(
+            sent.iter().filter(|(l, _)| *l == Layer::F).count(),
+            (60 + 30) * 3,
+            "f for frames 0..60 and 120..150"
+        );
+        // q for frames 60..=120: frame 120's q packets arrive before f's keyframe.
+        assert_eq!(sent.iter().filter(|(l, _)| *l == Layer::Q).count(), 61 * 3);
+        for w in sent.windows(2) {
+            let (a, b) = (&w[0].1, &w[1].1);
+            assert_eq!(b.seq, a.seq.wrapping_add(1), "contiguous sequence numbers");
+            assert_eq!(b.ssrc, Ssrc(9));
+            let dt = b.ts.wrapping_sub(a.ts);
+            if b.switched {
+                // By the wall-clock time since the last packet: one frame
+                // (33 ms) into q, none into f (q's packets of that frame
+                // came at the same instant), which is still one tick.
+                assert!(dt == 33 * 90 || dt == 1, "across a switch, by the time since the last packet: {dt}");
+            } else {
+                assert!(dt == 0 || dt == 3000, "timestamps continue by the frame interval: {dt}");
+            }
+            let (pa, pb) = (a.vp8.unwrap().picture_id.unwrap(), b.vp8.unwrap().picture_id.unwrap());
+            assert!(pb == pa || pb == (pa + 1) & 0x7fff, "picture ids continue: {pa} -> {pb}");
+        }
+    }
+
+    #[test]
+    fn a_nack_is_answered_only_within_the_forwarded_layer() {
+        let start = Instant::now();
+        let mut f = Forwarder::new(Ssrc(9), vec![(96, 100)]).simulcast(90_000, false, Some(Layer::H));
+        let mut src = Layers::new(10);
+        let mut outs = Vec::new();
+        for n in 0..25u32 {
+            if n == 12 {
+                f.set_target(Some(Layer::Q));
+            }
+            for (layer, seq, ts, key, i) in src.frame() {
+                let p = Packet {
+                    ssrc: Ssrc(0),
+                    seq,
+                    ts,
+                    pt: 96,
+                    marker: false,
+                    payload: &src.payloads[i],
+                    layer,
+                    keyframe: key,
+                };
+                if let Decision::Send(s) = f.decide(&p, true, start + Duration::from_millis(33 * u64::from(n))) {
+                    outs.push((layer, seq, ts, s));
+                }
+            }
+        }
+        let (layer, seq, ts, last) = *outs.last().unwrap();
+        assert_eq!(layer, Layer::Q);
+        assert_eq!(f.source_of(last.seq), Some((Layer::Q, seq)));
+        let again = f.resend(last.seq, ts, 96, b"").expect("the last packet is resent");
+        assert_eq!((again.seq, again.ts, again.pt), (last.seq, last.ts, 100));
+        let before = outs.iter().find(|(l, ..)| *l == Layer::H).unwrap().3;
+        assert_eq!(f.source_of(before.seq), None, "h was sent before the switch");
+    }
+
+    #[test]
+    fn no_target_forwards_nothing_until_a_keyframe_of_the_new_one() {
+        let mut f = Forwarder::new(Ssrc(9), vec![(96, 100)]).simulcast(90_000, false, Some(Layer::Q));
+        let key = Packet { keyframe: true, ..pkt(1, 96) };
+        assert!(matches!(f.decide(&key, true, t0()), Decision::Send(Send { switched: true, .. })));
+        assert!(!f.set_target(None));
+        assert_eq!(f.current(), None);
+        assert_eq!(f.decide(&pkt(2, 96), true, t0()), Decision::Drop(DropReason::Layer));
+        assert!(f.set_target(Some(Layer::Q)), "a keyframe is needed to resume");
+        assert_eq!(f.decide(&pkt(3, 96), true, t0()), Decision::Drop(DropReason::Layer));
+        let s = match f.decide(&Packet { keyframe: true, ..pkt(4, 96) }, true, t0()) {
+            Decision::Send(s) => s,
+            d => panic!("{d:?}"),
+        };
+        assert_eq!(s.seq, 2, "follows the last sent");
     }
 
     #[test]

@@ -122,6 +122,8 @@ pub enum Command {
         peer: PeerId,
         track: TrackId,
         subscribe: bool,
+        /// The highest simulcast layer wanted (`quality`), if given.
+        ceiling: Option<allocate::Layer>,
     },
     Unpublish {
         peer: PeerId,
@@ -166,6 +168,14 @@ pub enum MediaEvent {
     Stats {
         room: RoomId,
         peers: Vec<PeerStats>,
+    },
+    /// The layer forwarded to `peer` of a simulcast `track` changed (`None`:
+    /// nothing is forwarded now).
+    LayerChanged {
+        peer: PeerId,
+        track: TrackId,
+        layer: Option<allocate::Layer>,
+        reason: allocate::Reason,
     },
     /// A command for `peer` failed; signaling tells the client.
     Error {
@@ -307,7 +317,7 @@ mod tests {
             "rm_a twice, rm_c (and p4's rejoin) on the less loaded worker 0"
         );
         assert_eq!(kinds(&mut rb), ["Join"], "rm_b on the empty worker 1");
-        h.send(Command::Subscribe { peer: "p2".into(), track: TrackId::from("tr_1"), subscribe: false });
+        h.send(Command::Subscribe { peer: "p2".into(), track: TrackId::from("tr_1"), subscribe: false, ceiling: None });
         h.send(Command::Leave { peer: "p2".into() });
         assert_eq!(kinds(&mut rb), ["Subscribe", "Leave"]);
         // rm_b is gone: worker 1 is empty again and takes the next room.

@@ -4,6 +4,8 @@
 //! the statistics of what reaches the socket. Its
 //! [`super::consumer::Consumer`]s are the outgoing copies.
 
+use super::allocate::Layer;
+use super::codec::Codec;
 use super::consumer::Consumer;
 use super::ids::{LegId, Ssrc};
 use crate::ids::{PeerId, TrackId};
@@ -39,6 +41,10 @@ impl History {
         self.slots[i] = Some(pkt);
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
     pub fn get(&self, seq: u16) -> Option<&rtp::Packet> {
         if self.slots.is_empty() {
             return None;
@@ -68,11 +74,21 @@ pub struct Producer {
     pub source: TrackSource,
     pub leg: LegId,
     pub codec: Source,
-    /// The SSRC whose packets are forwarded (the first one seen).
+    /// A single-layer track: the SSRC whose packets are forwarded. A
+    /// simulcast one: the first layer seen (whose packets the statistics at
+    /// the socket count).
     pub media_ssrc: Ssrc,
+    /// Simulcast (SPEC 5.1): each layer's SSRC, learnt from the rid its first
+    /// packet carried; all `None` for a single-layer track.
+    pub layers: [Option<Ssrc>; 3],
+    /// When each layer last had a packet (a layer that stops is gone).
+    pub last_seen: [Option<Instant>; 3],
     pub muted: bool,
     pub consumers: Vec<Consumer>,
-    pub keyframes: KeyframeLimiter,
+    /// Keyframe requests per layer (index 0 for a single-layer track).
+    pub keyframes: [KeyframeLimiter; 3],
+    /// What keyframes look like (a simulcast switch waits for one).
+    pub codec_kind: Codec,
     /// The publisher's id for RFC 6464 audio levels, when negotiated.
     pub audio_level_ext: Option<u8>,
     pub level: LevelMeter,
@@ -83,9 +99,12 @@ pub struct Producer {
     /// measures the bitrate against).
     pub vp8: bool,
     pub frame_size: Option<(u16, u16)>,
-    /// What it sent lately, for subscribers' NACKs.
-    pub history: History,
+    /// What it sent lately, per layer, for subscribers' NACKs.
+    pub history: [History; 3],
 }
+
+/// A layer that sent nothing for this long is treated as gone (SPEC 5.1).
+pub const LAYER_GONE_AFTER: Duration = Duration::from_millis(1500);
 
 /// Who publishes a producer and what it is.
 #[derive(Debug, Clone)]
@@ -102,6 +121,7 @@ impl Producer {
         let Origin { id, peer, kind, source, leg } = origin;
         let clock_rate = codec.codec.clock_rate;
         let vp8 = codec.codec.mime_type.eq_ignore_ascii_case("video/VP8");
+        let codec_kind = Codec::from_mime(&codec.codec.mime_type);
         Self {
             id,
             peer,
@@ -110,21 +130,76 @@ impl Producer {
             leg,
             codec,
             media_ssrc,
+            layers: [None; 3],
+            last_seen: [None; 3],
             muted: false,
             consumers: Vec::new(),
-            keyframes: KeyframeLimiter::new(KEYFRAME_INTERVAL),
+            keyframes: std::array::from_fn(|_| KeyframeLimiter::new(KEYFRAME_INTERVAL)),
+            codec_kind,
             audio_level_ext,
             level: LevelMeter::default(),
             stats: crate::analytics::stream::StreamStats::new(clock_rate),
             vp8,
             frame_size: None,
-            history: History::new(if kind == TrackKind::Video { VIDEO_HISTORY } else { 0 }),
+            history: std::array::from_fn(|_| History::new(0)),
         }
+        .with_history()
+    }
+
+    fn with_history(mut self) -> Self {
+        if self.kind == TrackKind::Video {
+            self.history[0] = History::new(VIDEO_HISTORY);
+        }
+        self
+    }
+
+    pub fn is_simulcast(&self) -> bool {
+        self.layers.iter().any(Option::is_some)
+    }
+
+    /// A simulcast layer's first packet arrived with SSRC `ssrc`.
+    pub fn add_layer(&mut self, layer: Layer, ssrc: Ssrc) {
+        let i = layer as usize;
+        self.layers[i] = Some(ssrc);
+        if self.kind == TrackKind::Video && self.history[i].is_empty() {
+            self.history[i] = History::new(VIDEO_HISTORY);
+        }
+    }
+
+    /// Which layer a packet from `ssrc` belongs to, if it is forwarded at all.
+    pub fn layer_of(&self, ssrc: Ssrc) -> Option<Layer> {
+        if self.muted {
+            return None;
+        }
+        if self.is_simulcast() {
+            return self.layers.iter().position(|l| *l == Some(ssrc)).and_then(|i| Layer::ALL.get(i).copied());
+        }
+        (ssrc == self.media_ssrc).then_some(Layer::Q)
     }
 
     /// Whether a packet from `ssrc` goes anywhere at all.
     pub fn forwards(&self, ssrc: Ssrc) -> bool {
-        !self.muted && ssrc == self.media_ssrc
+        self.layer_of(ssrc).is_some()
+    }
+
+    /// The layers arriving now (a single-layer track's one layer is `Q`).
+    pub fn available(&self, now: Instant) -> [bool; 3] {
+        if !self.is_simulcast() {
+            return [true, false, false];
+        }
+        std::array::from_fn(|i| {
+            self.layers[i].is_some()
+                && self.last_seen[i].is_some_and(|t| now.saturating_duration_since(t) < LAYER_GONE_AFTER)
+        })
+    }
+
+    /// The SSRC a keyframe request for `layer` goes to.
+    pub fn ssrc_of(&self, layer: Layer) -> Ssrc {
+        if self.is_simulcast() {
+            self.layers[layer as usize].unwrap_or(self.media_ssrc)
+        } else {
+            self.media_ssrc
+        }
     }
 
     /// The codec's clock rate (90 kHz when unknown).

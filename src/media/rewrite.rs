@@ -112,7 +112,7 @@ mod tests {
         Rewrite { extensions: vec![(1, 3), (4, 2)], mid: None, transport_cc: None, rtx: None }
     }
 
-    const SEND: Send = Send { ssrc: Ssrc(4242), seq: 70, ts: 91_000, pt: 100 };
+    const SEND: Send = Send { ssrc: Ssrc(4242), seq: 70, ts: 91_000, pt: 100, vp8: None, switched: false };
 
     fn applied(r: &Rewrite, src: &Header) -> Header {
         // A used header: what it held before must not leak into the result.

@@ -320,7 +320,9 @@ impl Worker {
             Command::Candidate { peer, role, candidate } => r.candidate(&peer, role, candidate),
             Command::Mute { peer, track, muted } => r.mute(&peer, &track, muted, now),
             Command::MuteKind { peer, kind, muted } => r.mute_kind(&peer, kind, muted, now),
-            Command::Subscribe { peer, track, subscribe } => r.subscribe(&peer, &track, subscribe, now),
+            Command::Subscribe { peer, track, subscribe, ceiling } => {
+                r.subscribe(&peer, &track, subscribe, ceiling, io, now)
+            }
             Command::Unpublish { peer, tracks } => r.unpublish(&peer, tracks, io, now),
             Command::Join { .. } | Command::Leave { .. } | Command::Shutdown => {}
         }

@@ -149,6 +149,18 @@ pub enum Quality {
     High,
 }
 
+impl Quality {
+    /// The highest simulcast layer this quality allows (SPEC 5.1).
+    pub fn ceiling(self) -> crate::media::allocate::Layer {
+        use crate::media::allocate::Layer;
+        match self {
+            Quality::Low => Layer::Q,
+            Quality::Medium => Layer::H,
+            Quality::High => Layer::F,
+        }
+    }
+}
+
 /// One entry of `connection-quality`.
 #[derive(Clone, Debug, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -335,6 +347,14 @@ pub enum ServerEvent {
     ActiveSpeakers {
         room_id: RoomId,
         speakers: Vec<Speaker>,
+    },
+    /// SPEC 5.1: the simulcast layer forwarded to this subscriber changed.
+    SubscriptionUpdate {
+        room_id: RoomId,
+        track_id: TrackId,
+        /// `"q"`, `"h"`, `"f"`, or `null` when nothing is forwarded.
+        layer: Option<&'static str>,
+        reason: &'static str,
     },
     ConnectionQuality {
         room_id: RoomId,

@@ -227,6 +227,7 @@ impl RoomService {
         room_id: &RoomId,
         track: TrackId,
         subscribe: bool,
+        ceiling: Option<media::allocate::Layer>,
     ) -> Result<(), SignalError> {
         let media = self.media()?.clone();
         let mut rooms = self.rooms.lock();
@@ -235,7 +236,7 @@ impl RoomService {
             return Err(SignalError::NotFound("trackId: no such track in this room".into()));
         }
         let (peer, _) = Self::my_peer(actor, s)?;
-        media.send(Command::Subscribe { peer, track, subscribe });
+        media.send(Command::Subscribe { peer, track, subscribe, ceiling });
         Ok(())
     }
 
@@ -368,6 +369,7 @@ impl RoomService {
             | MediaEvent::SubscribeOffer { peer, .. }
             | MediaEvent::LocalCandidate { peer, .. }
             | MediaEvent::TrackPublished { peer, .. }
+            | MediaEvent::LayerChanged { peer, .. }
             | MediaEvent::Error { peer, .. } => peer.clone(),
             MediaEvent::Stats { room, peers } => {
                 if let Some(s) = rooms.get_mut(room) {
@@ -393,6 +395,12 @@ impl RoomService {
         match ev {
             MediaEvent::PublishAnswer { sdp, .. } => to_peer(ServerEvent::PublishAnswer { room_id, sdp }),
             MediaEvent::SubscribeOffer { sdp, .. } => to_peer(ServerEvent::SubscribeOffer { room_id, sdp }),
+            MediaEvent::LayerChanged { track, layer, reason, .. } => to_peer(ServerEvent::SubscriptionUpdate {
+                room_id,
+                track_id: track,
+                layer: layer.map(media::allocate::Layer::rid),
+                reason: reason.name(),
+            }),
             MediaEvent::Error { error, .. } => {
                 let (code, message) = media_error(error);
                 to_peer(ServerEvent::error(code, message, None))

@@ -319,8 +319,9 @@ impl State {
             ClientMessage::TrackMute { room_id, track_id, muted } => {
                 signal.rooms.track_mute(a, &room_id, &track_id, muted).map(|_| None)?
             }
-            ClientMessage::TrackSubscribe { room_id, track_id, subscribe, quality: _ } => {
-                signal.rooms.track_subscribe(a, &room_id, track_id, subscribe).map(|_| None)?
+            ClientMessage::TrackSubscribe { room_id, track_id, subscribe, quality } => {
+                let ceiling = quality.map(super::messages::Quality::ceiling);
+                signal.rooms.track_subscribe(a, &room_id, track_id, subscribe, ceiling).map(|_| None)?
             }
             ClientMessage::RoomLeave { room_id } => signal.rooms.leave_ws(a, &room_id).map(|_| None)?,
         })

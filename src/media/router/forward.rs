@@ -5,13 +5,15 @@
 
 use super::{Router, KEYFRAME_FOLLOWUPS};
 use crate::ids::TrackId;
-use crate::media::consumer::Consumer;
+use crate::media::allocate::{Layer, Reason};
+use crate::media::codec;
+use crate::media::consumer::{choose_layer, Consumer};
 use crate::media::error::MediaError;
 use crate::media::forwarder::{self, Decision};
 use crate::media::ids::{LegId, Ssrc};
 use crate::media::transport::{Side, Transport};
 use crate::media::worker::Io;
-use crate::media::{egress, Role};
+use crate::media::{egress, MediaEvent, Role};
 use crate::model::TrackKind;
 use bytes::BytesMut;
 use rtc::peer_connection::event::{RTCPeerConnectionEvent, RTCTrackEvent};
@@ -86,7 +88,7 @@ impl Router {
         for e in events {
             match e {
                 RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnOpen(init)) => {
-                    self.track_open(id, init.receiver_id, init.track_id, init.ssrc, io, now)
+                    self.track_open(id, init.receiver_id, init.track_id, init.ssrc, init.rid, io, now)
                 }
                 RTCPeerConnectionEvent::OnConnectionStateChangeEvent(s) => {
                     let Some(leg) = self.transports.get_mut(&id) else { continue };
@@ -155,20 +157,25 @@ impl Router {
                 p.level.on_extension(&e.payload);
             }
         }
-        if !p.forwards(Ssrc(pkt.header.ssrc)) {
-            return;
-        }
-        if p.vp8 {
+        let Some(layer) = p.layer_of(Ssrc(pkt.header.ssrc)) else { return };
+        let simulcast = p.is_simulcast();
+        p.last_seen[layer as usize] = Some(now);
+        let top = p.layers.iter().rposition(Option::is_some).unwrap_or(0);
+        if p.vp8 && layer as usize == top {
             if let Some(size) = crate::media::producer::vp8_keyframe_size(&pkt.payload) {
                 p.frame_size = Some(size);
             }
         }
+        let keyframe = simulcast && codec::is_keyframe(p.codec_kind, &pkt.payload);
         let (forwarded, bytes) = (io.metrics.forwarded(p.kind), io.metrics.forwarded_bytes(p.kind));
-        let info = forwarder::Packet::of(&pkt);
+        let info = forwarder::Packet::of(&pkt).with_layer(layer, keyframe);
         for c in p.consumers.iter_mut() {
             let leg = self.transports.get_mut(&c.leg).filter(|l| l.connected);
-            let Decision::Send(send) = c.forwarder.decide(&info, leg.is_some()) else { continue };
+            let Decision::Send(send) = c.forwarder.decide(&info, leg.is_some(), now) else { continue };
             let Some(leg) = leg else { continue };
+            if send.switched && simulcast {
+                layer_changed(io, c, &p.id, Some(layer));
+            }
             let Some(size) = write_copy(leg, io, c, &pkt, &send, None, now) else { continue };
             forwarded.inc();
             bytes.inc_by(size as u64);
@@ -176,7 +183,7 @@ impl Router {
             c.report.bytes += size as u64;
             c.last_sent = Some((send.ts, now));
         }
-        p.history.put(pkt);
+        p.history[layer as usize].put(pkt);
     }
 
     /// Answer a subscriber's NACK from the producer's history: the packets
@@ -198,10 +205,11 @@ impl Router {
         // A NACK names at most 17 packets per pair; how many pairs fit is up
         // to the sender, so what one NACK may cost is capped.
         for seq in nack.nacks.iter().flat_map(|pair| *pair).take(MAX_RESENT_PER_NACK) {
-            let Some(pkt) = c.forwarder.original(seq).and_then(|s| p.history.get(s)) else { continue };
-            let Some(pt) = c.forwarder.leg_payload_type(pkt.header.payload_type) else { continue };
-            let send = forwarder::Send { ssrc: c.forwarder.ssrc(), seq, ts: pkt.header.timestamp, pt };
-            let rtx = c.rewrite.rtx_for(pt).map(|(ssrc, pt)| {
+            let Some((layer, original)) = c.forwarder.source_of(seq) else { continue };
+            let Some(pkt) = p.history[layer as usize].get(original) else { continue };
+            let h = &pkt.header;
+            let Some(send) = c.forwarder.resend(seq, h.timestamp, h.payload_type, &pkt.payload) else { continue };
+            let rtx = c.rewrite.rtx_for(send.pt).map(|(ssrc, pt)| {
                 c.rtx_seq = c.rtx_seq.wrapping_add(1);
                 (ssrc, pt, c.rtx_seq)
             });
@@ -305,29 +313,73 @@ impl Router {
         }
     }
 
-    /// Ask a publisher for a keyframe, within the rate limit.
+    /// Ask a publisher for a keyframe of every layer some consumer forwards
+    /// or waits for (the one layer of a single-layer track), within the
+    /// rate limit.
     pub(super) fn keyframe(&mut self, track: &TrackId, now: Instant) {
-        let Some(p) = self.producers.get_mut(track) else { return };
-        if p.kind == TrackKind::Video && p.keyframes.request(now) {
-            self.send_pli(track, now);
+        let Some(p) = self.producers.get(track) else { return };
+        if p.kind != TrackKind::Video {
+            return;
+        }
+        let mut wanted = [!p.is_simulcast(), false, false];
+        for c in &p.consumers {
+            for l in [c.forwarder.current(), c.forwarder.wants_keyframe()].into_iter().flatten() {
+                wanted[l as usize] = true;
+            }
+        }
+        for l in Layer::ALL.into_iter().filter(|l| wanted[*l as usize]) {
+            self.keyframe_of(track, l, now);
         }
     }
 
-    fn send_pli(&mut self, track: &TrackId, now: Instant) {
+    /// Ask for a keyframe of one layer, within the rate limit.
+    pub(super) fn keyframe_of(&mut self, track: &TrackId, layer: Layer, now: Instant) {
+        let Some(p) = self.producers.get_mut(track) else { return };
+        if p.kind == TrackKind::Video && p.keyframes[layer as usize].request(now) {
+            self.send_pli(track, layer, now);
+        }
+    }
+
+    fn send_pli(&mut self, track: &TrackId, layer: Layer, now: Instant) {
         let Some(p) = self.producers.get_mut(track) else { return };
         let Some(leg) = self.transports.get_mut(&p.leg) else { return };
+        let ssrc = p.ssrc_of(layer);
         let pli = rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication {
             sender_ssrc: 0,
-            media_ssrc: p.media_ssrc.0,
+            media_ssrc: ssrc.0,
         };
         if let Some(mut r) = leg.pc.rtp_receiver(p.codec.receiver) {
             if r.write_rtcp(now, vec![Box::new(pli)]).is_ok() {
-                tracing::trace!(%track, ssrc = %p.media_ssrc, "media: PLI to the publisher");
+                tracing::trace!(%track, %ssrc, "media: PLI to the publisher");
                 self.plis.inc();
                 p.stats.plis += 1;
             }
         }
         self.dirty.push(p.leg);
+    }
+
+    /// Simulcast: point every consumer at the best layer under its ceiling
+    /// that arrives now, asking for that layer's keyframe when it changes.
+    pub(super) fn choose_layers(&mut self, now: Instant) {
+        let mut wanted = Vec::new();
+        for p in self.producers.values_mut().filter(|p| p.is_simulcast()) {
+            let available = p.available(now);
+            for c in p.consumers.iter_mut().filter(|c| !c.forwarder.paused()) {
+                let layer = choose_layer(c.ceiling, available);
+                // Ceilings are applied where they change (`subscribe`): a
+                // change here is the publisher's layers coming and going.
+                if c.forwarder.target() != Some(layer) {
+                    c.reason = Reason::Publisher;
+                    c.forwarder.set_target(Some(layer));
+                }
+                if let Some(l) = c.forwarder.wants_keyframe() {
+                    wanted.push((p.id.clone(), l));
+                }
+            }
+        }
+        for (track, layer) in wanted {
+            self.keyframe_of(&track, layer, now);
+        }
     }
 
     /// The legs' timers, deferred and repeated keyframe requests, and
@@ -351,12 +403,26 @@ impl Router {
                 i += 1;
             }
         }
-        let due: Vec<TrackId> =
-            self.producers.values_mut().filter_map(|p| p.keyframes.due(now).then(|| p.id.clone())).collect();
-        for t in due {
-            self.send_pli(&t, now);
+        let mut due = Vec::new();
+        for p in self.producers.values_mut() {
+            for l in Layer::ALL {
+                if p.keyframes[l as usize].due(now) {
+                    due.push((p.id.clone(), l));
+                }
+            }
         }
+        for (t, l) in due {
+            self.send_pli(&t, l, now);
+        }
+        self.choose_layers(now);
     }
+}
+
+/// Tell signaling a consumer's forwarded layer changed.
+pub(super) fn layer_changed(io: &Io, c: &mut Consumer, track: &TrackId, layer: Option<Layer>) {
+    c.switches += 1;
+    io.metrics.layer_switches(c.reason.name()).inc();
+    io.event(MediaEvent::LayerChanged { peer: c.peer.clone(), track: track.clone(), layer, reason: c.reason });
 }
 
 /// Write one forwarded copy to a subscriber leg as `send` decided (as an

@@ -12,6 +12,8 @@ mod forward;
 mod negotiate;
 mod report;
 
+use super::allocate::{Layer, Reason};
+use super::consumer::choose_layer;
 use super::ids::{LegId, RouterId, Ssrc};
 use super::producer::Producer;
 use super::transport::Transport;
@@ -155,10 +157,37 @@ impl Router {
     }
 
     /// `track-subscribe`: pause or resume one subscriber's copy.
-    pub fn subscribe(&mut self, peer: &PeerId, track: &TrackId, subscribe: bool, now: Instant) {
+    /// `track-subscribe`: pause or resume one subscriber's copy, and for a
+    /// simulcast track move it under its new ceiling (`quality`).
+    pub fn subscribe(
+        &mut self,
+        peer: &PeerId,
+        track: &TrackId,
+        subscribe: bool,
+        ceiling: Option<Layer>,
+        io: &mut Io,
+        now: Instant,
+    ) {
         let Some(p) = self.producers.get_mut(track) else { return };
+        let (simulcast, available) = (p.is_simulcast(), p.available(now));
         for c in p.consumers.iter_mut().filter(|c| &c.peer == peer) {
+            let was = c.forwarder.current();
             c.forwarder.set_paused(!subscribe);
+            if let Some(l) = ceiling {
+                c.ceiling = l;
+            }
+            if !simulcast {
+                continue;
+            }
+            c.reason = Reason::Requested;
+            let layer = choose_layer(c.ceiling, available);
+            if c.forwarder.target() != Some(layer) {
+                c.forwarder.set_target(Some(layer));
+            }
+            let now_forwarded = c.forwarder.current();
+            if was != now_forwarded {
+                forward::layer_changed(io, c, &p.id, now_forwarded);
+            }
         }
         if subscribe {
             self.keyframe(track, now);

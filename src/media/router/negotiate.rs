@@ -4,7 +4,8 @@
 
 use super::{Router, KEYFRAME_FOLLOWUPS};
 use crate::ids::{PeerId, TrackId};
-use crate::media::consumer::Consumer;
+use crate::media::allocate::{Layer, Reason};
+use crate::media::consumer::{choose_layer, Consumer};
 use crate::media::error::MediaError;
 use crate::media::forwarder::Forwarder;
 use crate::media::ids::{LegId, Ssrc};
@@ -200,14 +201,22 @@ impl Router {
         let Some(prod) = self.producers.get_mut(track) else { return };
         tracing::debug!(peer = %peer_id, %track, ?payload_types, ?extensions, "media: consumer added");
         let video = prod.kind == TrackKind::Video;
+        let mut forwarder = Forwarder::new(ssrc, payload_types);
+        if prod.is_simulcast() {
+            let target = choose_layer(Layer::F, prod.available(now));
+            forwarder = forwarder.simulcast(prod.clock_rate(), prod.vp8, Some(target));
+        }
         prod.consumers.push(Consumer {
             leg: leg_id,
             peer: peer_id.clone(),
-            forwarder: Forwarder::new(ssrc, payload_types),
+            forwarder,
             rewrite: Rewrite { extensions, mid, transport_cc, rtx },
             report: Default::default(),
             last_sent: None,
             rtx_seq: rand::random(),
+            ceiling: Layer::F,
+            reason: Reason::Requested,
+            switches: 0,
         });
         if video {
             self.keyframe(track, now);
@@ -327,12 +336,14 @@ impl Router {
     }
 
     /// A publisher's track sent its first RTP: make it a producer.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn track_open(
         &mut self,
         leg_id: LegId,
         receiver: RTCRtpReceiverId,
         remote_track: String,
         ssrc: u32,
+        rid: Option<String>,
         io: &mut Io,
         now: Instant,
     ) {
@@ -357,17 +368,36 @@ impl Router {
             r.get_parameters().rtp_parameters.header_extensions.iter().map(|h| (h.uri.clone(), h.id as u8)).collect();
         remote.insert(remote_track, announced.id.clone());
         let ssrc = Ssrc(ssrc);
-        self.by_ssrc.insert((leg_id, ssrc), announced.id.clone());
-        // webrtc-rs opens existing tracks again after a renegotiation.
+        // SPEC 5.1: rids q, h, f name the layers; another rid (or none) is
+        // a single-layer track.
+        let layer = rid.as_deref().and_then(Layer::from_rid).filter(|_| kind == TrackKind::Video);
+        // webrtc-rs opens existing tracks again after a renegotiation, and
+        // each simulcast layer once.
         if let Some(p) = self.producers.get_mut(&announced.id) {
-            p.media_ssrc = ssrc;
+            match layer {
+                Some(l) => {
+                    tracing::debug!(track = %announced.id, rid = l.rid(), %ssrc, "media: simulcast layer");
+                    p.add_layer(l, ssrc);
+                }
+                None => {
+                    self.by_ssrc.retain(|_, t| *t != announced.id);
+                    self.by_ssrc.insert((leg_id, ssrc), announced.id.clone());
+                    p.media_ssrc = ssrc;
+                }
+            }
             return;
         }
+        self.by_ssrc.insert((leg_id, ssrc), announced.id.clone());
         let audio_level_ext = extensions.iter().find(|(u, _)| u == pc::AUDIO_LEVEL_URI).map(|(_, id)| *id);
         let origin =
             Origin { id: announced.id.clone(), peer: peer_id.clone(), kind, source: announced.source, leg: leg_id };
         let source = Source { codec, receiver, extensions };
-        self.producers.insert(announced.id.clone(), Producer::new(origin, source, ssrc, audio_level_ext));
+        let mut producer = Producer::new(origin, source, ssrc, audio_level_ext);
+        if let Some(l) = layer {
+            tracing::debug!(track = %announced.id, rid = l.rid(), %ssrc, "media: simulcast layer");
+            producer.add_layer(l, ssrc);
+        }
+        self.producers.insert(announced.id.clone(), producer);
         io.metrics.tracks_published(kind).inc();
         io.event(MediaEvent::TrackPublished { peer: peer_id.clone(), track: announced.id.clone(), kind });
         let others: Vec<PeerId> = self.participants.keys().filter(|p| **p != peer_id).cloned().collect();
