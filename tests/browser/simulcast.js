@@ -1,0 +1,516 @@
+// Simulcast through the SFU, seen by real browsers (SPEC 5.1), all driven from
+// page JavaScript on the server's own origin (no built-in page UI involved):
+// a publisher context sends its fake 1280x720 camera as three VP8 layers
+// (rids q, h, f with scaleResolutionDownBy 4, 2, 1) plus its microphone; two
+// subscriber contexts A and B join the same room, answer the server's
+// subscribe-offers, sample the camera's inbound-rtp every 250 ms and record
+// every subscription-update. Phases:
+//   default  no track-subscribe: both decode the widest layer the publisher sends
+//   low      A asks quality "low": A decodes the q layer, B stays at f
+//   high     A asks quality "high": A is back at f
+//   medium   B asks quality "medium": B decodes the h layer, A stays at f
+// Over all of it framesDecoded keeps rising and packetsLost stays 0.
+// The script only observes and reports: it prints one JSON summary line last
+// on stdout (also after a timeout or a crash, with `crash` set) and
+// tests/simulcast.rs judges it. `failures` lists what this script itself
+// thinks went wrong, for a human reading the line; exit code 0 when empty,
+// 1 when not, 2 when the run crashed.
+// usage: node simulcast.js http://HOST:PORT
+'use strict';
+const { chromium } = require('playwright-core');
+
+const base = process.argv[2];
+if (!base) { console.error('usage: node simulcast.js http://HOST:PORT'); process.exit(2); }
+const T0 = Date.now();
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+const SWITCH_WAIT = 7000; // how long a phase waits for its layer (the test asserts <= 5000)
+const DEFAULT_WAIT = 20000; // ramp-up may go q -> h -> f, one step up per 5 s
+const HOLD = 3000; // observation after a phase reached its layer (the other subscriber must not move)
+const NOMINAL = { q: 4, h: 2, f: 1 }; // scaleResolutionDownBy per rid
+
+const summary = {
+  base, crash: null, failures: [], timeouts: [], errors: [], elapsedMs: 0,
+  roomId: null, trackId: null,
+  publisher: null, publisherLayers: null, publisherLayersOverTime: [], widths: null,
+  phases: {}, subs: {},
+};
+let browser = null;
+let finished = false;
+const pages = {}; // pub, A, B once open
+let tDecoding = null;
+let collected = false;
+
+async function finish(crash) {
+  if (finished) return;
+  finished = true;
+  if (crash) summary.crash = String(crash && crash.stack || crash);
+  if (!collected && pages.pub && pages.A && pages.B) {
+    // Stopped early: still report what the pages saw.
+    try { await Promise.race([collect(), sleep(5000)]); } catch (e) { summary.errors.push(`collect: ${e.message}`); }
+  }
+  if (!collected) { try { verdict(); } catch (e) { summary.errors.push(`verdict: ${e.message}`); } }
+  summary.elapsedMs = Date.now() - T0;
+  try { if (browser) await Promise.race([browser.close(), sleep(5000)]); } catch (e) { summary.errors.push(`browser.close: ${e.message}`); }
+  console.log(JSON.stringify(summary));
+  process.exit(summary.crash ? 2 : summary.failures.length ? 1 : 0);
+}
+const watchdog = setTimeout(() => finish('watchdog: the script ran over 100 s'), 100000);
+watchdog.unref();
+
+// ---------------------------------------------------------------------------
+// Runs inside each page (same origin as the server): guest sign-in, the /rtc
+// socket, one publisher and one subscriber PeerConnection, stats samplers.
+function installHarness({ name }) {
+  const now = () => Date.now();
+  const H = {
+    name, token: null, userId: null, ws: null, roomId: null, peerId: null,
+    pub: null, sub: null, pending: { publisher: [], subscriber: [] },
+    waiters: [], counts: {}, subUpdates: [], publishLayers: [], wsErrors: [], errors: [],
+    tracks: {}, midToTrack: {}, samples: [], pubSamples: [], pcStates: [],
+    subChain: Promise.resolve(), offers: 0, sdp: {},
+  };
+  window.H = H;
+  const fail = (what, e) => H.errors.push(`${what}: ${e && e.message || e}`);
+  H.send = (m) => H.ws.send(JSON.stringify(m));
+  H.wait = (pred, ms, what) => new Promise((resolve, reject) => {
+    const w = { pred, resolve };
+    H.waiters.push(w);
+    setTimeout(() => {
+      if (!H.waiters.includes(w)) return;
+      H.waiters = H.waiters.filter((x) => x !== w);
+      reject(new Error(`${name}: no ${what} within ${ms} ms`));
+    }, ms);
+  });
+  H.api = async (method, path, body) => {
+    const r = await fetch(path, { method, headers: { Authorization: `Bearer ${H.token}`, 'Content-Type': 'application/json' }, body: body === undefined ? undefined : JSON.stringify(body) });
+    const j = await r.json().catch(() => null);
+    if (!r.ok) throw new Error(`${method} ${path}: HTTP ${r.status} ${JSON.stringify(j)}`);
+    return j;
+  };
+  const noteTrack = (peerId, t) => { if (t && t.id) H.tracks[t.id] = { peerId, kind: t.kind, source: t.source, simulcast: t.simulcast }; };
+  const addCandidate = (role, c) => {
+    const pc = role === 'publisher' ? H.pub : H.sub;
+    if (!pc || !pc.remoteDescription) { H.pending[role].push(c); return; }
+    pc.addIceCandidate(c).catch((e) => fail(`addIceCandidate(${role})`, e));
+  };
+  const flush = (role) => { const l = H.pending[role]; H.pending[role] = []; for (const c of l) addCandidate(role, c); };
+  H.onMessage = (m) => {
+    H.counts[m.type] = (H.counts[m.type] || 0) + 1;
+    switch (m.type) {
+      case 'subscription-update': H.subUpdates.push({ t: now(), trackId: m.trackId, layer: m.layer, reason: m.reason }); break;
+      case 'publish-layers': H.publishLayers.push({ t: now(), trackId: m.trackId, layers: m.layers }); break;
+      case 'error': H.wsErrors.push({ t: now(), code: m.code, message: m.message, reqId: m.reqId }); break;
+      case 'room-joined':
+        for (const p of (m.room && m.room.participants) || []) for (const t of p.tracks || []) noteTrack(p.peerId, t);
+        break;
+      case 'track-published': noteTrack(m.peerId, m.track); break;
+      case 'participant-updated': for (const t of (m.participant && m.participant.tracks) || []) noteTrack(m.participant.peerId, t); break;
+      case 'room-ice-candidate': if (m.candidate) addCandidate(m.pc, m.candidate); break;
+      case 'subscribe-offer': H.subChain = H.subChain.then(() => H.onSubscribeOffer(m)).catch((e) => fail('subscribe-offer', e)); break;
+    }
+    for (const w of [...H.waiters]) {
+      let hit = false;
+      try { hit = w.pred(m); } catch { /* a predicate on another shape */ }
+      if (hit) { H.waiters = H.waiters.filter((x) => x !== w); w.resolve(m); }
+    }
+  };
+  H.signIn = async () => {
+    const r = await fetch('/auth/guest', { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify({ name }) });
+    if (!r.ok) throw new Error(`POST /auth/guest: HTTP ${r.status}`);
+    const j = await r.json();
+    H.token = j.token; H.userId = j.userId;
+    await new Promise((resolve, reject) => {
+      const ws = new WebSocket(`ws://${location.host}/rtc?token=${encodeURIComponent(H.token)}`);
+      H.ws = ws;
+      ws.onopen = resolve;
+      ws.onerror = () => reject(new Error('the /rtc WebSocket failed'));
+      ws.onclose = (e) => { H.closed = { t: now(), code: e.code, reason: e.reason }; };
+      ws.onmessage = (ev) => { let m; try { m = JSON.parse(ev.data); } catch { return fail('ws json', ev.data); } H.onMessage(m); };
+    });
+    return H.userId;
+  };
+  H.createRoom = async (roomName) => (await H.api('POST', '/rooms', { name: roomName })).room.id;
+  const newPc = (role) => {
+    const pc = new RTCPeerConnection({ iceServers: [] });
+    pc.onicecandidate = (e) => { if (e.candidate) H.send({ type: 'room-ice-candidate', roomId: H.roomId, pc: role, candidate: e.candidate.toJSON() }); };
+    pc.onconnectionstatechange = () => H.pcStates.push({ t: now(), pc: role, state: pc.connectionState });
+    return pc;
+  };
+  H.join = async (roomId) => {
+    H.roomId = roomId;
+    H.sub = newPc('subscriber');
+    H.sub.ontrack = (e) => {
+      const v = document.createElement('video');
+      v.muted = true; v.autoplay = true; v.playsInline = true; v.width = 320; v.height = 180;
+      v.srcObject = new MediaStream([e.track]);
+      document.body.append(v);
+      v.play().catch(() => {});
+    };
+    const joined = H.wait((m) => m.type === 'room-joined' || (m.type === 'error' && m.reqId === 'join'), 10000, 'room-joined');
+    H.send({ type: 'room-join', roomId, reqId: 'join' });
+    const m = await joined;
+    if (m.type === 'error') throw new Error(`room-join: ${m.code} ${m.message}`);
+    H.peerId = m.peerId;
+    return m.peerId;
+  };
+  H.onSubscribeOffer = async (m) => {
+    H.offers++;
+    let mid = null;
+    for (const line of m.sdp.split(/\r?\n/)) {
+      if (line.startsWith('a=mid:')) mid = line.slice(6).trim();
+      else if (line.startsWith('a=msid:') && mid !== null) {
+        const [stream, track] = line.slice(7).trim().split(' ');
+        H.midToTrack[mid] = { stream, track };
+      }
+    }
+    H.sdp.lastSubscribeOffer = m.sdp;
+    await H.sub.setRemoteDescription({ type: 'offer', sdp: m.sdp });
+    flush('subscriber');
+    await H.sub.setLocalDescription(await H.sub.createAnswer());
+    H.send({ type: 'subscribe-answer', roomId: H.roomId, sdp: H.sub.localDescription.sdp });
+  };
+  // The lines of the video m-section that say anything about simulcast.
+  const simLines = (sdp) => {
+    const out = []; let video = false;
+    for (const l of sdp.split(/\r?\n/)) {
+      if (l.startsWith('m=')) { video = l.startsWith('m=video'); if (video) out.push(l); continue; }
+      if (video && /^a=(simulcast|rid|ssrc-group|mid|extmap:\d+ .*(rtp-stream-id|repaired-rtp-stream-id|sdes:mid))|^a=rtpmap:\d+ (VP8|rtx)|^a=fmtp:/i.test(l)) out.push(l);
+    }
+    return out;
+  };
+  // Add `extra` to the fmtp of every VP8 payload type in the video sections.
+  const munge = (sdp, extra) => {
+    const eol = sdp.includes('\r\n') ? '\r\n' : '\n';
+    const lines = sdp.split(/\r?\n/);
+    const vp8 = new Set(); let video = false;
+    for (const l of lines) {
+      if (l.startsWith('m=')) video = l.startsWith('m=video');
+      const mm = video && /^a=rtpmap:(\d+) VP8\/90000/i.exec(l);
+      if (mm) vp8.add(mm[1]);
+    }
+    const hasFmtp = new Set();
+    for (const l of lines) { const mm = /^a=fmtp:(\d+) /.exec(l); if (mm && vp8.has(mm[1])) hasFmtp.add(mm[1]); }
+    const out = [];
+    for (const l of lines) {
+      const f = /^a=fmtp:(\d+) (.*)$/.exec(l);
+      if (f && vp8.has(f[1])) { out.push(`a=fmtp:${f[1]} ${f[2]};${extra}`); continue; }
+      out.push(l);
+      const r = /^a=rtpmap:(\d+) VP8\/90000/i.exec(l);
+      if (r && !hasFmtp.has(r[1])) out.push(`a=fmtp:${r[1]} ${extra}`);
+    }
+    return out.join(eol);
+  };
+  H.publish = async ({ width, height, fmtp }) => {
+    const stream = await navigator.mediaDevices.getUserMedia({ audio: true, video: { width: { ideal: width }, height: { ideal: height } } });
+    const vt = stream.getVideoTracks()[0], at = stream.getAudioTracks()[0];
+    H.pub = newPc('publisher');
+    const vtx = H.pub.addTransceiver(vt, {
+      direction: 'sendonly', streams: [stream],
+      sendEncodings: [{ rid: 'q', scaleResolutionDownBy: 4 }, { rid: 'h', scaleResolutionDownBy: 2 }, { rid: 'f', scaleResolutionDownBy: 1 }],
+    });
+    const atx = H.pub.addTransceiver(at, { direction: 'sendonly', streams: [stream] });
+    // Keep the resolution when the machine is busy: layers must stay at their size.
+    let degradation = null;
+    try {
+      const p = vtx.sender.getParameters();
+      p.degradationPreference = 'maintain-resolution';
+      await vtx.sender.setParameters(p);
+      degradation = vtx.sender.getParameters().degradationPreference || 'unsupported';
+    } catch (e) { degradation = `failed: ${e.message}`; }
+    await H.pub.setLocalDescription(await H.pub.createOffer());
+    const offer = H.pub.localDescription.sdp;
+    const answered = H.wait((m) => m.type === 'publish-answer' || (m.type === 'error' && m.reqId === 'publish'), 10000, 'publish-answer');
+    H.send({
+      type: 'publish-offer', roomId: H.roomId, sdp: offer, reqId: 'publish',
+      tracks: [{ mid: vtx.mid, source: 'camera', simulcast: true }, { mid: atx.mid, source: 'microphone' }],
+    });
+    const m = await answered;
+    if (m.type === 'error') throw new Error(`publish-offer: ${m.code} ${m.message}`);
+    const sdp = fmtp ? munge(m.sdp, fmtp) : m.sdp;
+    await H.pub.setRemoteDescription({ type: 'answer', sdp });
+    flush('publisher');
+    H.sdp.offer = offer; H.sdp.answer = m.sdp; H.sdp.munged = sdp;
+    return {
+      capture: vt.getSettings(), videoMid: vtx.mid, audioMid: atx.mid, degradation,
+      offerVideo: simLines(offer), answerVideo: simLines(m.sdp), mungedFmtp: simLines(sdp).filter((l) => l.startsWith('a=fmtp:')),
+      senderEncodings: vtx.sender.getParameters().encodings.map((e) => ({ rid: e.rid, active: e.active, scaleResolutionDownBy: e.scaleResolutionDownBy })),
+    };
+  };
+  // Publisher: outbound video per rid.
+  H.pubStats = async () => {
+    const out = { t: now(), layers: {} };
+    if (!H.pub) return out;
+    const rep = await H.pub.getStats();
+    rep.forEach((s) => {
+      if (s.type === 'outbound-rtp' && s.kind === 'video') {
+        out.layers[s.rid || `ssrc${s.ssrc}`] = {
+          ssrc: s.ssrc, frameWidth: s.frameWidth || 0, frameHeight: s.frameHeight || 0, framesPerSecond: s.framesPerSecond || 0,
+          bytesSent: s.bytesSent || 0, framesEncoded: s.framesEncoded || 0, keyFramesEncoded: s.keyFramesEncoded || 0,
+          pliCount: s.pliCount || 0, nackCount: s.nackCount || 0, active: s.active, targetBitrate: s.targetBitrate,
+          qualityLimitationReason: s.qualityLimitationReason, encoderImplementation: s.encoderImplementation, scalabilityMode: s.scalabilityMode,
+        };
+      }
+      if (s.type === 'candidate-pair' && s.nominated && s.state === 'succeeded') out.availableOutgoingBitrate = s.availableOutgoingBitrate;
+    });
+    return out;
+  };
+  // Subscriber: the camera track's inbound-rtp (and audio's losses).
+  H.subStats = async () => {
+    const rep = await H.sub.getStats();
+    const s = { t: now(), video: null, audioLost: null };
+    rep.forEach((r) => {
+      if (r.type !== 'inbound-rtp') return;
+      if (r.kind === 'audio') { s.audioLost = (s.audioLost || 0) + (r.packetsLost || 0); return; }
+      if (r.kind !== 'video') return;
+      const ids = H.midToTrack[r.mid] || {};
+      const trackId = ids.track || r.trackIdentifier;
+      if (H.cameraTrackId && trackId !== H.cameraTrackId && s.video) return;
+      s.video = {
+        trackId, ssrc: r.ssrc, frameWidth: r.frameWidth || 0, frameHeight: r.frameHeight || 0,
+        framesDecoded: r.framesDecoded || 0, framesReceived: r.framesReceived || 0, framesDropped: r.framesDropped || 0,
+        keyFramesDecoded: r.keyFramesDecoded || 0, packetsLost: r.packetsLost || 0, packetsReceived: r.packetsReceived || 0,
+        bytesReceived: r.bytesReceived || 0, pliCount: r.pliCount || 0, nackCount: r.nackCount || 0, firCount: r.firCount || 0,
+        freezeCount: r.freezeCount || 0, totalFreezesDuration: r.totalFreezesDuration || 0,
+      };
+    });
+    return s;
+  };
+  H.startSampling = (role, ms) => {
+    const tick = async () => {
+      try {
+        if (role === 'pub') { H.pubSamples.push(await H.pubStats()); if (H.pubSamples.length > 400) H.pubSamples.shift(); } else H.samples.push(await H.subStats());
+      } catch (e) { fail('getStats', e); }
+    };
+    tick();
+    H.timer = setInterval(tick, ms);
+  };
+  H.latest = () => ({ sample: H.samples[H.samples.length - 1] || null, subUpdates: H.subUpdates.length });
+  H.cameraTrack = () => {
+    for (const [id, t] of Object.entries(H.tracks)) if (t.peerId !== H.peerId && t.kind === 'video' && t.source === 'camera') return id;
+    return null;
+  };
+  // The subscriber's last offer, video section: what the server sends with.
+  const offerVideo = (sdp) => {
+    if (!sdp) return null;
+    const out = []; let video = false;
+    for (const l of sdp.split(/\r?\n/)) {
+      if (l.startsWith('m=')) { video = l.startsWith('m=video'); if (video) out.push(l); continue; }
+      if (video && /^a=(mid|msid|ssrc|ssrc-group|extmap|rtcp-fb|rtpmap|fmtp)[:]/.test(l)) out.push(l);
+    }
+    return out;
+  };
+  H.report = () => ({
+    subscribeOfferVideo: offerVideo(H.sdp.lastSubscribeOffer),
+    userId: H.userId, peerId: H.peerId, counts: H.counts, subUpdates: H.subUpdates, publishLayers: H.publishLayers,
+    wsErrors: H.wsErrors, errors: H.errors, pcStates: H.pcStates, offers: H.offers, closed: H.closed || null,
+  });
+  return true;
+}
+
+// ---------------------------------------------------------------------------
+async function main() {
+  browser = await chromium.launch({
+    executablePath: '/usr/bin/chromium',
+    args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
+      '--disable-component-update', '--disable-sync', '--use-fake-device-for-media-stream', '--use-fake-ui-for-media-stream',
+      '--allow-loopback-in-peer-connection', '--autoplay-policy=no-user-gesture-required'],
+  });
+  const mk = async (name) => {
+    const ctx = await browser.newContext();
+    const page = await ctx.newPage();
+    page.on('console', (m) => { if (m.type() === 'error') summary.errors.push(`${name} console: ${m.text()}`); });
+    page.on('pageerror', (e) => summary.errors.push(`${name} pageerror: ${e.message}`));
+    page.on('crash', () => summary.errors.push(`${name}: page crashed`));
+    await page.goto(`${base}/`);
+    await page.evaluate(installHarness, { name });
+    await page.evaluate(() => H.signIn());
+    return page;
+  };
+  const pub = pages.pub = await mk('Publisher');
+  const A = pages.A = await mk('SubA');
+  const B = pages.B = await mk('SubB');
+  const subsP = { A, B };
+
+  const roomName = `simulcast-${Date.now()}`;
+  summary.roomId = await pub.evaluate((n) => H.createRoom(n), roomName);
+  await pub.evaluate((r) => H.join(r), summary.roomId);
+  await A.evaluate((r) => H.join(r), summary.roomId);
+  await B.evaluate((r) => H.join(r), summary.roomId);
+  for (const p of [A, B]) await p.evaluate(() => H.startSampling('sub', 250));
+
+  // SIMULCAST_NO_MUNGE=1 leaves the answer as the server wrote it (to see what Chromium does unaided).
+  const fmtp = process.env.SIMULCAST_NO_MUNGE ? null : 'x-google-min-bitrate=1500;x-google-start-bitrate=2000';
+  summary.publisher = await pub.evaluate((o) => H.publish(o), { width: 1280, height: 720, fmtp });
+  await pub.evaluate(() => H.startSampling('pub', 500));
+
+  // The camera's server track id, as each subscriber learns it.
+  const tid = await until(async () => {
+    const a = await A.evaluate(() => H.cameraTrack()), b = await B.evaluate(() => H.cameraTrack());
+    return a && b ? [a, b] : null;
+  }, 10000);
+  if (!tid) return timeout('track-published for the camera at both subscribers');
+  if (tid[0] !== tid[1]) summary.failures.push(`A and B disagree on the camera track id: ${tid}`);
+  summary.trackId = tid[0];
+  for (const p of [A, B]) await p.evaluate((t) => { H.cameraTrackId = t; }, summary.trackId);
+
+  // Publisher: the three rids send (bytesSent rising, a frame size each).
+  const pubLayers = async () => (await pub.evaluate(() => H.pubStats())).layers;
+  let first = await pubLayers();
+  const allSend = await until(async () => {
+    await sleep(500);
+    const now = await pubLayers();
+    const ok = ['q', 'h', 'f'].every((r) => now[r] && first[r] && now[r].bytesSent > first[r].bytesSent && now[r].frameWidth > 0);
+    if (!ok) first = now;
+    return ok ? now : null;
+  }, 12000, 0);
+  summary.publisherLayers = allSend || await pubLayers();
+  if (!allSend) summary.timeouts.push(`publisher: not all of q, h, f sending within 12 s: ${Object.keys(summary.publisherLayers)}`);
+  const pubWidth = async (rid) => {
+    const l = (await pubLayers())[rid];
+    return l && l.frameWidth ? l.frameWidth : Math.round((summary.publisher.capture.width || 1280) / NOMINAL[rid]);
+  };
+  const widest = async () => {
+    const ls = Object.values(await pubLayers()).filter((l) => l.frameWidth > 0);
+    return ls.length ? Math.max(...ls.map((l) => l.frameWidth)) : 1280;
+  };
+
+  // Both subscribers decode something.
+  const decoding = await until(async () => {
+    const [a, b] = [await latestVideo(A), await latestVideo(B)];
+    return a && b && a.framesDecoded > 5 && b.framesDecoded > 5;
+  }, 10000);
+  if (!decoding) summary.timeouts.push('subscribers: no decoded video at both within 10 s');
+  tDecoding = Date.now();
+
+  // ---- phase default: no track-subscribe; both at the widest layer.
+  const phase = async (label, { sender, quality, watch, target, wantLayer, wait }) => {
+    const t0 = Date.now();
+    const widthAtStart = (await latestVideo(subsP[watch]))?.frameWidth ?? null;
+    if (sender) await subsP[sender].evaluate(({ roomId, trackId, quality }) => H.send({ type: 'track-subscribe', roomId, trackId, subscribe: true, quality }), { roomId: summary.roomId, trackId: summary.trackId, quality });
+    let tgt = null;
+    const reached = await until(async () => {
+      tgt = await target();
+      const v = await latestVideo(subsP[watch]);
+      return v && v.frameWidth === tgt ? Date.now() : null;
+    }, wait);
+    // The subscription-update that says so (it may come a little after the frames).
+    let update = null;
+    if (wantLayer) {
+      update = await until(async () => {
+        const ups = await subsP[watch].evaluate(() => H.subUpdates);
+        return ups.filter((u) => u.t >= t0 && u.trackId === summary.trackId && u.layer === wantLayer).pop() || null;
+      }, reached ? 2000 : 500);
+    }
+    if (reached) await sleep(HOLD);
+    const t1 = Date.now();
+    summary.phases[label] = { sender: sender || null, quality: quality || null, watch, widthAtStart, target: tgt, startMs: t0 - T0, endMs: t1 - T0, reachedMs: reached ? reached - t0 : null, update, _t0: t0, _t1: t1, _reached: reached };
+    if (!reached) summary.timeouts.push(`${label}: ${watch} not at width ${tgt} within ${wait} ms`);
+    if (wantLayer && !update) summary.timeouts.push(`${label}: ${watch} got no subscription-update layer ${wantLayer}`);
+  };
+  await phase('default', { watch: 'A', target: widest, wait: DEFAULT_WAIT });
+  // B must be there too before the ceilings differ.
+  const bDefault = await until(async () => {
+    const v = await latestVideo(B);
+    return v && v.frameWidth === (await widest()) ? Date.now() : null;
+  }, 5000);
+  summary.phases.default.bReachedMs = bDefault ? bDefault - summary.phases.default._t0 : null;
+  if (!bDefault) summary.timeouts.push('default: B not at the widest layer');
+  summary.phases.default._t1 = Date.now();
+  summary.phases.default.endMs = Date.now() - T0;
+  summary.widths = { q: await pubWidth('q'), h: await pubWidth('h'), f: await pubWidth('f'), widest: await widest() };
+
+  await phase('low', { sender: 'A', quality: 'low', watch: 'A', target: () => pubWidth('q'), wantLayer: 'q', wait: SWITCH_WAIT });
+  await phase('high', { sender: 'A', quality: 'high', watch: 'A', target: widest, wantLayer: 'f', wait: SWITCH_WAIT });
+  await phase('medium', { sender: 'B', quality: 'medium', watch: 'B', target: () => pubWidth('h'), wantLayer: 'h', wait: SWITCH_WAIT });
+}
+
+async function latestVideo(p) { return (await p.evaluate(() => H.latest())).sample?.video || null; }
+
+async function until(fn, ms, step = 250) {
+  const end = Date.now() + ms;
+  for (;;) {
+    const v = await fn();
+    if (v) return v;
+    if (Date.now() >= end) return null;
+    if (step) await sleep(step);
+  }
+}
+
+function timeout(what) { summary.timeouts.push(what); }
+
+// Widths, frames, stalls and losses per subscriber per phase, from the samples.
+async function collect() {
+  const { pub, A, B } = pages;
+  const from = tDecoding || T0;
+  summary.publisherLayersOverTime = (await pub.evaluate(() => H.pubSamples)).filter((_, i) => i % 4 === 0)
+    .map((s) => ({ atMs: s.t - T0, ...Object.fromEntries(Object.entries(s.layers).map(([r, l]) => [r, { w: l.frameWidth, kB: Math.round(l.bytesSent / 1000), fps: l.framesPerSecond, lim: l.qualityLimitationReason }])) }));
+  summary.publisherLayersEnd = (await pub.evaluate(() => H.pubStats())).layers;
+  summary.publisherReport = await pub.evaluate(() => H.report());
+  for (const [who, p] of [['A', A], ['B', B]]) {
+    const samples = (await p.evaluate(() => H.samples)).filter((s) => s.video);
+    const rep = await p.evaluate(() => H.report());
+    const last = samples[samples.length - 1]?.video || {};
+    const firstDecode = samples.find((s) => s.video.framesDecoded > 0);
+    const stall = (from, to) => {
+      let max = 0, lastT = null, lastF = null;
+      for (const s of samples) {
+        if (s.t < from || s.t > to) continue;
+        if (lastF === null || s.video.framesDecoded > lastF) { lastF = s.video.framesDecoded; lastT = s.t; } else max = Math.max(max, s.t - lastT);
+      }
+      return max;
+    };
+    const phases = {};
+    for (const [label, ph] of Object.entries(summary.phases)) {
+      const inP = samples.filter((s) => s.t >= ph._t0 && s.t <= ph._t1);
+      const widths = {};
+      for (const s of inP) widths[s.video.frameWidth] = (widths[s.video.frameWidth] || 0) + 1;
+      // After the watched subscriber reached its layer: what this one showed.
+      const after = ph._reached ? inP.filter((s) => s.t >= ph._reached) : [];
+      const widthsAfter = {};
+      for (const s of after) widthsAfter[s.video.frameWidth] = (widthsAfter[s.video.frameWidth] || 0) + 1;
+      phases[label] = {
+        widths, widthsAfterReached: widthsAfter, samples: inP.length,
+        framesStart: inP[0]?.video.framesDecoded ?? null, framesEnd: inP[inP.length - 1]?.video.framesDecoded ?? null,
+        framesDecodedDelta: inP.length ? inP[inP.length - 1].video.framesDecoded - inP[0].video.framesDecoded : 0,
+        maxStallMs: stall(ph._t0, ph._t1),
+        packetsLostEnd: inP[inP.length - 1]?.video.packetsLost ?? null,
+        updates: rep.subUpdates.filter((u) => u.t >= ph._t0 && u.t <= ph._t1).map((u) => ({ ...u, atMs: u.t - ph._t0 })),
+      };
+    }
+    summary.subs[who] = {
+      firstDecodeMs: firstDecode ? firstDecode.t - T0 : null,
+      maxStallMs: stall(from, Infinity),
+      packetsLost: last.packetsLost ?? null, packetsLostMax: Math.max(0, ...samples.map((s) => s.video.packetsLost)),
+      audioLost: samples[samples.length - 1]?.audioLost ?? null,
+      framesDecoded: last.framesDecoded ?? 0, framesDropped: last.framesDropped ?? 0, keyFramesDecoded: last.keyFramesDecoded ?? 0,
+      pliCount: last.pliCount ?? 0, nackCount: last.nackCount ?? 0, firCount: last.firCount ?? 0, freezeCount: last.freezeCount ?? 0,
+      ssrcs: [...new Set(samples.map((s) => s.video.ssrc))],
+      widthsSeen: [...new Set(samples.map((s) => s.video.frameWidth))],
+      subscriptionUpdates: rep.subUpdates.map((u) => ({ ...u, atMs: u.t - T0 })),
+      phases, counts: rep.counts, wsErrors: rep.wsErrors, errors: rep.errors, pcStates: rep.pcStates.map((s) => ({ ...s, atMs: s.t - T0 })), offers: rep.offers, closed: rep.closed,
+    };
+  }
+  for (const ph of Object.values(summary.phases)) { delete ph._reached; delete ph._t0; delete ph._t1; }
+  collected = true;
+  verdict();
+}
+
+// This script's own reading of the observations (tests/simulcast.rs asserts them itself).
+function verdict() {
+  const f = summary.failures, w = summary.widths || {}, P = summary.phases, S = summary.subs;
+  const pl = summary.publisherLayers || {};
+  for (const r of ['q', 'h', 'f']) if (!pl[r] || !pl[r].bytesSent) f.push(`publisher does not send rid ${r}`);
+  if (!(w.widest >= 1280 || w.widest === w.f)) f.push(`default width ${w.widest}`);
+  for (const [label, ph] of Object.entries(P)) {
+    if (ph.reachedMs === null || ph.reachedMs > 5000) f.push(`${label}: ${ph.watch} not at ${ph.target} within 5 s (${ph.reachedMs})`);
+    if (ph.quality && !ph.update) f.push(`${label}: no subscription-update`);
+    for (const who of ['A', 'B']) if (S[who] && !(S[who].phases[label]?.framesDecodedDelta > 0)) f.push(`${label}: ${who} decoded no frames`);
+  }
+  if (S.B?.phases.low && Object.keys(S.B.phases.low.widths).some((x) => Number(x) !== w.widest)) f.push(`B left the full layer while A was low: ${JSON.stringify(S.B.phases.low.widths)}`);
+  for (const who of ['A', 'B']) if (S[who] && S[who].packetsLost !== 0) f.push(`${who} lost ${S[who].packetsLost} packets`);
+  if (summary.errors.length) f.push(`page errors: ${summary.errors.length}`);
+  if (summary.timeouts.length) f.push(...summary.timeouts.map((t) => `timeout: ${t}`));
+}
+
+process.on('unhandledRejection', (e) => finish(e));
+main().then(() => finish(null), (e) => finish(e));
