@@ -38,6 +38,12 @@ pub struct StreamReport {
     /// The last interval's loss (what the live score and samples use).
     #[serde(skip)]
     pub interval_loss: f64,
+    /// Subscribed simulcast video: the layer forwarded now (`q`, `h`, `f`;
+    /// absent when paused) and how often it changed (SPEC 5.1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layer: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layer_switches: Option<u64>,
 }
 
 /// `{audio?, video?}` of one direction.

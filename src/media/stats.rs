@@ -29,6 +29,10 @@ pub struct StreamSample {
     pub frame_size: Option<(u16, u16)>,
     /// The last interval's loss, fraction 0–1.
     pub interval_loss: f64,
+    /// Subscribed simulcast video: the layer forwarded now (the best of the
+    /// participant's video tracks) and the switches so far.
+    pub layer: Option<super::allocate::Layer>,
+    pub layer_switches: Option<u64>,
 }
 
 /// Audio and video of one direction.

@@ -154,6 +154,8 @@ fn stream_report(s: StreamSample) -> StreamReport {
         frame_width: s.frame_size.map(|(w, _)| u32::from(w)),
         frame_height: s.frame_size.map(|(_, h)| u32::from(h)),
         interval_loss: r(s.interval_loss, 1e4),
+        layer: s.layer.map(|l| l.rid().to_owned()),
+        layer_switches: s.layer_switches,
     }
 }
 

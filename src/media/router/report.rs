@@ -94,6 +94,10 @@ impl Router {
                 s.nack_count += r.nacks;
                 s.pli_count += r.plis;
                 s.fir_count += r.firs;
+                if c.forwarder.is_simulcast() {
+                    s.layer = s.layer.max(c.forwarder.current());
+                    s.layer_switches = Some(s.layer_switches.unwrap_or(0) + c.switches);
+                }
                 n[usize::from(video)] += 1;
             }
         }
