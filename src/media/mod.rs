@@ -177,6 +177,13 @@ pub enum MediaEvent {
         layer: Option<allocate::Layer>,
         reason: allocate::Reason,
     },
+    /// Dynacast: the layers of `peer`'s simulcast `track` someone receives
+    /// now, lowest first (on change).
+    PublishLayers {
+        peer: PeerId,
+        track: TrackId,
+        layers: Vec<allocate::Layer>,
+    },
     /// A command for `peer` failed; signaling tells the client.
     Error {
         peer: PeerId,

@@ -4,7 +4,7 @@
 //! the statistics of what reaches the socket. Its
 //! [`super::consumer::Consumer`]s are the outgoing copies.
 
-use super::allocate::Layer;
+use super::allocate::{Layer, LayerDemand};
 use super::codec::Codec;
 use super::consumer::Consumer;
 use super::ids::{LegId, Ssrc};
@@ -101,6 +101,8 @@ pub struct Producer {
     pub frame_size: Option<(u16, u16)>,
     /// What it sent lately, per layer, for subscribers' NACKs.
     pub history: [History; 3],
+    /// Dynacast: which layers some subscriber receives or asks for.
+    pub demand: LayerDemand,
 }
 
 /// A layer that sent nothing for this long is treated as gone (SPEC 5.1).
@@ -117,7 +119,7 @@ pub struct Origin {
 }
 
 impl Producer {
-    pub fn new(origin: Origin, codec: Source, media_ssrc: Ssrc, audio_level_ext: Option<u8>) -> Self {
+    pub fn new(origin: Origin, codec: Source, media_ssrc: Ssrc, audio_level_ext: Option<u8>, now: Instant) -> Self {
         let Origin { id, peer, kind, source, leg } = origin;
         let clock_rate = codec.codec.clock_rate;
         let vp8 = codec.codec.mime_type.eq_ignore_ascii_case("video/VP8");
@@ -142,6 +144,7 @@ impl Producer {
             vp8,
             frame_size: None,
             history: std::array::from_fn(|_| History::new(0)),
+            demand: LayerDemand::new(now),
         }
         .with_history()
     }
@@ -397,7 +400,7 @@ mod tests {
             receiver: Default::default(),
             extensions: Vec::new(),
         };
-        let mut p = Producer::new(origin, codec, Ssrc(1111), None);
+        let mut p = Producer::new(origin, codec, Ssrc(1111), None, Instant::now());
         assert!(p.vp8 && p.clock_rate() == 90_000);
         assert!(p.forwards(Ssrc(1111)));
         assert!(!p.forwards(Ssrc(2222)));

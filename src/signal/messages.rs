@@ -348,6 +348,12 @@ pub enum ServerEvent {
         room_id: RoomId,
         speakers: Vec<Speaker>,
     },
+    /// SPEC 5.1 (dynacast): the publisher's layers someone receives.
+    PublishLayers {
+        room_id: RoomId,
+        track_id: TrackId,
+        layers: Vec<&'static str>,
+    },
     /// SPEC 5.1: the simulcast layer forwarded to this subscriber changed.
     SubscriptionUpdate {
         room_id: RoomId,

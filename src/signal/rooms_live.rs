@@ -370,6 +370,7 @@ impl RoomService {
             | MediaEvent::LocalCandidate { peer, .. }
             | MediaEvent::TrackPublished { peer, .. }
             | MediaEvent::LayerChanged { peer, .. }
+            | MediaEvent::PublishLayers { peer, .. }
             | MediaEvent::Error { peer, .. } => peer.clone(),
             MediaEvent::Stats { room, peers } => {
                 if let Some(s) = rooms.get_mut(room) {
@@ -400,6 +401,11 @@ impl RoomService {
                 track_id: track,
                 layer: layer.map(media::allocate::Layer::rid),
                 reason: reason.name(),
+            }),
+            MediaEvent::PublishLayers { track, layers, .. } => to_peer(ServerEvent::PublishLayers {
+                room_id,
+                track_id: track,
+                layers: layers.into_iter().map(media::allocate::Layer::rid).collect(),
             }),
             MediaEvent::Error { error, .. } => {
                 let (code, message) = media_error(error);

@@ -360,9 +360,21 @@ impl Router {
 
     /// Simulcast: point every consumer at the best layer under its ceiling
     /// that arrives now, asking for that layer's keyframe when it changes.
-    pub(super) fn choose_layers(&mut self, now: Instant) {
+    /// Dynacast (SPEC 5.1): the publisher hears which layers anyone
+    /// receives or asks for (its ceiling), kept for 5 s after the last.
+    pub(super) fn choose_layers(&mut self, now: Instant, io: &Io) {
         let mut wanted = Vec::new();
         for p in self.producers.values_mut().filter(|p| p.is_simulcast()) {
+            let receiving = p
+                .consumers
+                .iter()
+                .filter(|c| !c.forwarder.paused())
+                .flat_map(|c| [Some(c.ceiling), c.forwarder.current()])
+                .flatten();
+            if let Some(layers) = p.demand.update(receiving, now) {
+                tracing::debug!(track = %p.id, ?layers, "media: publish-layers");
+                io.event(MediaEvent::PublishLayers { peer: p.peer.clone(), track: p.id.clone(), layers });
+            }
             let available = p.available(now);
             for c in p.consumers.iter_mut().filter(|c| !c.forwarder.paused()) {
                 let layer = choose_layer(c.ceiling, available);
@@ -414,7 +426,7 @@ impl Router {
         for (t, l) in due {
             self.send_pli(&t, l, now);
         }
-        self.choose_layers(now);
+        self.choose_layers(now, io);
     }
 }
 

@@ -392,7 +392,7 @@ impl Router {
         let origin =
             Origin { id: announced.id.clone(), peer: peer_id.clone(), kind, source: announced.source, leg: leg_id };
         let source = Source { codec, receiver, extensions };
-        let mut producer = Producer::new(origin, source, ssrc, audio_level_ext);
+        let mut producer = Producer::new(origin, source, ssrc, audio_level_ext, now);
         if let Some(l) = layer {
             tracing::debug!(track = %announced.id, rid = l.rid(), %ssrc, "media: simulcast layer");
             producer.add_layer(l, ssrc);
