@@ -90,11 +90,15 @@ pub struct MediaConfig {
     /// SFU worker threads, each with its own UDP port (`listen`'s port, then
     /// the next ones); a room lives on one worker. 0: one per core.
     pub workers: usize,
+    /// Fit what each subscriber receives to its downstream estimate (SPEC
+    /// 5.1). Off, the estimate is still measured and reported, but only
+    /// ceilings and the publisher's layers decide (a lab with no real links).
+    pub bandwidth_estimation: bool,
 }
 
 impl Default for MediaConfig {
     fn default() -> Self {
-        Self { listen: "127.0.0.1:7882".parse().unwrap(), public_ip: None, workers: 0 }
+        Self { listen: "127.0.0.1:7882".parse().unwrap(), public_ip: None, workers: 0, bandwidth_estimation: true }
     }
 }
 

@@ -135,6 +135,8 @@ pub struct MediaMetrics {
     pub forward_delay: Histogram,
     /// By reason: requested, bandwidth, publisher (SPEC 5.1).
     layer_switches: [IntCounter; 3],
+    /// Subscribed video tracks forwarding nothing for lack of bandwidth.
+    pub tracks_paused: IntGauge,
 }
 
 /// The reasons SPEC 5.1's `subscription-update` gives.
@@ -184,6 +186,15 @@ impl MediaMetrics {
         );
         Self {
             layer_switches: LAYER_SWITCH_REASONS.map(|r| switches.with_label_values(&[r])),
+            tracks_paused: {
+                let g = IntGauge::new(
+                    "confer_tracks_paused",
+                    "Subscribed video tracks the SFU forwards nothing of because the subscriber's bandwidth does not fit them",
+                )
+                .unwrap();
+                r.register(Box::new(g.clone())).unwrap();
+                g
+            },
             peer_connections: pcs,
             tracks_published: by_kind(|k| tracks.with_label_values(&[k])),
             received: by_kind(|k| received.with_label_values(&[k])),
@@ -248,6 +259,7 @@ impl MediaMetrics {
 /// 5-second analytics sample.
 #[derive(Clone)]
 pub struct QualityMetrics {
+    pub bandwidth_estimate_bytes_per_second: Histogram,
     pub stream_packet_loss: Histogram,
     pub stream_jitter_seconds: Histogram,
     pub stream_rtt_seconds: Histogram,
@@ -262,6 +274,13 @@ impl QualityMetrics {
             h
         };
         Self {
+            // SPEC 5.1 names it `..._bits_per_second`, but Prometheus's base
+            // unit is bytes and promtool (SPEC 9) rejects "bits": bytes it is.
+            bandwidth_estimate_bytes_per_second: h(
+                "confer_bandwidth_estimate_bytes_per_second",
+                "The SFU's downstream estimate per subscriber per 5 s sample, in bytes per second",
+                [100e3, 250e3, 500e3, 750e3, 1e6, 1.5e6, 2.5e6, 5e6, 10e6, 20e6].map(|bits| bits / 8.0).to_vec(),
+            ),
             stream_packet_loss: h(
                 "confer_stream_packet_loss",
                 "Packet loss fraction per stream per 5 s sample",

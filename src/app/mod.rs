@@ -113,9 +113,13 @@ impl Server {
             })?;
             media_sockets.push(socket);
         }
-        let (media, mut media_events, media_threads) =
-            crate::media::worker::spawn(media_sockets, config.media.public_ip, metrics.media.clone())
-                .context("cannot start the media engine")?;
+        let (media, mut media_events, media_threads) = crate::media::worker::spawn(
+            media_sockets,
+            config.media.public_ip,
+            config.media.bandwidth_estimation,
+            metrics.media.clone(),
+        )
+        .context("cannot start the media engine")?;
         let media_addr = media.local_addr();
         tracing::info!(workers, ports = ?media.local_addrs(), "SFU workers");
 

@@ -30,6 +30,8 @@ pub struct Consumer {
     pub reason: Reason,
     /// Layer switches so far (analytics' `layerSwitches`).
     pub switches: u64,
+    /// Its key in the subscriber leg's [`super::allocate::Allocator`].
+    pub alloc_id: u32,
 }
 
 /// The layer to forward under `ceiling` given what arrives: the best one at

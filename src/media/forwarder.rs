@@ -218,12 +218,18 @@ impl Forwarder {
             }
             self.current = self.target;
             switched = true;
-            // The new layer's numbers, times and pictures continue ours; a
-            // NACK for what came before the keyframe is not worth answering.
-            self.seq.switch();
-            self.ts.switch();
-            if let Some(m) = &mut self.vp8 {
-                m.switch();
+            if self.simulcast {
+                // The new layer's numbers, times and pictures continue ours;
+                // a NACK for what came before its keyframe is not worth
+                // answering.
+                self.seq.switch();
+                self.ts.switch();
+                if let Some(m) = &mut self.vp8 {
+                    m.switch();
+                }
+            } else {
+                // The same stream resumes after a pause: no gap either.
+                self.seq.skip();
             }
         }
         let since = self.last_sent.map_or(Duration::ZERO, |t| now.saturating_duration_since(t));

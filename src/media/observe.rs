@@ -119,19 +119,40 @@ impl SendTimes {
 /// (libwebrtc's minimum propagation RTT), or `None` if it covers no packet
 /// whose send time is known.
 pub fn feedback_rtt(fb: &TransportLayerCc, sent: &SendTimes, now: Instant) -> Option<Duration> {
-    // Arrival times in µs from the report's reference time (64 ms units):
-    // each received packet's delta is relative to the previous one's arrival.
-    let mut arrivals: Vec<(u16, i64)> = Vec::with_capacity(fb.recv_deltas.len());
+    let mut all = Vec::with_capacity(fb.recv_deltas.len());
+    feedback_arrivals(fb, &mut all);
+    let arrivals: Vec<(u16, i64)> = all.into_iter().filter_map(|(seq, t)| Some((seq, t?))).collect();
+    let newest = arrivals.iter().map(|&(_, t)| t).max()?;
+    arrivals
+        .iter()
+        .filter_map(|&(seq, arrived)| {
+            let flight = now.checked_duration_since(sent.get(seq)?)?;
+            let held = Duration::from_micros(u64::try_from(newest - arrived).ok()?);
+            Some(flight.saturating_sub(held))
+        })
+        .min()
+}
+
+/// Every packet a feedback report covers, in order: its transport-wide
+/// number and, if it arrived, when (µs on the receiver's clock: the report's
+/// reference time plus the deltas). Appended to `out`; a malformed report
+/// yields what it held up to the fault.
+pub fn feedback_arrivals(fb: &TransportLayerCc, out: &mut Vec<(u16, Option<i64>)>) {
+    // Each received packet's delta is relative to the previous one's arrival.
     let mut deltas = fb.recv_deltas.iter();
     let mut t = i64::from(fb.reference_time) * 64_000;
     let mut seq = fb.base_sequence_number;
     let mut remaining = usize::from(fb.packet_status_count);
     let mut on_symbol = |symbol: SymbolTypeTcc, seq: &mut u16| -> bool {
-        if matches!(symbol, SymbolTypeTcc::PacketReceivedSmallDelta | SymbolTypeTcc::PacketReceivedLargeDelta) {
-            let Some(d) = deltas.next() else { return false };
-            t += d.delta;
-            arrivals.push((*seq, t));
-        }
+        let arrived =
+            if matches!(symbol, SymbolTypeTcc::PacketReceivedSmallDelta | SymbolTypeTcc::PacketReceivedLargeDelta) {
+                let Some(d) = deltas.next() else { return false };
+                t += d.delta;
+                Some(t)
+            } else {
+                None
+            };
+        out.push((*seq, arrived));
         *seq = seq.wrapping_add(1);
         true
     };
@@ -155,15 +176,6 @@ pub fn feedback_rtt(fb: &TransportLayerCc, sent: &SendTimes, now: Instant) -> Op
             }
         }
     }
-    let newest = arrivals.iter().map(|&(_, t)| t).max()?;
-    arrivals
-        .iter()
-        .filter_map(|&(seq, arrived)| {
-            let flight = now.checked_duration_since(sent.get(seq)?)?;
-            let held = Duration::from_micros(u64::try_from(newest - arrived).ok()?);
-            Some(flight.saturating_sub(held))
-        })
-        .min()
 }
 
 /// The interceptor; see the module documentation.

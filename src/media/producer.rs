@@ -103,6 +103,10 @@ pub struct Producer {
     pub history: [History; 3],
     /// Dynacast: which layers some subscriber receives or asks for.
     pub demand: LayerDemand,
+    /// Bytes per layer since the last measurement, and the bitrates measured
+    /// (what the allocator weighs layers by).
+    pub layer_bytes: [u64; 3],
+    pub layer_bps: [Option<u64>; 3],
 }
 
 /// A layer that sent nothing for this long is treated as gone (SPEC 5.1).
@@ -145,6 +149,8 @@ impl Producer {
             frame_size: None,
             history: std::array::from_fn(|_| History::new(0)),
             demand: LayerDemand::new(now),
+            layer_bytes: [0; 3],
+            layer_bps: [None; 3],
         }
         .with_history()
     }
@@ -193,6 +199,32 @@ impl Producer {
         std::array::from_fn(|i| {
             self.layers[i].is_some()
                 && self.last_seen[i].is_some_and(|t| now.saturating_duration_since(t) < LAYER_GONE_AFTER)
+        })
+    }
+
+    /// Close a bitrate measurement of `secs` seconds.
+    pub fn measure(&mut self, secs: f64) {
+        for i in 0..3 {
+            let bytes = std::mem::take(&mut self.layer_bytes[i]);
+            let bps = bytes as f64 * 8.0 / secs.max(0.001);
+            // Smoothed: a keyframe is a burst several times a frame's size.
+            self.layer_bps[i] = (bytes > 0).then(|| match self.layer_bps[i] {
+                Some(old) => (0.8 * old as f64 + 0.2 * bps) as u64,
+                None => bps as u64,
+            });
+        }
+    }
+
+    /// What each layer costs now, for the allocator: measured, else a
+    /// nominal rate for a layer that arrives but was not measured yet;
+    /// `None` for a layer not arriving.
+    pub fn layer_bitrates(&self, now: Instant) -> [Option<u64>; 3] {
+        const NOMINAL: [u64; 3] = [150_000, 400_000, 1_200_000];
+        let available = self.available(now);
+        let single = if self.kind == TrackKind::Audio { 48_000 } else { 1_000_000 };
+        std::array::from_fn(|i| {
+            let nominal = if self.is_simulcast() { NOMINAL[i] } else { single };
+            available[i].then(|| self.layer_bps[i].unwrap_or(nominal).max(1))
         })
     }
 

@@ -50,4 +50,6 @@ pub struct PeerStats {
     pub publish: Streams,
     /// From the subscriber's RTCP about what the SFU forwarded to it.
     pub subscribe: Streams,
+    /// The downstream estimate of its subscriber leg, if it has one.
+    pub bandwidth_estimate_bps: Option<u64>,
 }

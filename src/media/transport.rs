@@ -3,6 +3,8 @@
 //! subscriber side's offer/answer lifecycle is one [`Negotiation`] state
 //! rather than flags (str0m's chat example does the same).
 
+use super::allocate::Allocator;
+use super::bwe::{self, Estimator};
 use super::egress::LegOut;
 use super::ids::{LegId, Ssrc};
 use super::observe::Observed;
@@ -43,6 +45,10 @@ pub enum Side {
         /// Our senders, by the producer they carry, with their SSRC.
         senders: HashMap<TrackId, (RTCRtpSenderId, Ssrc)>,
         negotiation: Negotiation,
+        /// What the subscriber's downstream carries (SPEC 5.1), and how its
+        /// tracks share it.
+        bwe: Box<Estimator>,
+        allocator: Allocator,
     },
 }
 
@@ -59,6 +65,21 @@ pub enum Negotiation {
     Offered { carries: Vec<TrackId>, again: bool },
     /// The last offer was answered.
     Stable,
+}
+
+/// Where a subscriber's estimate starts and the bounds it stays in. It
+/// starts high: a subscriber gets everything it asks for until its feedback
+/// shows congestion (delay growth or loss), rather than starting starved and
+/// climbing for tens of seconds on a link that was fine.
+pub const BWE: bwe::Config = bwe::Config { initial_bps: 10_000_000, min_bps: 100_000, max_bps: 30_000_000 };
+
+pub fn subscriber_side(now: std::time::Instant) -> Side {
+    Side::Subscriber {
+        senders: HashMap::new(),
+        negotiation: Negotiation::New,
+        bwe: Box::new(Estimator::new(BWE, now)),
+        allocator: Allocator::new(),
+    }
 }
 
 impl Transport {

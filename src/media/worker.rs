@@ -37,6 +37,7 @@ const SENDER_REPORT_EVERY: Duration = Duration::from_secs(1);
 pub fn spawn(
     sockets: Vec<std::net::UdpSocket>,
     public_ip: Option<std::net::IpAddr>,
+    bandwidth_estimation: bool,
     metrics: MediaMetrics,
 ) -> std::io::Result<(MediaHandle, mpsc::UnboundedReceiver<MediaEvent>, Vec<std::thread::JoinHandle<()>>)> {
     let (ev_tx, ev_rx) = mpsc::unbounded_channel();
@@ -59,7 +60,8 @@ pub fn spawn(
                     Ok(s) => s,
                     Err(e) => return tracing::error!(error = %e, "media worker: cannot register the UDP socket"),
                 };
-                let io = Io::new(local, advertised, ev_tx, metrics, Arc::new(socket));
+                let mut io = Io::new(local, advertised, ev_tx, metrics, Arc::new(socket));
+                io.bandwidth_estimation = bandwidth_estimation;
                 Worker::new(io).run(rx).await;
             });
         })?;
@@ -117,6 +119,9 @@ pub struct Io {
     pub reads: Vec<TaggedRTCMessage>,
     /// Datagrams the kernel refused since the last flush.
     pub failed: usize,
+    /// `media.bandwidth_estimation`: allocate by the estimate, or as if
+    /// every subscriber's link were unlimited.
+    pub bandwidth_estimation: bool,
     next_leg: u32,
     /// Monotonic origin of the arrival times fed to the statistics.
     epoch: Instant,
@@ -141,6 +146,7 @@ impl Io {
             demux: Demux::default(),
             reads: Vec::new(),
             failed: 0,
+            bandwidth_estimation: true,
             next_leg: 0,
             epoch: Instant::now(),
         }

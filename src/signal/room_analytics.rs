@@ -27,6 +27,10 @@ pub struct ParticipantAnalytics {
     pub quality: Option<Quality>,
     pub publish: Directional,
     pub subscribe: Directional,
+    /// The server's estimate of this participant's downstream (SPEC 5.1),
+    /// once it receives anything.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bandwidth_estimate_kbps: Option<f64>,
 }
 
 /// A room's analytics while it has participants.
@@ -62,6 +66,7 @@ impl RoomAnalytics {
                 quality: None,
                 publish: Directional::default(),
                 subscribe: Directional::default(),
+                bandwidth_estimate_kbps: None,
             });
         }
     }
@@ -90,6 +95,10 @@ impl RoomAnalytics {
             let q = report::participant_quality(&publish, &subscribe);
             p.publish = publish;
             p.subscribe = subscribe;
+            p.bandwidth_estimate_kbps = r.bandwidth_estimate_bps.map(|b| (b as f64 / 10.0).round() / 100.0);
+            if let Some(b) = r.bandwidth_estimate_bps {
+                metrics.bandwidth_estimate_bytes_per_second.observe(b as f64 / 8.0);
+            }
             if let Some(q) = q {
                 p.quality = Some(q);
                 if self.ratings.insert(p.peer_id.clone(), q.rating) != Some(q.rating) {

@@ -9,7 +9,14 @@
 //   low      A asks quality "low": A decodes the q layer, B stays at f
 //   high     A asks quality "high": A is back at f
 //   medium   B asks quality "medium": B decodes the h layer, A stays at f
-// Over all of it framesDecoded keeps rising and packetsLost stays 0.
+//   dynacast both ask "low"; within 5 s + slack the publisher hears
+//            publish-layers ["q"] and, as the built-in page does, sets its h and
+//            f encodings inactive: their bytesSent stops, q's keeps growing,
+//            both still decode q. Then B asks "high": publish-layers brings f
+//            back, the publisher re-activates it and B decodes f again.
+// Over all of it framesDecoded keeps rising and packetsLost stays 0. The
+// publisher records every publish-layers from the start (the server sends some
+// during the earlier phases) but honours them only from the dynacast phase on.
 // The script only observes and reports: it prints one JSON summary line last
 // on stdout (also after a timeout or a crash, with `crash` set) and
 // tests/simulcast.rs judges it. `failures` lists what this script itself
@@ -27,12 +34,19 @@ const SWITCH_WAIT = 7000; // how long a phase waits for its layer (the test asse
 const DEFAULT_WAIT = 20000; // ramp-up may go q -> h -> f, one step up per 5 s
 const HOLD = 3000; // observation after a phase reached its layer (the other subscriber must not move)
 const NOMINAL = { q: 4, h: 2, f: 1 }; // scaleResolutionDownBy per rid
+// Dynacast phase: how long each step may wait (the test asserts the tighter bounds in
+// tests/simulcast.rs: ["q"] within 8 s, f listed again within 3 s, B at f within 8 s).
+const DYN_Q_WAIT = 9000; // 5 s hold + slack
+const DYN_F_WAIT = 4000;
+const DYN_B_WAIT = 10000; // Chromium restarts an encoding, then a keyframe
+const DYN_SETTLE = 1000; // packets in flight after setParameters
+const DYN_GAP = 1000; // between bytesSent samples
 
 const summary = {
   base, crash: null, failures: [], timeouts: [], errors: [], elapsedMs: 0,
   roomId: null, trackId: null,
   publisher: null, publisherLayers: null, publisherLayersOverTime: [], widths: null,
-  phases: {}, subs: {},
+  phases: {}, subs: {}, dynacast: null, publishLayersAll: [],
 };
 let browser = null;
 let finished = false;
@@ -65,7 +79,8 @@ function installHarness({ name }) {
   const H = {
     name, token: null, userId: null, ws: null, roomId: null, peerId: null,
     pub: null, sub: null, pending: { publisher: [], subscriber: [] },
-    waiters: [], counts: {}, subUpdates: [], publishLayers: [], wsErrors: [], errors: [],
+    waiters: [], counts: {}, subUpdates: [], publishLayers: [], applied: [], honour: false, applyChain: Promise.resolve(),
+    wsErrors: [], errors: [],
     tracks: {}, midToTrack: {}, samples: [], pubSamples: [], pcStates: [],
     subChain: Promise.resolve(), offers: 0, sdp: {},
   };
@@ -98,7 +113,17 @@ function installHarness({ name }) {
     H.counts[m.type] = (H.counts[m.type] || 0) + 1;
     switch (m.type) {
       case 'subscription-update': H.subUpdates.push({ t: now(), trackId: m.trackId, layer: m.layer, reason: m.reason }); break;
-      case 'publish-layers': H.publishLayers.push({ t: now(), trackId: m.trackId, layers: m.layers }); break;
+      case 'publish-layers':
+      {
+        const t = now();
+        H.publishLayers.push({ t, trackId: m.trackId, layers: m.layers });
+        // Dynacast as the built-in page does it, once the phase turned it on.
+        if (H.honour && H.vsender && (!H.cameraTrackId || m.trackId === H.cameraTrackId)) {
+          const layers = Array.isArray(m.layers) ? m.layers : [];
+          H.applyChain = H.applyChain.then(() => H.applyLayers(layers, t)).catch((e) => fail('applyLayers', e));
+        }
+        break;
+      }
       case 'error': H.wsErrors.push({ t: now(), code: m.code, message: m.message, reqId: m.reqId }); break;
       case 'room-joined':
         for (const p of (m.room && m.room.participants) || []) for (const t of p.tracks || []) noteTrack(p.peerId, t);
@@ -200,6 +225,22 @@ function installHarness({ name }) {
     }
     return out.join(eol);
   };
+  // As src/http/web/app.js does: encodings[i].active = layers.includes(rid), q
+  // kept on when the list names none of ours, setParameters only on a change.
+  H.applyLayers = async (layers, tMsg) => {
+    const t = now(), rec = { t, tMsg, layers, changed: false, encodings: null, error: null, tookMs: null };
+    H.applied.push(rec);
+    try {
+      const p = H.vsender.getParameters();
+      const rids = p.encodings.map((e) => e.rid);
+      let on = layers.filter((r) => rids.includes(r));
+      if (on.length === 0) on = ['q'];
+      for (const e of p.encodings) if (e.active !== on.includes(e.rid)) { e.active = on.includes(e.rid); rec.changed = true; }
+      if (rec.changed) await H.vsender.setParameters(p);
+    } catch (e) { rec.error = String(e && e.message || e); }
+    rec.tookMs = now() - t;
+    rec.encodings = Object.fromEntries(H.vsender.getParameters().encodings.map((e) => [e.rid, e.active]));
+  };
   H.publish = async ({ width, height, fmtp }) => {
     const stream = await navigator.mediaDevices.getUserMedia({ audio: true, video: { width: { ideal: width }, height: { ideal: height } } });
     const vt = stream.getVideoTracks()[0], at = stream.getAudioTracks()[0];
@@ -209,6 +250,7 @@ function installHarness({ name }) {
       sendEncodings: [{ rid: 'q', scaleResolutionDownBy: 4 }, { rid: 'h', scaleResolutionDownBy: 2 }, { rid: 'f', scaleResolutionDownBy: 1 }],
     });
     const atx = H.pub.addTransceiver(at, { direction: 'sendonly', streams: [stream] });
+    H.vsender = vtx.sender;
     // Keep the resolution when the machine is busy: layers must stay at their size.
     let degradation = null;
     try {
@@ -301,7 +343,7 @@ function installHarness({ name }) {
   };
   H.report = () => ({
     subscribeOfferVideo: offerVideo(H.sdp.lastSubscribeOffer),
-    userId: H.userId, peerId: H.peerId, counts: H.counts, subUpdates: H.subUpdates, publishLayers: H.publishLayers,
+    userId: H.userId, peerId: H.peerId, counts: H.counts, subUpdates: H.subUpdates, publishLayers: H.publishLayers, applied: H.applied,
     wsErrors: H.wsErrors, errors: H.errors, pcStates: H.pcStates, offers: H.offers, closed: H.closed || null,
   });
   return true;
@@ -422,6 +464,106 @@ async function main() {
   await phase('low', { sender: 'A', quality: 'low', watch: 'A', target: () => pubWidth('q'), wantLayer: 'q', wait: SWITCH_WAIT });
   await phase('high', { sender: 'A', quality: 'high', watch: 'A', target: widest, wantLayer: 'f', wait: SWITCH_WAIT });
   await phase('medium', { sender: 'B', quality: 'medium', watch: 'B', target: () => pubWidth('h'), wantLayer: 'h', wait: SWITCH_WAIT });
+  await dynacast();
+}
+
+// ---- phase dynacast (SPEC 5.1): publish-layers to the publisher, which honours it.
+async function dynacast() {
+  const { pub, A, B } = pages;
+  const rel = (t) => (t == null ? null : t - T0);
+  const w = summary.widths;
+  const D = summary.dynacast = {
+    startMs: null, endMs: null, layersAtStart: null, requestLowMs: {},
+    q: null, appliedQ: null, bytes: null, subsLow: {},
+    high: null, messages: [], applied: [],
+  };
+  const t0 = Date.now();
+  D.startMs = rel(t0);
+  const cam = (m) => m.trackId === summary.trackId;
+  const lastMsg = (await pub.evaluate(() => H.publishLayers)).filter(cam).pop();
+  D.layersAtStart = lastMsg ? lastMsg.layers : null;
+  await pub.evaluate((t) => { H.cameraTrackId = t; H.honour = true; }, summary.trackId);
+  const subscribe = (p, quality) => p.evaluate(({ roomId, trackId, quality }) => { H.send({ type: 'track-subscribe', roomId, trackId, subscribe: true, quality }); return Date.now(); }, { roomId: summary.roomId, trackId: summary.trackId, quality });
+  // Step 2: both ask low.
+  const tA = await subscribe(A, 'low'), tB = await subscribe(B, 'low');
+  D.requestLowMs = { A: rel(tA), B: rel(tB) };
+  const tFirst = Math.min(tA, tB), tLast = Math.max(tA, tB);
+  const msgs = async () => (await pub.evaluate(() => H.publishLayers)).filter((m) => cam(m) && m.t >= t0);
+  const applied = async () => pub.evaluate(() => H.applied);
+  const same = (a, b) => Array.isArray(a) && a.length === b.length && a.every((x, i) => x === b[i]);
+  const pubSample = async () => {
+    const s = await pub.evaluate(() => H.pubStats());
+    const [a, b] = [await latestVideo(A), await latestVideo(B)];
+    const bytes = {}, active = {};
+    for (const r of ['q', 'h', 'f']) { bytes[r] = s.layers[r] ? s.layers[r].bytesSent : null; active[r] = s.layers[r] ? s.layers[r].active : null; }
+    return {
+      t: s.t, atMs: rel(s.t), bytes, active, pubWidth: Object.fromEntries(['q', 'h', 'f'].map((r) => [r, s.layers[r] ? s.layers[r].frameWidth : null])),
+      A: a && { w: a.frameWidth, frames: a.framesDecoded }, B: b && { w: b.frameWidth, frames: b.framesDecoded },
+    };
+  };
+  // What a subscriber decoded between two instants (from its 250 ms samples).
+  const decodedIn = async (p, from, to) => {
+    const ss = (await p.evaluate(() => H.samples)).filter((s) => s.video && s.t >= from && s.t <= to);
+    const widths = {};
+    for (const s of ss) widths[s.video.frameWidth] = (widths[s.video.frameWidth] || 0) + 1;
+    return { samples: ss.length, widths, framesDecodedDelta: ss.length ? ss[ss.length - 1].video.framesDecoded - ss[0].video.framesDecoded : 0 };
+  };
+  try {
+    // Step 3: publish-layers exactly ["q"] within 5 s + slack.
+    const q = await until(async () => (await msgs()).find((m) => same(m.layers, ['q'])) || null, DYN_Q_WAIT, 100);
+    if (!q) {
+      timeout(`dynacast: the publisher got no publish-layers ["q"] within ${DYN_Q_WAIT} ms of both asking low`);
+      return;
+    }
+    D.q = { atMs: rel(q.t), sinceRequestMs: q.t - tLast, sinceFirstRequestMs: q.t - tFirst, layers: q.layers, trackId: q.trackId };
+    // Step 4: the page applied it (setParameters resolved).
+    const ap = await until(async () => (await applied()).find((a) => a.tMsg === q.t && a.encodings) || null, 3000, 100);
+    if (!ap) { timeout('dynacast: the publisher did not apply publish-layers ["q"] within 3 s'); return; }
+    D.appliedQ = { atMs: rel(ap.t), sinceMessageMs: ap.t - q.t, tookMs: ap.tookMs, changed: ap.changed, encodings: ap.encodings, error: ap.error };
+    // Step 5: h and f stop, q goes on, both still decode q.
+    await sleep(DYN_SETTLE);
+    const s1 = await pubSample();
+    await sleep(DYN_GAP);
+    const s2 = await pubSample();
+    await sleep(DYN_GAP);
+    const s3 = await pubSample();
+    const delta = (a, b) => Object.fromEntries(['q', 'h', 'f'].map((r) => [r, a.bytes[r] == null || b.bytes[r] == null ? null : b.bytes[r] - a.bytes[r]]));
+    D.bytes = {
+      settleMs: DYN_SETTLE, samples: [s1, s2, s3].map(({ t, ...rest }) => rest),
+      delta: delta(s1, s2), deltaToLast: delta(s1, s3),
+    };
+    for (const [who, p] of [['A', A], ['B', B]]) D.subsLow[who] = await decodedIn(p, s1.t, s3.t);
+    // Step 6: B asks high again; f is listed, re-activated, and B decodes it.
+    const tHigh = await subscribe(B, 'high');
+    const H6 = D.high = { requestMs: rel(tHigh), f: null, applied: null, bReachedMs: null, bWidth: null, update: null, subs: {}, pubAtReached: null };
+    const f = await until(async () => (await msgs()).find((m) => m.t >= tHigh && Array.isArray(m.layers) && m.layers.includes('f')) || null, DYN_F_WAIT, 100);
+    if (!f) { timeout(`dynacast: the publisher got no publish-layers with "f" within ${DYN_F_WAIT} ms of B asking high`); return; }
+    H6.f = { atMs: rel(f.t), sinceRequestMs: f.t - tHigh, layers: f.layers };
+    const apf = await until(async () => (await applied()).find((a) => a.tMsg === f.t && a.encodings) || null, 3000, 100);
+    if (apf) H6.applied = { atMs: rel(apf.t), sinceMessageMs: apf.t - f.t, tookMs: apf.tookMs, changed: apf.changed, encodings: apf.encodings, error: apf.error };
+    else timeout('dynacast: the publisher did not apply the publish-layers with "f" within 3 s');
+    const reached = await until(async () => { const v = await latestVideo(B); return v && v.frameWidth === w.f ? Date.now() : null; }, Math.max(0, DYN_B_WAIT - (Date.now() - tHigh)), 100);
+    if (reached) {
+      H6.bReachedMs = reached - tHigh;
+      H6.pubAtReached = await pubSample();
+      delete H6.pubAtReached.t;
+      await sleep(1000); // B stays at f, A stays at q
+    } else timeout(`dynacast: B not back at width ${w.f} within ${DYN_B_WAIT} ms of asking high`);
+    H6.bWidth = (await latestVideo(B))?.frameWidth ?? null;
+    const upd = (await B.evaluate(() => H.subUpdates)).filter((u) => u.t >= tHigh && u.trackId === summary.trackId);
+    H6.update = upd.find((u) => u.layer === 'f') || null;
+    if (H6.update) H6.update = { layer: H6.update.layer, reason: H6.update.reason, atMs: rel(H6.update.t), sinceRequestMs: H6.update.t - tHigh };
+    H6.updates = upd.map((u) => ({ layer: u.layer, reason: u.reason, sinceRequestMs: u.t - tHigh }));
+    const tEnd = Date.now();
+    for (const [who, p] of [['A', A], ['B', B]]) H6.subs[who] = await decodedIn(p, reached || tHigh, tEnd);
+    H6.subs.B.untilReached = await decodedIn(B, tHigh, reached || tEnd);
+  } finally {
+    D.endMs = rel(Date.now());
+    try {
+      D.messages = (await msgs()).map((m) => ({ atMs: rel(m.t), layers: m.layers }));
+      D.applied = (await applied()).map((a) => ({ atMs: rel(a.t), layers: a.layers, changed: a.changed, encodings: a.encodings, error: a.error, tookMs: a.tookMs }));
+    } catch (e) { summary.errors.push(`dynacast report: ${e.message}`); }
+  }
 }
 
 async function latestVideo(p) { return (await p.evaluate(() => H.latest())).sample?.video || null; }
@@ -446,6 +588,7 @@ async function collect() {
     .map((s) => ({ atMs: s.t - T0, ...Object.fromEntries(Object.entries(s.layers).map(([r, l]) => [r, { w: l.frameWidth, kB: Math.round(l.bytesSent / 1000), fps: l.framesPerSecond, lim: l.qualityLimitationReason }])) }));
   summary.publisherLayersEnd = (await pub.evaluate(() => H.pubStats())).layers;
   summary.publisherReport = await pub.evaluate(() => H.report());
+  summary.publishLayersAll = summary.publisherReport.publishLayers.map((m) => ({ atMs: m.t - T0, trackId: m.trackId, layers: m.layers }));
   for (const [who, p] of [['A', A], ['B', B]]) {
     const samples = (await p.evaluate(() => H.samples)).filter((s) => s.video);
     const rep = await p.evaluate(() => H.report());
@@ -508,6 +651,25 @@ function verdict() {
   }
   if (S.B?.phases.low && Object.keys(S.B.phases.low.widths).some((x) => Number(x) !== w.widest)) f.push(`B left the full layer while A was low: ${JSON.stringify(S.B.phases.low.widths)}`);
   for (const who of ['A', 'B']) if (S[who] && S[who].packetsLost !== 0) f.push(`${who} lost ${S[who].packetsLost} packets`);
+  const D = summary.dynacast;
+  if (!D) f.push('dynacast: phase not run');
+  else {
+    if (!D.q) f.push('dynacast: no publish-layers ["q"]');
+    else if (D.q.sinceRequestMs > 8000 || D.q.sinceFirstRequestMs < 4800) f.push(`dynacast: publish-layers ["q"] ${D.q.sinceRequestMs} ms after both asked low (want 5..8 s)`);
+    if (D.q && !(D.appliedQ && !D.appliedQ.error && D.appliedQ.encodings.q === true && D.appliedQ.encodings.h === false && D.appliedQ.encodings.f === false)) f.push(`dynacast: ["q"] not applied: ${JSON.stringify(D.appliedQ)}`);
+    if (D.bytes) {
+      const d = D.bytes.delta;
+      if (!(d.h <= 2500 && d.f <= 2500)) f.push(`dynacast: h/f bytesSent still growing: ${JSON.stringify(d)}`);
+      if (!(d.q > 0)) f.push(`dynacast: q bytesSent not growing: ${JSON.stringify(d)}`);
+      for (const who of ['A', 'B']) {
+        const x = D.subsLow[who];
+        if (!x || !(x.framesDecodedDelta > 0) || Object.keys(x.widths).some((k) => Number(k) !== w.q)) f.push(`dynacast: ${who} not decoding q with h/f off: ${JSON.stringify(x)}`);
+      }
+    }
+    if (D.bytes && !(D.high && D.high.f && D.high.f.sinceRequestMs <= 3000)) f.push(`dynacast: no publish-layers with "f" within 3 s of B asking high: ${JSON.stringify(D.high && D.high.f)}`);
+    if (D.high && D.high.f && !(D.high.applied && !D.high.applied.error && D.high.applied.encodings.f === true)) f.push(`dynacast: f not re-activated: ${JSON.stringify(D.high.applied)}`);
+    if (D.high && D.high.f && !(D.high.bReachedMs !== null && D.high.bReachedMs <= 8000)) f.push(`dynacast: B not back at f within 8 s (${D.high.bReachedMs})`);
+  }
   if (summary.errors.length) f.push(`page errors: ${summary.errors.length}`);
   if (summary.timeouts.length) f.push(...summary.timeouts.map((t) => `timeout: ${t}`));
 }

@@ -12,9 +12,14 @@ const S = {
   // room
   roomId: null, roomName: null, peerId: null, pub: null, sub: null,
   local: null, screen: null, myTracks: new Map(), // mid -> {source, trackId?}
-  tracks: new Map(), // server trackId -> {peerId, kind, source, muted}
+  tracks: new Map(), // server trackId -> {peerId, kind, source, muted, simulcast}
   tiles: new Map(), // peerId -> {el, video, stream, name}
   midToTrack: new Map(), // subscriber mid -> server trackId (from the offer's msid)
+  answered: new Set(), // server trackIds in a subscribe-answer we sent: the server has our copy of them
+  layers: new Map(), // server trackId -> {layer, reason}: the last subscription-update for it
+  layersWanted: new Map(), // our trackId -> rids someone receives (publish-layers)
+  layerChain: Promise.resolve(), // setParameters calls, one at a time
+  quiet: new Set(), // reqIds whose errors the user need not read (adaptive stream)
   // call
   call: null, // {id, peer, pc, type}
   early: new Map(), // callId -> ICE candidates that arrived before the call's PC was ready
@@ -126,6 +131,8 @@ async function onMessage(m) {
     case 'track-published': return onTrackPublished(m.peerId, m.track);
     case 'track-unpublished': return onTrackUnpublished(m.peerId, m.trackId || m.track?.id);
     case 'active-speakers': return onSpeakers(m.speakers || []);
+    case 'subscription-update': return onSubscriptionUpdate(m);
+    case 'publish-layers': return onPublishLayers(m);
     case 'connection-quality': return onQuality(m.updates || []);
     case 'room-deleted': status('This room was deleted.', true); return leaveRoom(false);
     // calls
@@ -146,6 +153,9 @@ async function onMessage(m) {
 }
 
 async function onError(m) {
+  // A size change can ask for a track that was unpublished a moment ago:
+  // nothing the user has to know about.
+  if (S.quiet.delete(m.reqId)) return;
   if (m.code === 'token-expired') {
     if (S.guestName) {
       try { const t = await guestToken(S.guestName); if (claims(t)) { S.token = t; send({ type: 'refresh', token: t }); } return; } catch { /* fall through */ }
@@ -167,7 +177,9 @@ async function getMedia(kind) {
   const cam = $('camera-select').value, mic = $('mic-select').value;
   const want = {
     audio: mic ? { deviceId: { exact: mic } } : true,
-    video: kind === 'audio' ? false : (cam ? { deviceId: { exact: cam } } : { width: 640, height: 360 }),
+    video: kind === 'audio' ? false : S.call ? (cam ? { deviceId: { exact: cam } } : { width: 640, height: 360 })
+      // Rooms send the camera as simulcast: 720p gives three distinct layers (320, 640, 1280 wide).
+      : { width: 1280, height: 720, ...(cam ? { deviceId: { exact: cam } } : {}) },
   };
   try {
     return await navigator.mediaDevices.getUserMedia(want);
@@ -217,15 +229,20 @@ function addTile(peerId, name) {
   const label = document.createElement('span'); label.className = 'label'; label.textContent = name || peerId;
   const badge = document.createElement('span'); badge.className = 'badge'; badge.hidden = true;
   const muted = document.createElement('span'); muted.className = 'muted'; muted.hidden = true;
-  el.append(video, label, badge, muted);
+  const layer = document.createElement('span'); layer.className = 'layer'; layer.hidden = true;
+  const paused = document.createElement('span'); paused.className = 'paused'; paused.hidden = true;
+  paused.textContent = 'Paused: low bandwidth';
+  el.append(video, label, badge, muted, layer, paused);
   $('tiles').append(el);
-  t = { el, video, label, badge, muted, stream: new MediaStream() };
+  t = { el, video, label, badge, muted, layer, paused, want: null, stream: new MediaStream() };
+  tileOfVideo.set(video, t);
   video.srcObject = peerId === 'me' ? S.local : t.stream;
   S.tiles.set(peerId, t);
   return t;
 }
 function removeTile(peerId) {
   const t = S.tiles.get(peerId); if (!t) return;
+  sizes?.unobserve(t.video);
   t.el.remove(); S.tiles.delete(peerId);
   for (const [id, tr] of S.tracks) if (tr.peerId === peerId) S.tracks.delete(id);
 }
@@ -275,10 +292,20 @@ async function onRoomJoined(m) {
   S.sub.ontrack = (e) => onRemoteTrack(e);
   S.pub = newPc();
   S.pub.onicecandidate = (e) => e.candidate && send({ type: 'room-ice-candidate', roomId: S.roomId, pc: 'publisher', candidate: e.candidate.toJSON() });
-  S.myTracks.clear();
-  if (S.local) for (const t of S.local.getTracks()) S.pub.addTransceiver(t, { direction: 'sendonly', streams: [S.local] });
+  S.myTracks.clear(); S.layersWanted.clear();
+  if (S.local) for (const t of S.local.getTracks()) S.pub.addTransceiver(t, sendInit(t, S.local));
   await publish();
 }
+// The camera goes out as three simulcast layers (SPEC 5.1) so the SFU can give
+// each subscriber the one that fits its tile and its link; the microphone and a
+// screen share (which must stay sharp) go out as one.
+const SIMULCAST = [{ rid: 'q', scaleResolutionDownBy: 4 }, { rid: 'h', scaleResolutionDownBy: 2 }, { rid: 'f', scaleResolutionDownBy: 1 }];
+function sendInit(track, stream) {
+  const init = { direction: 'sendonly', streams: [stream] };
+  if (track.kind === 'video' && stream === S.local) init.sendEncodings = SIMULCAST.map((e) => ({ ...e }));
+  return init;
+}
+const isSimulcast = (transceiver) => transceiver.sender.getParameters().encodings?.length > 1;
 async function publish() {
   if (!S.pub || S.pub.getTransceivers().length === 0) return;
   const offer = await S.pub.createOffer();
@@ -286,7 +313,7 @@ async function publish() {
   const tracks = S.pub.getTransceivers().filter((t) => t.sender.track && !t.stopped).map((t) => ({
     mid: t.mid,
     source: sourceOf(t.sender.track),
-    simulcast: false,
+    simulcast: isSimulcast(t),
   }));
   for (const t of tracks) S.myTracks.set(t.mid, { ...S.myTracks.get(t.mid), source: t.source });
   send({ type: 'publish-offer', roomId: S.roomId, sdp: S.pub.localDescription.sdp, tracks, reqId: ++S.seq });
@@ -310,6 +337,10 @@ async function onSubscribeOffer(m) {
   const answer = await S.sub.createAnswer();
   await S.sub.setLocalDescription(answer);
   send({ type: 'subscribe-answer', roomId: S.roomId, sdp: S.sub.localDescription.sdp });
+  // The server makes our copy of each track when it reads the answer, and a
+  // track-subscribe before that is lost: the tiles ask for their quality now.
+  for (const { track } of S.midToTrack.values()) S.answered.add(track);
+  for (const t of S.tiles.values()) fitTile(t);
 }
 function peerOfRemote(e) {
   const ids = S.midToTrack.get(e.transceiver?.mid) || {};
@@ -326,6 +357,8 @@ function onRemoteTrack(e) {
   tile.stream.addTrack(e.track);
   e.track.onended = () => tile.stream.removeTrack(e.track);
   tile.video.play?.().catch(() => {});
+  const trackId = S.midToTrack.get(e.transceiver?.mid)?.track;
+  if (e.track.kind === 'video' && trackId) watchTile(tile, trackId, isScreen);
 }
 function onRoomCandidate(m) {
   const pc = m.pc === 'publisher' ? S.pub : S.sub;
@@ -333,27 +366,32 @@ function onRoomCandidate(m) {
 }
 function onTrackPublished(peerId, track) {
   if (!track) return;
-  if (peerId === S.peerId) { // our own track: learn its server id
-    for (const [mid, v] of S.myTracks) if (!v.trackId && v.source === track.source) { v.trackId = track.id; break; }
-    return;
-  }
-  S.tracks.set(track.id, { id: track.id, peerId, kind: track.kind, source: track.source, muted: track.muted });
+  if (peerId === S.peerId) return learnTrackId(track);
+  S.tracks.set(track.id, { id: track.id, peerId, kind: track.kind, source: track.source, muted: track.muted, simulcast: track.simulcast });
   if (track.source === 'screen') addTile(`${peerId}:screen`, `${S.tiles.get(peerId)?.label.textContent || peerId} (screen)`);
 }
+// Our own track: learn its server id, which track-mute and publish-layers use.
+function learnTrackId(track) {
+  for (const v of S.myTracks.values()) {
+    if (!v.trackId && v.source === track.source) { v.trackId = track.id; applyLayers(track.id); return; }
+  }
+}
 function onTrackUnpublished(peerId, trackId) {
-  const tr = S.tracks.get(trackId); S.tracks.delete(trackId);
+  const tr = S.tracks.get(trackId); S.tracks.delete(trackId); S.layers.delete(trackId);
+  // Its tile stops asking for it (the camera tile stays for the person).
+  for (const t of S.tiles.values()) if (t.want?.trackId === trackId) { t.want = null; showLayer(t); }
   if (tr?.source === 'screen') removeTile(`${peerId}:screen`);
 }
 function onParticipantUpdated(p) {
   if (!p) return;
   if (p.peerId === S.peerId) {
-    for (const tr of p.tracks || []) for (const v of S.myTracks.values()) if (!v.trackId && v.source === tr.source) v.trackId = tr.id;
+    for (const tr of p.tracks || []) learnTrackId(tr);
     return;
   }
   const t = addTile(p.peerId, p.name || p.userId);
   const muted = (kind) => (p.tracks || []).some((x) => x.kind === kind && x.source !== 'screen' && x.source !== 'screen-audio' && x.muted);
   setMutedBadge(t, muted('audio'), muted('video'));
-  for (const tr of p.tracks || []) S.tracks.set(tr.id, { id: tr.id, peerId: p.peerId, kind: tr.kind, source: tr.source, muted: tr.muted });
+  for (const tr of p.tracks || []) S.tracks.set(tr.id, { id: tr.id, peerId: p.peerId, kind: tr.kind, source: tr.source, muted: tr.muted, simulcast: tr.simulcast });
 }
 function onSpeakers(speakers) {
   const now = new Set(speakers.map((s) => s.peerId));
@@ -369,7 +407,90 @@ function onQuality(updates) {
 }
 function closePcs() {
   S.pub?.close(); S.sub?.close(); S.pub = S.sub = null;
-  S.midToTrack.clear();
+  S.midToTrack.clear(); S.layers.clear(); S.answered.clear();
+}
+
+// ---------- adaptive stream and dynacast (SPEC 5.1) ----------
+// Each remote video tile asks the SFU for the layer that fits its size on
+// screen (device pixels): a thumbnail needs no 720p, and what nobody asks for
+// the publisher can stop encoding. Screen shares always ask for full
+// resolution, because text must stay readable.
+const tileOfVideo = new WeakMap();
+const sizes = typeof ResizeObserver === 'function'
+  ? new ResizeObserver((entries) => { for (const e of entries) fitTile(tileOfVideo.get(e.target)); })
+  : null;
+function qualityFor(px) { return px < 360 ? 'low' : px < 800 ? 'medium' : 'high'; }
+function watchTile(t, trackId, screen) {
+  if (t.want?.trackId === trackId) return;
+  t.want = { trackId, screen, sent: null };
+  sizes?.observe(t.video);
+  fitTile(t);
+  showLayer(t);
+}
+// Sends track-subscribe only when the wanted quality changes.
+function fitTile(t) {
+  const w = t?.want; if (!w || !S.roomId || !S.answered.has(w.trackId)) return;
+  const px = t.video.clientWidth * (window.devicePixelRatio || 1);
+  if (!w.screen && px === 0) return; // not laid out: keep what it has
+  const quality = w.screen ? 'high' : qualityFor(px);
+  if (quality === w.sent) return;
+  w.sent = quality;
+  const reqId = ++S.seq; S.quiet.add(reqId);
+  if (S.quiet.size > 100) S.quiet.delete(S.quiet.values().next().value); // errors that never came
+  send({ type: 'track-subscribe', roomId: S.roomId, trackId: w.trackId, subscribe: true, quality, reqId });
+}
+// Zoom and a move to another screen change devicePixelRatio; they fire resize.
+window.addEventListener('resize', () => { for (const t of S.tiles.values()) fitTile(t); });
+
+// The layer the server forwards to us for a track: kept per track, because it
+// can arrive before the track's tile has it.
+function onSubscriptionUpdate(m) {
+  S.layers.set(m.trackId, { layer: m.layer ?? null, reason: m.reason });
+  for (const t of S.tiles.values()) if (t.want?.trackId === m.trackId) showLayer(t);
+}
+const LAYER_NAMES = { q: 'low', h: 'medium', f: 'high' };
+function showLayer(t) {
+  const trackId = t.want?.trackId;
+  const now = trackId ? S.layers.get(trackId) : null;
+  // Paused for bandwidth: say so rather than leave a frozen picture unexplained.
+  t.paused.hidden = !(now && now.layer === null && now.reason === 'bandwidth');
+  // A single-layer track is reported as "q" whatever its size: no badge for it.
+  const layered = S.tracks.get(trackId)?.simulcast;
+  t.layer.hidden = !(layered && now?.layer);
+  if (!t.layer.hidden) {
+    t.layer.textContent = LAYER_NAMES[now.layer] || now.layer;
+    t.layer.title = `Receiving the ${t.layer.textContent} quality layer`;
+  }
+}
+
+// Dynacast: the server names the layers of our camera that someone receives;
+// the others need not be encoded, which saves CPU and uplink. One stays on
+// ("q" when none is wanted) so that a new viewer gets video at once.
+function onPublishLayers(m) {
+  S.layersWanted.set(m.trackId, m.layers || []);
+  applyLayers(m.trackId);
+}
+function senderOf(trackId) {
+  for (const [mid, v] of S.myTracks) {
+    if (v.trackId === trackId) return S.pub?.getTransceivers().find((t) => t.mid === mid)?.sender || null;
+  }
+  return null;
+}
+function applyLayers(trackId) {
+  const layers = S.layersWanted.get(trackId);
+  const sender = layers && senderOf(trackId);
+  if (!sender) return; // our track id is not known yet: learnTrackId comes back
+  // getParameters/setParameters pairs must not interleave.
+  S.layerChain = S.layerChain.then(async () => {
+    const p = sender.getParameters();
+    const rids = p.encodings.map((e) => e.rid).filter(Boolean);
+    if (rids.length < 2) return; // single layer: nothing to choose
+    let on = layers.filter((r) => rids.includes(r));
+    if (on.length === 0) on = [rids.includes('q') ? 'q' : rids[0]];
+    let changed = false;
+    for (const e of p.encodings) if (e.active !== on.includes(e.rid)) { e.active = on.includes(e.rid); changed = true; }
+    if (changed) await sender.setParameters(p);
+  }).catch((e) => console.warn('publish-layers:', e.message)); // a closed PeerConnection: the next one starts afresh
 }
 function leaveRoom(tell = true) {
   if (tell && S.roomId) send({ type: 'room-leave', roomId: S.roomId });

@@ -5,14 +5,15 @@
 
 use super::{Router, KEYFRAME_FOLLOWUPS};
 use crate::ids::TrackId;
-use crate::media::allocate::{Layer, Reason};
+use crate::media::allocate::Layer;
 use crate::media::codec;
-use crate::media::consumer::{choose_layer, Consumer};
+use crate::media::consumer::Consumer;
 use crate::media::error::MediaError;
 use crate::media::forwarder::{self, Decision};
 use crate::media::ids::{LegId, Ssrc};
 use crate::media::transport::{Side, Transport};
 use crate::media::worker::Io;
+use crate::media::{allocate, bwe};
 use crate::media::{egress, MediaEvent, Role};
 use crate::model::TrackKind;
 use bytes::BytesMut;
@@ -24,6 +25,10 @@ use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use std::net::SocketAddr;
 use std::time::{Instant, SystemTime};
+
+/// How often layer bitrates are measured and each subscriber's estimate is
+/// shared among its tracks.
+const ALLOCATE_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// Packets one NACK can have sent again.
 const MAX_RESENT_PER_NACK: usize = 64;
@@ -160,6 +165,7 @@ impl Router {
         let Some(layer) = p.layer_of(Ssrc(pkt.header.ssrc)) else { return };
         let simulcast = p.is_simulcast();
         p.last_seen[layer as usize] = Some(now);
+        p.layer_bytes[layer as usize] += (pkt.payload.len() + 12) as u64;
         let top = p.layers.iter().rposition(Option::is_some).unwrap_or(0);
         if p.vp8 && layer as usize == top {
             if let Some(size) = crate::media::producer::vp8_keyframe_size(&pkt.payload) {
@@ -173,8 +179,9 @@ impl Router {
             let leg = self.transports.get_mut(&c.leg).filter(|l| l.connected);
             let Decision::Send(send) = c.forwarder.decide(&info, leg.is_some(), now) else { continue };
             let Some(leg) = leg else { continue };
-            if send.switched && simulcast {
-                layer_changed(io, c, &p.id, Some(layer));
+            if send.switched {
+                // A single-layer track's one layer is its full one.
+                layer_changed(io, c, &p.id, Some(if simulcast { layer } else { Layer::F }));
             }
             let Some(size) = write_copy(leg, io, c, &pkt, &send, None, now) else { continue };
             forwarded.inc();
@@ -282,6 +289,7 @@ impl Router {
         if role != Role::Subscriber {
             return;
         }
+        self.feed_estimate(leg, pkts, now);
         // A subscriber's feedback names our sender's track, which is the producer's id.
         let track = TrackId::from(track);
         if let Some(p) = self.producers.get_mut(&track) {
@@ -311,6 +319,108 @@ impl Router {
         if wants_keyframe {
             self.keyframe(&track, now);
         }
+    }
+
+    /// A subscriber's feedback about its downstream: transport-wide feedback
+    /// (send-side estimate), REMB, or receiver-report loss.
+    fn feed_estimate(&mut self, leg: LegId, pkts: &[Box<dyn rtcp::packet::Packet>], now: Instant) {
+        use rtcp::payload_feedbacks::receiver_estimated_maximum_bitrate::ReceiverEstimatedMaximumBitrate;
+        use rtcp::transport_feedbacks::transport_layer_cc::TransportLayerCc;
+        let Some(Transport { side: Side::Subscriber { bwe, .. }, .. }) = self.transports.get_mut(&leg) else { return };
+        for p in pkts {
+            let any = p.as_any();
+            if let Some(fb) = any.downcast_ref::<TransportLayerCc>() {
+                self.arrivals.clear();
+                crate::media::observe::feedback_arrivals(fb, &mut self.arrivals);
+                self.feedback.clear();
+                self.feedback.extend(self.arrivals.iter().map(|&(seq, t)| bwe::Arrival {
+                    transport_seq: seq,
+                    arrived: t.map(|us| std::time::Duration::from_micros(us.max(0) as u64)),
+                }));
+                bwe.on_feedback(&self.feedback, now);
+            } else if let Some(remb) = any.downcast_ref::<ReceiverEstimatedMaximumBitrate>() {
+                bwe.on_remb(remb.bitrate as u64);
+            } else if let Some(rr) = any.downcast_ref::<rtcp::receiver_report::ReceiverReport>() {
+                if let Some(worst) = rr.reports.iter().map(|r| r.fraction_lost).max() {
+                    bwe.on_receiver_report(f64::from(worst) / 256.0, now);
+                }
+            }
+        }
+    }
+
+    /// Measure what each layer costs, then share every subscriber's
+    /// estimate among its tracks (SPEC 5.1 allocation) and point each
+    /// consumer at the layer it got.
+    pub(super) fn allocate(&mut self, secs: f64, now: Instant, io: &Io) {
+        use allocate::{Kind, TrackInput};
+        for p in self.producers.values_mut() {
+            p.measure(secs);
+        }
+        let subscribers: Vec<LegId> = self
+            .transports
+            .iter()
+            .filter(|(_, t)| matches!(t.side, Side::Subscriber { .. }))
+            .map(|(&id, _)| id)
+            .collect();
+        let mut inputs = Vec::new();
+        let mut changes = Vec::new();
+        let mut keyframes = Vec::new();
+        for leg in subscribers {
+            inputs.clear();
+            for p in self.producers.values() {
+                let Some(c) = p.consumers.iter().find(|c| c.leg == leg) else { continue };
+                let kind = match (p.kind, p.source) {
+                    (TrackKind::Audio, _) => Kind::Audio,
+                    (_, crate::model::TrackSource::Screen) => Kind::Screen,
+                    _ => Kind::Camera,
+                };
+                // An unsubscribed track takes no share (and keeps its place).
+                if c.forwarder.paused() {
+                    continue;
+                }
+                let ceiling = Some(if p.is_simulcast() { c.ceiling } else { Layer::Q });
+                let speaker_rank = self.speakers.iter().position(|s| *s == p.peer).map(|i| i as u32);
+                inputs.push(TrackInput {
+                    id: c.alloc_id,
+                    kind,
+                    ceiling,
+                    available: p.layer_bitrates(now),
+                    speaker_rank,
+                });
+            }
+            let Some(Transport { side: Side::Subscriber { bwe, allocator, .. }, .. }) = self.transports.get_mut(&leg)
+            else {
+                continue;
+            };
+            changes.clear();
+            // Off: a terabit, as good as unlimited and far from any overflow.
+            let estimate = if io.bandwidth_estimation { bwe.estimate_bps() } else { 1_000_000_000_000 };
+            allocator.allocate(estimate, &inputs, now, &mut changes);
+            for p in self.producers.values_mut().filter(|p| p.kind == TrackKind::Video) {
+                for c in p.consumers.iter_mut().filter(|c| c.leg == leg) {
+                    let Some(ch) = changes.iter().find(|ch| ch.track == c.alloc_id) else { continue };
+                    c.reason = ch.reason;
+                    let was = c.forwarder.current();
+                    if c.forwarder.set_target(ch.layer) {
+                        keyframes.extend(ch.layer.map(|l| (p.id.clone(), l)));
+                    }
+                    if ch.layer.is_none() && was.is_some() {
+                        layer_changed(io, c, &p.id, None);
+                    }
+                }
+            }
+        }
+        for (track, layer) in keyframes {
+            self.keyframe_of(&track, layer, now);
+        }
+        let paused = self
+            .producers
+            .values()
+            .flat_map(|p| &p.consumers)
+            .filter(|c| !c.forwarder.paused() && c.forwarder.target().is_none())
+            .count() as i64;
+        self.paused_gauge.add(paused - self.paused);
+        self.paused = paused;
     }
 
     /// Ask a publisher for a keyframe of every layer some consumer forwards
@@ -358,9 +468,8 @@ impl Router {
         self.dirty.push(p.leg);
     }
 
-    /// Simulcast: point every consumer at the best layer under its ceiling
-    /// that arrives now, asking for that layer's keyframe when it changes.
-    /// Dynacast (SPEC 5.1): the publisher hears which layers anyone
+    /// Simulcast: keep asking for the keyframe of every layer a consumer
+    /// waits to switch to (within the rate limit). Dynacast (SPEC 5.1): the publisher hears which layers anyone
     /// receives or asks for (its ceiling), kept for 5 s after the last.
     pub(super) fn choose_layers(&mut self, now: Instant, io: &Io) {
         let mut wanted = Vec::new();
@@ -375,15 +484,7 @@ impl Router {
                 tracing::debug!(track = %p.id, ?layers, "media: publish-layers");
                 io.event(MediaEvent::PublishLayers { peer: p.peer.clone(), track: p.id.clone(), layers });
             }
-            let available = p.available(now);
-            for c in p.consumers.iter_mut().filter(|c| !c.forwarder.paused()) {
-                let layer = choose_layer(c.ceiling, available);
-                // Ceilings are applied where they change (`subscribe`): a
-                // change here is the publisher's layers coming and going.
-                if c.forwarder.target() != Some(layer) {
-                    c.reason = Reason::Publisher;
-                    c.forwarder.set_target(Some(layer));
-                }
+            for c in p.consumers.iter().filter(|c| !c.forwarder.paused()) {
                 if let Some(l) = c.forwarder.wants_keyframe() {
                     wanted.push((p.id.clone(), l));
                 }
@@ -427,6 +528,11 @@ impl Router {
             self.send_pli(&t, l, now);
         }
         self.choose_layers(now, io);
+        if now >= self.next_allocation {
+            let secs = ALLOCATE_EVERY.as_secs_f64();
+            self.next_allocation = now + ALLOCATE_EVERY;
+            self.allocate(secs, now, io);
+        }
     }
 }
 
@@ -461,9 +567,13 @@ fn write_copy(
             return None;
         }
     };
+    let size = data.len();
     io.failed += io.out.push(&io.socket, data, remote);
     if let Some(n) = transport_seq {
         leg.observed.sent.record(n, now);
+        if let Side::Subscriber { bwe, .. } = &mut leg.side {
+            bwe.on_sent(bwe::SentPacket { transport_seq: n, size, at: now });
+        }
     }
     Some(pkt.payload.len() + 12)
 }

@@ -12,8 +12,7 @@ mod forward;
 mod negotiate;
 mod report;
 
-use super::allocate::{Layer, Reason};
-use super::consumer::choose_layer;
+use super::allocate::Layer;
 use super::ids::{LegId, RouterId, Ssrc};
 use super::producer::Producer;
 use super::transport::Transport;
@@ -54,6 +53,24 @@ pub struct Router {
     dirty: Vec<LegId>,
     /// `confer_pli_total` (keyframe requests happen where no [`Io`] is at hand).
     plis: prometheus::IntCounter,
+    next_alloc_id: u32,
+    /// When layer bitrates are measured and subscribers' layers allocated next.
+    next_allocation: Instant,
+    /// Reused for parsing transport-wide feedback.
+    arrivals: Vec<(u16, Option<i64>)>,
+    feedback: Vec<crate::media::bwe::Arrival>,
+    /// `track-subscribe` that came before its consumer existed (before the
+    /// subscriber answered the offer carrying the track): applied to it then.
+    early: HashMap<(PeerId, TrackId), (bool, Option<Layer>)>,
+    /// `confer_tracks_paused`, and what this router added to it.
+    paused_gauge: prometheus::IntGauge,
+    paused: i64,
+}
+
+impl Drop for Router {
+    fn drop(&mut self) {
+        self.paused_gauge.sub(self.paused);
+    }
 }
 
 impl Router {
@@ -69,6 +86,13 @@ impl Router {
             followups: Vec::new(),
             dirty: Vec::new(),
             plis: metrics.pli.clone(),
+            next_alloc_id: 0,
+            next_allocation: Instant::now(),
+            arrivals: Vec::new(),
+            feedback: Vec::new(),
+            early: HashMap::new(),
+            paused_gauge: metrics.tracks_paused.clone(),
+            paused: 0,
         }
     }
 
@@ -103,6 +127,7 @@ impl Router {
         for p in self.producers.values_mut() {
             p.consumers.retain(|c| &c.peer != peer_id);
         }
+        self.early.retain(|(p, _), _| p != peer_id);
         for l in [peer.publisher, peer.subscriber].into_iter().flatten() {
             self.close_leg(l, io);
         }
@@ -156,39 +181,36 @@ impl Router {
         }
     }
 
-    /// `track-subscribe`: pause or resume one subscriber's copy.
     /// `track-subscribe`: pause or resume one subscriber's copy, and for a
-    /// simulcast track move it under its new ceiling (`quality`).
+    /// simulcast track set its ceiling (`quality`); the allocation runs at
+    /// the next tick and says which layer it gets.
     pub fn subscribe(
         &mut self,
         peer: &PeerId,
         track: &TrackId,
         subscribe: bool,
         ceiling: Option<Layer>,
-        io: &mut Io,
+        io: &Io,
         now: Instant,
     ) {
         let Some(p) = self.producers.get_mut(track) else { return };
-        let (simulcast, available) = (p.is_simulcast(), p.available(now));
+        if !p.consumers.iter().any(|c| &c.peer == peer) {
+            let early = self.early.entry((peer.clone(), track.clone())).or_insert((subscribe, ceiling));
+            *early = (subscribe, ceiling.or(early.1));
+            return;
+        }
         for c in p.consumers.iter_mut().filter(|c| &c.peer == peer) {
             let was = c.forwarder.current();
             c.forwarder.set_paused(!subscribe);
+            if !subscribe && was.is_some() && p.kind == TrackKind::Video {
+                c.reason = super::allocate::Reason::Requested;
+                forward::layer_changed(io, c, &p.id, None);
+            }
             if let Some(l) = ceiling {
                 c.ceiling = l;
             }
-            if !simulcast {
-                continue;
-            }
-            c.reason = Reason::Requested;
-            let layer = choose_layer(c.ceiling, available);
-            if c.forwarder.target() != Some(layer) {
-                c.forwarder.set_target(Some(layer));
-            }
-            let now_forwarded = c.forwarder.current();
-            if was != now_forwarded {
-                forward::layer_changed(io, c, &p.id, now_forwarded);
-            }
         }
+        self.next_allocation = now;
         if subscribe {
             self.keyframe(track, now);
         }

@@ -36,7 +36,7 @@ impl Router {
         io.demux.register(ufrag.clone(), self.id, id);
         let side = match role {
             Role::Publisher => Side::Publisher { remote: HashMap::new() },
-            Role::Subscriber => Side::Subscriber { senders: HashMap::new(), negotiation: Negotiation::New },
+            Role::Subscriber => crate::media::transport::subscriber_side(now),
         };
         self.transports.insert(
             id,
@@ -107,7 +107,7 @@ impl Router {
             return io.error(peer_id, MediaError::NoOfferPending);
         };
         let Some(leg) = self.transports.get_mut(&leg_id) else { return };
-        let Side::Subscriber { negotiation, senders } = &mut leg.side else { return };
+        let Side::Subscriber { negotiation, senders, .. } = &mut leg.side else { return };
         if !matches!(negotiation, Negotiation::Offered { .. }) {
             return io.error(peer_id, MediaError::NoOfferPending);
         }
@@ -217,7 +217,19 @@ impl Router {
             ceiling: Layer::F,
             reason: Reason::Requested,
             switches: 0,
+            alloc_id: self.next_alloc_id,
         });
+        self.next_alloc_id = self.next_alloc_id.wrapping_add(1);
+        if let Some((subscribe, ceiling)) = self.early.remove(&(peer_id.clone(), track.clone())) {
+            let (simulcast, available) = (prod.is_simulcast(), prod.available(now));
+            if let Some(c) = prod.consumers.last_mut() {
+                c.forwarder.set_paused(!subscribe);
+                c.ceiling = ceiling.unwrap_or(c.ceiling);
+                if let Some(l) = ceiling.filter(|_| simulcast) {
+                    c.forwarder.set_target(Some(choose_layer(l, available)));
+                }
+            }
+        }
         if video {
             self.keyframe(track, now);
             for after in KEYFRAME_FOLLOWUPS {
@@ -244,7 +256,7 @@ impl Router {
     pub(super) fn renegotiate(&mut self, peer_id: &PeerId, io: &mut Io, now: Instant) {
         let Some(leg_id) = self.participants.get(peer_id).and_then(|p| p.subscriber) else { return };
         let Some(leg) = self.transports.get_mut(&leg_id) else { return };
-        let Side::Subscriber { negotiation, senders } = &mut leg.side else { return };
+        let Side::Subscriber { negotiation, senders, .. } = &mut leg.side else { return };
         if !negotiation.want_offer() {
             return;
         }
@@ -315,6 +327,7 @@ impl Router {
 
     pub(super) fn remove_producer(&mut self, track: &TrackId, io: &mut Io, now: Instant) {
         let Some(prod) = self.producers.remove(track) else { return };
+        self.early.retain(|(_, t), _| t != track);
         self.by_ssrc.retain(|_, t| t != track);
         io.metrics.tracks_published(prod.kind).dec();
         if let Some(Side::Publisher { remote }) = self.transports.get_mut(&prod.leg).map(|l| &mut l.side) {

@@ -6,6 +6,7 @@ use super::Router;
 use crate::ids::PeerId;
 use crate::media::ids::LegId;
 use crate::media::stats::{PeerStats, StreamSample, Streams};
+use crate::media::transport::Side;
 use crate::model::{TrackKind, TrackSource};
 use std::collections::HashMap;
 
@@ -116,7 +117,18 @@ impl Router {
                     }
                     None => Streams::default(),
                 };
-                PeerStats { peer: peer.clone(), publish: publish.remove(peer).unwrap_or_default(), subscribe }
+                let bandwidth_estimate_bps = self.participants.get(peer).and_then(|p| p.subscriber).and_then(|l| {
+                    match self.transports.get(&l).map(|t| &t.side) {
+                        Some(Side::Subscriber { bwe, .. }) => Some(bwe.estimate_bps()),
+                        _ => None,
+                    }
+                });
+                PeerStats {
+                    peer: peer.clone(),
+                    publish: publish.remove(peer).unwrap_or_default(),
+                    subscribe,
+                    bandwidth_estimate_bps,
+                }
             })
             .collect()
     }
