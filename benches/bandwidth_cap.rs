@@ -23,12 +23,8 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use common::ChildServer;
-use serde_json::Value;
-use std::io::Read;
-use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use common::{all_at, run_node_summary, ChildServer};
+use std::time::Duration;
 
 /// Longest the script may take (it stops itself after 110 s).
 const SCRIPT_LIMIT: Duration = Duration::from_secs(160);
@@ -45,66 +41,13 @@ const UP_MS: u64 = 25_000;
 /// Datagrams the proxy must have carried to C for C's media to have gone through it.
 const MIN_PROXIED_RTP: u64 = 1000;
 
-/// Run the script against `base`; its summary (the last line on stdout).
-fn run_script(base: &str) -> Value {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser/bandwidth.js");
-    let mut child = Command::new("node")
-        .arg(script)
-        .arg(base)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0) // node and its Chromium, killed together on a timeout
-        .spawn()
-        .expect("node runs");
-    let mut out = child.stdout.take().unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let out_t = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = out.read_to_string(&mut s);
-        s
-    });
-    let err_t = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
-    let deadline = Instant::now() + SCRIPT_LIMIT;
-    let status = loop {
-        if let Some(st) = child.try_wait().expect("try_wait") {
-            break Some(st);
-        }
-        if Instant::now() >= deadline {
-            let _ = Command::new("kill").arg("-KILL").arg(format!("-{}", child.id())).status();
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    let stdout = out_t.join().unwrap();
-    let stderr = err_t.join().unwrap();
-    let Some(status) = status else {
-        panic!("bandwidth.js did not finish within {SCRIPT_LIMIT:?} (killed):\n{stdout}\n{stderr}");
-    };
-    let last = stdout.lines().last().unwrap_or("");
-    match serde_json::from_str::<Value>(last) {
-        Ok(v) if v.is_object() => v,
-        _ => panic!("bandwidth.js printed no summary (exit {status}):\nstdout:\n{stdout}\nstderr:\n{stderr}"),
-    }
-}
-
-/// `{ "<width>": samples, ... }` holds samples, all of them at `width`.
-fn all_at(hist: &Value, width: u64) -> bool {
-    hist.as_object().is_some_and(|m| !m.is_empty() && m.keys().all(|k| k.parse::<u64>().ok() == Some(width)))
-}
-
 fn browser_subscriber_on_a_capped_link_moves_down_and_climbs_back_while_an_uncapped_one_keeps_full() {
     let modules = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser/node_modules/playwright-core");
     assert!(std::path::Path::new(modules).exists(), "playwright-core is missing: run scripts/setup-test-deps.sh");
     assert!(std::path::Path::new("/usr/bin/chromium").exists(), "chromium is missing: run scripts/setup-test-deps.sh");
     let dir = tempfile::tempdir().unwrap();
     let server = ChildServer::spawn(dir.path(), &[("CONFER_AUTH_ALLOW_GUESTS", "true")]);
-    let s = run_script(&format!("http://{}", server.addr));
+    let s = run_node_summary("bandwidth.js", &format!("http://{}", server.addr), SCRIPT_LIMIT);
     drop(server);
     let all = s.to_string();
 

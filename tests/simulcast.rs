@@ -15,12 +15,9 @@
 
 mod common;
 
-use common::ChildServer;
+use common::{all_at, run_node_summary, ChildServer};
 use serde_json::Value;
-use std::io::Read;
-use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Longest the script may take (it stops itself after 100 s).
 const SCRIPT_LIMIT: Duration = Duration::from_secs(150);
@@ -39,59 +36,6 @@ const DYNACAST_BACK_MS: i64 = 3000;
 const DYNACAST_DECODE_MS: i64 = 8000;
 /// What an inactive encoding may still add to bytesSent in 1 s (1 s after setParameters).
 const STOPPED_BYTES: i64 = 2500;
-
-/// Run the script against `base`; its summary (the last line on stdout).
-fn run_script(base: &str) -> Value {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser/simulcast.js");
-    let mut child = Command::new("node")
-        .arg(script)
-        .arg(base)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0) // node and its Chromium, killed together on a timeout
-        .spawn()
-        .expect("node runs");
-    let mut out = child.stdout.take().unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let out_t = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = out.read_to_string(&mut s);
-        s
-    });
-    let err_t = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
-    let deadline = Instant::now() + SCRIPT_LIMIT;
-    let status = loop {
-        if let Some(st) = child.try_wait().expect("try_wait") {
-            break Some(st);
-        }
-        if Instant::now() >= deadline {
-            let _ = Command::new("kill").arg("-KILL").arg(format!("-{}", child.id())).status();
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    let stdout = out_t.join().unwrap();
-    let stderr = err_t.join().unwrap();
-    let Some(status) = status else {
-        panic!("simulcast.js did not finish within {SCRIPT_LIMIT:?} (killed):\n{stdout}\n{stderr}");
-    };
-    let last = stdout.lines().last().unwrap_or("");
-    match serde_json::from_str::<Value>(last) {
-        Ok(v) if v.is_object() => v,
-        _ => panic!("simulcast.js printed no summary (exit {status}):\nstdout:\n{stdout}\nstderr:\n{stderr}"),
-    }
-}
-
-/// `{ "<width>": samples, ... }` holds samples, all of them at `width`.
-fn all_at(hist: &Value, width: u64) -> bool {
-    hist.as_object().is_some_and(|m| !m.is_empty() && m.keys().all(|k| k.parse::<u64>().ok() == Some(width)))
-}
 
 /// A subscription-update for `track` to `layer` (with `reason`, if given) in `updates`.
 fn has_update(updates: &Value, track: &Value, layer: &str, reason: Option<&str>) -> bool {
@@ -113,9 +57,39 @@ fn browser_subscribers_each_get_the_simulcast_layer_they_ask_for() {
         // estimate would move layers too (tests/bandwidth.rs tests that).
         &[("CONFER_AUTH_ALLOW_GUESTS", "true"), ("CONFER_MEDIA_BANDWIDTH_ESTIMATION", "false")],
     );
-    let s = run_script(&format!("http://{}", server.addr));
-    drop(server);
+    let s = run_node_summary("simulcast.js", &format!("http://{}", server.addr), SCRIPT_LIMIT);
     let all = s.to_string();
+    // What the room's analytics and the metrics kept of it (SPEC 5.1, 8, 9).
+    let (analytics, switches) = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let c = common::child_client(server.addr);
+        let admin = c.token_with("root", |c| c.admin = true);
+        let room = s["roomId"].as_str().unwrap_or_default();
+        let (status, a) = c.call_token("GET", &format!("/rooms/{room}/analytics"), Some(&admin), None).await;
+        assert_eq!(status, 200, "{a}\nsummary: {all}");
+        (a, c.metric("confer_layer_switches_total{reason=\"requested\"}").await)
+    });
+    drop(server);
+    let subscribed: Vec<&Value> = analytics["analytics"]["participants"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| &p["subscribe"]["video"])
+        .filter(|v| v.is_object())
+        .collect();
+    assert_eq!(subscribed.len(), 2, "both subscribers' video in the analytics: {analytics}");
+    for v in &subscribed {
+        assert!(["q", "h", "f"].contains(&v["layer"].as_str().unwrap_or("")), "a forwarded layer: {analytics}");
+        assert!(v["layerSwitches"].as_u64().unwrap_or(0) >= 1, "layer switches counted: {analytics}");
+    }
+    for p in analytics["analytics"]["participants"].as_array().into_iter().flatten() {
+        if p["subscribe"]["video"].is_object() {
+            assert!(
+                p["bandwidthEstimateKbps"].as_f64().unwrap_or(0.0) > 0.0,
+                "an estimate per subscriber: {analytics}"
+            );
+        }
+    }
+    assert!(switches.unwrap_or(0.0) >= 4.0, "confer_layer_switches_total{{reason=\"requested\"}}: {switches:?}");
 
     assert!(s["crash"].is_null(), "the script crashed: {}\nsummary: {all}", s["crash"]);
     assert_eq!(s["errors"], serde_json::json!([]), "page or console errors\nsummary: {all}");

@@ -135,6 +135,24 @@ pub enum Command {
     Shutdown,
 }
 
+impl Command {
+    /// The participant a command is about (`None` for `Shutdown`).
+    pub fn peer(&self) -> Option<&PeerId> {
+        match self {
+            Command::Join { peer, .. }
+            | Command::Leave { peer }
+            | Command::Publish { peer, .. }
+            | Command::SubscribeAnswer { peer, .. }
+            | Command::Candidate { peer, .. }
+            | Command::Mute { peer, .. }
+            | Command::MuteKind { peer, .. }
+            | Command::Subscribe { peer, .. }
+            | Command::Unpublish { peer, .. } => Some(peer),
+            Command::Shutdown => None,
+        }
+    }
+}
+
 /// What the media plane tells signaling.
 #[derive(Debug, Clone)]
 pub enum MediaEvent {
@@ -266,13 +284,7 @@ impl MediaHandle {
             }
             Command::Join { room, peer } => self.placement.lock().join(room, peer, n),
             Command::Leave { peer } => self.placement.lock().leave(peer).unwrap_or(0),
-            Command::Publish { peer, .. }
-            | Command::SubscribeAnswer { peer, .. }
-            | Command::Candidate { peer, .. }
-            | Command::Mute { peer, .. }
-            | Command::MuteKind { peer, .. }
-            | Command::Subscribe { peer, .. }
-            | Command::Unpublish { peer, .. } => self.placement.lock().worker_of(peer).unwrap_or(0),
+            other => other.peer().and_then(|p| self.placement.lock().worker_of(p)).unwrap_or(0),
         };
         let _ = self.workers[w].0.send(cmd);
     }

@@ -304,14 +304,10 @@ impl Worker {
                 return;
             }
             Command::Leave { peer } => return self.leave(&peer.clone(), now),
-            Command::Shutdown => return,
-            Command::Publish { peer, .. }
-            | Command::SubscribeAnswer { peer, .. }
-            | Command::Candidate { peer, .. }
-            | Command::Mute { peer, .. }
-            | Command::MuteKind { peer, .. }
-            | Command::Subscribe { peer, .. }
-            | Command::Unpublish { peer, .. } => peer.clone(),
+            other => match other.peer() {
+                Some(p) => p.clone(),
+                None => return,
+            },
         };
         let Some(&id) = self.peers.get(&peer) else {
             if matches!(cmd, Command::Publish { .. }) {

@@ -568,7 +568,7 @@ async function getJson(path, token) {
   if (!r.ok) throw new Error(`GET ${path}: HTTP ${r.status} ${text.slice(0, 200)}`);
   return path === '/metrics' ? text : JSON.parse(text);
 }
-const METRIC_RE = /^confer_(bandwidth_estimate_bits_per_second|layer_switches_total|tracks_paused)/;
+const METRIC_RE = /^confer_(bandwidth_estimate_bytes_per_second|layer_switches_total|tracks_paused)/;
 async function metricsSnapshot(label) {
   try {
     const text = await getJson('/metrics');

@@ -388,3 +388,61 @@ pub fn python() -> std::path::PathBuf {
     assert!(p.exists(), "{} is missing: run scripts/setup-test-deps.sh (or scripts/test.sh)", p.display());
     p
 }
+
+/// Run the node `script` (under tests/browser/) against `base`, killing it and
+/// its Chromium after `limit`; its JSON summary (the last line on stdout).
+pub fn run_node_summary(script: &str, base: &str, limit: std::time::Duration) -> Value {
+    use std::io::Read;
+    use std::os::unix::process::CommandExt;
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+    let path = format!("{}/tests/browser/{script}", env!("CARGO_MANIFEST_DIR"));
+    let mut child = Command::new("node")
+        .arg(&path)
+        .arg(base)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0) // node and its Chromium, killed together on a timeout
+        .spawn()
+        .expect("node runs");
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let out_t = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let err_t = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("try_wait") {
+            break Some(st);
+        }
+        if Instant::now() >= deadline {
+            let _ = Command::new("kill").arg("-KILL").arg(format!("-{}", child.id())).status();
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let stdout = out_t.join().unwrap();
+    let stderr = err_t.join().unwrap();
+    let Some(status) = status else {
+        panic!("{script} did not finish within {limit:?} (killed):\n{stdout}\n{stderr}");
+    };
+    let last = stdout.lines().last().unwrap_or("");
+    match serde_json::from_str::<Value>(last) {
+        Ok(v) if v.is_object() => v,
+        _ => panic!("{script} printed no summary (exit {status}):\nstdout:\n{stdout}\nstderr:\n{stderr}"),
+    }
+}
+
+/// `{ "<width>": samples, ... }` holds samples, all of them at `width`.
+pub fn all_at(hist: &Value, width: u64) -> bool {
+    hist.as_object().is_some_and(|m| !m.is_empty() && m.keys().all(|k| k.parse::<u64>().ok() == Some(width)))
+}
