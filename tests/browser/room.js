@@ -14,11 +14,19 @@ const { chromium } = require('playwright-core');
   const relay = process.argv[3] === 'relay';
   const browser = await chromium.launch({ executablePath: '/usr/bin/chromium', args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--use-fake-device-for-media-stream', '--use-fake-ui-for-media-stream', '--allow-loopback-in-peer-connection', '--auto-select-desktop-capture-source=Entire screen', '--enable-usermedia-screen-capturing'] });
   const errors = [];
+  const started = Date.now();
   const join = async (name, viewport) => {
     const ctx = await browser.newContext(viewport ? { viewport } : {});
     const page = await ctx.newPage();
     page.on('console', (m) => { if (m.type() === 'error') errors.push(`${name}: ${m.text()}`); });
     page.on('pageerror', (e) => errors.push(`${name}: ${e.message}`));
+    // Every subscription-update the page is sent, with the second it came: a
+    // tile that stops decoding is explained by the layer it was given.
+    page.updates = [];
+    page.on('websocket', (ws) => ws.on('framereceived', ({ payload }) => {
+      if (typeof payload !== 'string' || !payload.includes('subscription-update')) return;
+      try { const m = JSON.parse(payload); page.updates.push([((Date.now() - started) / 1000).toFixed(1), m.trackId, m.layer ?? null, m.reason]); } catch (_) { /* not ours */ }
+    }));
     await page.goto(`${base}/?name=${name}${relay ? '&relay=1' : ''}`);
     await page.waitForSelector('#lobby:not([hidden])', { timeout: 10000 });
     await page.fill('#room', 'standup');
@@ -90,7 +98,7 @@ const { chromium } = require('playwright-core');
     await alice.waitForTimeout(500);
     await alice.screenshot({ path: process.env.SCREENSHOT });
   }
-  console.log(JSON.stringify({ relay, alice: a, bob: b, carol: c, carolSeconds, carolTiles: tiles, phoneOverflow, keyboardMute, bobWithScreen, muteShown, bobAfterReconnect, badges, alicePairTypes: types, errors }));
+  console.log(JSON.stringify({ relay, alice: a, bob: b, carol: c, carolSeconds, carolTiles: tiles, phoneOverflow, keyboardMute, bobWithScreen, muteShown, bobAfterReconnect, badges, alicePairTypes: types, errors, bobUpdates: bob.updates }));
   await browser.close();
   const relayed = !relay || (types.length > 0 && types.every((t) => t === 'relay'));
   process.exit(ok(a, 1) && ok(b, 1) && ok(c, 2) && ok(bobWithScreen, 3) && ok(bobAfterReconnect, 2) && relayed && phoneOverflow <= 0 && keyboardMute === 'true' && errors.length === 0 ? 0 : 1);

@@ -242,7 +242,8 @@ impl ChildServer {
             .env("CONFER_AUTH_SECRET", SECRET)
             .env("CONFER_MEDIA_LISTEN", "127.0.0.1:0")
             .env("CONFER_TURN_LISTEN", "127.0.0.1:0")
-            .env("RUST_LOG", "warn")
+            // CHILD_RUST_LOG=warn,confer::media=debug (say) shows the child's logs while debugging.
+            .env("RUST_LOG", std::env::var("CHILD_RUST_LOG").unwrap_or_else(|_| "warn".into()))
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::inherit());
         for (k, v) in env {
@@ -309,7 +310,8 @@ impl ChildServer {
             .env_remove("CONFER_AUTH_SECRET")
             .env("CONFER_MEDIA_LISTEN", "127.0.0.1:0")
             .env("CONFER_TURN_LISTEN", "127.0.0.1:0")
-            .env("RUST_LOG", "warn")
+            // CHILD_RUST_LOG=warn,confer::media=debug (say) shows the child's logs while debugging.
+            .env("RUST_LOG", std::env::var("CHILD_RUST_LOG").unwrap_or_else(|_| "warn".into()))
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::inherit());
         if with_secret {
