@@ -137,6 +137,11 @@ pub struct MediaMetrics {
     layer_switches: [IntCounter; 3],
     /// Subscribed video tracks forwarding nothing for lack of bandwidth.
     pub tracks_paused: IntGauge,
+    /// NACKed packets not sent again: the subscriber's estimate was used up.
+    pub retransmit_over_budget: IntCounter,
+    /// Bandwidth probes by result: raised (the estimate), not_raised.
+    probes: [IntCounter; 2],
+    pub padding_bytes: IntCounter,
 }
 
 /// The reasons SPEC 5.1's `subscription-update` gives.
@@ -184,7 +189,21 @@ impl MediaMetrics {
             "Changes of the simulcast layer forwarded to a subscriber, by reason",
             "reason",
         );
+        let probes = counter_vec(
+            "confer_bandwidth_probes_total",
+            "Bandwidth probes the SFU sent to subscribers, by whether they raised the estimate (SPEC 5.1)",
+            "result",
+        );
         Self {
+            retransmit_over_budget: counter(
+                "confer_retransmissions_over_budget_total",
+                "NACKed packets the SFU did not send again because the subscriber's bandwidth estimate was used up",
+            ),
+            probes: ["raised", "not_raised"].map(|r| probes.with_label_values(&[r])),
+            padding_bytes: counter(
+                "confer_probe_padding_bytes_total",
+                "Bytes of padding the SFU sent to subscribers to probe their bandwidth",
+            ),
             layer_switches: LAYER_SWITCH_REASONS.map(|r| switches.with_label_values(&[r])),
             tracks_paused: {
                 let g = IntGauge::new(
@@ -248,6 +267,11 @@ impl MediaMetrics {
     pub fn layer_switches(&self, reason: &str) -> &IntCounter {
         let i = LAYER_SWITCH_REASONS.iter().position(|r| *r == reason).unwrap_or(0);
         &self.layer_switches[i]
+    }
+
+    /// A probe ended; `raised` if it raised the estimate.
+    pub fn probe(&self, raised: bool) -> &IntCounter {
+        &self.probes[usize::from(!raised)]
     }
 
     pub fn rtcp(&self, ty: &str) -> IntCounter {

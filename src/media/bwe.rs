@@ -21,6 +21,24 @@
 //! - **loss-based**: per feedback window of at least 1 s, loss > 10 % → × (1 − 0.5·loss),
 //!   loss < 2 % → × 1.05, otherwise hold.
 //! - the estimate is the minimum of both (and of REMB, if any), clamped to [`Config`].
+//! - **probing**: the delay-based estimate never grows above 1.5 × what arrives, so once the
+//!   allocator has moved a subscriber down (or paused its video) the media alone cannot lift it
+//!   back. When the allocator wants more than the estimate and the link looks clean,
+//!   [`Estimator::start_probe`] opens a probe cluster: for [`PROBE_DURATION`] the caller sends at
+//!   the probe's target (padding on top of media), and every packet sent meanwhile belongs to the
+//!   cluster. From the cluster's feedback the rate that got through is libwebrtc's
+//!   ProbeBitrateEstimator's: the lower of the send and the receive rate, and 95 % of the receive
+//!   rate when that is under 90 % of the send rate (the link was full). Unlike libwebrtc, the
+//!   receive rate is taken over at least the cluster's send span, so lost packets and a burst
+//!   let through at once by a token bucket count as the shortfall they are. A cluster that saw no
+//!   overuse and little loss, or that filled the link, raises the estimate to that rate at once. Clusters start at most
+//!   every [`PROBE_GAP`], and after a probe that failed to raise the estimate the gap doubles, up
+//!   to [`PROBE_GAP_MAX`]. For [`CONGESTION_MEMORY`] after a delay or loss cut (or a probe that
+//!   filled the link), probes stay within 10 % of the rate that got through then. A large delay
+//!   cut while the sender was using far less than its estimate (a stalled publisher, a receiver
+//!   short of CPU: the cut is 85 % of what arrives, which says little about the link) is instead
+//!   followed by one probe straight back to 85 % of the estimate before it, as libwebrtc probes
+//!   after a large drop in ALR; if the link really shrank, that probe fails and nothing changes.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -88,6 +106,38 @@ const LOSS_CUT_GAP_US: f64 = 300_000.0;
 /// While transport-cc came this recently, receiver-report loss is ignored (TWCC counts loss itself).
 const TWCC_FRESH: Duration = Duration::from_secs(5);
 
+/// How long a probe cluster sends at its target.
+pub const PROBE_DURATION: Duration = Duration::from_millis(60);
+/// Probes are at least this far apart (end of one to start of the next).
+pub const PROBE_GAP: Duration = Duration::from_millis(300);
+/// The longest gap after probes that failed in a row.
+pub const PROBE_GAP_MAX: Duration = Duration::from_secs(8);
+/// A probe goes at most this many times the estimate: on a link already full, a probe of
+/// 1.5 × for [`PROBE_DURATION`] queues 30 ms, well within what a short queue holds.
+const PROBE_STEP: f64 = 1.5;
+/// After congestion, probes go no higher than 10 % above the rate that got through then, for
+/// this long: a link that congested at a rate is not pushed past it again at once (a policer's
+/// burst allowance lets a short probe through that the media then could not sustain).
+pub const CONGESTION_MEMORY: Duration = Duration::from_secs(12);
+/// Congestion events this close together are one: the ceiling is the rate at the first (later
+/// ones see the rate fall as the sender backs off, or a probe's burst).
+const CONGESTION_EPISODE: Duration = Duration::from_secs(1);
+
+/// A delay cut while sending under this fraction of the estimate, that takes the estimate under
+/// this fraction of what it was, is a drop worth one probe straight back ...
+const DROP_LIMITED: f64 = 0.66;
+/// ... within this long of the drop, to 85 % of the estimate before it.
+const DROP_RECOVERY: Duration = Duration::from_secs(5);
+
+/// Feedback this long after a cluster ends is not waited for.
+const PROBE_WAIT: Duration = Duration::from_secs(1);
+/// Fewer packets than this received of a cluster give no result.
+const PROBE_MIN_PACKETS: u32 = 5;
+/// A cluster goes on past its duration until it has sent this many packets, for at most
+/// [`PROBE_STRETCH`] more.
+const PROBE_MIN_SENT: u32 = 8;
+const PROBE_STRETCH: Duration = Duration::from_millis(200);
+
 const EMPTY: u8 = 0;
 const SENT: u8 = 1;
 const LOST: u8 = 2;
@@ -97,8 +147,65 @@ const RECEIVED: u8 = 3;
 struct Slot {
     seq: u16,
     state: u8,
+    /// The probe cluster it was sent in, 0 if none.
+    cluster: u8,
     size: u32,
     sent_us: i64,
+}
+
+/// One probe (see the module documentation): what was sent in it and what of it arrived.
+#[derive(Clone, Copy, Debug)]
+struct Cluster {
+    id: u8,
+    target: f64,
+    /// The estimate when it started: a probe succeeded if it ends above it.
+    from: f64,
+    start: Instant,
+    end: Instant,
+    sent: Span,
+    received: Span,
+    lost: u32,
+    overused: bool,
+}
+
+impl Cluster {
+    /// Whether packets sent at `at` still belong to it.
+    fn sending(&self, at: Instant) -> bool {
+        at < self.end || (self.sent.count < PROBE_MIN_SENT && at < self.end + PROBE_STRETCH)
+    }
+}
+
+/// Bytes over a stretch of time, µs on one clock.
+#[derive(Clone, Copy, Debug, Default)]
+struct Span {
+    count: u32,
+    bytes: u64,
+    first: i64,
+    last: i64,
+    first_size: u32,
+    last_size: u32,
+}
+
+impl Span {
+    fn add(&mut self, at: i64, size: u32) {
+        if self.count == 0 || at < self.first {
+            (self.first, self.first_size) = (at, size);
+        }
+        if self.count == 0 || at >= self.last {
+            (self.last, self.last_size) = (at, size);
+        }
+        self.count += 1;
+        self.bytes += u64::from(size);
+    }
+
+    /// Bits per second over the span, but over at least `min_span_us`, leaving out the packet
+    /// at one end (`skip_first`: the first, whose arrival opens the span; else the last, whose
+    /// sending closes it).
+    fn rate(&self, skip_first: bool, min_span_us: i64) -> Option<f64> {
+        let span = (self.last - self.first).max(min_span_us);
+        let edge = if skip_first { self.first_size } else { self.last_size };
+        (self.count >= 2 && span > 0).then(|| (self.bytes - u64::from(edge)) as f64 * 8e6 / span as f64)
+    }
 }
 
 fn signed_us(t: Instant, base: Instant) -> i64 {
@@ -292,6 +399,28 @@ pub struct Estimator {
     last_loss_cut: Option<Instant>,
     remb_bps: Option<f64>,
     scratch: Vec<(i64, i64, u32)>,
+    cluster: Option<Cluster>,
+    /// The rate that got through at the last congestion, and when.
+    congested: Option<(f64, Instant)>,
+    /// The estimate before a large cut while application-limited, and when.
+    dropped: Option<(f64, Instant)>,
+    next_cluster_id: u8,
+    next_probe: Option<Instant>,
+    probe_gap: Duration,
+}
+
+/// What one probe cluster concluded, for logs and tests.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ProbeResult {
+    pub target_bps: u64,
+    /// The rate that got through; `None` when too little of the cluster was reported.
+    pub measured_bps: Option<u64>,
+    /// It raised the estimate.
+    pub raised: bool,
+    /// Packets sent in the cluster, reported received, and reported lost.
+    pub sent: u32,
+    pub received: u32,
+    pub lost: u32,
 }
 
 impl Estimator {
@@ -323,14 +452,83 @@ impl Estimator {
             last_loss_cut: None,
             remb_bps: None,
             scratch: Vec::new(),
+            cluster: None,
+            congested: None,
+            dropped: None,
+            next_cluster_id: 1,
+            next_probe: None,
+            probe_gap: PROBE_GAP,
         }
     }
 
     /// Records a packet as it leaves: one store into a fixed ring, no allocation.
     pub fn on_sent(&mut self, p: SentPacket) {
         let size = p.size.min(u32::MAX as usize) as u32;
-        let slot = Slot { seq: p.transport_seq, state: SENT, size, sent_us: signed_us(p.at, self.base) };
-        self.ring[usize::from(p.transport_seq) % RING] = slot;
+        let sent_us = signed_us(p.at, self.base);
+        let mut cluster = 0;
+        if let Some(c) = self.cluster.as_mut().filter(|c| c.sending(p.at)) {
+            c.sent.add(sent_us, size);
+            cluster = c.id;
+        }
+        self.ring[usize::from(p.transport_seq) % RING] =
+            Slot { seq: p.transport_seq, state: SENT, cluster, size, sent_us };
+    }
+
+    /// Opens a probe cluster if the allocator wants `desired_bps`, more than the estimate, the
+    /// link looks clean ([`Estimator::should_probe`]), transport-cc feedback flows, and no probe
+    /// ran within the gap. Returns the rate to send at until [`Estimator::probing`] says `None`:
+    /// `desired_bps`, but at most 1.5 × the estimate and, within [`CONGESTION_MEMORY`] of
+    /// congestion, 1.1 × the rate that got through then (no probe if that is no higher than the
+    /// estimate).
+    pub fn start_probe(&mut self, desired_bps: u64, now: Instant) -> Option<u64> {
+        let twcc = self.last_twcc.is_some_and(|t| now.saturating_duration_since(t) < TWCC_FRESH);
+        if !twcc || self.cluster.is_some() || !self.should_probe(desired_bps) {
+            return None;
+        }
+        // Straight back after a drop while application-limited: no gap, no step, once.
+        if let Some((before, _)) =
+            self.dropped.take().filter(|&(_, at)| now.saturating_duration_since(at) < DROP_RECOVERY)
+        {
+            let target = self.clamp((desired_bps as f64).min(0.85 * before));
+            if target > self.target() * 1.05 {
+                return Some(self.open_cluster(target, now));
+            }
+        }
+        if self.next_probe.is_some_and(|t| now < t) {
+            return None;
+        }
+        let mut target = (desired_bps as f64).min(PROBE_STEP * self.target());
+        if let Some((rate, _)) = self.congested.filter(|&(_, at)| now.saturating_duration_since(at) < CONGESTION_MEMORY)
+        {
+            target = target.min(1.1 * rate);
+        }
+        let target = self.clamp(target);
+        if target <= self.target() * 1.05 {
+            return None;
+        }
+        Some(self.open_cluster(target, now))
+    }
+
+    fn open_cluster(&mut self, target: f64, now: Instant) -> u64 {
+        let id = self.next_cluster_id;
+        self.next_cluster_id = id.checked_add(1).unwrap_or(1);
+        self.cluster = Some(Cluster {
+            id,
+            target,
+            from: self.target(),
+            start: now,
+            end: now + PROBE_DURATION,
+            sent: Span::default(),
+            received: Span::default(),
+            lost: 0,
+            overused: false,
+        });
+        target.round() as u64
+    }
+
+    /// The rate a probe cluster sending now asks for, if one is.
+    pub fn probing(&self, now: Instant) -> Option<u64> {
+        self.cluster.filter(|c| c.sending(now)).map(|c| c.target.round() as u64)
     }
 
     /// One transport-cc feedback message, in any order. Numbers not sent (or no longer in the
@@ -345,13 +543,23 @@ impl Estimator {
             if slot.state == EMPTY || slot.seq != a.transport_seq {
                 continue;
             }
+            let probe = self.cluster.as_mut().filter(|c| slot.cluster != 0 && c.id == slot.cluster);
             match (a.arrived, slot.state) {
-                (None, SENT) => (slot.state, lost, total) = (LOST, lost + 1, total + 1),
+                (None, SENT) => {
+                    (slot.state, lost, total) = (LOST, lost + 1, total + 1);
+                    if let Some(c) = probe {
+                        c.lost += 1;
+                    }
+                }
                 (Some(at), SENT | LOST) => {
                     if slot.state == LOST {
                         self.window_lost = self.window_lost.saturating_sub(1);
                     } else {
                         total += 1;
+                    }
+                    if let Some(c) = probe {
+                        c.lost = c.lost.saturating_sub(u32::from(slot.state == LOST));
+                        c.received.add(rx_us(at), slot.size);
                     }
                     slot.state = RECEIVED;
                     got.push((rx_us(at), slot.sent_us, slot.size));
@@ -377,6 +585,9 @@ impl Estimator {
             self.update_delay(now);
         }
         self.scratch = got;
+        if let Some(c) = self.cluster.as_mut() {
+            c.overused |= self.detector.usage == Usage::Overusing;
+        }
         if total > 0 {
             self.window_lost += lost;
             self.window_total += total;
@@ -431,6 +642,57 @@ impl Estimator {
             && self.detector.usage == Usage::Normal
             && self.loss < LOSS_LOW
             && self.control == Control::Increase
+    }
+
+    /// Closes the probe cluster once everything sent in it is reported (or [`PROBE_WAIT`] after
+    /// its end) and applies what it measured; returns the result when it closed one. Call it
+    /// after feedback or on a timer, before reading the estimate.
+    pub fn poll_probe(&mut self, now: Instant) -> Option<ProbeResult> {
+        let c = self.cluster?;
+        let reported = c.sent.count > 0 && c.received.count + c.lost >= c.sent.count;
+        if c.sending(now) || !(reported || now >= c.end + PROBE_WAIT) {
+            return None;
+        }
+        self.cluster = None;
+        // What arrived is spread over at least the time it took to send: a cluster that lost
+        // packets, or arrived in one burst (a token bucket's depth), does not look faster.
+        // Both over at least the cluster's own duration: the caller sends at its ticks, in bursts,
+        // and a cluster sent in fewer ticks than it lasted was not sent faster.
+        let nominal = c.end.saturating_duration_since(c.start).as_micros() as i64;
+        let send_span = (c.sent.last - c.sent.first).max(nominal);
+        let rates = (c.received.count >= PROBE_MIN_PACKETS)
+            .then(|| c.sent.rate(false, nominal).zip(c.received.rate(true, send_span)));
+        let (measured, saturated) = match rates.flatten() {
+            Some((send, recv)) if recv < 0.9 * send => (Some((0.95 * recv).min(c.target)), true),
+            // Bursts at the caller's ticks can make a short cluster look faster than it was sent.
+            Some((send, recv)) => (Some(send.min(recv).min(c.target)), false),
+            None => (None, false),
+        };
+        let loss = f64::from(c.lost) / f64::from(c.sent.count.max(1));
+        // A probe that filled the link measured its capacity: the queue and the loss it caused are
+        // its own. One that did not fill it counts only if it saw no queue building and little loss.
+        let clean = saturated || (!c.overused && loss < LOSS_HIGH);
+        if let Some(rate) = measured.filter(|_| saturated) {
+            self.on_congestion(rate, now);
+        }
+        if let Some(rate) = measured.filter(|&r| clean && r > self.delay_bps) {
+            let rate = self.clamp(rate);
+            self.delay_bps = rate;
+            self.capacity.kbps = None;
+            self.loss_bps = self.loss_bps.map(|l| l.max(rate));
+            self.last_change = now;
+        }
+        let raised = self.target() > c.from * 1.05;
+        self.probe_gap = if raised { PROBE_GAP } else { (self.probe_gap * 2).min(PROBE_GAP_MAX) };
+        self.next_probe = Some(now + self.probe_gap);
+        Some(ProbeResult {
+            target_bps: c.target.round() as u64,
+            measured_bps: measured.map(|r| r.round() as u64),
+            raised,
+            sent: c.sent.count,
+            received: c.received.count,
+            lost: c.lost,
+        })
     }
 
     fn clamp(&self, bps: f64) -> f64 {
@@ -490,9 +752,21 @@ impl Estimator {
                     if let Some(a) = acked {
                         self.capacity.on_overuse(a / 1e3);
                     }
+                    let before = self.delay_bps;
                     let cut = BETA * acked.unwrap_or(self.delay_bps);
                     self.delay_bps = self.clamp(cut.min(self.delay_bps));
                     self.last_change = now;
+                    // Sending well below the estimate, a cut to 85 % of what arrives says little
+                    // about the link (a stalled publisher, a receiver short of CPU): remember
+                    // where it was, for one probe straight back (libwebrtc's probe after a large
+                    // drop in ALR). Otherwise the link congested at what got through.
+                    let limited = acked.is_none_or(|a| a < DROP_LIMITED * before);
+                    if limited && self.delay_bps < DROP_LIMITED * before {
+                        let fresh = self.dropped.filter(|&(_, at)| now.saturating_duration_since(at) < DROP_RECOVERY);
+                        self.dropped = Some((fresh.map_or(before, |(b, _)| b.max(before)), now));
+                    } else if !limited {
+                        self.on_congestion(acked.unwrap_or(before), now);
+                    }
                 }
                 self.control = Control::Decrease;
             }
@@ -515,6 +789,15 @@ impl Estimator {
         }
     }
 
+    /// Remember where the link congested (see [`CONGESTION_MEMORY`]).
+    fn on_congestion(&mut self, got_through_bps: f64, now: Instant) {
+        let rate = match self.congested {
+            Some((r, at)) if now.saturating_duration_since(at) < CONGESTION_EPISODE => r,
+            _ => got_through_bps,
+        };
+        self.congested = Some((rate, now));
+    }
+
     /// The draft's loss-based controller (section 6), acting on the current estimate.
     fn apply_loss(&mut self, loss: f64, now: Instant) {
         let elapsed = self.last_loss_update.map_or(1.0, |t| now.saturating_duration_since(t).as_secs_f64().min(1.0));
@@ -527,6 +810,7 @@ impl Estimator {
                 return;
             }
             self.last_loss_cut = Some(now);
+            self.on_congestion(self.acked_rate().unwrap_or(current), now);
             current * (1.0 - 0.5 * loss)
         } else if loss < LOSS_LOW {
             current * 1.05f64.powf(elapsed)
@@ -534,6 +818,51 @@ impl Estimator {
             current
         };
         self.loss_bps = Some(self.clamp(next));
+    }
+}
+
+/// What a subscriber leg may still send beyond its media: a token bucket filled at the
+/// estimate, emptied by everything the leg sends, holding at most [`BUDGET_BURST`] of it. SPEC
+/// 5.1: retransmissions are paid from the same budget as media, so a subscriber on a capped link
+/// that keeps NACKing does not get more than its estimate (a NACK storm is a congestion signal).
+/// Media itself is not held back (the allocator keeps it within the estimate), so the bucket can
+/// go below zero, and then nothing is resent until the media has left room again.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Budget {
+    bytes: f64,
+    at: Option<Instant>,
+}
+
+/// The most a [`Budget`] saves up: this long at the estimate.
+pub const BUDGET_BURST: Duration = Duration::from_millis(100);
+
+impl Budget {
+    fn refill(&mut self, bps: u64, now: Instant) {
+        let cap = bps as f64 / 8.0 * BUDGET_BURST.as_secs_f64();
+        let elapsed = self.at.map_or(BUDGET_BURST, |t| now.saturating_duration_since(t));
+        self.bytes = (self.bytes + bps as f64 / 8.0 * elapsed.as_secs_f64()).min(cap);
+        self.at = Some(self.at.map_or(now, |t| t.max(now)));
+    }
+
+    /// `bytes` left on the leg at `now`, its estimate being `bps`.
+    pub fn spend(&mut self, bytes: usize, bps: u64, now: Instant) {
+        self.refill(bps, now);
+        self.bytes -= bytes as f64;
+    }
+
+    /// Whether `bytes` more (a retransmission) fit now; sending them is a [`Budget::spend`].
+    pub fn fits(&mut self, bytes: usize, bps: u64, now: Instant) -> bool {
+        self.refill(bps, now);
+        self.bytes >= bytes as f64
+    }
+
+    /// [`Budget::fits`], and if so spent.
+    pub fn take(&mut self, bytes: usize, bps: u64, now: Instant) -> bool {
+        let fits = self.fits(bytes, bps, now);
+        if fits {
+            self.bytes -= bytes as f64;
+        }
+        fits
     }
 }
 
@@ -560,6 +889,7 @@ mod tests {
         base: Instant,
         est: Estimator,
         net: Net,
+        probes: Vec<ProbeResult>,
     }
 
     #[derive(Default)]
@@ -573,13 +903,16 @@ mod tests {
         credit: f64,
         flight: VecDeque<(u16, Option<i64>, i64)>,
         reports: VecDeque<(i64, Vec<Arrival>)>,
+        /// A receiver short of CPU from this µs: what it reads is late by half the time since,
+        /// for 300 ms, and then catches up as fast.
+        stall_from: Option<i64>,
     }
 
     impl Sim {
         fn new(initial_bps: u64, cap_bps: f64) -> Self {
             let (base, cfg) = (Instant::now(), Config { initial_bps, min_bps: 50_000, max_bps: 20_000_000 });
             let net = Net { cap_bps, rng: 0x9E37_79B9_7F4A_7C15, seq: 65_000, ..Net::default() };
-            Sim { base, est: Estimator::new(cfg, base), net }
+            Sim { base, est: Estimator::new(cfg, base), net, probes: Vec::new() }
         }
 
         fn rand(&mut self) -> f64 {
@@ -594,11 +927,26 @@ mod tests {
             self.est.estimate_bps() as f64
         }
 
-        /// One millisecond: the sender follows the estimate up to `source` bit/s, 20 % above it
-        /// while `probe` and the estimator says the link is clean.
+        /// One millisecond: the sender follows the estimate up to `source` bit/s and, with
+        /// `probe`, probes towards `source` as the router does.
         fn step(&mut self, source: f64, probe: bool) {
-            let probing = probe && self.est.should_probe(source as u64);
-            let rate = (self.est() * if probing { 1.2 } else { 1.0 }).min(source);
+            self.step_with(source, probe.then_some(source));
+        }
+
+        /// One millisecond: media follows the estimate up to `media` bit/s; with `desired`, the
+        /// sender probes towards it and pads up to the probe's target while a cluster runs.
+        fn step_with(&mut self, media: f64, desired: Option<f64>) {
+            let now = self.instant();
+            if let Some(r) = self.est.poll_probe(now) {
+                self.probes.push(r);
+            }
+            if let Some(d) = desired {
+                self.est.start_probe(d as u64, now);
+            }
+            let mut rate = self.est().min(media);
+            if let Some(target) = self.est.probing(now) {
+                rate = rate.max(target as f64);
+            }
             let bits = (PKT * 8) as f64;
             self.net.credit = (self.net.credit + rate / 1000.0).min(2.0 * bits);
             while self.net.credit >= bits {
@@ -629,7 +977,18 @@ mod tests {
             let arrival = (!lost && queued <= QUEUE_US).then(|| {
                 let net = &mut self.net;
                 net.link_free_us = net.link_free_us.max(now as f64) + (PKT * 8) as f64 * 1e6 / net.cap_bps;
-                net.link_free_us as i64 + PROP_US + (self.rand() * 1000.0) as i64
+                let at = net.link_free_us as i64;
+                let lag = net.stall_from.map_or(0, |s| {
+                    let t = at - s;
+                    if (0..300_000).contains(&t) {
+                        t / 2
+                    } else if (300_000..600_000).contains(&t) {
+                        (600_000 - t) / 2
+                    } else {
+                        0
+                    }
+                });
+                at + lag + PROP_US + (self.rand() * 1000.0) as i64
             });
             let known = arrival.unwrap_or(now + PROP_US + queued as i64);
             self.net.flight.push_back((self.net.seq, arrival, known));
@@ -640,6 +999,20 @@ mod tests {
         fn run_until(&mut self, ms: u32, source: f64, probe: bool, mut done: impl FnMut(&Sim) -> bool) -> Option<u32> {
             (1..=ms).find(|_| {
                 self.step(source, probe);
+                done(self)
+            })
+        }
+
+        /// As [`Sim::run_until`], with media and desired rates apart.
+        fn run_with(
+            &mut self,
+            ms: u32,
+            media: f64,
+            desired: Option<f64>,
+            mut done: impl FnMut(&Sim) -> bool,
+        ) -> Option<u32> {
+            (1..=ms).find(|_| {
+                self.step_with(media, desired);
                 done(self)
             })
         }
@@ -682,7 +1055,66 @@ mod tests {
         assert!(sim.est() < 800e3, "estimate {} after 10 s at 600 kbit/s", sim.est());
         sim.net.cap_bps = 2.5e6;
         let back = sim.run_until(25_000, 1.5e6, true, |s| s.est() > 1.2e6);
-        assert!(back.is_some(), "estimate only {} 25 s after the link returned to 2.5 Mbit/s", sim.est());
+        let ms =
+            back.unwrap_or_else(|| panic!("estimate only {} 25 s after the link returned to 2.5 Mbit/s", sim.est()));
+        // Probes stay near the old congestion point for CONGESTION_MEMORY (12 s), then climb.
+        assert!(ms <= 20_000, "{ms} ms to climb back above 1.2 Mbit/s: {:?}", sim.probes);
+    }
+
+    /// A subscriber moved down to 150 kbit/s of video: what it receives alone can lift the
+    /// estimate to 1.5 × that at most, so only probes bring it back to what the allocator wants.
+    #[test]
+    fn probes_lift_an_application_limited_estimate() {
+        let mut sim = Sim::new(200_000, 10e6);
+        sim.run_with(5_000, 150e3, None, |_| false);
+        assert!(sim.est() < 300e3, "media alone lifted the estimate to {}", sim.est());
+        assert!(sim.probes.is_empty());
+        let lifted = sim.run_with(10_000, 150e3, Some(1.5e6), |s| s.est() >= 1.4e6);
+        let ms = lifted.unwrap_or_else(|| panic!("estimate {} after 10 s of probing for 1.5 Mbit/s", sim.est()));
+        assert!(ms <= 4_000, "took {ms} ms to probe up to 1.4 Mbit/s: {:?}", sim.probes);
+        assert!(sim.probes.iter().all(|p| p.raised), "{:?}", sim.probes);
+        assert!(sim.probes.iter().all(|p| p.target_bps as f64 <= 1.5e6));
+        // Got what it wanted: no more probing.
+        let n = sim.probes.len();
+        sim.run_with(5_000, 150e3, Some(1.4e6), |_| false);
+        assert_eq!(sim.probes.len(), n, "probed again with the estimate above what is wanted");
+    }
+
+    /// Probing a link that cannot take more finds its capacity, does not push the estimate past
+    /// it, and backs off.
+    #[test]
+    fn probes_on_a_capped_link_stop_at_its_capacity_and_back_off() {
+        let mut sim = Sim::new(200_000, 600e3);
+        sim.run_with(5_000, 150e3, None, |_| false);
+        sim.run_with(20_000, 150e3, Some(3e6), |_| false);
+        let est = sim.est();
+        assert!((400e3..=700e3).contains(&est), "estimate {est} on a 600 kbit/s link after probing: {:?}", sim.probes);
+        let failed = sim.probes.iter().filter(|p| !p.raised).count();
+        assert!(failed >= 1, "{:?}", sim.probes);
+        // Backing off: over 20 s, far fewer than one probe per 750 ms (duration + gap).
+        assert!(sim.probes.len() <= 12, "{} probes in 20 s: {:?}", sim.probes.len(), sim.probes);
+        assert!(sim.probes.iter().all(|p| p.measured_bps.is_none_or(|m| m < 800_000)), "{:?}", sim.probes);
+    }
+
+    /// Video paused for a stall upstream: only 150 kbit/s flow under a 2 Mbit/s estimate when
+    /// the receiver falls behind for a moment. The cut (to 85 % of what arrives) would leave the
+    /// subscriber paused; one probe straight back restores the estimate.
+    #[test]
+    fn a_false_drop_while_application_limited_is_probed_straight_back() {
+        let mut sim = Sim::new(2_000_000, 10e6);
+        sim.run_with(5_000, 150e3, Some(1.5e6), |_| false);
+        assert!(sim.est() >= 1.5e6, "before: {}", sim.est());
+        sim.net.stall_from = Some(sim.net.now_us);
+        let cut = sim.run_with(2_000, 150e3, Some(1.5e6), |s| s.est() < 500e3);
+        assert!(cut.is_some(), "the stall did not cut the estimate: {}", sim.est());
+        let back = sim.run_with(2_000, 150e3, Some(1.5e6), |s| s.est() >= 1.2e6);
+        assert!(back.is_some(), "estimate {} 2 s after the cut: {:?}", sim.est(), sim.probes);
+        // A link that really shrank is not pushed back up: the one probe fails.
+        let mut real = Sim::new(2_000_000, 10e6);
+        real.run_with(5_000, 150e3, Some(1.5e6), |_| false);
+        real.net.cap_bps = 140e3;
+        real.run_with(3_000, 150e3, Some(1.5e6), |_| false);
+        assert!(real.est() < 300e3, "estimate {} on a 140 kbit/s link: {:?}", real.est(), real.probes);
     }
 
     #[test]
@@ -732,6 +1164,29 @@ mod tests {
     }
 
     #[test]
+    fn the_budget_lets_resends_through_only_while_media_leaves_room() {
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        let mut b = Budget::default();
+        // 1 Mbit/s = 125 bytes per ms; at most 100 ms (12,500 bytes) saved up.
+        assert!(b.take(12_000, 1_000_000, t0), "a fresh leg has a burst's worth");
+        assert!(!b.take(1_200, 1_000_000, t0));
+        assert!(b.take(1_200, 1_000_000, ms(10)), "10 ms later: 1,250 bytes more");
+        // Media at 1.2 Mbit/s on a 1 Mbit/s estimate: the bucket runs dry, no resend fits.
+        for i in 11..=500 {
+            b.spend(150, 1_000_000, ms(i));
+        }
+        assert!(!b.take(200, 1_000_000, ms(500)));
+        // Media at half the estimate leaves room again.
+        for i in 501..=700 {
+            b.spend(60, 1_000_000, ms(i));
+        }
+        assert!(b.take(1_200, 1_000_000, ms(700)));
+        // A clock that goes backwards takes nothing.
+        assert!(!b.take(1_000_000, 1_000_000, ms(100)));
+    }
+
+    #[test]
     fn garbage_feedback_never_panics_or_leaves_bounds() {
         let t0 = Instant::now();
         let cfg = Config { initial_bps: 1_000_000, min_bps: 100_000, max_bps: 5_000_000 };
@@ -749,6 +1204,10 @@ mod tests {
         for i in 0..70_000u64 {
             let now = t0 + Duration::from_millis(i);
             e.on_sent(SentPacket { transport_seq: i as u16, size: if i % 7 == 0 { 0 } else { 1200 }, at: now });
+            if i % 10 == 0 {
+                e.start_probe([0, 1, 3_000_000, u64::MAX][(i / 10 % 4) as usize], now);
+                e.poll_probe(now);
+            }
             if i % 50 != 49 {
                 continue;
             }

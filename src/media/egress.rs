@@ -111,6 +111,47 @@ impl Writer {
     }
 }
 
+/// The largest padding a packet carries (RFC 3550 5.1: the count is one byte).
+pub const MAX_PADDING: usize = 255;
+
+impl Writer {
+    /// A padding-only packet for a bandwidth probe, protected in the writer's
+    /// buffer: on the leg's RTX stream `(ssrc, payload type, sequence number)`,
+    /// with `ts`, the leg's mid and `transport_seq`, and `padding` bytes
+    /// (1..=255) of RTP padding as its whole payload. A receiver counts it in
+    /// its transport-wide feedback and drops it (an RTX packet too short to
+    /// hold an original sequence number), as it does libwebrtc's own padding.
+    #[allow(clippy::too_many_arguments)]
+    pub fn padding(
+        &mut self,
+        ctx: &mut Context,
+        rewrite: &Rewrite,
+        rtx: (u32, u8, u16),
+        ts: u32,
+        transport_seq: Option<u16>,
+        padding: usize,
+    ) -> Result<&[u8], Error> {
+        let number = transport_seq.map(|n| {
+            let at = usize::from(n) * 2;
+            self.numbers.slice(at..at + 2)
+        });
+        let (ssrc, pt, seq) = rtx;
+        let send = Send { ssrc: super::ids::Ssrc(ssrc), seq, ts, pt, vp8: None, switched: false };
+        let src = Header { version: 2, ..Header::default() };
+        rewrite.apply_into(&src, &send, &mut self.header, number);
+        self.header.padding = true;
+        let head = self.header.marshal_size();
+        self.plain.clear();
+        self.plain.resize(head, 0);
+        self.header.marshal_to(&mut self.plain[..head])?;
+        let n = padding.clamp(1, MAX_PADDING);
+        self.plain.extend(std::iter::repeat_n(0, n - 1));
+        self.plain.push(n as u8);
+        ctx.encrypt_rtp_in_place(&mut self.plain, &self.header)?;
+        Ok(&self.plain)
+    }
+}
+
 /// What the engine keeps per subscriber leg for writing to it directly.
 #[derive(Debug, Default)]
 pub struct LegOut {
@@ -118,6 +159,9 @@ pub struct LegOut {
     /// selected, learnt from what webrtc-rs itself sends.
     pub remote: Option<SocketAddr>,
     next_transport_seq: u16,
+    /// Every byte written to the leg directly (media, retransmissions,
+    /// padding): what a probe's padding tops up.
+    pub sent_bytes: u64,
 }
 
 impl LegOut {
@@ -249,6 +293,30 @@ mod tests {
             let h = &got.header;
             assert_eq!((h.ssrc, h.payload_type, h.sequence_number, h.timestamp), (5555, 101, 9, 3000));
             assert_eq!(&got.payload[..], b"\x00\x2alost");
+        }
+    }
+
+    /// A probe's padding: on the RTX stream, numbered on the leg, the mid
+    /// written, and nothing but padding once the receiver strips it.
+    #[test]
+    fn a_padding_packet_is_all_padding_on_the_rtx_stream() {
+        let (mut tx, mut rx) = contexts(ProtectionProfile::AeadAes128Gcm);
+        let mut w = Writer::default();
+        // A used writer: the media copy before must not leak into the padding.
+        w.protect(&mut tx, &rewrite(), &publisher_packet(1, b"media", false), &send(1), Some(1), None).unwrap();
+        for (n, want) in [(255usize, 255usize), (1, 1), (0, 1), (9000, 255)] {
+            let out = w.padding(&mut tx, &rewrite(), (5555, 101, 77), 3000, Some(513), n).expect("padding");
+            let len = out.len();
+            let mut plain = rx.decrypt_rtp(out).expect("decrypts");
+            let raw = plain.clone();
+            let got = rtp::Packet::unmarshal(&mut plain).expect("parses");
+            let h = &got.header;
+            assert!(h.padding && got.payload.is_empty(), "padding {n}: payload {:?}", got.payload);
+            assert_eq!((h.ssrc, h.payload_type, h.sequence_number, h.timestamp), (5555, 101, 77, 3000));
+            let exts: Vec<(u8, &[u8])> = h.extensions.iter().map(|e| (e.id, &e.payload[..])).collect();
+            assert_eq!(exts, vec![(4, &b"1"[..]), (5, &[2, 1][..])], "the mid and the leg's number only");
+            assert_eq!(usize::from(*raw.last().unwrap()), want);
+            assert!(len > want + 12);
         }
     }
 

@@ -49,6 +49,11 @@ pub enum Side {
         /// tracks share it.
         bwe: Box<Estimator>,
         allocator: Allocator,
+        /// What retransmissions may still cost (SPEC 5.1).
+        budget: bwe::Budget,
+        /// While a probe cluster runs: when its padding started and the
+        /// leg's `sent_bytes` then.
+        padding_since: Option<(std::time::Instant, u64)>,
     },
 }
 
@@ -79,6 +84,8 @@ pub fn subscriber_side(now: std::time::Instant) -> Side {
         negotiation: Negotiation::New,
         bwe: Box::new(Estimator::new(BWE, now)),
         allocator: Allocator::new(),
+        budget: bwe::Budget::default(),
+        padding_since: None,
     }
 }
 

@@ -215,6 +215,14 @@ impl Router {
             let Some((layer, original)) = c.forwarder.source_of(seq) else { continue };
             let Some(pkt) = p.history[layer as usize].get(original) else { continue };
             let h = &pkt.header;
+            if io.bandwidth_estimation {
+                if let Side::Subscriber { bwe, budget, .. } = &mut leg.side {
+                    if !budget.fits(pkt.payload.len() + 40, bwe.estimate_bps(), now) {
+                        io.metrics.retransmit_over_budget.inc();
+                        continue;
+                    }
+                }
+            }
             let Some(send) = c.forwarder.resend(seq, h.timestamp, h.payload_type, &pkt.payload) else { continue };
             let rtx = c.rewrite.rtx_for(send.pt).map(|(ssrc, pt)| {
                 c.rtx_seq = c.rtx_seq.wrapping_add(1);
@@ -367,8 +375,10 @@ impl Router {
         let mut keyframes = Vec::new();
         for leg in subscribers {
             inputs.clear();
+            let mut can_pad = false;
             for p in self.producers.values() {
                 let Some(c) = p.consumers.iter().find(|c| c.leg == leg) else { continue };
+                can_pad |= c.rewrite.rtx.is_some() && c.rewrite.transport_cc.is_some();
                 let kind = match (p.kind, p.source) {
                     (TrackKind::Audio, _) => Kind::Audio,
                     (_, crate::model::TrackSource::Screen) => Kind::Screen,
@@ -393,9 +403,33 @@ impl Router {
                 continue;
             };
             changes.clear();
+            if let Some(r) = bwe.poll_probe(now) {
+                io.metrics.probe(r.raised).inc();
+                tracing::debug!(%leg, target = r.target_bps, measured = r.measured_bps, raised = r.raised, sent = r.sent, received = r.received, lost = r.lost, estimate = bwe.estimate_bps(), "media: probe done");
+            }
             // Off: a terabit, as good as unlimited and far from any overflow.
             let estimate = if io.bandwidth_estimation { bwe.estimate_bps() } else { 1_000_000_000_000 };
             allocator.allocate(estimate, &inputs, now, &mut changes);
+            // What the subscriber wants more than its estimate: probe towards it
+            // (padding on the RTX stream, see `pad`), so the estimate can climb
+            // where the media alone would not take it.
+            if io.bandwidth_estimation && can_pad {
+                if let Some(target) = bwe.start_probe(allocator.desired_bps(), now) {
+                    tracing::debug!(%leg, target, estimate, "media: probe");
+                }
+            }
+            tracing::trace!(%leg, estimate, acked = bwe.acknowledged_bps(), usage = ?bwe.usage(), loss = bwe.loss(), "media: estimate");
+            if !changes.is_empty() {
+                tracing::debug!(
+                    %leg,
+                    estimate,
+                    acked = bwe.acknowledged_bps(),
+                    usage = ?bwe.usage(),
+                    loss = bwe.loss(),
+                    ?changes,
+                    "media: allocation changed"
+                );
+            }
             for p in self.producers.values_mut().filter(|p| p.kind == TrackKind::Video) {
                 for c in p.consumers.iter_mut().filter(|c| c.leg == leg) {
                     let Some(ch) = changes.iter().find(|ch| ch.track == c.alloc_id) else { continue };
@@ -528,6 +562,7 @@ impl Router {
             self.send_pli(&t, l, now);
         }
         self.choose_layers(now, io);
+        self.pad(now, io);
         if now >= self.next_allocation {
             let secs = ALLOCATE_EVERY.as_secs_f64();
             self.next_allocation = now + ALLOCATE_EVERY;
@@ -535,6 +570,53 @@ impl Router {
         }
     }
 }
+
+impl Router {
+    /// While a subscriber's estimator runs a probe cluster, top what the leg
+    /// sends up to the probe's rate with padding on the RTX stream of one of
+    /// its video consumers. Called every worker tick; the padding for a tick
+    /// goes out at once (the cluster measures what arrives, so bursts are fine).
+    fn pad(&mut self, now: Instant, io: &mut Io) {
+        for (&id, leg) in self.transports.iter_mut() {
+            let Side::Subscriber { bwe, padding_since, .. } = &mut leg.side else { continue };
+            let Some(target) = bwe.probing(now) else {
+                *padding_since = None;
+                continue;
+            };
+            let (since, base) = *padding_since.get_or_insert((now, leg.out.sent_bytes));
+            let elapsed = now.saturating_duration_since(since) + PAD_AHEAD;
+            let due = target as f64 / 8.0 * elapsed.as_secs_f64() - leg.out.sent_bytes.saturating_sub(base) as f64;
+            if due <= 0.0 {
+                continue;
+            }
+            let Some(c) = self
+                .producers
+                .values_mut()
+                .filter(|p| p.kind == TrackKind::Video)
+                .flat_map(|p| p.consumers.iter_mut())
+                .find(|c| c.leg == id && c.rewrite.rtx.is_some())
+            else {
+                continue;
+            };
+            let mut left = due;
+            for _ in 0..MAX_PADDING_PER_TICK {
+                let Some(size) = write_padding(leg, io, c, now) else { break };
+                io.metrics.padding_bytes.inc_by(size as u64);
+                left -= size as f64;
+                if left <= 0.0 {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// A probe's padding runs this far ahead of its clock: one worker tick, so
+/// the first tick of a cluster already sends.
+const PAD_AHEAD: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// Padding packets one leg sends per tick at most (about 18 kB: 15 Mbit/s).
+const MAX_PADDING_PER_TICK: usize = 64;
 
 /// Tell signaling a consumer's forwarded layer changed.
 pub(super) fn layer_changed(io: &Io, c: &mut Consumer, track: &TrackId, layer: Option<Layer>) {
@@ -569,11 +651,45 @@ fn write_copy(
     };
     let size = data.len();
     io.failed += io.out.push(&io.socket, data, remote);
+    sent(leg, transport_seq, size, now);
+    Some(pkt.payload.len() + 12)
+}
+
+/// Account for `size` bytes just written to a subscriber leg directly: the
+/// leg's byte count, its retransmission budget, and its estimator (with the
+/// transport-wide number, when the leg numbers its packets).
+fn sent(leg: &mut Transport, transport_seq: Option<u16>, size: usize, now: Instant) {
+    leg.out.sent_bytes += size as u64;
     if let Some(n) = transport_seq {
         leg.observed.sent.record(n, now);
-        if let Side::Subscriber { bwe, .. } = &mut leg.side {
+    }
+    if let Side::Subscriber { bwe, budget, .. } = &mut leg.side {
+        budget.spend(size, bwe.estimate_bps(), now);
+        if let Some(n) = transport_seq {
             bwe.on_sent(bwe::SentPacket { transport_seq: n, size, at: now });
         }
     }
-    Some(pkt.payload.len() + 12)
+}
+
+/// One padding-only packet of a bandwidth probe on `c`'s RTX stream (see
+/// [`egress::Writer::padding`]); its size on the wire, or `None` when the
+/// leg cannot take it or `c` has no RTX.
+fn write_padding(leg: &mut Transport, io: &mut Io, c: &mut Consumer, now: Instant) -> Option<usize> {
+    let remote = leg.out.remote?;
+    let (ssrc, pt) = c.rewrite.rtx.as_ref().and_then(|r| r.payload_types.first().map(|&(_, pt)| (r.ssrc, pt)))?;
+    let ctx = leg.pc.local_srtp_context()?;
+    c.rtx_seq = c.rtx_seq.wrapping_add(1);
+    let ts = c.last_sent.map_or(0, |(ts, _)| ts);
+    let transport_seq = c.rewrite.transport_cc.map(|_| leg.out.transport_seq());
+    let data = match io.writer.padding(ctx, &c.rewrite, (ssrc, pt, c.rtx_seq), ts, transport_seq, egress::MAX_PADDING) {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::debug!(error = %e, "media: a padding packet was not protected");
+            return None;
+        }
+    };
+    let size = data.len();
+    io.failed += io.out.push(&io.socket, data, remote);
+    sent(leg, transport_seq, size, now);
+    Some(size)
 }
