@@ -36,11 +36,17 @@ fn browser_room(relay: bool) -> serde_json::Value {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser/room.js");
     let dir = tempfile::tempdir().unwrap();
     // Relayed media reaches the SFU on 127.0.0.1: let TURN relay to loopback.
+    // The downstream estimate is off here, as in tests/simulcast.rs: with nine
+    // Chromium pages on two cores, receivers short of CPU read as congested
+    // links, and a screen share paused and resumed by the estimator (CI, stop
+    // 18) is not what this test is about. The estimator has its own unit tests
+    // (media::bwe) and benches/bandwidth_cap.rs.
     let server = ChildServer::spawn(
         dir.path(),
         &[
             ("CONFER_AUTH_ALLOW_GUESTS", "true"),
             ("CONFER_TURN_ALLOW_LOOPBACK_PEERS", if relay { "true" } else { "false" }),
+            ("CONFER_MEDIA_BANDWIDTH_ESTIMATION", "false"),
         ],
     );
     let mut cmd = Command::new("node");

@@ -664,7 +664,7 @@ fn sent(leg: &mut Transport, transport_seq: Option<u16>, size: usize, now: Insta
         leg.observed.sent.record(n, now);
     }
     if let Side::Subscriber { bwe, budget, .. } = &mut leg.side {
-        budget.spend(size, bwe.estimate_bps(), now);
+        budget.spend(size);
         if let Some(n) = transport_seq {
             bwe.on_sent(bwe::SentPacket { transport_seq: n, size, at: now });
         }

@@ -1,0 +1,368 @@
+//! The estimator against a simulated link, and its budget.
+
+use super::*;
+
+const PKT: usize = 1200;
+const PROP_US: i64 = 20_000;
+const QUEUE_US: f64 = 100_000.0;
+const RX_EPOCH_US: i64 = 7_000_000_000;
+
+fn xorshift(x: &mut u64) -> u64 {
+    *x ^= *x << 13;
+    *x ^= *x >> 7;
+    *x ^= *x << 17;
+    *x
+}
+
+/// A paced sender, a drop-tail bottleneck of `cap_bps` (100 ms of queue, 20 ms each way,
+/// up to 1 ms of jitter, optional random loss) and a receiver reporting every 100 ms, in
+/// 1 ms steps. Sequence numbers start near the wrap.
+struct Sim {
+    base: Instant,
+    est: Estimator,
+    net: Net,
+    probes: Vec<ProbeResult>,
+}
+
+#[derive(Default)]
+struct Net {
+    now_us: i64,
+    cap_bps: f64,
+    loss: f64,
+    rng: u64,
+    link_free_us: f64,
+    seq: u16,
+    credit: f64,
+    flight: VecDeque<(u16, Option<i64>, i64)>,
+    reports: VecDeque<(i64, Vec<Arrival>)>,
+    /// A receiver short of CPU from this µs: what it reads is late by half the time since,
+    /// for 300 ms, and then catches up as fast.
+    stall_from: Option<i64>,
+}
+
+impl Sim {
+    fn new(initial_bps: u64, cap_bps: f64) -> Self {
+        let (base, cfg) = (Instant::now(), Config { initial_bps, min_bps: 50_000, max_bps: 20_000_000 });
+        let net = Net { cap_bps, rng: 0x9E37_79B9_7F4A_7C15, seq: 65_000, ..Net::default() };
+        Sim { base, est: Estimator::new(cfg, base), net, probes: Vec::new() }
+    }
+
+    fn rand(&mut self) -> f64 {
+        (xorshift(&mut self.net.rng) >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    fn instant(&self) -> Instant {
+        self.base + Duration::from_micros(self.net.now_us as u64)
+    }
+
+    fn est(&self) -> f64 {
+        self.est.estimate_bps() as f64
+    }
+
+    /// One millisecond: the sender follows the estimate up to `source` bit/s and, with
+    /// `probe`, probes towards `source` as the router does.
+    fn step(&mut self, source: f64, probe: bool) {
+        self.step_with(source, probe.then_some(source));
+    }
+
+    /// One millisecond: media follows the estimate up to `media` bit/s; with `desired`, the
+    /// sender probes towards it and pads up to the probe's target while a cluster runs.
+    fn step_with(&mut self, media: f64, desired: Option<f64>) {
+        let now = self.instant();
+        if let Some(r) = self.est.poll_probe(now) {
+            self.probes.push(r);
+        }
+        if let Some(d) = desired {
+            self.est.start_probe(d as u64, now);
+        }
+        let mut rate = self.est().min(media);
+        if let Some(target) = self.est.probing(now) {
+            rate = rate.max(target as f64);
+        }
+        let bits = (PKT * 8) as f64;
+        self.net.credit = (self.net.credit + rate / 1000.0).min(2.0 * bits);
+        while self.net.credit >= bits {
+            self.net.credit -= bits;
+            self.send();
+        }
+        let now = self.net.now_us;
+        if now > 0 && now % 100_000 == 0 {
+            let mut report = Vec::new();
+            while let Some(&(seq, arrival, _)) = self.net.flight.front().filter(|f| f.2 <= now) {
+                self.net.flight.pop_front();
+                let arrived = arrival.map(|a| Duration::from_micros((a + RX_EPOCH_US) as u64));
+                report.push(Arrival { transport_seq: seq, arrived });
+            }
+            self.net.reports.push_back((now + PROP_US, report));
+        }
+        while self.net.reports.front().is_some_and(|r| r.0 <= now) {
+            let (_, report) = self.net.reports.pop_front().unwrap();
+            self.est.on_feedback(&report, self.instant());
+        }
+        self.net.now_us += 1000;
+    }
+
+    fn send(&mut self) {
+        self.est.on_sent(SentPacket { transport_seq: self.net.seq, size: PKT, at: self.instant() });
+        let (now, lost) = (self.net.now_us, self.rand() < self.net.loss);
+        let queued = (self.net.link_free_us - now as f64).max(0.0);
+        let arrival = (!lost && queued <= QUEUE_US).then(|| {
+            let net = &mut self.net;
+            net.link_free_us = net.link_free_us.max(now as f64) + (PKT * 8) as f64 * 1e6 / net.cap_bps;
+            let at = net.link_free_us as i64;
+            let lag = net.stall_from.map_or(0, |s| {
+                let t = at - s;
+                if (0..300_000).contains(&t) {
+                    t / 2
+                } else if (300_000..600_000).contains(&t) {
+                    (600_000 - t) / 2
+                } else {
+                    0
+                }
+            });
+            at + lag + PROP_US + (self.rand() * 1000.0) as i64
+        });
+        let known = arrival.unwrap_or(now + PROP_US + queued as i64);
+        self.net.flight.push_back((self.net.seq, arrival, known));
+        self.net.seq = self.net.seq.wrapping_add(1);
+    }
+
+    /// Runs up to `ms` steps; the first step (1-based) after which `done` holds.
+    fn run_until(&mut self, ms: u32, source: f64, probe: bool, mut done: impl FnMut(&Sim) -> bool) -> Option<u32> {
+        (1..=ms).find(|_| {
+            self.step(source, probe);
+            done(self)
+        })
+    }
+
+    /// As [`Sim::run_until`], with media and desired rates apart.
+    fn run_with(
+        &mut self,
+        ms: u32,
+        media: f64,
+        desired: Option<f64>,
+        mut done: impl FnMut(&Sim) -> bool,
+    ) -> Option<u32> {
+        (1..=ms).find(|_| {
+            self.step_with(media, desired);
+            done(self)
+        })
+    }
+}
+
+#[test]
+fn capacity_step_down_is_detected_within_two_seconds() {
+    let mut sim = Sim::new(1_500_000, 2.5e6);
+    sim.run_until(10_000, 1.5e6, false, |_| false);
+    assert!(sim.est() >= 1.35e6, "before the step: {}", sim.est());
+    sim.net.cap_bps = 600e3;
+    let detected = sim.run_until(2_000, 1.5e6, false, |s| s.est() < 660e3);
+    assert!(detected.is_some(), "estimate still {} 2 s after the step to 600 kbit/s", sim.est());
+    sim.run_until(5_000, 1.5e6, false, |_| false);
+    assert!((300e3..700e3).contains(&sim.est()), "5 s later: {} on a 600 kbit/s link", sim.est());
+}
+
+#[test]
+fn clean_link_is_not_underestimated() {
+    let mut sim = Sim::new(1_000_000, 10e6);
+    sim.run_until(12_000, 1.5e6, false, |_| false);
+    let (mut low, mut high) = (f64::MAX, 0f64);
+    sim.run_until(30_000, 1.5e6, false, |s| {
+        (low, high) = (low.min(s.est()), high.max(s.est()));
+        false
+    });
+    assert!(low >= 0.9 * 1.5e6, "estimate fell to {low} while sending 1.5 Mbit/s on a 10 Mbit/s link");
+    assert!(high <= 1.5 * 1.5e6 + 100e3, "estimate ran away to {high} while sending 1.5 Mbit/s");
+    let acked = sim.est.acknowledged_bps().unwrap_or(0);
+    assert!((1_350_000..1_650_000).contains(&acked), "acknowledged {acked}");
+    assert_eq!(sim.est.usage(), Usage::Normal);
+}
+
+#[test]
+fn estimate_recovers_after_capacity_returns() {
+    let mut sim = Sim::new(1_500_000, 2.5e6);
+    sim.run_until(10_000, 1.5e6, true, |_| false);
+    sim.net.cap_bps = 600e3;
+    sim.run_until(10_000, 1.5e6, true, |_| false);
+    assert!(sim.est() < 800e3, "estimate {} after 10 s at 600 kbit/s", sim.est());
+    sim.net.cap_bps = 2.5e6;
+    let back = sim.run_until(25_000, 1.5e6, true, |s| s.est() > 1.2e6);
+    let ms = back.unwrap_or_else(|| panic!("estimate only {} 25 s after the link returned to 2.5 Mbit/s", sim.est()));
+    // Probes stay near the old congestion point for CONGESTION_MEMORY (12 s), then climb.
+    assert!(ms <= 20_000, "{ms} ms to climb back above 1.2 Mbit/s: {:?}", sim.probes);
+}
+
+/// A subscriber moved down to 150 kbit/s of video: what it receives alone can lift the
+/// estimate to 1.5 × that at most, so only probes bring it back to what the allocator wants.
+#[test]
+fn probes_lift_an_application_limited_estimate() {
+    let mut sim = Sim::new(200_000, 10e6);
+    sim.run_with(5_000, 150e3, None, |_| false);
+    assert!(sim.est() < 300e3, "media alone lifted the estimate to {}", sim.est());
+    assert!(sim.probes.is_empty());
+    let lifted = sim.run_with(10_000, 150e3, Some(1.5e6), |s| s.est() >= 1.4e6);
+    let ms = lifted.unwrap_or_else(|| panic!("estimate {} after 10 s of probing for 1.5 Mbit/s", sim.est()));
+    assert!(ms <= 4_000, "took {ms} ms to probe up to 1.4 Mbit/s: {:?}", sim.probes);
+    assert!(sim.probes.iter().all(|p| p.raised), "{:?}", sim.probes);
+    assert!(sim.probes.iter().all(|p| p.target_bps as f64 <= 1.5e6));
+    // Got what it wanted: no more probing.
+    let n = sim.probes.len();
+    sim.run_with(5_000, 150e3, Some(1.4e6), |_| false);
+    assert_eq!(sim.probes.len(), n, "probed again with the estimate above what is wanted");
+}
+
+/// Probing a link that cannot take more finds its capacity, does not push the estimate past
+/// it, and backs off.
+#[test]
+fn probes_on_a_capped_link_stop_at_its_capacity_and_back_off() {
+    let mut sim = Sim::new(200_000, 600e3);
+    sim.run_with(5_000, 150e3, None, |_| false);
+    sim.run_with(20_000, 150e3, Some(3e6), |_| false);
+    let est = sim.est();
+    assert!((400e3..=700e3).contains(&est), "estimate {est} on a 600 kbit/s link after probing: {:?}", sim.probes);
+    let failed = sim.probes.iter().filter(|p| !p.raised).count();
+    assert!(failed >= 1, "{:?}", sim.probes);
+    // Backing off: over 20 s, far fewer than one probe per 750 ms (duration + gap).
+    assert!(sim.probes.len() <= 12, "{} probes in 20 s: {:?}", sim.probes.len(), sim.probes);
+    assert!(sim.probes.iter().all(|p| p.measured_bps.is_none_or(|m| m < 800_000)), "{:?}", sim.probes);
+}
+
+/// Video paused for a stall upstream: only 150 kbit/s flow under a 2 Mbit/s estimate when
+/// the receiver falls behind for a moment. The cut (to 85 % of what arrives) would leave the
+/// subscriber paused; one probe straight back restores the estimate.
+#[test]
+fn a_false_drop_while_application_limited_is_probed_straight_back() {
+    let mut sim = Sim::new(2_000_000, 10e6);
+    sim.run_with(5_000, 150e3, Some(1.5e6), |_| false);
+    assert!(sim.est() >= 1.5e6, "before: {}", sim.est());
+    sim.net.stall_from = Some(sim.net.now_us);
+    let cut = sim.run_with(2_000, 150e3, Some(1.5e6), |s| s.est() < 500e3);
+    assert!(cut.is_some(), "the stall did not cut the estimate: {}", sim.est());
+    let back = sim.run_with(2_000, 150e3, Some(1.5e6), |s| s.est() >= 1.2e6);
+    assert!(back.is_some(), "estimate {} 2 s after the cut: {:?}", sim.est(), sim.probes);
+    // A link that really shrank is not pushed back up: the one probe fails.
+    let mut real = Sim::new(2_000_000, 10e6);
+    real.run_with(5_000, 150e3, Some(1.5e6), |_| false);
+    real.net.cap_bps = 140e3;
+    real.run_with(3_000, 150e3, Some(1.5e6), |_| false);
+    assert!(real.est() < 300e3, "estimate {} on a 140 kbit/s link: {:?}", real.est(), real.probes);
+}
+
+#[test]
+fn random_loss_drives_the_estimate_down_and_no_loss_lets_it_grow() {
+    let mut lossy = Sim::new(1_000_000, 1e9);
+    lossy.net.loss = 0.2;
+    let mut clean = Sim::new(1_000_000, 1e9);
+    lossy.run_until(10_000, 5e6, false, |_| false);
+    clean.run_until(10_000, 5e6, false, |_| false);
+    let (est, loss) = (lossy.est(), lossy.est.loss());
+    assert!(est < 500e3 && (0.15..0.25).contains(&loss), "20 % loss: estimate {est}, loss {loss}");
+    assert_eq!(lossy.est.usage(), Usage::Normal, "random loss is not a queue");
+    assert!(!lossy.est.should_probe(5_000_000));
+    assert!(clean.est() > 1.3e6 && clean.est.loss() == 0.0, "no loss: estimate {}", clean.est());
+    let before = clean.est();
+    clean.est.on_receiver_report(1.0, clean.instant());
+    assert_eq!(clean.est(), before, "receiver-report loss is ignored while transport-cc flows");
+}
+
+#[test]
+fn remb_and_receiver_reports_without_twcc() {
+    let t0 = Instant::now();
+    let at = |s: u64| t0 + Duration::from_secs(s);
+    let cfg = Config { initial_bps: 1_000_000, min_bps: 100_000, max_bps: 5_000_000 };
+    let mut remb = Estimator::new(cfg, t0);
+    assert_eq!(remb.estimate_bps(), 1_000_000);
+    assert_eq!(remb.acknowledged_bps(), None);
+    for (given, expect) in [(800_000, 800_000), (u64::MAX, 5_000_000), (0, 100_000), (2_000_000, 2_000_000)] {
+        remb.on_remb(given);
+        assert_eq!(remb.estimate_bps(), expect, "REMB {given}");
+    }
+    remb.on_receiver_report(0.5, at(1));
+    assert_eq!(remb.estimate_bps(), 1_500_000, "REMB 2 Mbit/s with 50 % loss");
+
+    let mut rr = Estimator::new(cfg, t0);
+    let steps = [(0.0, 1_050_000), (0.05, 1_050_000), (0.3, 892_500), (f64::NAN, 892_500), (-1.0, 892_500)];
+    for (s, (loss, expect)) in (1..).zip(steps) {
+        rr.on_receiver_report(loss, at(s));
+        assert_eq!(rr.estimate_bps(), expect, "after RR loss {loss}");
+    }
+    (10..100).for_each(|s| rr.on_receiver_report(0.0, at(s)));
+    assert_eq!(rr.estimate_bps(), 5_000_000);
+    (100..200).for_each(|s| rr.on_receiver_report(1.0, at(s)));
+    assert_eq!(rr.estimate_bps(), 100_000);
+    assert_eq!(rr.loss(), 1.0);
+    assert!(!rr.should_probe(1_000_000));
+}
+
+#[test]
+fn the_budget_lets_resends_through_only_while_media_leaves_room() {
+    let t0 = Instant::now();
+    let ms = |n: u64| t0 + Duration::from_millis(n);
+    let mut b = Budget::default();
+    // 1 Mbit/s = 125 bytes per ms; at most 100 ms (12,500 bytes) saved up.
+    assert!(b.take(12_000, 1_000_000, t0), "a fresh leg has a burst's worth");
+    assert!(!b.take(1_200, 1_000_000, t0));
+    assert!(b.take(1_200, 1_000_000, ms(10)), "10 ms later: 1,250 bytes more");
+    // Media at 1.2 Mbit/s on a 1 Mbit/s estimate: the bucket runs dry, no resend fits.
+    for i in 11..=500 {
+        b.spend(150);
+        if i % 50 == 0 {
+            assert!(!b.fits(200, 1_000_000, ms(i)), "at {i} ms");
+        }
+    }
+    assert!(!b.take(200, 1_000_000, ms(500)));
+    // Media at half the estimate leaves room again.
+    for _ in 501..=800 {
+        b.spend(60);
+    }
+    assert!(b.take(1_200, 1_000_000, ms(800)));
+    // A clock that goes backwards takes nothing.
+    assert!(!b.take(1_000_000, 1_000_000, ms(100)));
+}
+
+#[test]
+fn garbage_feedback_never_panics_or_leaves_bounds() {
+    let t0 = Instant::now();
+    let cfg = Config { initial_bps: 1_000_000, min_bps: 100_000, max_bps: 5_000_000 };
+    let mut e = Estimator::new(cfg, t0);
+    let check = |e: &Estimator| {
+        let b = e.estimate_bps();
+        assert!((100_000..=5_000_000).contains(&b), "estimate {b}");
+        assert!((0.0..=1.0).contains(&e.loss()), "loss {}", e.loss());
+    };
+    e.on_feedback(&[], t0);
+    e.on_feedback(&[Arrival { transport_seq: 7, arrived: Some(Duration::MAX) }], t0);
+    check(&e);
+    let weird = [Duration::ZERO, Duration::MAX, Duration::from_secs(1 << 40), Duration::from_nanos(1)];
+    let (mut rng, mut report) = (42u64, Vec::new());
+    for i in 0..70_000u64 {
+        let now = t0 + Duration::from_millis(i);
+        e.on_sent(SentPacket { transport_seq: i as u16, size: if i % 7 == 0 { 0 } else { 1200 }, at: now });
+        if i % 10 == 0 {
+            e.start_probe([0, 1, 3_000_000, u64::MAX][(i / 10 % 4) as usize], now);
+            e.poll_probe(now);
+        }
+        if i % 50 != 49 {
+            continue;
+        }
+        report.clear();
+        for _ in 0..80 {
+            let r = xorshift(&mut rng);
+            let seq = (i + 100).wrapping_sub(r % 200) as u16; // sent, resent-to-be, or never sent
+            let arrived = match r % 5 {
+                0 => None,
+                1 => Some(weird[(r >> 8) as usize % weird.len()]),
+                _ => Some(Duration::from_millis(i + (r >> 16) % 300)), // reordered
+            };
+            report.push(Arrival { transport_seq: seq, arrived });
+        }
+        let when = if i % 500 == 49 { now.checked_sub(Duration::from_secs(30)).unwrap_or(t0) } else { now };
+        e.on_feedback(&report, when);
+        e.on_feedback(&report, when); // repeated
+        e.on_receiver_report([f64::NAN, -1.0, 5.0, 0.5, f64::INFINITY][(i / 50 % 5) as usize], now);
+        if i % 5000 == 49 {
+            e.on_remb([0, u64::MAX, 3_000_000][(i / 5000 % 3) as usize]);
+        }
+        check(&e);
+    }
+}
