@@ -102,6 +102,9 @@ fn loadtest(args: confer::app::cli::LoadtestArgs) -> anyhow::Result<()> {
         meeting: args.meeting,
         janus: args.janus.clone(),
         server_pid: args.server_pid,
+        simulcast: args.simulcast,
+        ceilings: args.ceilings.clone(),
+        cap_kbps: args.cap_kbps.map(|k| k.max(50)),
     };
     let rt = tokio::runtime::Runtime::new()?;
     let report = rt.block_on(confer::loadtest::run(opts, &keys))?;

@@ -67,3 +67,27 @@ fn a_meeting_load_has_every_publisher_receive_the_others() {
     assert_eq!(r["serverMediaPorts"], 2, "{r}");
     assert!(r["loss"].as_f64().unwrap() < 0.05 && r["meeting"] == true, "{r}");
 }
+
+/// Simulcast publishers (three layers named by the rid header extension, as
+/// browsers send them) and subscribers at three ceilings: each subscriber
+/// gets its ceiling's layer and never one above it, over one stream with no
+/// sequence gap (SPEC 5.1).
+#[test]
+fn a_simulcast_load_gives_each_ceiling_its_layer() {
+    let (r, _) = loadtest(&["--subscribers", "3", "--seconds", "4", "--simulcast", "--ceilings", "high,medium,low"]);
+    for layer in ["q", "h", "f"] {
+        assert!(r["packetsSentByLayer"][layer].as_u64().unwrap() > 20, "the publisher sends {layer}: {r}");
+    }
+    for (ceiling, wanted, above) in [("high", "f", &[][..]), ("medium", "h", &["f"][..]), ("low", "q", &["h", "f"][..])]
+    {
+        let v = &r["videoByCeiling"][ceiling];
+        assert_eq!(v["subscribers"], 1, "{ceiling}: {r}");
+        let got = |l: &str| v["packetsByLayer"][l].as_u64().unwrap();
+        let total = got("q") + got("h") + got("f");
+        // The estimate may start below the ceiling; it is never above it.
+        assert!(got(wanted) as f64 > 0.9 * total as f64 && total > 20, "{ceiling} receives {wanted}: {r}");
+        assert!(above.iter().all(|l| got(l) == 0), "{ceiling} never receives a layer above {wanted}: {r}");
+        assert!(v["loss"].as_f64().unwrap() < 0.02, "{ceiling}: {r}");
+    }
+    assert_eq!(r["tracksReceived"], r["tracksExpected"], "{r}");
+}

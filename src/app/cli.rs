@@ -83,6 +83,20 @@ pub struct LoadtestArgs {
     /// /metrics (required with --janus; use it for confer too to compare alike).
     #[arg(long, value_name = "PID")]
     pub server_pid: Option<u32>,
+    /// Publish video as three simulcast layers (rids q, h, f at 10 %, 30 %
+    /// and 100 % of --video-kbps), as browsers do with LiveKit-style clients.
+    #[arg(long)]
+    pub simulcast: bool,
+    /// Ceilings the subscribers ask for with track-subscribe, one each in
+    /// turn (e.g. `high,medium,low`); none: no track-subscribe (full layer).
+    #[arg(long, value_delimiter = ',', value_name = "QUALITY", value_parser = ["low", "medium", "high"])]
+    pub ceilings: Vec<String>,
+    /// Cap the first subscriber of each room at this many kbit/s (a token
+    /// bucket with a 15 kB burst and a 60 ms queue in front of its socket)
+    /// for the middle third of the run, and report how the server adapts
+    /// (time to a lower layer, loss while capped, time to climb back).
+    #[arg(long, value_name = "KBPS")]
+    pub cap_kbps: Option<u32>,
 }
 
 #[derive(Args, Debug, Clone)]

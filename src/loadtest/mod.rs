@@ -47,7 +47,22 @@ pub struct LoadOpts {
     /// Measure the server's CPU and RSS from `/proc/<pid>` instead of its
     /// `/metrics` (the only way for Janus; the same way for both).
     pub server_pid: Option<u32>,
+    /// Publishers send their video as simulcast (SPEC 5.1): rids `q`, `h`
+    /// and `f` at [`SIMULCAST_SHARE`] of `video_kbps` each.
+    pub simulcast: bool,
+    /// Subscriber `i` of each room asks for `ceilings[i % len]` ("low",
+    /// "medium" or "high") on every video track; none: no `track-subscribe`.
+    pub ceilings: Vec<String>,
+    /// The first subscriber of each room receives through a link capped at
+    /// this many kbit/s ([`peer::Cap`]) for the middle third of the window.
+    pub cap_kbps: Option<u32>,
 }
+
+/// What each simulcast layer sends, as a share of `--video-kbps` (roughly
+/// libwebrtc's 720p ladder: 150, 500 and 1,500 kbit/s).
+pub const SIMULCAST_SHARE: [f64; 3] = [0.1, 0.3, 1.0];
+/// The layers' names, lowest first (SPEC 5.1).
+const RIDS: [&str; 3] = ["q", "h", "f"];
 
 impl LoadOpts {
     /// The server the clients' media goes to.
@@ -68,6 +83,17 @@ struct Counters {
     done: tokio::sync::watch::Sender<bool>,
     sent: AtomicU64,
     received: AtomicU64,
+    /// Packets sent inside the window per layer (q, h, f or single-layer,
+    /// audio).
+    sent_by_layer: [AtomicU64; 4],
+    /// What subscribers received, by their ceiling (see [`Reception`]).
+    by_ceiling: std::sync::Mutex<std::collections::BTreeMap<String, Reception>>,
+    /// The capped subscribers' links, and what each of them saw.
+    caps: std::sync::Mutex<Vec<Arc<peer::Cap>>>,
+    capped: std::sync::Mutex<Vec<CappedRun>>,
+    /// The cap's phase, µs since the epoch by send time (set before the window opens).
+    cap_from: AtomicU64,
+    cap_until: AtomicU64,
     tracks_received: AtomicU64,
     /// The server's media ports publishers were answered with (one per
     /// worker their rooms landed on).
@@ -82,6 +108,12 @@ impl Default for Counters {
             done: tokio::sync::watch::Sender::new(false),
             sent: AtomicU64::default(),
             received: AtomicU64::default(),
+            sent_by_layer: Default::default(),
+            by_ceiling: Default::default(),
+            caps: Default::default(),
+            capped: Default::default(),
+            cap_from: AtomicU64::new(u64::MAX),
+            cap_until: AtomicU64::new(u64::MAX),
             tracks_received: AtomicU64::default(),
             media_ports: Default::default(),
         }
@@ -135,13 +167,19 @@ async fn expect(ws: &mut Ws, ty: &str) -> anyhow::Result<Value> {
 }
 
 /// Join `room` over `/rtc` and start a client PeerConnection on the local
-/// address that routes to the server (loopback for a local server).
-async fn join(opts: &LoadOpts, token: &str, room: &str) -> anyhow::Result<(Ws, RtcPeer)> {
+/// address that routes to the server (loopback for a local server), its
+/// link capped by `cap`; with the `room-joined` message.
+async fn join(
+    opts: &LoadOpts,
+    token: &str,
+    room: &str,
+    cap: Option<Arc<peer::Cap>>,
+) -> anyhow::Result<(Ws, RtcPeer, Value)> {
     let mut ws = connect_ws(&opts.url, token).await?;
     send(&mut ws, json!({"type": "room-join", "roomId": room})).await?;
-    expect(&mut ws, "room-joined").await?;
+    let joined = expect(&mut ws, "room-joined").await?;
     let ip = local_ip_towards(&opts.url).await?;
-    Ok((ws, RtcPeer::start_with(false, ip).await?))
+    Ok((ws, RtcPeer::start_capped(false, ip, cap).await?, joined))
 }
 
 /// The local address that reaches the server: where the clients' sockets bind.
@@ -163,18 +201,27 @@ async fn publisher(
     stop: Instant,
     janus: Option<(Arc<janus::Janus>, tokio::sync::watch::Sender<Option<u64>>)>,
 ) -> anyhow::Result<Latencies> {
-    let (video_ssrc, audio_ssrc) = (rand::random::<u32>(), rand::random::<u32>());
-    let audio = opts.audio;
+    let (video_ssrcs, audio_ssrc) = (rand::random::<[u32; 3]>(), rand::random::<u32>());
+    let (audio, simulcast) = (opts.audio, opts.simulcast);
     let offer_with = move |pc: &mut rtc::peer_connection::RTCPeerConnection, now| -> anyhow::Result<_> {
-        let v = pc.add_track(peer::video_track("video", video_ssrc))?;
+        let track = if simulcast {
+            peer::simulcast_track("video", video_ssrcs)
+        } else {
+            peer::video_track("video", video_ssrcs[2])
+        };
+        let v = pc.add_track(track)?;
         let a = if audio { Some(pc.add_track(peer::audio_track("audio", audio_ssrc))?) } else { None };
         let offer = pc.create_offer(None)?;
         pc.set_local_description(now, offer.clone())?;
         let ids: Vec<_> = pc.get_transceivers().collect();
         let mids: Vec<String> = ids.into_iter().filter_map(|t| pc.rtp_transceiver(t)?.mid().clone()).collect();
         let sources = ["camera", "microphone"];
-        let tracks: Vec<Value> = mids.iter().zip(sources).map(|(m, s)| json!({"mid": m, "source": s})).collect();
-        Ok((offer.sdp, tracks, (v, a)))
+        let tracks: Vec<Value> = mids
+            .iter()
+            .zip(sources)
+            .map(|(m, s)| json!({"mid": m, "source": s, "simulcast": simulcast && s == "camera"}))
+            .collect();
+        Ok((offer.sdp, tracks, (v, a, mids.first().cloned().unwrap_or_default())))
     };
     let (ws, mut p, senders) = match &janus {
         Some((j, feed)) => {
@@ -186,7 +233,7 @@ async fn publisher(
             (None, p, senders)
         }
         None => {
-            let (mut ws, p) = join(&opts, &token, &room).await?;
+            let (mut ws, p, _) = join(&opts, &token, &room, None).await?;
             let (offer, tracks, senders) =
                 p.ctl.try_with(offer_with).await.ok_or_else(|| anyhow::anyhow!("publisher peer stopped"))??;
             send(&mut ws, json!({"type": "publish-offer", "roomId": room, "sdp": offer, "tracks": tracks})).await?;
@@ -211,10 +258,16 @@ async fn publisher(
     })
     .await
     .map_err(|_| anyhow::anyhow!("publisher did not connect"))?;
-    let (vs, as_) = senders;
-    let pts = p
+    let (vs, as_, video_mid) = senders;
+    let (pts, ext_ids) = p
         .ctl
         .try_with(move |pc, _| {
+            let ext = |pc: &mut rtc::peer_connection::RTCPeerConnection, uri: &str| {
+                let mut x = pc.rtp_sender(vs)?;
+                let id = x.get_parameters().rtp_parameters.header_extensions.iter().find(|e| e.uri == uri)?.id;
+                u8::try_from(id).ok()
+            };
+            let ids = (ext(pc, rtc::sdp::extmap::SDES_MID_URI), ext(pc, rtc::sdp::extmap::SDES_RTP_STREAM_ID_URI));
             let pt = |pc: &mut rtc::peer_connection::RTCPeerConnection, s, mime: &str| {
                 pc.rtp_sender(s).and_then(|mut x| {
                     x.get_parameters()
@@ -225,17 +278,24 @@ async fn publisher(
                         .map(|c| c.payload_type)
                 })
             };
-            (pt(pc, vs, "video/VP8"), as_.and_then(|a| pt(pc, a, "audio/opus")))
+            ((pt(pc, vs, "video/VP8"), as_.and_then(|a| pt(pc, a, "audio/opus"))), ids)
         })
         .await
-        .unwrap_or((None, None));
+        .unwrap_or(((None, None), (None, None)));
     let vpt = pts.0.ok_or_else(|| anyhow::anyhow!("VP8 was not negotiated"))?;
+    // A simulcast layer is named by its rid (and its m-line by the mid) in
+    // every packet, as libwebrtc does until the SSRCs are known.
+    let rid_exts = match ext_ids {
+        _ if !simulcast => None,
+        (Some(mid), Some(rid)) => Some((mid, rid, bytes::Bytes::from(video_mid.into_bytes()))),
+        _ => anyhow::bail!("simulcast needs the mid and rid header extensions, and the server did not negotiate them"),
+    };
     // In a meeting everyone also subscribes on the same WebSocket; otherwise
     // keep it read so the server's pings are answered.
     let receiving = match ws {
         Some(ws) if opts.meeting => {
             let sub = RtcPeer::start_with(false, local_ip_towards(&opts.url).await?).await?;
-            tokio::spawn(receive(ws, sub, c.clone(), epoch, stop))
+            tokio::spawn(receive(ws, sub, c.clone(), epoch, stop, Role::default(), Value::Null))
         }
         Some(mut ws) => tokio::spawn(async move {
             while let Some(Ok(_)) = ws.next().await {}
@@ -244,27 +304,35 @@ async fn publisher(
         None => tokio::spawn(async move { Vec::new() }),
     };
 
-    // Video: `fps` frames a second, a keyframe every 2 s that is KEY_RATIO
-    // times a delta frame, sized so the average is `video_kbps` (at the frame
-    // size of `frame_size_for`, announced in keyframes); frames split into
-    // packets of at most 1,100 bytes, which leave paced at `pacing` times
-    // the bitrate, as libwebrtc's pacer sends them (or back to back). Audio:
-    // a packet every 20 ms, never held back by video. Each packet carries
-    // the time it leaves.
+    // Video: `fps` frames a second per layer, a keyframe every 2 s that is
+    // KEY_RATIO times a delta frame, sized so each layer averages its
+    // bitrate (at the frame size of `frame_size_for`, announced in
+    // keyframes); frames split into packets of at most 1,100 bytes, which
+    // leave paced at `pacing` times the bitrate of all layers, as
+    // libwebrtc's pacer sends them (or back to back). Audio: a packet every
+    // 20 ms, never held back by video. Each packet carries its layer and the
+    // time it leaves.
     const KEY_RATIO: usize = 5;
     let fps = opts.fps.clamp(1, 120);
     let gop = u64::from(fps) * 2;
-    let delta_bytes = (opts.video_kbps as usize * 1000 / 8 * 2 / (gop as usize - 1 + KEY_RATIO)).max(200);
+    let layers: Vec<(usize, u32, u32)> = if simulcast {
+        (0..3).map(|l| (l, video_ssrcs[l], (f64::from(opts.video_kbps) * SIMULCAST_SHARE[l]) as u32)).collect()
+    } else {
+        vec![(2, video_ssrcs[2], opts.video_kbps)]
+    };
+    let delta_bytes = |kbps: u32| (kbps as usize * 1000 / 8 * 2 / (gop as usize - 1 + KEY_RATIO)).max(200);
+    let total_kbps: u32 = layers.iter().map(|l| l.2).sum();
     let frame_every = Duration::from_secs_f64(1.0 / f64::from(fps));
     let audio_every = Duration::from_millis(20);
-    let pace_bytes_per_sec = opts.pacing * f64::from(opts.video_kbps) * 1000.0 / 8.0;
-    let (mut vseq, mut aseq) = (rand::random::<u16>(), rand::random::<u16>());
+    let pace_bytes_per_sec = opts.pacing * f64::from(total_kbps) * 1000.0 / 8.0;
+    let mut vseq: Vec<u16> = layers.iter().map(|_| rand::random()).collect();
+    let mut aseq = rand::random::<u16>();
     let (mut frames, mut audio_n) = (0u64, 0u64);
     let mut next_video = tokio::time::Instant::now();
     let mut next_audio = next_video;
-    // Video packets not yet sent: (marker, frame head, size, timestamp); and
-    // when the pacer lets the next one go.
-    let mut queue: std::collections::VecDeque<(bool, Vec<u8>, usize, u32)> = Default::default();
+    // Video packets not yet sent: (index into `layers`, marker, frame head,
+    // size, timestamp); and when the pacer lets the next one go.
+    let mut queue: std::collections::VecDeque<(usize, bool, Vec<u8>, usize, u32)> = Default::default();
     let mut next_paced = next_video;
     while Instant::now() < stop && !c.is_done() {
         let wake =
@@ -272,37 +340,49 @@ async fn publisher(
         tokio::time::sleep_until(wake).await;
         let now = tokio::time::Instant::now();
         let mut pkts = Vec::new();
+        // Packets per layer (q, h, f, audio) in this batch.
+        let mut batch = [0u64; 4];
         if next_video <= now {
             let key = frames % gop == 0;
-            let mut left = if key { delta_bytes * KEY_RATIO } else { delta_bytes };
             let ts = (frames * 90_000 / u64::from(fps)) as u32;
-            let mut first = true;
-            while left > 0 {
-                let size = left.min(1100);
-                left -= size;
-                let head = if first { vp8_frame_start(key, frame_size_for(opts.video_kbps)) } else { vec![0x00] };
-                queue.push_back((left == 0, head, size, ts));
-                first = false;
+            for (i, &(_, _, kbps)) in layers.iter().enumerate() {
+                let mut left = if key { delta_bytes(kbps) * KEY_RATIO } else { delta_bytes(kbps) };
+                let mut first = true;
+                while left > 0 {
+                    let size = left.min(1100);
+                    left -= size;
+                    let head = if first { vp8_frame_start(key, frame_size_for(kbps)) } else { vec![0x00] };
+                    queue.push_back((i, left == 0, head, size, ts));
+                    first = false;
+                }
             }
             frames += 1;
             next_video += frame_every;
             next_paced = next_paced.max(now);
         }
-        while let Some((marker, head, size, ts)) = queue.pop_front() {
+        while let Some((i, marker, head, size, ts)) = queue.pop_front() {
             if pace_bytes_per_sec > 0.0 {
                 if next_paced > now {
-                    queue.push_front((marker, head, size, ts));
+                    queue.push_front((i, marker, head, size, ts));
                     break;
                 }
                 next_paced += Duration::from_secs_f64(size as f64 / pace_bytes_per_sec);
             }
-            pkts.push((vs, rtp(vpt, vseq, ts, video_ssrc, marker, &head, size)));
-            vseq = vseq.wrapping_add(1);
+            let (layer, ssrc, _) = layers[i];
+            let (mut header, payload) = rtp(vpt, vseq[i], ts, ssrc, marker, &head, size, layer as u8);
+            if let Some((mid_id, rid_id, mid)) = &rid_exts {
+                let _ = header.set_extension(*mid_id, mid.clone());
+                let _ = header.set_extension(*rid_id, bytes::Bytes::from_static(RIDS[layer].as_bytes()));
+            }
+            pkts.push((vs, (header, payload)));
+            batch[layer] += 1;
+            vseq[i] = vseq[i].wrapping_add(1);
         }
         if next_audio <= now {
             if let (Some(a), Some(apt)) = (as_, pts.1) {
-                pkts.push((a, rtp(apt, aseq, (audio_n * 960) as u32, audio_ssrc, false, &[], 80)));
+                pkts.push((a, rtp(apt, aseq, (audio_n * 960) as u32, audio_ssrc, false, &[], 80, AUDIO_LAYER)));
                 aseq = aseq.wrapping_add(1);
+                batch[3] += 1;
             }
             audio_n += 1;
             next_audio += audio_every;
@@ -330,6 +410,9 @@ async fn publisher(
         let Some(t) = sent else { break };
         if c.in_window(t) {
             c.sent.fetch_add(count, Relaxed);
+            for (n, sent) in batch.iter().zip(&c.sent_by_layer) {
+                sent.fetch_add(*n, Relaxed);
+            }
         }
     }
     if opts.meeting {
@@ -338,6 +421,9 @@ async fn publisher(
     receiving.abort();
     Ok(Vec::new())
 }
+
+/// The layer byte of an audio packet (see [`rtp`]).
+const AUDIO_LAYER: u8 = 0xff;
 
 /// The start of a synthetic VP8 frame: a payload descriptor with S set,
 /// then the frame tag, and for a keyframe the start code and the frame size
@@ -362,9 +448,12 @@ fn frame_size_for(kbps: u32) -> (u16, u16) {
     }
 }
 
-/// A packet's header and a payload of `size` bytes: `head`, then zeros; the
-/// last 8 bytes are for the send time (µs since the run's epoch), written
-/// when it is sent, which subscribers read for latency.
+/// A packet's header and a payload of `size` bytes: `head`, then zeros,
+/// then the layer it belongs to (0 `q`, 1 `h`, 2 `f` or single-layer,
+/// [`AUDIO_LAYER`] for audio); the last 8 bytes are for the send time (µs
+/// since the run's epoch), written when it is sent, which subscribers read
+/// for latency.
+#[allow(clippy::too_many_arguments)]
 fn rtp(
     pt: u8,
     seq: u16,
@@ -373,10 +462,12 @@ fn rtp(
     marker: bool,
     head: &[u8],
     size: usize,
+    layer: u8,
 ) -> (rtc::rtp::header::Header, Vec<u8>) {
-    let size = size.max(head.len() + 8);
+    let size = size.max(head.len() + 9);
     let mut payload = vec![0u8; size];
     payload[..head.len()].copy_from_slice(head);
+    payload[size - 9] = layer;
     let header = rtc::rtp::header::Header {
         version: 2,
         payload_type: pt,
@@ -390,6 +481,7 @@ fn rtp(
 }
 
 /// One subscriber: join, answer every subscribe-offer, count what arrives.
+#[allow(clippy::too_many_arguments)]
 async fn subscriber(
     opts: LoadOpts,
     token: String,
@@ -398,29 +490,152 @@ async fn subscriber(
     epoch: Instant,
     stop: Instant,
     janus: Option<(Arc<janus::Janus>, tokio::sync::watch::Receiver<Option<u64>>)>,
+    role: Role,
 ) -> anyhow::Result<Latencies> {
     match janus {
         Some((j, mut feed)) => {
             let p = RtcPeer::start_with(false, local_ip_towards(opts.target()).await?).await?;
             let feed = feed.wait_for(Option::is_some).await?.expect("waited for Some");
             j.subscribe(room.parse()?, feed, &p).await?;
-            Ok(count(p, c, epoch, stop).await)
+            Ok(count(p, c, epoch, stop, Role::default()).await)
         }
         None => {
-            let (ws, p) = join(&opts, &token, &room).await?;
-            Ok(receive(ws, p, c, epoch, stop).await)
+            let (ws, p, joined) = join(&opts, &token, &room, role.cap.clone()).await?;
+            Ok(receive(ws, p, c, epoch, stop, role, joined).await)
         }
     }
 }
 
-/// Answer every subscribe-offer on `ws` with `p`, and count what arrives
-/// until the run is done (see [`count`]).
-async fn receive(mut ws: Ws, p: RtcPeer, c: Arc<Counters>, epoch: Instant, stop: Instant) -> Latencies {
+/// Per packet received inside the window: µs from its send to its arrival,
+/// and to its read.
+type Latencies = Vec<(u32, u32)>;
+
+/// How one subscriber takes part: the ceiling it asks for on every video
+/// track, and the cap on its link.
+#[derive(Clone, Default)]
+struct Role {
+    ceiling: Option<String>,
+    cap: Option<Arc<peer::Cap>>,
+}
+
+/// What a group of subscribers received of the window's video, from the
+/// one stream the SFU sends each of them per track: packets per layer (by
+/// the layer byte the publisher wrote), and the sequence numbers received
+/// against the span they cover (the SFU keeps them contiguous across layer
+/// switches, so a gap is a loss).
+#[derive(Debug, Default, Clone)]
+struct Reception {
+    subscribers: u64,
+    layers: [u64; 3],
+    unique: u64,
+    span: u64,
+}
+
+impl Reception {
+    fn add(&mut self, o: &Reception) {
+        self.subscribers += o.subscribers;
+        for (a, b) in self.layers.iter_mut().zip(o.layers) {
+            *a += b;
+        }
+        self.unique += o.unique;
+        self.span += o.span;
+    }
+
+    fn loss(&self) -> Option<f64> {
+        (self.span > 0).then(|| (1.0 - self.unique as f64 / self.span as f64).max(0.0))
+    }
+
+    fn json(&self) -> Value {
+        json!({
+            "subscribers": self.subscribers,
+            "packetsByLayer": {"q": self.layers[0], "h": self.layers[1], "f": self.layers[2]},
+            "loss": self.loss().map(|l| (l * 1e5).round() / 1e5),
+        })
+    }
+}
+
+/// The sequence numbers of one stream a subscriber received (extended past
+/// wraps), for [`Reception`].
+#[derive(Default)]
+struct SeqSpan {
+    seen: std::collections::HashSet<u64>,
+    last: Option<u64>,
+    range: Option<(u64, u64)>,
+}
+
+impl SeqSpan {
+    fn add(&mut self, seq: u16) {
+        let ext = match self.last {
+            None => (1u64 << 16) + u64::from(seq),
+            Some(last) => {
+                let delta = seq.wrapping_sub(last as u16) as i16;
+                last.saturating_add_signed(i64::from(delta))
+            }
+        };
+        if self.last.is_none_or(|l| ext > l) {
+            self.last = Some(ext);
+        }
+        self.seen.insert(ext);
+        self.range = Some(self.range.map_or((ext, ext), |(a, b)| (a.min(ext), b.max(ext))));
+    }
+
+    fn unique_and_span(&self) -> (u64, u64) {
+        self.range.map_or((0, 0), |(a, b)| (self.seen.len() as u64, b - a + 1))
+    }
+}
+
+/// A capped subscriber's run: the layer changes it was told of
+/// (`subscription-update`, µs since the epoch), its video loss while capped,
+/// and the longest its audio stopped while capped.
+#[derive(Debug, Default, Clone)]
+struct CappedRun {
+    updates: Vec<(u64, Option<String>)>,
+    capped: Reception,
+    audio_gap_us: u64,
+}
+
+/// Answer every subscribe-offer on `ws` with `p`, ask for `role`'s ceiling
+/// on every video track (those in `joined`, and each one published later),
+/// and count what arrives until the run is done (see [`count`]).
+async fn receive(
+    mut ws: Ws,
+    p: RtcPeer,
+    c: Arc<Counters>,
+    epoch: Instant,
+    stop: Instant,
+    role: Role,
+    joined: Value,
+) -> Latencies {
     let ctl = p.ctl.clone();
+    let updates = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (ceiling, seen_updates) = (role.ceiling.clone(), updates.clone());
     let signaling = tokio::spawn(async move {
+        let subscribe = |room: &Value, track: &Value| {
+            let q = ceiling.as_ref().filter(|_| track["kind"] == "video")?;
+            let m = json!({"type": "track-subscribe", "roomId": room, "trackId": track["id"], "subscribe": true, "quality": q});
+            Some(Message::Text(m.to_string().into()))
+        };
+        let room = joined["roomId"].clone();
+        let existing = joined["room"]["participants"].as_array().into_iter().flatten();
+        for t in existing.flat_map(|p| p["tracks"].as_array().into_iter().flatten()) {
+            if let Some(m) = subscribe(&room, t) {
+                let _ = ws.send(m).await;
+            }
+        }
         while let Some(Ok(msg)) = ws.next().await {
             let Message::Text(t) = msg else { continue };
             let Ok(v) = serde_json::from_str::<Value>(&t) else { continue };
+            if v["type"] == "track-published" {
+                if let Some(m) = subscribe(&v["roomId"], &v["track"]) {
+                    let _ = ws.send(m).await;
+                }
+                continue;
+            }
+            if v["type"] == "subscription-update" {
+                let layer = v["layer"].as_str().map(str::to_owned);
+                seen_updates.lock().unwrap_or_else(|e| e.into_inner()).push((now_us(epoch), layer));
+                continue;
+            }
             if v["type"] != "subscribe-offer" {
                 continue;
             }
@@ -444,22 +659,42 @@ async fn receive(mut ws: Ws, p: RtcPeer, c: Arc<Counters>, epoch: Instant, stop:
             }
         }
     });
-    let latencies = count(p, c, epoch, stop).await;
+    let capped = role.cap.is_some();
+    let (latencies, run) = count_as(p, c.clone(), epoch, stop, role).await;
     signaling.abort();
+    if let Some(mut run) = run.filter(|_| capped) {
+        run.updates = std::mem::take(&mut *updates.lock().unwrap_or_else(|e| e.into_inner()));
+        c.capped.lock().unwrap_or_else(|e| e.into_inner()).push(run);
+    }
     latencies
 }
 
-/// Latencies of received packets in µs: (to the subscriber host's kernel,
-/// to the subscriber peer's read).
-type Latencies = Vec<(u32, u32)>;
+/// Count what arrives at `p` until the run is done: every packet sent inside
+/// the window that arrives is received, timed from its send time. Every
+/// track seen counts once towards `tracks_received`.
+async fn count(p: RtcPeer, c: Arc<Counters>, epoch: Instant, stop: Instant, role: Role) -> Latencies {
+    count_as(p, c, epoch, stop, role).await.0
+}
 
-/// Count what `p` receives until the run is done (or `stop`): the added
-/// latencies of each packet sent inside the measured window.
-async fn count(mut p: RtcPeer, c: Arc<Counters>, epoch: Instant, stop: Instant) -> Latencies {
+/// [`count`], also adding what `role`'s subscriber received to its ceiling's
+/// [`Reception`], and for a capped one returning its [`CappedRun`].
+async fn count_as(
+    mut p: RtcPeer,
+    c: Arc<Counters>,
+    epoch: Instant,
+    stop: Instant,
+    role: Role,
+) -> (Latencies, Option<CappedRun>) {
     let mut latencies = Vec::new();
     let mut tracks = std::collections::HashSet::new();
     let until = tokio::time::Instant::from_std(stop);
     let mut done = c.done.subscribe();
+    // Per video track: the SSRC of its first packet (the stream the SFU
+    // keeps; retransmissions come on another) and its sequence numbers,
+    // over the window and over the cap.
+    let mut video: std::collections::HashMap<String, (u32, SeqSpan, SeqSpan)> = Default::default();
+    let mut mine = Reception { subscribers: 1, ..Default::default() };
+    let (mut last_audio, mut audio_gap) = (None::<u64>, 0u64);
     loop {
         let s = tokio::select! {
             s = tokio::time::timeout_at(until, p.seen.recv()) => match s {
@@ -468,12 +703,10 @@ async fn count(mut p: RtcPeer, c: Arc<Counters>, epoch: Instant, stop: Instant) 
             },
             _ = done.wait_for(|d| *d) => break,
         };
-        if let Seen::Rtp { track, payload, at, read, .. } = s {
-            if tracks.insert(track) {
-                c.tracks_received.fetch_add(1, Relaxed);
-            }
-            let Some(sent) = payload.len().checked_sub(8).map(|at| &payload[at..]) else { continue };
-            let sent = u64::from_be_bytes(sent.try_into().expect("8 bytes"));
+        if let Seen::Rtp { track, ssrc, seq, payload, at, read, .. } = s {
+            let Some(tail) = payload.len().checked_sub(9).map(|at| &payload[at..]) else { continue };
+            let layer = tail[0];
+            let sent = u64::from_be_bytes(tail[1..].try_into().expect("8 bytes"));
             if c.in_window(sent) {
                 c.received.fetch_add(1, Relaxed);
                 // From the publisher's send to the packet's arrival at the
@@ -485,10 +718,43 @@ async fn count(mut p: RtcPeer, c: Arc<Counters>, epoch: Instant, stop: Instant) 
                     us.saturating_sub(sent).min(u64::from(u32::MAX)) as u32
                 };
                 latencies.push((since(at), since(read)));
+                let cap = c.cap_from.load(Relaxed)..c.cap_until.load(Relaxed);
+                if layer == AUDIO_LAYER {
+                    if cap.contains(&sent) {
+                        let t = at.saturating_duration_since(epoch).as_micros() as u64;
+                        audio_gap = audio_gap.max(t - last_audio.unwrap_or(t).min(t));
+                        last_audio = Some(t);
+                    }
+                } else {
+                    let v =
+                        video.entry(track.clone()).or_insert_with(|| (ssrc, SeqSpan::default(), SeqSpan::default()));
+                    if v.0 == ssrc {
+                        v.1.add(seq);
+                        if cap.contains(&sent) {
+                            v.2.add(seq);
+                        }
+                        if let Some(n) = mine.layers.get_mut(usize::from(layer)) {
+                            *n += 1;
+                        }
+                    }
+                }
+            }
+            if tracks.insert(track) {
+                c.tracks_received.fetch_add(1, Relaxed);
             }
         }
     }
-    latencies
+    let mut capped = Reception { subscribers: 1, ..Default::default() };
+    for (_, all, during_cap) in video.values() {
+        let (u, s) = all.unique_and_span();
+        (mine.unique, mine.span) = (mine.unique + u, mine.span + s);
+        let (u, s) = during_cap.unique_and_span();
+        (capped.unique, capped.span) = (capped.unique + u, capped.span + s);
+    }
+    let group = role.ceiling.clone().unwrap_or_else(|| "none".into());
+    c.by_ceiling.lock().unwrap_or_else(|e| e.into_inner()).entry(group).or_default().add(&mine);
+    let run = CappedRun { capped, audio_gap_us: audio_gap, ..Default::default() };
+    (latencies, Some(run))
 }
 
 /// The server's (CPU seconds, RSS bytes, forwarded packets): from `/proc`
@@ -589,6 +855,12 @@ pub async fn run(opts: LoadOpts, keys: &TokenKeys) -> anyhow::Result<Value> {
     if opts.janus.is_some() && (opts.meeting || opts.publishers != 1) {
         anyhow::bail!("--janus supports one publisher per room and no --meeting");
     }
+    if opts.janus.is_some() && (opts.simulcast || !opts.ceilings.is_empty() || opts.cap_kbps.is_some()) {
+        anyhow::bail!("--janus does not take --simulcast, --ceilings or --cap-kbps yet");
+    }
+    if opts.cap_kbps.is_some() && opts.subscribers == 0 {
+        anyhow::bail!("--cap-kbps caps the first subscriber of each room: give --subscribers 1 or more");
+    }
     let janus = match &opts.janus {
         Some(url) => Some(janus::Janus::connect(url).await?),
         None => None,
@@ -602,7 +874,16 @@ pub async fn run(opts: LoadOpts, keys: &TokenKeys) -> anyhow::Result<Value> {
             for i in 0..opts.subscribers {
                 let (o, room, c) = (opts.clone(), room.clone(), counters.clone());
                 let j = Some((j.clone(), feed_rx.clone()));
-                subs.push(tokio::spawn(subscriber(o, format!("sub-{r}-{i}"), room, c, epoch, stop, j)));
+                subs.push(tokio::spawn(subscriber(
+                    o,
+                    format!("sub-{r}-{i}"),
+                    room,
+                    c,
+                    epoch,
+                    stop,
+                    j,
+                    Role::default(),
+                )));
             }
             let (o, c) = (opts.clone(), counters.clone());
             tasks.push(tokio::spawn(publisher(o, String::new(), room, c, epoch, stop, Some((j.clone(), feed_tx)))));
@@ -626,7 +907,10 @@ pub async fn run(opts: LoadOpts, keys: &TokenKeys) -> anyhow::Result<Value> {
         rooms.push((room.clone(), owner.clone()));
         for i in 0..opts.subscribers {
             let (o, t, room, c) = (opts.clone(), token(&format!("load-sub-{r}-{i}")), room.clone(), counters.clone());
-            subs.push(tokio::spawn(subscriber(o, t, room, c, epoch, stop, None)));
+            let ceiling = (!opts.ceilings.is_empty()).then(|| opts.ceilings[i % opts.ceilings.len()].clone());
+            let cap = (i == 0 && opts.cap_kbps.is_some()).then(|| Arc::new(peer::Cap::default()));
+            counters.caps.lock().unwrap_or_else(|e| e.into_inner()).extend(cap.clone());
+            subs.push(tokio::spawn(subscriber(o, t, room, c, epoch, stop, None, Role { ceiling, cap })));
         }
         for i in 0..opts.publishers {
             let (o, t, room, c) = (opts.clone(), token(&format!("load-pub-{r}-{i}")), room.clone(), counters.clone());
@@ -647,8 +931,21 @@ pub async fn run(opts: LoadOpts, keys: &TokenKeys) -> anyhow::Result<Value> {
     // by its send time against the same bounds.
     let from = now_us(epoch) + 100_000;
     let until = from + opts.seconds * 1_000_000;
+    // The cap: the middle third of the window.
+    let third = (until - from) / 3;
+    counters.cap_from.store(from + third, Relaxed);
+    counters.cap_until.store(from + 2 * third, Relaxed);
     counters.window_until.store(until, Relaxed);
     counters.window_from.store(from, Relaxed);
+    let caps = counters.caps.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let capping = opts.cap_kbps.map(|kbps| {
+        tokio::spawn(async move {
+            tokio::time::sleep_until((epoch + Duration::from_micros(from + third)).into()).await;
+            caps.iter().for_each(|c| c.set(Some(kbps)));
+            tokio::time::sleep_until((epoch + Duration::from_micros(from + 2 * third)).into()).await;
+            caps.iter().for_each(|c| c.set(None));
+        })
+    });
     tokio::time::sleep_until((epoch + Duration::from_micros(from)).into()).await;
     let m0 = measure(&http, &opts).await?;
     let d0 = forward_delay_buckets(&http, &opts.url).await;
@@ -681,6 +978,9 @@ pub async fn run(opts: LoadOpts, keys: &TokenKeys) -> anyhow::Result<Value> {
             all.extend(l);
         }
     }
+    if let Some(c) = capping {
+        c.abort();
+    }
     let (mut arrival, mut read): (Vec<u32>, Vec<u32>) = all.into_iter().unzip();
     arrival.sort_unstable();
     read.sort_unstable();
@@ -691,7 +991,24 @@ pub async fn run(opts: LoadOpts, keys: &TokenKeys) -> anyhow::Result<Value> {
     };
     let sent = counters.sent.load(Relaxed);
     let received = counters.received.load(Relaxed);
+    // Each subscriber receives one layer of a simulcast track: there the
+    // loss is what is missing from the sequence numbers of its one stream.
+    let by_ceiling = std::mem::take(&mut *counters.by_ceiling.lock().unwrap_or_else(|e| e.into_inner()));
+    let mut all_video = Reception::default();
+    by_ceiling.values().for_each(|r| all_video.add(r));
     let expected = sent * receivers as u64;
+    let loss = if opts.simulcast {
+        all_video.loss().unwrap_or(0.0)
+    } else if expected > 0 {
+        (1.0 - received as f64 / expected as f64).max(0.0)
+    } else {
+        0.0
+    };
+    let per_layer: Vec<u64> = counters.sent_by_layer.iter().map(|n| n.load(Relaxed)).collect();
+    let capped = std::mem::take(&mut *counters.capped.lock().unwrap_or_else(|e| e.into_inner()));
+    let cap = opts
+        .cap_kbps
+        .map(|kbps| cap_report(kbps, &capped, counters.cap_from.load(Relaxed), counters.cap_until.load(Relaxed)));
     // Janus counts nothing it forwards: there it is what the subscribers
     // received of what was sent inside the window.
     let forwarded = if opts.janus.is_some() { received as f64 } else { m1.2 - m0.2 };
@@ -712,7 +1029,15 @@ pub async fn run(opts: LoadOpts, keys: &TokenKeys) -> anyhow::Result<Value> {
         "packetsForwarded": forwarded,
         "packetsReceived": received,
         "forwardedPerSecond": (forwarded / secs).round(),
-        "loss": if expected > 0 { ((1.0 - received as f64 / expected as f64).max(0.0) * 1e5).round() / 1e5 } else { 0.0 },
+        "loss": (loss * 1e5).round() / 1e5,
+        "simulcast": opts.simulcast,
+        "packetsSentByLayer": if opts.simulcast {
+            json!({"q": per_layer[0], "h": per_layer[1], "f": per_layer[2], "audio": per_layer[3]})
+        } else {
+            json!({"video": per_layer[2], "audio": per_layer[3]})
+        },
+        "videoByCeiling": by_ceiling.iter().map(|(k, v)| (k.clone(), v.json())).collect::<serde_json::Map<_, _>>(),
+        "cap": cap,
         "latencyMs": {"p50": pct(&arrival, 0.50), "p99": pct(&arrival, 0.99)},
         "readLatencyMs": {"p50": pct(&read, 0.50), "p99": pct(&read, 0.99)},
         "serverForwardDelayMs": {"p50": bucket_quantile(&d0, &d1, 0.5), "p99": bucket_quantile(&d0, &d1, 0.99)},
@@ -725,6 +1050,45 @@ pub async fn run(opts: LoadOpts, keys: &TokenKeys) -> anyhow::Result<Value> {
         "target": if opts.janus.is_some() { "janus" } else { "confer" },
         "forwardedFrom": if opts.janus.is_some() { "clients" } else { "server" },
     }))
+}
+
+/// What the capped subscribers went through (the medians over them, ms from
+/// the cap or its lift): the first layer change below `f` (`downMs`), the
+/// last change while capped (`settledMs`, the layer then `settledLayer`),
+/// back to at least `h` and to `f` after the lift, their video loss while
+/// capped, and the longest audio gap then.
+fn cap_report(kbps: u32, runs: &[CappedRun], from: u64, until: u64) -> Value {
+    let ms = |us: u64| (us as f64 / 100.0).round() / 10.0;
+    let median = |mut v: Vec<f64>| -> Option<f64> {
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied()
+    };
+    let after = |r: &CappedRun, at: u64, ok: &dyn Fn(Option<&str>) -> bool| {
+        r.updates.iter().find(|(t, l)| *t >= at && ok(l.as_deref())).map(|(t, _)| ms(t - at))
+    };
+    let down: Vec<f64> = runs.iter().filter_map(|r| after(r, from, &|l| l != Some("f"))).collect();
+    let settled: Vec<(f64, Option<String>)> = runs
+        .iter()
+        .filter_map(|r| r.updates.iter().rfind(|(t, _)| (from..until).contains(t)))
+        .map(|(t, l)| (ms(t - from), l.clone()))
+        .collect();
+    let up_h: Vec<f64> = runs.iter().filter_map(|r| after(r, until, &|l| matches!(l, Some("h" | "f")))).collect();
+    let up_f: Vec<f64> = runs.iter().filter_map(|r| after(r, until, &|l| l == Some("f"))).collect();
+    let mut during = Reception::default();
+    runs.iter().for_each(|r| during.add(&r.capped));
+    json!({
+        "kbps": kbps,
+        "subscribers": runs.len(),
+        "capSeconds": ms(until - from) / 1000.0,
+        "downMs": median(down),
+        "settledMs": median(settled.iter().map(|s| s.0).collect()),
+        "settledLayers": settled.iter().map(|s| s.1.clone()).collect::<Vec<_>>(),
+        "upToHMs": median(up_h),
+        "upToFMs": median(up_f),
+        "lossWhileCapped": during.loss().map(|l| (l * 1e4).round() / 1e4),
+        "audioGapMaxMs": runs.iter().map(|r| ms(r.audio_gap_us)).fold(None, |m: Option<f64>, g| Some(m.map_or(g, |m| m.max(g)))),
+        "updates": runs.iter().map(|r| r.updates.iter().map(|(t, l)| json!([(*t as f64 - from as f64) / 1000.0, l])).collect::<Vec<_>>()).collect::<Vec<_>>(),
+    })
 }
 
 /// What the server's own call-quality analytics (SPEC 8) say about the
@@ -776,6 +1140,42 @@ mod tests {
         assert_eq!(super::bucket_quantile(&before, &after, 0.99), Some(5.0));
         assert_eq!(super::bucket_quantile(&after, &after, 0.5), None, "nothing happened in between");
         assert_eq!(super::bucket_quantile(&[], &[], 0.5), None);
+    }
+
+    /// Loss from sequence numbers: gaps count, duplicates (retransmissions)
+    /// and reordering do not, and a wrap is not a gap.
+    #[test]
+    fn seq_spans_count_gaps_across_a_wrap() {
+        let mut s = super::SeqSpan::default();
+        for seq in [65533u16, 65534, 65535, 1, 0, 2, 2, 5] {
+            s.add(seq);
+        }
+        // 65533 ..= 5 is 9 numbers; 3 and 4 are missing.
+        assert_eq!(s.unique_and_span(), (7, 9));
+        assert_eq!(super::SeqSpan::default().unique_and_span(), (0, 0));
+    }
+
+    /// The load tool's link cap: a burst goes through, then a queue of 60 ms
+    /// at the cap, then drops; the queue drains at the cap; lifting it lets
+    /// everything through.
+    #[test]
+    fn the_cap_passes_a_burst_queues_then_drops_and_drains_at_its_rate() {
+        use super::peer::{Shaper, BURST_BYTES};
+        use std::time::{Duration, Instant};
+        let (t0, from) = (Instant::now(), "127.0.0.1:9".parse().unwrap());
+        let (bps, pkt) = (600_000u64, bytes::BytesMut::from(&[0u8; 1000][..]));
+        let mut s = Shaper::new(t0);
+        let passed = (0..40).filter(|_| s.offer(t0, bps, pkt.clone(), from).is_some()).count();
+        assert_eq!(passed, (BURST_BYTES / 1000.0) as usize, "the bucket's depth goes straight through");
+        // 60 ms at 600 kbit/s is 4,500 bytes: four 1,000-byte datagrams wait.
+        assert_eq!(s.dropped, 40 - passed as u64 - 4);
+        assert_eq!(s.release(t0, bps), None, "no tokens yet");
+        let next = s.next_release(bps).unwrap();
+        assert_eq!(next.duration_since(t0).as_micros(), 13_333, "1,000 bytes at 600 kbit/s");
+        assert!(s.release(next, bps).is_some() && s.release(next, bps).is_none());
+        let drained = (1..=3).filter(|i| s.release(next + Duration::from_micros(13_334 * i), bps).is_some()).count();
+        assert_eq!(drained, 3, "one per 13.3 ms");
+        assert!(s.offer(t0 + Duration::from_secs(1), 0, pkt.clone(), from).is_some(), "no cap, no wait");
     }
 
     /// `--server-pid` reads this process's CPU and RSS like `ps` would.

@@ -136,6 +136,18 @@ pub fn video_track(id: &str, ssrc: u32) -> MediaStreamTrack {
     )
 }
 
+/// A simulcast video track (SPEC 5.1): encodings with rids `q`, `h`, `f`
+/// and fixed SSRCs, in that order.
+pub fn simulcast_track(id: &str, ssrcs: [u32; 3]) -> MediaStreamTrack {
+    let encoding = |rid: &str, ssrc| RTCRtpEncodingParameters {
+        rtp_coding_parameters: RTCRtpCodingParameters { rid: rid.into(), ssrc: Some(ssrc), ..Default::default() },
+        codec: vp8(),
+        ..Default::default()
+    };
+    let encodings = ["q", "h", "f"].into_iter().zip(ssrcs).map(|(rid, ssrc)| encoding(rid, ssrc)).collect();
+    MediaStreamTrack::new("test-stream".into(), id.into(), id.into(), RtpCodecKind::Video, encodings)
+}
+
 impl RtcPeer {
     /// A peer for tests (panics if it cannot start).
     pub async fn start() -> RtcPeer {
@@ -145,6 +157,16 @@ impl RtcPeer {
     /// A peer on `ip` (port chosen by the OS); `want_exts: false` skips
     /// copying header extensions (the load tool does not look at them).
     pub async fn start_with(want_exts: bool, ip: std::net::IpAddr) -> anyhow::Result<RtcPeer> {
+        Self::start_capped(want_exts, ip, None).await
+    }
+
+    /// [`Self::start_with`], with what reaches its socket going through
+    /// `cap` (a [`Shaper`]) first.
+    pub async fn start_capped(
+        want_exts: bool,
+        ip: std::net::IpAddr,
+        cap: Option<std::sync::Arc<Cap>>,
+    ) -> anyhow::Result<RtcPeer> {
         let socket = UdpSocket::bind(SocketAddr::new(ip, 0)).await?;
         crate::media::udp::stamp_arrivals(&socket);
         let addr = socket.local_addr()?;
@@ -175,6 +197,19 @@ impl RtcPeer {
             // When the datagram last handed to the connection arrived, and
             // was read: what it yields is stamped with these.
             let (mut arrived, mut read) = (Instant::now(), Instant::now());
+            let mut shaper = Shaper::new(Instant::now());
+            let read_into = |pc: &mut RTCPeerConnection, now: Instant, d: BytesMut, from: SocketAddr| {
+                let _ = pc.handle_read(TaggedBytesMut {
+                    now,
+                    transport: TransportContext {
+                        local_addr: addr,
+                        peer_addr: from,
+                        ecn: None,
+                        transport_protocol: TransportProtocol::UDP,
+                    },
+                    message: d,
+                });
+            };
             loop {
                 while let Some(out) = pc.poll_write() {
                     let _ = socket.send_to(&out.message, out.transport.peer_addr).await;
@@ -216,6 +251,8 @@ impl RtcPeer {
                     }
                 }
                 let wake = pc.poll_timeout().unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
+                let bps = cap.as_ref().map_or(0, |c| c.bps());
+                let released = shaper.next_release(bps).unwrap_or(wake + Duration::from_secs(1));
                 tokio::select! {
                     job = job_rx.recv() => match job {
                         Some(job) => job(&mut pc, Instant::now()),
@@ -225,11 +262,17 @@ impl RtcPeer {
                         read = Instant::now();
                         let ago = stamp.and_then(|s| std::time::SystemTime::now().duration_since(s).ok());
                         arrived = ago.and_then(|d| read.checked_sub(d)).unwrap_or(read);
-                        let _ = pc.handle_read(TaggedBytesMut {
-                            now: read,
-                            transport: TransportContext { local_addr: addr, peer_addr: from, ecn: None, transport_protocol: TransportProtocol::UDP },
-                            message: BytesMut::from(&buf[..n]),
-                        });
+                        if let Some((d, from)) = shaper.offer(read, bps, BytesMut::from(&buf[..n]), from) {
+                            read_into(&mut pc, read, d, from);
+                        }
+                    },
+                    // What the cap held back leaves the queue: it arrives now.
+                    _ = tokio::time::sleep_until(released.into()) => {
+                        let now = Instant::now();
+                        while let Some((d, from)) = shaper.release(now, bps) {
+                            (arrived, read) = (now, now);
+                            read_into(&mut pc, now, d, from);
+                        }
                     },
                     _ = tokio::time::sleep_until(wake.into()) => { let _ = pc.handle_timeout(Instant::now()); }
                 }
@@ -276,5 +319,101 @@ fn kind(p: &dyn rtc::rtcp::packet::Packet) -> &'static str {
         "sr"
     } else {
         "other"
+    }
+}
+
+/// A link cap the load tool puts in front of one subscriber's socket, as
+/// tests/browser/bandwidth.js does with its proxy: a token bucket at the cap
+/// with [`BURST_BYTES`] of burst, then a drop-tail queue of [`QUEUE_MS`] at
+/// the cap; what does not fit is dropped. The rate can change while the peer
+/// runs (0: no cap).
+#[derive(Debug, Default)]
+pub struct Cap {
+    bps: std::sync::atomic::AtomicU64,
+}
+
+impl Cap {
+    /// Cap at `kbps`, or lift the cap (`None`).
+    pub fn set(&self, kbps: Option<u32>) {
+        self.bps.store(kbps.map_or(0, |k| u64::from(k) * 1000), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn bps(&self) -> u64 {
+        self.bps.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// The bucket's depth (what a policer lets through at line rate).
+pub const BURST_BYTES: f64 = 15_000.0;
+/// How much the queue behind it holds, in time at the cap.
+pub const QUEUE_MS: u64 = 60;
+
+/// The state of a capped link: tokens, and the datagrams queued behind them.
+#[derive(Debug)]
+pub struct Shaper {
+    tokens: f64,
+    last: Instant,
+    queue: std::collections::VecDeque<(BytesMut, SocketAddr)>,
+    queued_bytes: usize,
+    pub dropped: u64,
+}
+
+impl Shaper {
+    pub fn new(now: Instant) -> Self {
+        Self { tokens: BURST_BYTES, last: now, queue: Default::default(), queued_bytes: 0, dropped: 0 }
+    }
+
+    fn refill(&mut self, now: Instant, bps: u64) {
+        let dt = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + dt * bps as f64 / 8.0).min(BURST_BYTES);
+    }
+
+    /// A datagram arrives: `Some` if it goes through now, else it is queued or dropped.
+    pub fn offer(&mut self, now: Instant, bps: u64, d: BytesMut, from: SocketAddr) -> Option<(BytesMut, SocketAddr)> {
+        if bps == 0 {
+            self.tokens = BURST_BYTES;
+            self.last = now;
+            return Some((d, from));
+        }
+        self.refill(now, bps);
+        if self.queue.is_empty() && self.tokens >= d.len() as f64 {
+            self.tokens -= d.len() as f64;
+            return Some((d, from));
+        }
+        let limit = (bps * QUEUE_MS / 8000) as usize;
+        if self.queued_bytes + d.len() > limit {
+            self.dropped += 1;
+            return None;
+        }
+        self.queued_bytes += d.len();
+        self.queue.push_back((d, from));
+        None
+    }
+
+    /// The next queued datagram whose tokens are there by `now` (all of
+    /// them once the cap is lifted).
+    pub fn release(&mut self, now: Instant, bps: u64) -> Option<(BytesMut, SocketAddr)> {
+        let len = self.queue.front()?.0.len();
+        if bps > 0 {
+            self.refill(now, bps);
+            // A thousandth of a byte short is rounding in `next_release`.
+            if self.tokens + 1e-3 < len as f64 {
+                return None;
+            }
+            self.tokens = (self.tokens - len as f64).max(0.0);
+        }
+        self.queued_bytes -= len;
+        self.queue.pop_front()
+    }
+
+    /// When the head of the queue can go.
+    pub fn next_release(&self, bps: u64) -> Option<Instant> {
+        let len = self.queue.front()?.0.len() as f64;
+        if bps == 0 {
+            return Some(self.last);
+        }
+        let wait = ((len - self.tokens).max(0.0) * 8.0 / bps as f64).max(0.0);
+        Some(self.last + Duration::from_secs_f64(wait))
     }
 }
