@@ -38,7 +38,10 @@
 //!   cut while the sender was using far less than its estimate (a stalled publisher, a receiver
 //!   short of CPU: the cut is 85 % of what arrives, which says little about the link) is instead
 //!   followed by one probe straight back to 85 % of the estimate before it, as libwebrtc probes
-//!   after a large drop in ALR; if the link really shrank, that probe fails and nothing changes.
+//!   after a large drop in ALR; if the link really shrank, that probe fails and nothing changes,
+//!   and if loss follows the cut first (a stall loses nothing; a link that shrank under the media
+//!   drops what its queue cannot hold), it was congestion at what got through, and there is no
+//!   such probe: through a policer's burst a short probe looks as if it got through.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -128,6 +131,9 @@ const CONGESTION_EPISODE: Duration = Duration::from_secs(1);
 const DROP_LIMITED: f64 = 0.66;
 /// ... within this long of the drop, to 85 % of the estimate before it.
 const DROP_RECOVERY: Duration = Duration::from_secs(5);
+
+/// ... unless a feedback message reports at least this many lost (and over [`LOSS_LOW`]) first.
+const DROP_DISPROVED_LOST: u32 = 2;
 
 /// Feedback this long after a cluster ends is not waited for.
 const PROBE_WAIT: Duration = Duration::from_secs(1);
@@ -402,8 +408,9 @@ pub struct Estimator {
     cluster: Option<Cluster>,
     /// The rate that got through at the last congestion, and when.
     congested: Option<(f64, Instant)>,
-    /// The estimate before a large cut while application-limited, and when.
-    dropped: Option<(f64, Instant)>,
+    /// The estimate before a large cut while application-limited, when, and what got through
+    /// then.
+    dropped: Option<(f64, Instant, f64)>,
     next_cluster_id: u8,
     next_probe: Option<Instant>,
     probe_gap: Duration,
@@ -486,8 +493,8 @@ impl Estimator {
             return None;
         }
         // Straight back after a drop while application-limited: no gap, no step, once.
-        if let Some((before, _)) =
-            self.dropped.take().filter(|&(_, at)| now.saturating_duration_since(at) < DROP_RECOVERY)
+        if let Some((before, _, _)) =
+            self.dropped.take().filter(|&(_, at, _)| now.saturating_duration_since(at) < DROP_RECOVERY)
         {
             let target = self.clamp((desired_bps as f64).min(0.85 * before));
             if target > self.target() * 1.05 {
@@ -587,6 +594,14 @@ impl Estimator {
         self.scratch = got;
         if let Some(c) = self.cluster.as_mut() {
             c.overused |= self.detector.usage == Usage::Overusing;
+        }
+        // Loss after a drop while application-limited says the link did shrink (a stalled
+        // publisher or a slow receiver loses nothing): it congested at what got through, and
+        // there is no probe straight back.
+        if lost >= DROP_DISPROVED_LOST && f64::from(lost) > LOSS_LOW * f64::from(total) {
+            if let Some((_, _, through)) = self.dropped.take() {
+                self.on_congestion(through, now);
+            }
         }
         if total > 0 {
             self.window_lost += lost;
@@ -762,8 +777,10 @@ impl Estimator {
                     // drop in ALR). Otherwise the link congested at what got through.
                     let limited = acked.is_none_or(|a| a < DROP_LIMITED * before);
                     if limited && self.delay_bps < DROP_LIMITED * before {
-                        let fresh = self.dropped.filter(|&(_, at)| now.saturating_duration_since(at) < DROP_RECOVERY);
-                        self.dropped = Some((fresh.map_or(before, |(b, _)| b.max(before)), now));
+                        let fresh =
+                            self.dropped.filter(|&(_, at, _)| now.saturating_duration_since(at) < DROP_RECOVERY);
+                        let through = acked.unwrap_or(self.delay_bps / BETA);
+                        self.dropped = Some((fresh.map_or(before, |(b, ..)| b.max(before)), now, through));
                     } else if !limited {
                         self.on_congestion(acked.unwrap_or(before), now);
                     }

@@ -248,6 +248,26 @@ fn a_false_drop_while_application_limited_is_probed_straight_back() {
     assert!(real.est() < 300e3, "estimate {} on a 140 kbit/s link: {:?}", real.est(), real.probes);
 }
 
+/// An estimate never tested (the initial 10 Mbit/s) over 1.5 Mbit/s of media, when the link
+/// shrinks under the media: the cut looks like a drop while application-limited (the media was
+/// far under the estimate), but the loss that follows says the link did shrink. It congested at
+/// what got through, and probes stay near that instead of going straight back to 1.5 Mbit/s
+/// (through a policer's burst, such a probe looks as if it got through).
+#[test]
+fn a_link_that_shrinks_under_the_media_is_congestion_not_a_drop_to_probe_back_from() {
+    let mut sim = Sim::new(10_000_000, 2.5e6);
+    sim.run_with(5_000, 1.5e6, Some(1.5e6), |_| false);
+    assert!(sim.est() >= 9e6 && sim.probes.is_empty(), "before: {} {:?}", sim.est(), sim.probes);
+    sim.net.cap_bps = 600e3;
+    sim.run_with(6_000, 1.5e6, Some(1.5e6), |_| false);
+    assert!(sim.est() < 800e3, "estimate {} on a 600 kbit/s link", sim.est());
+    assert!(
+        sim.probes.iter().all(|p| p.target_bps <= 800_000),
+        "probed far past where the link congested: {:?}",
+        sim.probes
+    );
+}
+
 #[test]
 fn random_loss_drives_the_estimate_down_and_no_loss_lets_it_grow() {
     let mut lossy = Sim::new(1_000_000, 1e9);
