@@ -172,6 +172,19 @@ impl Forwarder {
         layer.is_some() && layer != self.current
     }
 
+    /// Like [`Forwarder::set_target`], but the layer forwarded now stops at
+    /// once instead of at the new layer's keyframe: for a link that cannot
+    /// carry it, a short freeze until that keyframe instead of the heavy
+    /// loss (and the freeze after it) of pushing on. What is not sent
+    /// meanwhile leaves no gap.
+    pub fn set_target_now(&mut self, layer: Option<Layer>) -> bool {
+        if self.current.is_some() && layer != self.current {
+            self.current = None;
+            self.seq.skip();
+        }
+        self.set_target(layer)
+    }
+
     /// The layer whose keyframe this consumer waits for, if it waits.
     pub fn wants_keyframe(&self) -> Option<Layer> {
         (!self.paused && self.target != self.current).then_some(self.target).flatten()
@@ -586,6 +599,49 @@ mod tests {
             d => panic!("{d:?}"),
         };
         assert_eq!(s.seq, 2, "follows the last sent");
+    }
+
+    #[test]
+    fn a_switch_down_now_stops_the_old_layer_at_once_and_resumes_at_the_new_keyframe() {
+        let mut f = Forwarder::new(Ssrc(9), vec![(96, 100)]).simulcast(90_000, true, Some(Layer::F));
+        let mut src = Layers::new(30);
+        let mut sent: Vec<(u32, Layer, Send)> = Vec::new();
+        let start = Instant::now();
+        for n in 0..70u32 {
+            if n == 40 {
+                assert!(f.set_target_now(Some(Layer::H)), "h needs a keyframe");
+                assert_eq!((f.current(), f.wants_keyframe()), (None, Some(Layer::H)));
+            }
+            let now = start + Duration::from_millis(33 * u64::from(n));
+            for (layer, seq, ts, key, i) in src.frame() {
+                let p = Packet {
+                    ssrc: Ssrc(layer as u32),
+                    seq,
+                    ts,
+                    pt: 96,
+                    marker: false,
+                    payload: &src.payloads[i],
+                    layer,
+                    keyframe: key,
+                };
+                if let Decision::Send(s) = f.decide(&p, true, now) {
+                    sent.push((n, layer, s));
+                }
+            }
+        }
+        assert!(
+            sent.iter().all(|(n, l, _)| (*n < 40 && *l == Layer::F) || (*n >= 60 && *l == Layer::H)),
+            "f until the cut, nothing until h's keyframe at frame 60, then h"
+        );
+        assert_eq!(sent.iter().filter(|(_, l, _)| *l == Layer::H).count(), 10 * 3);
+        for w in sent.windows(2) {
+            assert_eq!(w[1].2.seq, w[0].2.seq.wrapping_add(1), "no gap across the cut");
+        }
+        let (_, _, first_h) = sent.iter().find(|(_, l, _)| *l == Layer::H).unwrap();
+        assert!(first_h.switched);
+        // Already at the target: nothing to cut.
+        assert!(!f.set_target_now(Some(Layer::H)));
+        assert_eq!(f.current(), Some(Layer::H));
     }
 
     #[test]

@@ -26,6 +26,12 @@ use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use std::net::SocketAddr;
 use std::time::{Instant, SystemTime};
 
+/// A subscriber sent more than this many times its estimate is on a link
+/// that shrank: a track moved down for bandwidth stops its old layer at once
+/// ([`forwarder::Forwarder::set_target_now`]) instead of pushing it on until
+/// the new layer's keyframe, when most of it would be lost anyway.
+const CUT_OVERLOAD: f64 = 1.5;
+
 /// How often layer bitrates are measured and each subscriber's estimate is
 /// shared among its tracks.
 const ALLOCATE_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
@@ -376,6 +382,8 @@ impl Router {
         for leg in subscribers {
             inputs.clear();
             let mut can_pad = false;
+            // What the layers forwarded now add up to (audio included).
+            let mut sending = 0u64;
             for p in self.producers.values() {
                 let Some(c) = p.consumers.iter().find(|c| c.leg == leg) else { continue };
                 can_pad |= c.rewrite.rtx.is_some() && c.rewrite.transport_cc.is_some();
@@ -390,13 +398,9 @@ impl Router {
                 }
                 let ceiling = Some(if p.is_simulcast() { c.ceiling } else { Layer::Q });
                 let speaker_rank = self.speakers.iter().position(|s| *s == p.peer).map(|i| i as u32);
-                inputs.push(TrackInput {
-                    id: c.alloc_id,
-                    kind,
-                    ceiling,
-                    available: p.layer_bitrates(now),
-                    speaker_rank,
-                });
+                let available = p.layer_bitrates(now);
+                sending += c.forwarder.current().and_then(|l| available[l as usize]).unwrap_or(0);
+                inputs.push(TrackInput { id: c.alloc_id, kind, ceiling, available, speaker_rank });
             }
             let Some(Transport { side: Side::Subscriber { bwe, allocator, .. }, .. }) = self.transports.get_mut(&leg)
             else {
@@ -410,6 +414,10 @@ impl Router {
             // Off: a terabit, as good as unlimited and far from any overflow.
             let estimate = if io.bandwidth_estimation { bwe.estimate_bps() } else { 1_000_000_000_000 };
             allocator.allocate(estimate, &inputs, now, &mut changes);
+            // Far over the estimate (a link that shrank, not one drifting
+            // down), a track moved down for bandwidth stops its old layer at
+            // once rather than at the new layer's keyframe.
+            let overloaded = sending as f64 > estimate as f64 * CUT_OVERLOAD;
             // What the subscriber wants more than its estimate: probe towards it
             // (padding on the RTX stream, see `pad`), so the estimate can climb
             // where the media alone would not take it.
@@ -435,7 +443,13 @@ impl Router {
                     let Some(ch) = changes.iter().find(|ch| ch.track == c.alloc_id) else { continue };
                     c.reason = ch.reason;
                     let was = c.forwarder.current();
-                    if c.forwarder.set_target(ch.layer) {
+                    let down = ch.reason == allocate::Reason::Bandwidth && ch.layer < was;
+                    let wants_keyframe = if overloaded && down {
+                        c.forwarder.set_target_now(ch.layer)
+                    } else {
+                        c.forwarder.set_target(ch.layer)
+                    };
+                    if wants_keyframe {
                         keyframes.extend(ch.layer.map(|l| (p.id.clone(), l)));
                     }
                     if ch.layer.is_none() && was.is_some() {
