@@ -17,7 +17,7 @@ parse_sizes_and_secs() {
 #   start_confer CPUS DATA
 start_confer() {
   local cpus=$1 data=$2
-  CONFER_ROOMS_MAX_PARTICIPANTS=1000 CONFER_MEDIA_LISTEN=127.0.0.1:0 CONFER_TURN_LISTEN=127.0.0.1:0 RUST_LOG=warn \
+  CONFER_ROOMS_MAX_PARTICIPANTS=1000 CONFER_MEDIA_LISTEN=127.0.0.1:0 CONFER_TURN_LISTEN=127.0.0.1:0 RUST_LOG=${SERVER_LOG:-warn} \
     taskset -c "$cpus" "$bin" serve --http 127.0.0.1:0 --data "$data" > "$work/serve.out" 2> "$work/serve.log" &
   server_pid=$!
   server_url=""

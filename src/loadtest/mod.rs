@@ -304,8 +304,9 @@ async fn publisher(
         None => tokio::spawn(async move { Vec::new() }),
     };
 
-    // Video: `fps` frames a second per layer, a keyframe every 2 s that is
-    // KEY_RATIO times a delta frame, sized so each layer averages its
+    // Video: `fps` frames a second per layer, a keyframe every 2 s (and on a
+    // PLI or FIR for that layer, at most one per KEY_MIN_GAP, as an encoder
+    // answers the SFU's requests) that is KEY_RATIO times a delta frame, sized so each layer averages its
     // bitrate (at the frame size of `frame_size_for`, announced in
     // keyframes); frames split into packets of at most 1,100 bytes, which
     // leave paced at `pacing` times the bitrate of all layers, as
@@ -313,6 +314,7 @@ async fn publisher(
     // 20 ms, never held back by video. Each packet carries its layer and the
     // time it leaves.
     const KEY_RATIO: usize = 5;
+    const KEY_MIN_GAP: Duration = Duration::from_millis(200);
     let fps = opts.fps.clamp(1, 120);
     let gop = u64::from(fps) * 2;
     let layers: Vec<(usize, u32, u32)> = if simulcast {
@@ -334,6 +336,9 @@ async fn publisher(
     // size, timestamp); and when the pacer lets the next one go.
     let mut queue: std::collections::VecDeque<(usize, bool, Vec<u8>, usize, u32)> = Default::default();
     let mut next_paced = next_video;
+    // Per layer: a keyframe was asked for; when the last one went.
+    let mut key_asked = vec![false; layers.len()];
+    let mut last_key: Vec<Option<tokio::time::Instant>> = vec![None; layers.len()];
     while Instant::now() < stop && !c.is_done() {
         let wake =
             if queue.is_empty() { next_video.min(next_audio) } else { next_video.min(next_audio).min(next_paced) };
@@ -342,10 +347,23 @@ async fn publisher(
         let mut pkts = Vec::new();
         // Packets per layer (q, h, f, audio) in this batch.
         let mut batch = [0u64; 4];
+        while let Ok(s) = p.seen.try_recv() {
+            if let Seen::Rtcp { keyframes, .. } = s {
+                for ssrc in keyframes {
+                    if let Some(i) = layers.iter().position(|l| l.1 == ssrc) {
+                        key_asked[i] = true;
+                    }
+                }
+            }
+        }
         if next_video <= now {
-            let key = frames % gop == 0;
             let ts = (frames * 90_000 / u64::from(fps)) as u32;
             for (i, &(_, _, kbps)) in layers.iter().enumerate() {
+                let may = last_key[i].is_none_or(|t| now.saturating_duration_since(t) >= KEY_MIN_GAP);
+                let key = frames % gop == 0 || (key_asked[i] && may);
+                if key {
+                    (key_asked[i], last_key[i]) = (false, Some(now));
+                }
                 let mut left = if key { delta_bytes(kbps) * KEY_RATIO } else { delta_bytes(kbps) };
                 let mut first = true;
                 while left > 0 {

@@ -51,6 +51,8 @@ pub enum Seen {
     Rtcp {
         track: String,
         kinds: Vec<&'static str>,
+        /// The media SSRCs a PLI or FIR asks a keyframe of.
+        keyframes: Vec<u32>,
     },
 }
 
@@ -242,7 +244,12 @@ impl RtcPeer {
                             read: read.min(now),
                         },
                         RTCMessage::RtcpPacket(track, pkts) => {
-                            Seen::Rtcp { track, kinds: pkts.iter().map(|p| kind(&**p)).collect() }
+                            let kinds = pkts.iter().map(|p| kind(&**p)).collect();
+                            Seen::Rtcp {
+                                track,
+                                kinds,
+                                keyframes: pkts.iter().flat_map(|p| keyframe_of(&**p)).collect(),
+                            }
                         }
                         _ => continue,
                     };
@@ -319,6 +326,21 @@ fn kind(p: &dyn rtc::rtcp::packet::Packet) -> &'static str {
         "sr"
     } else {
         "other"
+    }
+}
+
+/// The SSRCs a keyframe request asks for (none for any other RTCP).
+fn keyframe_of(p: &dyn rtc::rtcp::packet::Packet) -> Vec<u32> {
+    use rtc::rtcp::payload_feedbacks::{
+        full_intra_request::FullIntraRequest, picture_loss_indication::PictureLossIndication,
+    };
+    let a = p.as_any();
+    if let Some(pli) = a.downcast_ref::<PictureLossIndication>() {
+        vec![pli.media_ssrc]
+    } else if let Some(fir) = a.downcast_ref::<FullIntraRequest>() {
+        fir.fir.iter().map(|e| e.ssrc).collect()
+    } else {
+        Vec::new()
     }
 }
 
