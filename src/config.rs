@@ -4,7 +4,10 @@
 //! Precedence (SPEC 12): built-in defaults < TOML file < `CONFER_<SECTION>_<KEY>`
 //! environment variables < CLI flags. Layering is figment's; only the env-name
 //! mapping is ours (the first `_` after the prefix separates section and key, so
-//! `CONFER_TURN_ALLOW_LOOPBACK_PEERS` is `turn.allow_loopback_peers`).
+//! `CONFER_TURN_ALLOW_LOOPBACK_PEERS` is `turn.allow_loopback_peers`). A
+//! `CONFER_*` variable whose first part names no section is not ours (a
+//! Kubernetes Service named `confer` gives every pod `CONFER_PORT`,
+//! `CONFER_SERVICE_HOST`, ...): it is ignored and reported in [`Loaded`].
 
 use figment::providers::{Format, Serialized, Toml};
 use figment::Figment;
@@ -250,7 +253,7 @@ pub const DEFAULT_PATH: &str = "config/confer.toml";
 impl Config {
     /// Load defaults, then `file` (an explicit file must exist; the default one
     /// may be absent), then `CONFER_*` env, then `overrides`.
-    pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Self, ConfigError> {
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Loaded, ConfigError> {
         Self::load_with_env(file, overrides, std::env::vars())
     }
 
@@ -259,7 +262,7 @@ impl Config {
         file: Option<&Path>,
         overrides: &Overrides,
         env: impl IntoIterator<Item = (String, String)>,
-    ) -> Result<Self, ConfigError> {
+    ) -> Result<Loaded, ConfigError> {
         let mut fig = Figment::from(Serialized::defaults(Config::default()));
         match file {
             Some(p) if !p.exists() => return Err(ConfigError::Missing(p.to_owned())),
@@ -270,13 +273,20 @@ impl Config {
         // Env: figment's Env reads the process environment; we feed it our own
         // list so tests need not mutate global state.
         let env: Vec<(String, String)> = env.into_iter().filter(|(k, _)| k.starts_with("CONFER_")).collect();
+        let sections = section_names();
+        let mut ignored_env = Vec::new();
         let mut env_toml = toml::Table::new();
         for (k, v) in &env {
             let rest = &k["CONFER_".len()..];
-            let Some((section, key)) = rest.split_once('_') else {
-                return Err(ConfigError::Invalid(format!("environment variable {k}: expected CONFER_<SECTION>_<KEY>")));
-            };
+            let (section, key) = rest.split_once('_').unwrap_or((rest, ""));
             let section = section.to_ascii_lowercase();
+            if !sections.contains(&section) {
+                ignored_env.push(k.clone());
+                continue;
+            }
+            if key.is_empty() {
+                return Err(ConfigError::Invalid(format!("environment variable {k}: expected CONFER_<SECTION>_<KEY>")));
+            }
             let key = key.to_ascii_lowercase();
             let value = parse_env_value(v);
             env_toml
@@ -299,7 +309,8 @@ impl Config {
         }
         let cfg: Config = fig.extract().map_err(|e| ConfigError::Invalid(describe(e)))?;
         cfg.validate()?;
-        Ok(cfg)
+        ignored_env.sort();
+        Ok(Loaded { config: cfg, ignored_env })
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
@@ -319,6 +330,34 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// What [`Config::load`] produced, and what of the environment it left alone.
+#[derive(Clone, Debug)]
+pub struct Loaded {
+    pub config: Config,
+    /// `CONFER_*` variables naming no config section, sorted (names only:
+    /// their values may be anything, secrets included).
+    pub ignored_env: Vec<String>,
+}
+
+impl Loaded {
+    /// The warning to give once at start when some variables were ignored.
+    pub fn ignored_env_warning(&self) -> Option<String> {
+        if self.ignored_env.is_empty() {
+            return None;
+        }
+        Some(format!(
+            "ignoring environment variables that name no config section (not CONFER_<SECTION>_<KEY> of {}): {}",
+            section_names().join(", "),
+            self.ignored_env.join(", ")
+        ))
+    }
+}
+
+/// The config's sections (`http`, `auth`, ...), from the type itself.
+fn section_names() -> Vec<String> {
+    toml::Table::try_from(Config::default()).map(|t| t.keys().cloned().collect()).unwrap_or_default()
 }
 
 /// An env value as TOML: numbers, booleans and arrays as such, else a string.
@@ -351,6 +390,10 @@ mod tests {
     use super::*;
 
     fn load(toml: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        load_all(toml, env).map(|l| l.config)
+    }
+
+    fn load_all(toml: &str, env: &[(&str, &str)]) -> Result<Loaded, ConfigError> {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("c.toml");
         std::fs::write(&p, toml).unwrap();
@@ -391,7 +434,9 @@ mod tests {
         let p = dir.path().join("c.toml");
         std::fs::write(&p, "[http]\nlisten = \"127.0.0.1:1000\"\n").unwrap();
         let o = Overrides { http_listen: Some("127.0.0.1:2000".parse().unwrap()), ..Default::default() };
-        let c = Config::load_with_env(Some(&p), &o, [("CONFER_HTTP_LISTEN".into(), "127.0.0.1:3000".into())]).unwrap();
+        let c = Config::load_with_env(Some(&p), &o, [("CONFER_HTTP_LISTEN".into(), "127.0.0.1:3000".into())])
+            .unwrap()
+            .config;
         assert_eq!(c.http.listen.port(), 2000);
     }
 
@@ -399,6 +444,36 @@ mod tests {
     fn unknown_env_key_is_an_error() {
         let e = load("", &[("CONFER_HTTP_LISTN", "x")]).unwrap_err().to_string();
         assert!(e.contains("listn"), "{e}");
+        let e = load("", &[("CONFER_HTTP", "x")]).unwrap_err().to_string();
+        assert!(e.contains("CONFER_HTTP"), "{e}");
+    }
+
+    #[test]
+    fn env_naming_no_section_is_ignored_and_reported_by_name() {
+        // What Kubernetes sets in every pod for a Service named `confer`.
+        let k8s = [
+            ("CONFER_PORT", "tcp://10.96.0.12:8080"),
+            ("CONFER_SERVICE_HOST", "10.96.0.12"),
+            ("CONFER_SERVICE_PORT", "8080"),
+            ("CONFER_PORT_8080_TCP_ADDR", "10.96.0.12"),
+            ("CONFER_PORT_8080_TCP_PROTO", "tcp"),
+        ];
+        let mut env = k8s.to_vec();
+        env.push(("CONFER_CALLS_RING_TIMEOUT", "7s"));
+        let l = load_all("", &env).unwrap();
+        assert_eq!(l.config.calls.ring_timeout.0, Duration::from_secs(7));
+        let mut names: Vec<String> = k8s.iter().map(|(k, _)| k.to_string()).collect();
+        names.sort();
+        assert_eq!(l.ignored_env, names);
+        let w = l.ignored_env_warning().unwrap();
+        for (k, v) in k8s {
+            assert!(w.contains(k), "{w}");
+            // ("8080" is also part of a name.)
+            if !k8s.iter().any(|(name, _)| name.contains(v)) {
+                assert!(!w.contains(v), "the warning shows a value: {w}");
+            }
+        }
+        assert!(load_all("", &[]).unwrap().ignored_env_warning().is_none());
     }
 
     #[test]

@@ -66,8 +66,11 @@ fn raise_fd_limit() {
 }
 
 fn serve(args: confer::app::cli::ServeArgs) -> anyhow::Result<()> {
-    let config = args.common.load(args.http, args.dev)?;
+    let (config, env_warning) = args.common.load(args.http, args.dev)?;
     init_logging(&config.log, args.log_json);
+    if let Some(w) = env_warning {
+        tracing::warn!("{w}");
+    }
     raise_fd_limit();
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
@@ -87,7 +90,7 @@ fn serve(args: confer::app::cli::ServeArgs) -> anyhow::Result<()> {
 
 fn loadtest(args: confer::app::cli::LoadtestArgs) -> anyhow::Result<()> {
     raise_fd_limit();
-    let config = args.common.load(None, false)?;
+    let config = load_quietly(&args.common)?;
     let keys = app::token_keys(&config)?;
     let opts = confer::loadtest::LoadOpts {
         url: args.url.trim_end_matches('/').to_owned(),
@@ -112,8 +115,18 @@ fn loadtest(args: confer::app::cli::LoadtestArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The config for a command that does not log: the ignored-variables
+/// warning goes to stderr, away from what it prints.
+fn load_quietly(args: &confer::app::cli::ConfigArgs) -> anyhow::Result<confer::config::Config> {
+    let (config, env_warning) = args.load(None, false)?;
+    if let Some(w) = env_warning {
+        eprintln!("confer: warning: {w}");
+    }
+    Ok(config)
+}
+
 fn token(args: confer::app::cli::TokenArgs) -> anyhow::Result<()> {
-    let config = args.common.load(None, false)?;
+    let config = load_quietly(&args.common)?;
     let claims = args.claims()?;
     println!("{}", app::mint_token(&config, &claims)?);
     Ok(())

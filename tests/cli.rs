@@ -24,6 +24,45 @@ fn help_explains_every_flag() {
 }
 
 #[test]
+fn orchestrator_variables_are_ignored_with_a_warning_naming_them() {
+    use std::io::{BufRead, Read};
+    let dir = tempfile::tempdir().unwrap();
+    // What a Kubernetes Service named `confer` puts in every pod's environment.
+    let k8s = [
+        ("CONFER_PORT", "tcp://10.96.7.13:8080"),
+        ("CONFER_SERVICE_HOST", "10.96.7.13"),
+        ("CONFER_SERVICE_PORT_HTTP", "8080"),
+        ("CONFER_PORT_8080_TCP_ADDR", "10.96.7.13"),
+    ];
+    let mut child = confer()
+        .args(["serve", "--http", "127.0.0.1:0", "--data"])
+        .arg(dir.path())
+        .env("CONFER_AUTH_SECRET", common::SECRET)
+        .env("CONFER_MEDIA_LISTEN", "127.0.0.1:0")
+        .env("CONFER_TURN_LISTEN", "127.0.0.1:0")
+        .env("RUST_LOG", "warn")
+        .envs(k8s)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    let mut err = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert!(common::parse_listening(&line, "http").is_some(), "the server did not start: {line:?}\n{err}");
+    // One warning at start, naming each variable.
+    let warnings: Vec<&str> = err.lines().filter(|l| l.contains("CONFER_SERVICE_HOST")).collect();
+    assert_eq!(warnings.len(), 1, "{err}");
+    for (k, _) in k8s {
+        assert!(warnings[0].contains(k) && warnings[0].contains("WARN"), "{k}:\n{err}");
+    }
+    assert!(!err.contains("10.96.7.13"), "a value was logged:\n{err}");
+}
+
+#[test]
 fn unknown_config_key_is_an_error_naming_it() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("c.toml");

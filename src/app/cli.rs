@@ -146,9 +146,13 @@ pub struct TokenArgs {
 }
 
 impl ConfigArgs {
-    pub fn load(&self, http: Option<SocketAddr>, dev: bool) -> anyhow::Result<Config> {
+    /// The config, and the warning about `CONFER_*` variables it ignored
+    /// (for the caller to give once its logging is set up).
+    pub fn load(&self, http: Option<SocketAddr>, dev: bool) -> anyhow::Result<(Config, Option<String>)> {
         let o = Overrides { http_listen: http, data_dir: self.data.clone(), dev };
-        Ok(Config::load(self.config.as_deref(), &o)?)
+        let loaded = Config::load(self.config.as_deref(), &o)?;
+        let warning = loaded.ignored_env_warning();
+        Ok((loaded.config, warning))
     }
 }
 
