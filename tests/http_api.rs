@@ -481,3 +481,21 @@ async fn metrics_count_http_requests_and_calls() {
     let (st, _) = s.call_token("GET", "/metrics", Some("scrape"), None).await;
     assert_eq!(st, 200);
 }
+
+#[tokio::test]
+async fn responses_carry_a_request_id() {
+    let s = TestServer::start().await;
+    // Generated when the request has none, on every kind of response.
+    let mut seen = Vec::new();
+    for path in ["/healthz", "/calls/history", "/no/such/route"] {
+        let r = s.http.get(s.url(path)).send().await.unwrap();
+        let id = r.headers().get("x-request-id").unwrap_or_else(|| panic!("{path}: no x-request-id")).clone();
+        assert!(id.len() >= 16, "{path}: {id:?}");
+        seen.push(id);
+    }
+    seen.dedup();
+    assert_eq!(seen.len(), 3, "ids repeat: {seen:?}");
+    // A caller's (a proxy's) id is kept.
+    let r = s.http.get(s.url("/healthz")).header("x-request-id", "lb-7f3a").send().await.unwrap();
+    assert_eq!(r.headers()["x-request-id"], "lb-7f3a");
+}

@@ -2,6 +2,7 @@
 //! OpenAPI document generated from the handlers' annotations (utoipa), so the
 //! document cannot drift from the routes. The only module with status codes.
 
+pub mod access;
 mod calls;
 mod error;
 mod extract;
@@ -125,15 +126,15 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 pub fn app(state: AppState) -> Router {
     let (router, api) = split();
     let api = Arc::new(api);
-    router
+    let router = router
         .route("/openapi.json", axum::routing::get(move || async move { axum::Json(api.as_ref().clone()) }))
         .merge(web::router())
         .method_not_allowed_fallback(method_not_allowed)
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), track))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
-        .layer(tower_http::catch_panic::CatchPanicLayer::custom(on_panic))
-        .with_state(state)
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(on_panic));
+    access::layer(router).with_state(state)
 }
 
 /// Count and time every matched request by its route pattern.
