@@ -66,11 +66,20 @@ pub struct HttpConfig {
     pub tls_key: Option<PathBuf>,
     /// Generate a self-signed certificate into `certs/`.
     pub tls_self_signed: bool,
+    /// Origins (`https://app.example.com`) whose pages may call the API from
+    /// a browser (CORS, SPEC 3); `["*"]` for any; empty: no CORS headers.
+    pub cors_origins: Vec<String>,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        Self { listen: "127.0.0.1:8080".parse().unwrap(), tls_cert: None, tls_key: None, tls_self_signed: false }
+        Self {
+            listen: "127.0.0.1:8080".parse().unwrap(),
+            tls_cert: None,
+            tls_key: None,
+            tls_self_signed: false,
+            cors_origins: Vec::new(),
+        }
     }
 }
 
@@ -323,6 +332,26 @@ impl Config {
         if self.http.tls_cert.is_some() != self.http.tls_key.is_some() {
             return Err(ConfigError::Invalid("http.tls_cert and http.tls_key must be set together".into()));
         }
+        for o in &self.http.cors_origins {
+            if o == "*" {
+                if self.http.cors_origins.len() > 1 {
+                    return Err(ConfigError::Invalid(
+                        "http.cors_origins: \"*\" allows every origin; list it alone".into(),
+                    ));
+                }
+            } else if !is_origin(o) {
+                return Err(ConfigError::Invalid(format!(
+                    "http.cors_origins: {o:?} is not an origin (write scheme://host[:port], lower-case, no path, e.g. \"https://app.example.com\")"
+                )));
+            } else if (o.starts_with("https://") && o.ends_with(":443"))
+                || (o.starts_with("http://") && o.ends_with(":80"))
+            {
+                // A browser's Origin never has the scheme's default port, so this would match nothing.
+                return Err(ConfigError::Invalid(format!(
+                    "http.cors_origins: {o:?} has its scheme's default port, which browsers leave out: write it without"
+                )));
+            }
+        }
         if let Some(s) = &self.auth.secret {
             if s.len() < 16 {
                 return Err(ConfigError::Invalid("auth.secret must be at least 16 characters".into()));
@@ -358,6 +387,17 @@ impl Loaded {
 /// The config's sections (`http`, `auth`, ...), from the type itself.
 fn section_names() -> Vec<String> {
     toml::Table::try_from(Config::default()).map(|t| t.keys().cloned().collect()).unwrap_or_default()
+}
+
+/// `scheme://host[:port]` as a browser sends it in `Origin`: lower-case, no
+/// path, no trailing slash.
+fn is_origin(o: &str) -> bool {
+    let Some((scheme, host)) = o.split_once("://") else { return false };
+    let ok = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-.:[]".contains(&b);
+    !scheme.is_empty()
+        && scheme.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+-.".contains(&b))
+        && !host.is_empty()
+        && host.bytes().all(ok)
 }
 
 /// An env value as TOML: numbers, booleans and arrays as such, else a string.
@@ -474,6 +514,24 @@ mod tests {
             }
         }
         assert!(load_all("", &[]).unwrap().ignored_env_warning().is_none());
+    }
+
+    #[test]
+    fn cors_origins_are_origins() {
+        let c = load("[http]\ncors_origins = [\"https://app.example.com\", \"http://127.0.0.1:3000\"]\n", &[]).unwrap();
+        assert_eq!(c.http.cors_origins.len(), 2);
+        assert!(load("", &[]).unwrap().http.cors_origins.is_empty());
+        let c = load("", &[("CONFER_HTTP_CORS_ORIGINS", "[\"*\"]")]).unwrap();
+        assert_eq!(c.http.cors_origins, ["*"]);
+        for bad in ["https://app.example.com/", "app.example.com", "https://App.example.com", "https://a.com/x"] {
+            let e = load(&format!("[http]\ncors_origins = [{bad:?}]\n"), &[]).unwrap_err().to_string();
+            assert!(e.contains("http.cors_origins") && e.contains(bad), "{e}");
+        }
+        let e = load("[http]\ncors_origins = [\"https://a.com:443\"]\n", &[]).unwrap_err().to_string();
+        assert!(e.contains("http.cors_origins") && e.contains("default port"), "{e}");
+        assert!(load("[http]\ncors_origins = [\"https://a.com:8443\", \"http://a.com:8080\"]\n", &[]).is_ok());
+        let e = load("[http]\ncors_origins = [\"*\", \"https://a.com\"]\n", &[]).unwrap_err().to_string();
+        assert!(e.contains("alone"), "{e}");
     }
 
     #[test]

@@ -483,6 +483,63 @@ async fn metrics_count_http_requests_and_calls() {
 }
 
 #[tokio::test]
+async fn cors_allows_only_the_configured_origins() {
+    const ALLOWED: &str = "https://app.example.com";
+    const OTHER: &str = "https://evil.example.net";
+    let s = TestServer::start_with(|c| c.http.cors_origins = vec![ALLOWED.into()]).await;
+    let preflight = |origin: &'static str| {
+        s.http
+            .request(reqwest::Method::OPTIONS, s.url("/calls"))
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header("access-control-request-headers", "authorization,content-type")
+            .send()
+    };
+    // A preflight needs no token.
+    let r = preflight(ALLOWED).await.unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    let h = r.headers();
+    assert_eq!(h["access-control-allow-origin"], ALLOWED);
+    let methods = h["access-control-allow-methods"].to_str().unwrap().to_ascii_uppercase();
+    assert!(methods.contains("POST") && methods.contains("PUT") && methods.contains("DELETE"), "{methods}");
+    let headers = h["access-control-allow-headers"].to_str().unwrap().to_ascii_lowercase();
+    assert!(headers.contains("authorization") && headers.contains("content-type"), "{headers}");
+    let r = preflight(OTHER).await.unwrap();
+    assert!(r.headers().get("access-control-allow-origin").is_none(), "{:?}", r.headers());
+
+    // A simple request: the allowed origin may read the response (and its request id), the other may not.
+    let token = s.token("alice");
+    let simple =
+        |origin: &'static str| s.http.get(s.url("/calls/history")).bearer_auth(&token).header("origin", origin).send();
+    let r = simple(ALLOWED).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["access-control-allow-origin"], ALLOWED);
+    assert!(r.headers()["access-control-expose-headers"].to_str().unwrap().contains("x-request-id"));
+    let r = simple(OTHER).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers().get("access-control-allow-origin").is_none());
+    s.stop().await;
+
+    // "*": any origin. The default (no origins): no CORS headers for anyone.
+    let s = TestServer::start_with(|c| c.http.cors_origins = vec!["*".into()]).await;
+    let r = s.http.get(s.url("/healthz")).header("origin", OTHER).send().await.unwrap();
+    assert_eq!(r.headers()["access-control-allow-origin"], "*");
+    s.stop().await;
+    let s = TestServer::start().await;
+    let r = s
+        .http
+        .request(reqwest::Method::OPTIONS, s.url("/calls"))
+        .header("origin", ALLOWED)
+        .header("access-control-request-method", "POST")
+        .send()
+        .await
+        .unwrap();
+    assert!(r.headers().get("access-control-allow-origin").is_none(), "{:?}", r.headers());
+    let r = s.http.get(s.url("/healthz")).header("origin", ALLOWED).send().await.unwrap();
+    assert!(r.headers().get("access-control-allow-origin").is_none());
+}
+
+#[tokio::test]
 async fn responses_carry_a_request_id() {
     let s = TestServer::start().await;
     // Generated when the request has none, on every kind of response.

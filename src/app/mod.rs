@@ -178,6 +178,7 @@ impl Server {
                 ..Limits::default()
             }),
             sockets_ready: Arc::new(AtomicBool::new(false)),
+            cors_origins: config.http.cors_origins.clone().into(),
         };
         Ok(Server { http, http_addr, tls, turn, state, signal, store, media_addr, media_threads })
     }

@@ -45,6 +45,8 @@ pub struct AppState {
     pub ws_limits: Arc<Limits>,
     /// Set by the app once every socket it needs is bound (`/readyz`).
     pub sockets_ready: Arc<AtomicBool>,
+    /// `http.cors_origins`: browser origins allowed to call the API (`*`: any).
+    pub cors_origins: Arc<[String]>,
 }
 
 #[derive(OpenApi)]
@@ -134,7 +136,36 @@ pub fn app(state: AppState) -> Router {
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(on_panic));
+    // CORS answers preflights before any handler, so they need no token.
+    let router = match cors(&state.cors_origins) {
+        Some(cors) => router.layer(cors),
+        None => router,
+    };
     access::layer(router).with_state(state)
+}
+
+/// SPEC 3: `http.cors_origins` (validated by the config) may call the API
+/// from a browser with a bearer token; no cookies are involved, so no
+/// credentials mode. None: no CORS headers at all.
+fn cors(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
+    use axum::http::{header, HeaderValue, Method};
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    if origins.is_empty() {
+        return None;
+    }
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
+    };
+    Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE])
+            .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE, access::REQUEST_ID])
+            .expose_headers([access::REQUEST_ID])
+            .max_age(std::time::Duration::from_secs(3600)),
+    )
 }
 
 /// Count and time every matched request by its route pattern.
