@@ -24,6 +24,33 @@ fn help_explains_every_flag() {
 }
 
 #[test]
+fn help_lists_the_environment_variables() {
+    for args in [&["--help"][..], &["serve", "--help"]] {
+        let out = confer().args(args).output().unwrap();
+        assert!(out.status.success());
+        let text = String::from_utf8_lossy(&out.stdout);
+        // How a name maps onto the config, with an example, and every section's variables.
+        for want in [
+            "CONFER_<SECTION>_<KEY>",
+            "CONFER_HTTP_LISTEN=0.0.0.0:8080",
+            "CONFER_HTTP_CORS_ORIGINS",
+            "CONFER_AUTH_SECRET",
+            "CONFER_MEDIA_PUBLIC_IP",
+            "CONFER_TURN_TLS_LISTEN",
+            "CONFER_STORE_PATH",
+            "CONFER_CALLS_RING_TIMEOUT",
+            "CONFER_ROOMS_MAX_PARTICIPANTS",
+            "CONFER_WS_IDLE_TIMEOUT",
+            "CONFER_METRICS_TOKEN",
+            "CONFER_LOG_LEVEL",
+            "RUST_LOG",
+        ] {
+            assert!(text.contains(want), "confer {args:?} lacks {want}:\n{text}");
+        }
+    }
+}
+
+#[test]
 fn orchestrator_variables_are_ignored_with_a_warning_naming_them() {
     use std::io::{BufRead, Read};
     let dir = tempfile::tempdir().unwrap();

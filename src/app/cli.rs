@@ -6,10 +6,41 @@ use clap::{Args, Parser, Subcommand};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+/// The environment variables, after `--help` of `confer` and `confer serve`.
+/// Every key of config/confer.toml is listed (a test checks it).
+pub const ENV_HELP: &str = "\
+Environment:
+  Every config key can be set as CONFER_<SECTION>_<KEY>: the section of config/confer.toml, an
+  underscore, the key, upper-cased; turn.allow_loopback_peers is CONFER_TURN_ALLOW_LOOPBACK_PEERS.
+  Values are read as TOML (numbers, true/false, [\"a\", \"b\"]), anything else as a string:
+    CONFER_HTTP_LISTEN=0.0.0.0:8080 CONFER_HTTP_CORS_ORIGINS='[\"https://app.example.com\"]' confer serve
+  They override the file and flags override them. An unknown key of a known section
+  (CONFER_HTTP_LISTN) is an error; a CONFER_* variable that names no section (CONFER_PORT,
+  CONFER_SERVICE_HOST: what Kubernetes sets for a Service named confer) is ignored with a warning.
+
+  [http]     CONFER_HTTP_LISTEN, CONFER_HTTP_TLS_CERT, CONFER_HTTP_TLS_KEY,
+             CONFER_HTTP_TLS_SELF_SIGNED, CONFER_HTTP_CORS_ORIGINS
+  [auth]     CONFER_AUTH_SECRET, CONFER_AUTH_ALLOW_GUESTS
+  [media]    CONFER_MEDIA_LISTEN, CONFER_MEDIA_WORKERS, CONFER_MEDIA_PUBLIC_IP,
+             CONFER_MEDIA_BANDWIDTH_ESTIMATION
+  [turn]     CONFER_TURN_ENABLED, CONFER_TURN_LISTEN, CONFER_TURN_TLS_LISTEN, CONFER_TURN_PUBLIC_HOST,
+             CONFER_TURN_REALM, CONFER_TURN_SECRET, CONFER_TURN_CREDENTIAL_TTL,
+             CONFER_TURN_RELAY_PORT_MIN, CONFER_TURN_RELAY_PORT_MAX, CONFER_TURN_ALLOW_LOOPBACK_PEERS,
+             CONFER_TURN_ALLOWED_PEER_RANGES, CONFER_TURN_USER_QUOTA
+  [store]    CONFER_STORE_PATH
+  [calls]    CONFER_CALLS_RING_TIMEOUT, CONFER_CALLS_RECONNECT_GRACE
+  [rooms]    CONFER_ROOMS_MAX_PARTICIPANTS, CONFER_ROOMS_RESERVATION_TTL
+  [ws]       CONFER_WS_PING_INTERVAL, CONFER_WS_IDLE_TIMEOUT, CONFER_WS_TOKEN_GRACE
+  [metrics]  CONFER_METRICS_TOKEN
+  [log]      CONFER_LOG_LEVEL, CONFER_LOG_JSON
+  RUST_LOG   a tracing filter, overriding log.level: e.g. info,confer::http::access=off
+             turns the access log off.";
+
 #[derive(Parser, Debug)]
 #[command(
     name = "confer",
     version,
+    after_help = ENV_HELP,
     about = "Video and audio calls in one binary: signaling (REST + WebSocket), SFU, TURN, analytics, metrics.",
     long_about = "confer serves a signaling API (REST + WebSocket /rtc), forwards media for group rooms, runs a \
 TURN server behind GET /ice-config and exports Prometheus metrics, with an embedded store.\n\n\
@@ -25,6 +56,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the server: HTTP + WebSocket, SFU media, TURN.
+    #[command(after_help = ENV_HELP)]
     Serve(ServeArgs),
     /// Print a signed access token (uses the same config and data dir as `serve`).
     Token(TokenArgs),
@@ -166,5 +198,43 @@ impl TokenArgs {
         c.admin = self.admin;
         c.rooms = self.rooms.clone();
         Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ENV_HELP;
+
+    /// Every key the documented config file shows, set or commented out,
+    /// has its variable in `--help`, and `--help` lists no other (but the
+    /// misspelt one it gives as an error).
+    #[test]
+    fn env_help_lists_every_documented_key() {
+        let shipped = include_str!("../../config/confer.toml");
+        let mut section = "";
+        let mut documented = std::collections::BTreeSet::new();
+        for line in shipped.lines() {
+            if let Some(s) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+                section = s;
+                continue;
+            }
+            let line = line.strip_prefix("# ").unwrap_or(line);
+            let Some((key, _)) = line.split_once(" = ") else { continue };
+            if key.is_empty() || !key.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
+                continue;
+            }
+            let var = format!("CONFER_{}_{}", section, key).to_ascii_uppercase();
+            assert!(ENV_HELP.contains(&var), "--help does not list {var}");
+            documented.insert(var);
+        }
+        assert!(documented.len() > 30, "only {} keys found in config/confer.toml", documented.len());
+        let sections: Vec<String> = documented.iter().map(|v| v.split('_').nth(1).unwrap().to_owned()).collect();
+        for word in ENV_HELP.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+            let Some(rest) = word.strip_prefix("CONFER_") else { continue };
+            let named = rest.split('_').next().unwrap();
+            if sections.iter().any(|s| s == named) && word != "CONFER_HTTP_LISTN" {
+                assert!(documented.contains(word), "--help lists {word}, which config/confer.toml does not document");
+            }
+        }
     }
 }
