@@ -483,6 +483,41 @@ async fn metrics_count_http_requests_and_calls() {
 }
 
 #[tokio::test]
+async fn ice_config_lists_turns_at_the_configured_tls_port_only_when_tls_listens() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let tls_at: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    let urls = |b: &Value| -> Vec<String> {
+        b["iceServers"][1]["urls"].as_array().unwrap().iter().map(|u| u.as_str().unwrap().to_owned()).collect()
+    };
+    // No certificate configured: a self-signed one is made in certs/.
+    let s = TestServer::start_with(|c| c.turn.tls_listen = Some(tls_at)).await;
+    let (st, b) = s.get("/ice-config", "alice").await;
+    assert_eq!(st, 200, "{b}");
+    let u = urls(&b);
+    assert_eq!(u.len(), 3, "{u:?}");
+    assert_eq!(u[2], format!("turns:127.0.0.1:{port}?transport=tcp"), "{u:?}");
+    // The same credentials serve every URL of the entry, and room-joined lists the same.
+    assert!(b["iceServers"][1]["username"].as_str().unwrap().ends_with(":alice"));
+    s.stop().await;
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let s = TestServer::start_with(|c| {
+        c.turn.tls_listen = Some(([127, 0, 0, 1], port).into());
+        c.turn.public_host = Some("turn.example.com".into());
+    })
+    .await;
+    let (_, b) = s.get("/ice-config", "alice").await;
+    assert_eq!(urls(&b)[2], format!("turns:turn.example.com:{port}?transport=tcp"));
+    s.stop().await;
+
+    // Without a TLS listener nothing advertises one.
+    let s = TestServer::start().await;
+    let (_, b) = s.get("/ice-config", "alice").await;
+    let u = urls(&b);
+    assert!(u.len() == 2 && u.iter().all(|u| u.starts_with("turn:")), "{u:?}");
+}
+
+#[tokio::test]
 async fn cors_allows_only_the_configured_origins() {
     const ALLOWED: &str = "https://app.example.com";
     const OTHER: &str = "https://evil.example.net";

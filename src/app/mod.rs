@@ -83,16 +83,18 @@ impl Server {
         } else {
             None
         };
-        let turn_host_port = turn.as_ref().map(|t| {
-            let bound = t.local_addr();
+        let host_port = |bound: SocketAddr| {
             let host = config.turn.public_host.clone().unwrap_or_else(|| match bound.ip() {
                 std::net::IpAddr::V6(ip) => format!("[{ip}]"),
                 ip => ip.to_string(),
             });
             format!("{host}:{}", bound.port())
-        });
+        };
+        let turn_host_port = turn.as_ref().map(|t| host_port(t.local_addr()));
+        let turns_host_port = turn.as_ref().and_then(TurnServer::tls_addr).map(host_port);
         let ice = Arc::new(IceSettings {
             turn_host_port,
+            turns_host_port,
             secret: turn_secret.into_bytes(),
             ttl: config.turn.credential_ttl.0,
         });

@@ -30,6 +30,9 @@ pub fn router() -> OpenApiRouter<AppState> {
 pub struct IceSettings {
     /// `host:port` for the `stun:`/`turn:` URLs; `None` when TURN is off.
     pub turn_host_port: Option<String>,
+    /// `host:port` for the `turns:` URL: only when TURN listens on TLS
+    /// (`turn.tls_listen`), so no listener that does not exist is advertised.
+    pub turns_host_port: Option<String>,
     pub secret: Vec<u8>,
     pub ttl: Duration,
 }
@@ -65,13 +68,13 @@ impl IceSettings {
     pub fn servers(&self, user: &UserId) -> Vec<IceServer> {
         let Some(hp) = &self.turn_host_port else { return Vec::new() };
         let c = credentials::mint(&self.secret, user.as_str(), crate::auth::unix_now() + self.ttl.as_secs());
+        let mut urls = vec![format!("turn:{hp}?transport=udp"), format!("turn:{hp}?transport=tcp")];
+        if let Some(tls) = &self.turns_host_port {
+            urls.push(format!("turns:{tls}?transport=tcp"));
+        }
         vec![
             IceServer { urls: vec![format!("stun:{hp}")], username: None, credential: None },
-            IceServer {
-                urls: vec![format!("turn:{hp}?transport=udp"), format!("turn:{hp}?transport=tcp")],
-                username: Some(c.username),
-                credential: Some(c.credential),
-            },
+            IceServer { urls, username: Some(c.username), credential: Some(c.credential) },
         ]
     }
 }
