@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs when it is missing, and only then:
-#   - Debian: coturn (turnutils_uclient, turnutils_peer, turnserver), prometheus (promtool)
+#   - Debian: coturn (turnutils_uclient, turnutils_peer, turnserver), prometheus (promtool),
+#     systemd (systemd-analyze, for config/confer.service)
 #   - .venv: aiortc, schemathesis and friends (tests/interop/requirements.txt)
 #   - Debian's chromium and playwright-core (tests/browser/package.json) for the web page
 # Idempotent; the fast path (everything present) takes well under a second.
@@ -10,6 +11,7 @@ cd "$(dirname "$0")/.."
 need_apt=()
 command -v turnutils_uclient >/dev/null 2>&1 || need_apt+=(coturn)
 command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
+command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
 [ -x /usr/bin/chromium ] || need_apt+=(chromium)
 command -v npm >/dev/null 2>&1 || need_apt+=(nodejs npm)
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -35,4 +37,4 @@ if [ ! -f "$pw" ] || ! grep -q "\"version\": \"$want\"" "$pw"; then
   echo "setup: installing playwright-core $want (no browser download; Debian's chromium is used)"
   (cd tests/browser && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm install --no-audit --no-fund --loglevel=error >/dev/null)
 fi
-echo "setup: ok (coturn $(command -v turnutils_uclient >/dev/null && echo yes), promtool $(command -v promtool >/dev/null && echo yes), .venv $(.venv/bin/python -c 'import aiortc; print(aiortc.__version__)'))"
+echo "setup: ok (coturn $(command -v turnutils_uclient >/dev/null && echo yes), promtool $(command -v promtool >/dev/null && echo yes), systemd-analyze $(command -v systemd-analyze >/dev/null && echo yes), .venv $(.venv/bin/python -c 'import aiortc; print(aiortc.__version__)'))"
