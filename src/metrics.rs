@@ -144,6 +144,11 @@ pub struct MediaMetrics {
     pub padding_bytes: IntCounter,
 }
 
+/// The `type` labels of `confer_rtcp_packets_total`, created at start so
+/// the series exist (at 0) before the first packet: `rate()` and dashboards
+/// see a counter that starts rather than one that appears.
+pub const RTCP_TYPES: [&str; 8] = ["sr", "rr", "sdes", "bye", "nack", "pli", "fir", "other"];
+
 /// The reasons SPEC 5.1's `subscription-update` gives.
 pub const LAYER_SWITCH_REASONS: [&str; 3] = ["requested", "bandwidth", "publisher"];
 
@@ -219,7 +224,13 @@ impl MediaMetrics {
             received: by_kind(|k| received.with_label_values(&[k])),
             forwarded: by_kind(|k| forwarded.with_label_values(&[k])),
             forwarded_bytes: by_kind(|k| bytes.with_label_values(&[k])),
-            rtcp: counter_vec("confer_rtcp_packets_total", "RTCP packets received by the SFU, by type", "type"),
+            rtcp: {
+                let v = counter_vec("confer_rtcp_packets_total", "RTCP packets received by the SFU, by type", "type");
+                for ty in RTCP_TYPES {
+                    v.with_label_values(&[ty]);
+                }
+                v
+            },
             nack: counter("confer_nack_total", "NACKs received from subscribers"),
             retransmitted: counter(
                 "confer_rtp_packets_retransmitted_total",
@@ -275,6 +286,7 @@ impl MediaMetrics {
     }
 
     pub fn rtcp(&self, ty: &str) -> IntCounter {
+        debug_assert!(RTCP_TYPES.contains(&ty), "{ty} is not in RTCP_TYPES");
         self.rtcp.with_label_values(&[ty])
     }
 }
