@@ -2,10 +2,13 @@
 //! Names are part of the contract; add new ones here, beside their siblings.
 
 use crate::model::TrackKind;
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::MetricFamily;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Counter, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
+use std::sync::{Mutex, PoisonError};
 
 #[derive(Clone)]
 pub struct Metrics {
@@ -18,10 +21,6 @@ pub struct Metrics {
     pub http_request_duration_seconds: HistogramVec,
     pub signal_relay_seconds: Histogram,
     pub participants_active: IntGauge,
-    /// CPU seconds of the whole process with microsecond resolution (the
-    /// standard `process_cpu_seconds_total` counts whole seconds only, too
-    /// coarse for per-packet costs); refreshed on every scrape.
-    pub cpu_seconds: prometheus::Gauge,
     pub media: MediaMetrics,
     pub quality: QualityMetrics,
 }
@@ -62,11 +61,6 @@ impl Metrics {
                 "Participants joined to a room over /rtc (calls in sfu mode included)",
             )
             .unwrap(),
-            cpu_seconds: prometheus::Gauge::new(
-                "confer_process_cpu_seconds",
-                "User + system CPU time of the process, in seconds, with microsecond resolution",
-            )
-            .unwrap(),
             media: MediaMetrics::new(&registry),
             quality: QualityMetrics::new(&registry),
             registry,
@@ -80,7 +74,14 @@ impl Metrics {
         r.register(Box::new(m.http_request_duration_seconds.clone())).unwrap();
         r.register(Box::new(m.signal_relay_seconds.clone())).unwrap();
         r.register(Box::new(m.participants_active.clone())).unwrap();
-        r.register(Box::new(m.cpu_seconds.clone())).unwrap();
+        r.register(Box::new(CpuCollector::new())).unwrap();
+        let build = IntGaugeVec::new(
+            Opts::new("confer_build_info", "Always 1; its version label says which build of confer is running"),
+            &["version"],
+        )
+        .unwrap();
+        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        r.register(Box::new(build)).unwrap();
         #[cfg(target_os = "linux")]
         r.register(Box::new(prometheus::process_collector::ProcessCollector::for_self())).unwrap();
         m
@@ -93,10 +94,44 @@ impl Metrics {
 
     /// Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
-        self.cpu_seconds.set(process_cpu_seconds());
         let mut buf = Vec::new();
         TextEncoder::new().encode(&self.registry.gather(), &mut buf).expect("encoding to a Vec cannot fail");
         String::from_utf8(buf).expect("prometheus text is UTF-8")
+    }
+}
+
+/// `confer_process_cpu_seconds_total`, a counter read at each scrape: the
+/// process collector's `process_cpu_seconds_total` counts whole seconds
+/// only, too coarse for per-packet costs (`confer loadtest` reads this one).
+struct CpuCollector {
+    total: Counter,
+    /// Two scrapes at once must not both add the same CPU time.
+    reading: Mutex<()>,
+}
+
+impl CpuCollector {
+    fn new() -> Self {
+        let total = Counter::new(
+            "confer_process_cpu_seconds_total",
+            "User + system CPU time of the process, in seconds, with microsecond resolution",
+        )
+        .unwrap();
+        Self { total, reading: Mutex::new(()) }
+    }
+}
+
+impl Collector for CpuCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        self.total.desc()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let _one = self.reading.lock().unwrap_or_else(PoisonError::into_inner);
+        let more = process_cpu_seconds() - self.total.get();
+        if more > 0.0 {
+            self.total.inc_by(more);
+        }
+        self.total.collect()
     }
 }
 

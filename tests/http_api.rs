@@ -591,3 +591,37 @@ async fn responses_carry_a_request_id() {
     let r = s.http.get(s.url("/healthz")).header("x-request-id", "lb-7f3a").send().await.unwrap();
     assert_eq!(r.headers()["x-request-id"], "lb-7f3a");
 }
+
+/// Prometheus conventions beyond SPEC 9's names: CPU time as a counter with
+/// `_total` (microsecond resolution, where the process collector's
+/// `process_cpu_seconds_total` counts whole seconds), and `confer_build_info`.
+#[tokio::test]
+async fn metrics_give_cpu_as_a_counter_and_the_build() {
+    let s = TestServer::start().await;
+    let scrape = || async { s.http.get(s.url("/metrics")).send().await.unwrap().text().await.unwrap() };
+    let value = |text: &str, name: &str| -> f64 {
+        let line = text.lines().find(|l| l.starts_with(&format!("{name} "))).unwrap_or_else(|| panic!("no {name}"));
+        line[name.len() + 1..].parse().unwrap()
+    };
+    let text = scrape().await;
+    assert!(text.contains("# TYPE confer_process_cpu_seconds_total counter"), "{text}");
+    assert!(text.contains("# TYPE process_cpu_seconds_total counter"), "{text}");
+    assert!(text.contains("# TYPE confer_build_info gauge"), "{text}");
+    let build = format!("confer_build_info{{version=\"{}\"}} 1\n", env!("CARGO_PKG_VERSION"));
+    assert!(text.contains(&build), "{text}");
+    // No CPU gauge beside the counter.
+    assert!(!text.contains("confer_process_cpu_seconds "), "{text}");
+
+    // The server runs in this process: 80 ms of work here is 80 ms more on the counter.
+    let before = value(&text, "confer_process_cpu_seconds_total");
+    assert!(before > 0.0);
+    let spin = std::time::Instant::now();
+    let mut x = 0u64;
+    while spin.elapsed() < std::time::Duration::from_millis(80) {
+        x = std::hint::black_box(x.wrapping_add(1));
+    }
+    let after = value(&scrape().await, "confer_process_cpu_seconds_total");
+    assert!(after - before >= 0.05, "{before} -> {after}");
+    // Sub-second resolution: not a whole number of seconds.
+    assert!(after.fract() != 0.0, "{after}");
+}

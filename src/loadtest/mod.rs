@@ -815,7 +815,8 @@ async fn server_metrics(http: &reqwest::Client, url: &str) -> anyhow::Result<(f6
     for l in text.lines().filter(|l| !l.starts_with('#')) {
         let Some((name, v)) = l.rsplit_once(' ') else { continue };
         let v: f64 = v.parse().unwrap_or(0.0);
-        if name == "confer_process_cpu_seconds" {
+        // (A server older than the counter has the same value as a gauge.)
+        if name == "confer_process_cpu_seconds_total" || name == "confer_process_cpu_seconds" {
             out.0 = v;
         } else if name == "process_resident_memory_bytes" {
             out.1 = v;
