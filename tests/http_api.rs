@@ -481,3 +481,54 @@ async fn metrics_count_http_requests_and_calls() {
     let (st, _) = s.call_token("GET", "/metrics", Some("scrape"), None).await;
     assert_eq!(st, 200);
 }
+
+/// A raw body to `path` as alice; status and JSON reply.
+async fn post_raw(s: &TestServer, path: &str, body: &'static str) -> (u16, Value) {
+    let resp = s
+        .http
+        .post(s.url(path))
+        .bearer_auth(s.token("alice"))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let st = resp.status().as_u16();
+    (st, resp.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn bytes_after_the_json_value_are_a_400() {
+    let s = TestServer::start().await;
+    for body in [r#"{"name":"x"} junk"#, r#"{"name":"x"}{"name":"y"}"#, r#"{"name":"x"} 5"#] {
+        let (st, b) = post_raw(&s, "/rooms", body).await;
+        assert_eq!((st, err_code(&b)), (400, "bad-request"), "{body} -> {b}");
+        assert!(err_msg(&b).contains("after the JSON value"), "{body} -> {b}");
+    }
+    // Trailing whitespace is fine.
+    let (st, b) = post_raw(&s, "/rooms", "{\"name\":\"x\"} \r\n\t ").await;
+    assert_eq!(st, 201, "{b}");
+}
+
+#[tokio::test]
+async fn a_field_of_the_wrong_type_is_a_400_naming_the_field() {
+    let s = TestServer::start().await;
+    let cases = [
+        ("/calls", r#"{"callerId":"alice","calleeId":"bob","callType":5}"#, "callType"),
+        ("/calls", r#"{"callerId":"alice","calleeId":"bob","callType":"audio","mode":true}"#, "mode"),
+        ("/calls", r#"{"callerId":"alice","calleeId":"bob","callType":["audio"]}"#, "callType"),
+        ("/rooms", r#"{"name":"x","maxParticipants":"four"}"#, "maxParticipants"),
+        ("/rooms", r#"{"name":"x","isPrivate":1}"#, "isPrivate"),
+    ];
+    for (path, body, field) in cases {
+        let (st, b) = post_raw(&s, path, body).await;
+        assert_eq!((st, err_code(&b)), (400, "bad-request"), "{body} -> {b}");
+        let msg = err_msg(&b);
+        assert!(msg.starts_with(&format!("{field}: ")), "{body} -> {b}");
+        assert!(!msg.contains("not valid JSON") && !msg.contains("line "), "{body} -> {b}");
+    }
+    // Broken JSON is still said to be that.
+    let (st, b) = post_raw(&s, "/calls", r#"{"callerId":"alice","#).await;
+    assert_eq!(st, 400);
+    assert!(err_msg(&b).contains("not valid JSON"), "{b}");
+}
