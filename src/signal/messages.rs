@@ -80,7 +80,13 @@ pub enum ClientMessage {
     },
     IceCandidate {
         call_id: CallId,
+        /// Checked as SPEC 4 wants it; what is relayed is `as_sent`.
         candidate: IceCandidate,
+        /// The `candidate` object exactly as the client wrote it (set by
+        /// [`parse`]): the other party gets it unchanged, with no member
+        /// added (a `usernameFragment: null` it never sent) or dropped.
+        #[serde(skip)]
+        as_sent: Value,
     },
     CallSdpUpdate {
         call_id: CallId,
@@ -220,9 +226,14 @@ pub fn parse(text: &str) -> Envelope {
         return Envelope { req_id, msg: Err(missing_type()) };
     };
     fields.remove("reqId");
-    let tagged = Value::Object(serde_json::Map::from_iter([(ty.clone(), Value::Object(fields))]));
+    let mut tagged = Value::Object(serde_json::Map::from_iter([(ty.clone(), Value::Object(fields))]));
     let msg = match crate::json::from_value::<ClientMessage>(&tagged) {
-        Ok(m) => Ok(m),
+        Ok(mut m) => {
+            if let ClientMessage::IceCandidate { as_sent, .. } = &mut m {
+                *as_sent = tagged[&ty]["candidate"].take();
+            }
+            Ok(m)
+        }
         Err(e) => {
             // The path starts with the message type itself.
             let field = crate::json::FieldError { path: e.path.into_iter().skip(1).collect(), message: e.message };
@@ -281,7 +292,8 @@ pub enum ServerEvent {
     IceCandidate {
         call_id: CallId,
         from: UserId,
-        candidate: IceCandidate,
+        /// As the sender wrote it.
+        candidate: Value,
     },
     CallSdpUpdate {
         call_id: CallId,
