@@ -242,3 +242,41 @@ impl RoomService {
         self.store.get_analytics(key)?.ok_or_else(|| super::SignalError::NotFound("no analytics recorded yet".into()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_stream_has_rtt_ms_null_until_a_round_trip_is_measured() {
+        let metrics = crate::metrics::Metrics::new().quality;
+        let mut a = RoomAnalytics::new(None);
+        let (alice, bob) = (PeerId::from("pa"), PeerId::from("pb"));
+        a.joined(&UserId::from("alice"), &alice);
+        a.joined(&UserId::from("bob"), &bob);
+        let sample = |rtt| StreamSample { packets: 100, bytes: 10_000, rtt_ms: rtt, ..StreamSample::default() };
+        // alice publishes and receives nothing: no round trip for her; bob's is measured.
+        let report = vec![
+            PeerStats {
+                peer: alice.clone(),
+                publish: Streams { audio: Some(sample(None)), video: Some(sample(None)) },
+                subscribe: Streams::default(),
+                bandwidth_estimate_bps: None,
+            },
+            PeerStats {
+                peer: bob.clone(),
+                publish: Streams::default(),
+                subscribe: Streams { audio: Some(sample(Some(12.345))), video: None },
+                bandwidth_estimate_bps: None,
+            },
+        ];
+        a.update(report, &metrics);
+        let v = a.summary(&RoomId::from("r"), true);
+        let ps = v["participants"].as_array().unwrap();
+        for kind in ["audio", "video"] {
+            let s = ps[0]["publish"][kind].as_object().unwrap();
+            assert_eq!(s.get("rttMs"), Some(&serde_json::Value::Null), "{kind}: {v}");
+        }
+        assert_eq!(ps[1]["subscribe"]["audio"]["rttMs"], 12.35, "{v}");
+    }
+}
