@@ -47,7 +47,7 @@ async fn every_401_case() {
     let hs512 = jsonwebtoken::encode(
         &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS512),
         &json!({"sub": "alice", "exp": confer::auth::unix_now() + 600}),
-        &jsonwebtoken::EncodingKey::from_secret(common::SECRET.as_bytes()),
+        &jsonwebtoken::EncodingKey::from_secret(common::SECRET.as_bytes()).unwrap(),
     )
     .unwrap();
     let (st, _) = s.call_token("GET", "/calls/history", Some(&hs512), None).await;
@@ -56,7 +56,7 @@ async fn every_401_case() {
     let no_sub = jsonwebtoken::encode(
         &jsonwebtoken::Header::default(),
         &json!({"exp": confer::auth::unix_now() + 600}),
-        &jsonwebtoken::EncodingKey::from_secret(common::SECRET.as_bytes()),
+        &jsonwebtoken::EncodingKey::from_secret(common::SECRET.as_bytes()).unwrap(),
     )
     .unwrap();
     let (st, _) = s.call_token("GET", "/calls/history", Some(&no_sub), None).await;

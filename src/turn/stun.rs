@@ -87,7 +87,7 @@ impl<'a> Message<'a> {
         }
         let ty = u16::from_be_bytes([b[0], b[1]]);
         let len = u16::from_be_bytes([b[2], b[3]]) as usize;
-        if len % 4 != 0 || HEADER + len != b.len() {
+        if !len.is_multiple_of(4) || HEADER + len != b.len() {
             return Err(StunError::Length);
         }
         let method = (ty & 0x000F) | ((ty & 0x00E0) >> 1) | ((ty & 0x3E00) >> 2);
