@@ -1,8 +1,12 @@
-//! Access tokens: JWT HS256 (jsonwebtoken crate), their claims, and the
-//! generated secrets kept in the data dir.
+//! Access tokens: JWT HS256 (jsonwebtoken crate, its HMAC computed with ring
+//! through [`jwt_crypto`]), their claims, and the generated secrets kept in
+//! the data dir.
 //!
 //! Only HS256 is accepted; `alg: none` and every other algorithm are refused by
-//! the validator. Clock leeway is 5 s (SPEC 12).
+//! the validator, as is a `crit` header naming an extension (RFC 7515 4.1.11).
+//! Clock leeway is 5 s (SPEC 12).
+
+mod jwt_crypto;
 
 use crate::ids::UserId;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
@@ -82,11 +86,20 @@ pub struct TokenKeys {
 pub const LEEWAY_SECS: u64 = 5;
 
 impl TokenKeys {
+    /// Keys for `secret`, which must not be empty (config asks for at least
+    /// 16 characters, a generated one has 48).
+    ///
+    /// # Panics
+    /// On an empty secret.
     pub fn new(secret: &[u8]) -> Self {
+        jwt_crypto::install();
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = LEEWAY_SECS;
         validation.set_required_spec_claims(&["exp", "sub"]);
-        Self { encoding: EncodingKey::from_secret(secret), decoding: DecodingKey::from_secret(secret), validation }
+        let (Ok(encoding), Ok(decoding)) = (EncodingKey::from_secret(secret), DecodingKey::from_secret(secret)) else {
+            panic!("the access-token secret is empty");
+        };
+        Self { encoding, decoding, validation }
     }
 
     pub fn sign(&self, claims: &Claims) -> String {
@@ -189,6 +202,40 @@ mod tests {
         );
         assert!(matches!(k.verify(&none), Err(AuthError::Invalid(_))));
         assert!(matches!(k.verify("garbage"), Err(AuthError::Invalid(_))));
+    }
+
+    /// RFC 7515 4.1.11: a `crit` header naming an extension the verifier
+    /// does not understand makes a token invalid, however well it is signed
+    /// (jsonwebtoken 9 ignored it; 12 refuses it).
+    #[test]
+    fn a_token_with_an_unknown_critical_header_is_refused() {
+        let k = keys();
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let claims = format!(r#"{{"sub":"alice","exp":{}}}"#, unix_now() + 60);
+        let token = |header: &str| {
+            let msg = format!("{}.{}", b64.encode(header), b64.encode(&claims));
+            let sig = jsonwebtoken::crypto::sign(msg.as_bytes(), &k.encoding, Algorithm::HS256).unwrap();
+            format!("{msg}.{sig}")
+        };
+        assert!(k.verify(&token(r#"{"alg":"HS256","typ":"JWT"}"#)).is_ok(), "a hand-made token verifies");
+        let crit = token(r#"{"alg":"HS256","typ":"JWT","crit":["x-confer"],"x-confer":1}"#);
+        assert!(matches!(k.verify(&crit), Err(AuthError::Invalid(_))), "{:?}", k.verify(&crit));
+    }
+
+    /// A token signed by confer with jsonwebtoken 9 (before the move to 12)
+    /// still verifies, with every claim.
+    #[test]
+    fn tokens_from_before_the_upgrade_still_verify() {
+        let t = "eyJ0eXAiOiJKV1QiLCJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhbGljZSIsImV4cCI6NDEwMjQ0NDgwMCwiaWF0IjoxNzY0NjUwMDAwLCJuYW1lIjoiQWxpY2UiLCJyb29tcyI6WyJzdGFuZHVwIl0sImNhblB1Ymxpc2giOnRydWUsImNhblN1YnNjcmliZSI6ZmFsc2V9.MR9nkiWLb6cE2gYCh0LV_9zY8p2rUAO5fpuRXNsn158";
+        let c = keys().verify(t).unwrap();
+        assert_eq!(
+            (c.sub.as_str(), c.exp, c.iat, c.name.as_deref()),
+            ("alice", 4102444800, Some(1764650000), Some("Alice"))
+        );
+        assert_eq!(
+            (c.rooms, c.can_publish, c.can_subscribe, c.admin),
+            (vec!["standup".to_owned()], true, false, false)
+        );
     }
 
     #[test]

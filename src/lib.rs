@@ -22,6 +22,7 @@
 //! - [`analytics`]: pure call-quality calculators (RFC 3550 statistics, RTT,
 //!   E-model MOS); no I/O.
 //! - [`auth`]: access tokens (JWT, HS256) and their claims.
+//! - [`json`]: client JSON read so that errors name the field (REST and `/rtc`).
 //! - [`model`], [`config`], [`ids`], [`clock`]: plain data shared by everything above.
 
 pub mod analytics;
@@ -31,6 +32,7 @@ pub mod clock;
 pub mod config;
 pub mod http;
 pub mod ids;
+pub mod json;
 pub mod loadtest;
 pub mod media;
 pub mod metrics;

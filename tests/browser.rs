@@ -66,6 +66,10 @@ fn browser_room(relay: bool) -> serde_json::Value {
     assert_eq!(summary["muteShown"], true);
     assert!(good("bobAfterReconnect") >= 2, "bob receives again after his connection dropped: {summary}");
     assert!(!summary["badges"].as_array().unwrap().is_empty(), "connection-quality badges: {summary}");
+    // Before the first score the badge says "unknown" (it used to be hidden,
+    // then read "bad" from a camera that had sent nothing yet).
+    assert_eq!(summary["aliceBadgeAtJoin"]["text"], "unknown", "{summary}");
+    assert_eq!(summary["unknownFirst"], true, "only \"unknown\" before a score: {summary}");
     assert!(summary["phoneOverflow"].as_i64().unwrap() <= 0, "{summary}");
     assert_eq!(summary["keyboardMute"], "true");
     assert_eq!(summary["errors"], serde_json::json!([]));

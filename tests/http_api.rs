@@ -47,7 +47,7 @@ async fn every_401_case() {
     let hs512 = jsonwebtoken::encode(
         &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS512),
         &json!({"sub": "alice", "exp": confer::auth::unix_now() + 600}),
-        &jsonwebtoken::EncodingKey::from_secret(common::SECRET.as_bytes()),
+        &jsonwebtoken::EncodingKey::from_secret(common::SECRET.as_bytes()).unwrap(),
     )
     .unwrap();
     let (st, _) = s.call_token("GET", "/calls/history", Some(&hs512), None).await;
@@ -56,7 +56,7 @@ async fn every_401_case() {
     let no_sub = jsonwebtoken::encode(
         &jsonwebtoken::Header::default(),
         &json!({"exp": confer::auth::unix_now() + 600}),
-        &jsonwebtoken::EncodingKey::from_secret(common::SECRET.as_bytes()),
+        &jsonwebtoken::EncodingKey::from_secret(common::SECRET.as_bytes()).unwrap(),
     )
     .unwrap();
     let (st, _) = s.call_token("GET", "/calls/history", Some(&no_sub), None).await;
@@ -624,4 +624,55 @@ async fn metrics_give_cpu_as_a_counter_and_the_build() {
     assert!(after - before >= 0.05, "{before} -> {after}");
     // Sub-second resolution: not a whole number of seconds.
     assert!(after.fract() != 0.0, "{after}");
+}
+
+/// A raw body to `path` as alice; status and JSON reply.
+async fn post_raw(s: &TestServer, path: &str, body: &'static str) -> (u16, Value) {
+    let resp = s
+        .http
+        .post(s.url(path))
+        .bearer_auth(s.token("alice"))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let st = resp.status().as_u16();
+    (st, resp.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn bytes_after_the_json_value_are_a_400() {
+    let s = TestServer::start().await;
+    for body in [r#"{"name":"x"} junk"#, r#"{"name":"x"}{"name":"y"}"#, r#"{"name":"x"} 5"#] {
+        let (st, b) = post_raw(&s, "/rooms", body).await;
+        assert_eq!((st, err_code(&b)), (400, "bad-request"), "{body} -> {b}");
+        assert!(err_msg(&b).contains("after the JSON value"), "{body} -> {b}");
+    }
+    // Trailing whitespace is fine.
+    let (st, b) = post_raw(&s, "/rooms", "{\"name\":\"x\"} \r\n\t ").await;
+    assert_eq!(st, 201, "{b}");
+}
+
+#[tokio::test]
+async fn a_field_of_the_wrong_type_is_a_400_naming_the_field() {
+    let s = TestServer::start().await;
+    let cases = [
+        ("/calls", r#"{"callerId":"alice","calleeId":"bob","callType":5}"#, "callType"),
+        ("/calls", r#"{"callerId":"alice","calleeId":"bob","callType":"audio","mode":true}"#, "mode"),
+        ("/calls", r#"{"callerId":"alice","calleeId":"bob","callType":["audio"]}"#, "callType"),
+        ("/rooms", r#"{"name":"x","maxParticipants":"four"}"#, "maxParticipants"),
+        ("/rooms", r#"{"name":"x","isPrivate":1}"#, "isPrivate"),
+    ];
+    for (path, body, field) in cases {
+        let (st, b) = post_raw(&s, path, body).await;
+        assert_eq!((st, err_code(&b)), (400, "bad-request"), "{body} -> {b}");
+        let msg = err_msg(&b);
+        assert!(msg.starts_with(&format!("{field}: ")), "{body} -> {b}");
+        assert!(!msg.contains("not valid JSON") && !msg.contains("line "), "{body} -> {b}");
+    }
+    // Broken JSON is still said to be that.
+    let (st, b) = post_raw(&s, "/calls", r#"{"callerId":"alice","#).await;
+    assert_eq!(st, 400);
+    assert!(err_msg(&b).contains("not valid JSON"), "{b}");
 }

@@ -79,7 +79,10 @@ async fn coturn_client_relays_without_loss_over_udp_and_tcp() {
     let (s, turn) = turn_server(true, (50000, 50099)).await;
     let peer = Peer::start();
     let (user, pass) = credentials(&s).await;
-    for mode in [&[][..], &["-t"][..]] {
+    // Send indications (-s): the uclient picks channel numbers from RFC
+    // 5766's 0x4000-0x7FFF, and RFC 8656 (SPEC 6) refuses those above 0x4FFF.
+    // Channels are driven by hand in rfc_8656_details.
+    for mode in [&["-s"][..], &["-s", "-t"][..]] {
         let (ok, out) = uclient(turn, peer.1, &user, &pass, mode).await;
         assert!(ok, "uclient {mode:?} failed:\n{out}");
         assert!(out.contains("tot_send_msgs=1000, tot_recv_msgs=1000"), "{mode:?}:\n{out}");
@@ -243,7 +246,8 @@ async fn coturn_client_relays_over_tls() {
     let (user, pass) = credentials(&s).await;
     let tls = SocketAddr::from(([127, 0, 0, 1], port));
     let mut cmd = Command::new(tool("turnutils_uclient"));
-    cmd.args(["-t", "-S", "-p", &port.to_string(), "-e", "127.0.0.1", "-r", &peer.1.to_string(), "-X"]).args([
+    // -s: Send indications, as in coturn_client_relays_without_loss_over_udp_and_tcp.
+    cmd.args(["-s", "-t", "-S", "-p", &port.to_string(), "-e", "127.0.0.1", "-r", &peer.1.to_string(), "-X"]).args([
         "-u",
         &user,
         "-w",
@@ -266,4 +270,136 @@ async fn coturn_client_relays_over_tls() {
     assert!(nums.len() == 2 && nums[0] >= 500 && nums[0] == nums[1], "{totals}\n{text}");
     assert!(text.contains("Total lost packets 0 (0.000000%)"), "{text}");
     assert!(text.contains("method=TLSv1.3") || text.contains("method=TLSv1.2"), "{text}");
+}
+
+/// SPEC 6's RFC 8656 details over real UDP: 420 lists the unknown
+/// comprehension-required attributes (each once, none of the optional ones),
+/// REQUESTED-ADDRESS-FAMILY for IPv6 on an IPv4 relay gets 440 and no
+/// allocation, a retransmitted Allocate gets the very same success while a
+/// new transaction on the 5-tuple gets 437, channel numbers outside
+/// 0x4000-0x4FFF get 400 while ChannelData on a bound one is relayed both
+/// ways, and a peer of the other family gets 443.
+#[tokio::test]
+async fn rfc_8656_details() {
+    let (s, turn) = turn_server(true, (50300, 50349)).await;
+    let (user, pass) = credentials(&s).await;
+    let mut c = Client::new(turn).await;
+    let unknown_list = |m: &Message<'_>| -> Vec<u16> {
+        let v = m.attr(stun::UNKNOWN_ATTRIBUTES).unwrap_or_default();
+        v.chunks(2).map(|p| u16::from_be_bytes([p[0], p[1]])).collect()
+    };
+
+    // A Binding with unknown attributes: 0x0030 twice and 0x7FFE must be
+    // understood, 0x8030 may be ignored.
+    Builder::new(&mut c.buf, stun::BINDING, Class::Request, [1; 12])
+        .attr(0x0030, b"x")
+        .attr(0x8030, b"y")
+        .attr(0x7FFE, b"")
+        .attr(0x0030, b"z")
+        .fingerprint();
+    let r = c.roundtrip().await;
+    let m = Message::parse(&r).unwrap();
+    assert_eq!((m.class, m.method, error_code(&m)), (Class::Error, stun::BINDING, Some(420)));
+    assert_eq!(unknown_list(&m), vec![0x0030, 0x7FFE]);
+    // With only the optional one, Binding works.
+    Builder::new(&mut c.buf, stun::BINDING, Class::Request, [2; 12]).attr(0x8030, b"y").fingerprint();
+    assert_eq!(Message::parse(&c.roundtrip().await).unwrap().class, Class::Success);
+
+    // The nonce, then signed requests.
+    Builder::new(&mut c.buf, stun::ALLOCATE, Class::Request, [3; 12]).u32(stun::REQUESTED_TRANSPORT, 17 << 24);
+    let r = c.roundtrip().await;
+    let m = Message::parse(&r).unwrap();
+    assert_eq!(error_code(&m), Some(401));
+    let (realm, nonce) = (m.text(stun::REALM).unwrap().to_owned(), m.text(stun::NONCE).unwrap().to_owned());
+    let key = stun::long_term_key(&user, &realm, &pass);
+    let signed = |c: &mut Client, method, tid, f: &dyn Fn(&mut Builder<'_>)| {
+        let mut b = Builder::new(&mut c.buf, method, Class::Request, tid);
+        f(&mut b);
+        b.attr(stun::USERNAME, user.as_bytes())
+            .attr(stun::REALM, realm.as_bytes())
+            .attr(stun::NONCE, nonce.as_bytes())
+            .integrity(&key)
+            .fingerprint();
+    };
+
+    // An Allocate with an unknown comprehension-required attribute: 420.
+    signed(&mut c, stun::ALLOCATE, [4; 12], &|b| {
+        b.u32(stun::REQUESTED_TRANSPORT, 17 << 24).attr(0x0031, b"????");
+    });
+    let m_bytes = c.roundtrip().await;
+    let m = Message::parse(&m_bytes).unwrap();
+    assert_eq!((m.method, error_code(&m)), (stun::ALLOCATE, Some(420)));
+    assert_eq!(unknown_list(&m), vec![0x0031]);
+
+    // IPv6 asked of an IPv4 relay: 440, and nothing was allocated (the
+    // IPv4 Allocate below is not a 437).
+    signed(&mut c, stun::ALLOCATE, [5; 12], &|b| {
+        b.u32(stun::REQUESTED_TRANSPORT, 17 << 24).u32(stun::REQUESTED_ADDRESS_FAMILY, 0x02 << 24);
+    });
+    let r = c.roundtrip().await;
+    let m = Message::parse(&r).unwrap();
+    assert_eq!((m.class, error_code(&m)), (Class::Error, Some(440)));
+    assert!(m.check_integrity(&key), "an authenticated error carries MESSAGE-INTEGRITY");
+
+    // IPv4 asked explicitly: allocated.
+    signed(&mut c, stun::ALLOCATE, [6; 12], &|b| {
+        b.u32(stun::REQUESTED_TRANSPORT, 17 << 24).u32(stun::REQUESTED_ADDRESS_FAMILY, 0x01 << 24);
+    });
+    let allocate = c.buf.clone();
+    let first = c.roundtrip().await;
+    let m = Message::parse(&first).unwrap();
+    assert_eq!(m.class, Class::Success, "{:?}", error_code(&m));
+    let relayed = m.xor_addr(stun::XOR_RELAYED_ADDRESS).unwrap();
+    assert!(relayed.is_ipv4() && (50300..=50349).contains(&relayed.port()), "{relayed}");
+
+    // The same request again (a retransmission): the same success, byte for byte.
+    c.buf = allocate;
+    let again = c.roundtrip().await;
+    assert_eq!(Message::parse(&again).unwrap().class, Class::Success);
+    assert_eq!(again, first, "a retransmitted Allocate gets the same response");
+    // A new Allocate transaction on the same 5-tuple: 437.
+    signed(&mut c, stun::ALLOCATE, [7; 12], &|b| {
+        b.u32(stun::REQUESTED_TRANSPORT, 17 << 24);
+    });
+    assert_eq!(error_code(&Message::parse(&c.roundtrip().await).unwrap()), Some(437));
+
+    // Channel numbers: 0x4000-0x4FFF only (binding sends nothing to the peer).
+    let peer = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let peer_addr = peer.local_addr().unwrap();
+    for (i, (ch, want)) in
+        [(0x3FFFu16, Some(400)), (0x5000, Some(400)), (0x7FFF, Some(400)), (0x4FFF, None), (0x4000, None)]
+            .into_iter()
+            .enumerate()
+    {
+        // One peer per channel (a peer has one channel); the last is the real one.
+        let to = if ch == 0x4000 { peer_addr } else { SocketAddr::new(peer_addr.ip(), 1 + i as u16) };
+        signed(&mut c, stun::CHANNEL_BIND, [20 + i as u8; 12], &|b| {
+            b.u32(stun::CHANNEL_NUMBER, u32::from(ch) << 16).xor_addr(stun::XOR_PEER_ADDRESS, to);
+        });
+        let r = c.roundtrip().await;
+        let m = Message::parse(&r).unwrap();
+        assert_eq!(error_code(&m), want, "channel {ch:#06x}");
+        assert_eq!(m.class, if want.is_some() { Class::Error } else { Class::Success }, "channel {ch:#06x}");
+    }
+    // ChannelData on 0x4000 reaches the peer from the relayed address, and
+    // the peer's answer comes back on the channel.
+    c.buf = [&0x4000u16.to_be_bytes()[..], &4u16.to_be_bytes(), b"ping"].concat();
+    c.sock.send_to(&c.buf, turn).await.unwrap();
+    let mut b = [0u8; 64];
+    let (n, from) = tokio::time::timeout(Duration::from_secs(2), peer.recv_from(&mut b)).await.unwrap().unwrap();
+    assert_eq!((&b[..n], from), (&b"ping"[..], relayed));
+    peer.send_to(b"pong", relayed).await.unwrap();
+    let (n, _) = tokio::time::timeout(Duration::from_secs(2), c.sock.recv_from(&mut b)).await.unwrap().unwrap();
+    assert_eq!(&b[..n], [&0x4000u16.to_be_bytes()[..], &4u16.to_be_bytes(), b"pong"].concat());
+
+    // A peer of the other family: 443, for a permission and for a channel.
+    let v6: SocketAddr = "[2001:db8::1]:9".parse().unwrap();
+    signed(&mut c, stun::CREATE_PERMISSION, [30; 12], &|b| {
+        b.xor_addr(stun::XOR_PEER_ADDRESS, v6);
+    });
+    assert_eq!(error_code(&Message::parse(&c.roundtrip().await).unwrap()), Some(443));
+    signed(&mut c, stun::CHANNEL_BIND, [31; 12], &|b| {
+        b.u32(stun::CHANNEL_NUMBER, 0x4100 << 16).xor_addr(stun::XOR_PEER_ADDRESS, v6);
+    });
+    assert_eq!(error_code(&Message::parse(&c.roundtrip().await).unwrap()), Some(443));
 }

@@ -765,3 +765,42 @@ async fn ws_connections_metric_follows_open_sockets() {
     drop(b1);
     wait_metric(&s, "confer_ws_connections", 0.0).await;
 }
+
+#[tokio::test]
+async fn relayed_ice_candidates_are_what_the_sender_sent() {
+    let s = TestServer::start().await;
+    let mut alice = s.ws_ready("alice").await;
+    let mut bob = s.ws_ready("bob").await;
+    let id = active_call(&mut alice, &mut bob).await;
+
+    let sent = [
+        json!({"candidate": "candidate:1 1 udp 2130706431 127.0.0.1 50000 typ host", "sdpMid": "0", "sdpMLineIndex": 0}),
+        json!({"candidate": "candidate:2 1 udp 1 127.0.0.1 9 typ host", "sdpMid": null, "sdpMLineIndex": 1,
+               "usernameFragment": "Xy1z"}),
+        json!({"candidate": "candidate:3 1 udp 1 127.0.0.1 9 typ host", "sdpMid": "1"}),
+        json!({"candidate": ""}),
+        json!({"candidate": "candidate:4 1 udp 1 127.0.0.1 9 typ host", "sdpMLineIndex": 0, "experimental": [1, 2]}),
+    ];
+    for cand in sent {
+        alice.send(json!({"type": "ice-candidate", "callId": id, "candidate": cand})).await;
+        let m = expect_type(&mut bob, "ice-candidate").await;
+        assert_eq!((&m["callId"], &m["from"]), (&json!(id), &json!("alice")), "{m}");
+        assert_eq!(m["candidate"], cand, "relayed unchanged");
+    }
+    // What SPEC 4 requires is still checked, and the field named.
+    let bad = [
+        (json!({"sdpMid": "0", "sdpMLineIndex": 0}), "candidate"),
+        (json!({"candidate": 5}), "candidate.candidate"),
+        (json!({"candidate": "c", "sdpMLineIndex": "0"}), "candidate.sdpMLineIndex"),
+        (json!({"candidate": "c", "sdpMid": 0}), "candidate.sdpMid"),
+        (json!("candidate:1 1 udp 1 127.0.0.1 9 typ host"), "candidate"),
+    ];
+    for (i, (cand, field)) in bad.into_iter().enumerate() {
+        alice.send(json!({"type": "ice-candidate", "callId": id, "candidate": cand, "reqId": i})).await;
+        let m = expect_error(&mut alice, "bad-request").await;
+        assert_eq!(m["reqId"], i, "{m}");
+        let msg = m["message"].as_str().unwrap();
+        assert!(msg.starts_with(&format!("ice-candidate: {field}")), "{cand} -> {msg}");
+    }
+    bob.expect_silence(ms(300)).await;
+}

@@ -16,8 +16,11 @@ pub struct StreamReport {
     pub packet_loss: f64,
     pub jitter_ms: f64,
     /// From RTCP SR/RR (LSR/DLSR) where the receiver reports on it, else
-    /// from TWCC feedback.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// from TWCC feedback. A publish stream has the round trip of the same
+    /// participant's subscriber leg (the SFU sends no SR on publisher legs).
+    /// `null` until something was measured: SPEC 8 lists it on every
+    /// Stream, so the key is always there.
+    #[serde(default)]
     pub rtt_ms: Option<f64>,
     /// The round trip from transport-wide congestion-control feedback, where
     /// the subscriber negotiated it (subscribe streams only).

@@ -98,18 +98,17 @@ async fn body_bytes<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, Ap
     })
 }
 
+/// A whole body as a `T` ([`crate::json`]): not JSON, bytes after the value
+/// (whitespace is fine) and a field of the wrong shape are each a 400 saying
+/// which, the last naming the field and what it expects.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    let de = &mut serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        if inner.is_syntax() || inner.is_eof() {
-            ApiError::bad_request(format!("body is not valid JSON: {inner}"))
-        } else if path == "." {
-            ApiError::bad_request(format!("body: {inner}"))
-        } else {
-            ApiError::bad_request(format!("{path}: {inner}"))
-        }
+    let value = crate::json::whole_value(bytes).map_err(|e| match e {
+        crate::json::ValueError::Trailing { .. } => ApiError::bad_request(format!("body has {e}; send one JSON value")),
+        crate::json::ValueError::Syntax(_) => ApiError::bad_request(format!("body is not valid JSON: {e}")),
+    })?;
+    crate::json::from_value(&value).map_err(|e| match e.path_text().as_str() {
+        "" => ApiError::bad_request(format!("body: {}", e.message)),
+        path => ApiError::bad_request(format!("{path}: {}", e.message)),
     })
 }
 

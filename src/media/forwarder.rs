@@ -467,7 +467,7 @@ mod tests {
             self.frame += 1;
             let mut out = Vec::new();
             for (i, layer) in Layer::ALL.into_iter().enumerate() {
-                let key = f % self.gop == 0;
+                let key = f.is_multiple_of(self.gop);
                 let pic = (1000 * (i as u32 + 1) + f) as u16 & 0x7fff;
                 for k in 0..3u32 {
                     let mut p = [0u8; 16];

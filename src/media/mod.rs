@@ -92,6 +92,9 @@ pub enum Command {
     Join {
         room: RoomId,
         peer: PeerId,
+        /// The token's `canSubscribe`: without it the participant is never
+        /// given a subscriber PeerConnection, so nothing is forwarded to it.
+        subscribe: bool,
     },
     Publish {
         peer: PeerId,
@@ -282,7 +285,7 @@ impl MediaHandle {
                 }
                 return;
             }
-            Command::Join { room, peer } => self.placement.lock().join(room, peer, n),
+            Command::Join { room, peer, .. } => self.placement.lock().join(room, peer, n),
             Command::Leave { peer } => self.placement.lock().leave(peer).unwrap_or(0),
             other => other.peer().and_then(|p| self.placement.lock().worker_of(p)).unwrap_or(0),
         };
@@ -324,7 +327,8 @@ mod tests {
             }
             got
         };
-        let join = |room: &str, peer: &str| h.send(Command::Join { room: room.into(), peer: peer.into() });
+        let join =
+            |room: &str, peer: &str| h.send(Command::Join { room: room.into(), peer: peer.into(), subscribe: true });
         join("rm_a", "p1");
         join("rm_b", "p2");
         join("rm_a", "p3");

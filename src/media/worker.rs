@@ -285,7 +285,7 @@ impl Worker {
     fn command(&mut self, cmd: Command, now: Instant) {
         let io = &mut self.io;
         let peer = match &cmd {
-            Command::Join { room, peer } => {
+            Command::Join { room, peer, subscribe } => {
                 let id = match self.by_room.get(room) {
                     Some(&id) => id,
                     None => {
@@ -298,7 +298,7 @@ impl Worker {
                 };
                 self.peers.insert(peer.clone(), id);
                 if let Some(r) = self.routers.get_mut(&id) {
-                    r.join(peer, io, now);
+                    r.join(peer, *subscribe, io, now);
                 }
                 self.dirty.push(id);
                 return;

@@ -6,7 +6,7 @@
 
 use super::call::{self, reason, CallError};
 use super::hub::{Hub, To};
-use super::messages::{IceCandidate, SdpType, ServerEvent};
+use super::messages::{SdpType, ServerEvent};
 use super::{Actor, SignalError};
 use crate::clock;
 use crate::ids::{CallId, ConnId, RoomId, UserId};
@@ -237,7 +237,9 @@ impl CallService {
         })
     }
 
-    pub fn ice_candidate(&self, actor: &Actor, id: &CallId, candidate: IceCandidate) -> Result<(), SignalError> {
+    /// Relay a candidate to the other party: `candidate` as the sender wrote
+    /// it (the parser checked it against SPEC 4).
+    pub fn ice_candidate(&self, actor: &Actor, id: &CallId, candidate: serde_json::Value) -> Result<(), SignalError> {
         self.relay(actor, id, |call_id, from| ServerEvent::IceCandidate { call_id, from, candidate })
     }
 

@@ -92,7 +92,7 @@ impl RoomAnalytics {
                     metrics.stream_rtt_seconds.observe(rtt / 1000.0);
                 }
             }
-            let q = report::participant_quality(&publish, &subscribe);
+            let q = report::participant_quality(&measured(&publish), &measured(&subscribe));
             p.publish = publish;
             p.subscribe = subscribe;
             p.bandwidth_estimate_kbps = r.bandwidth_estimate_bps.map(|b| (b as f64 / 10.0).round() / 100.0);
@@ -137,6 +137,16 @@ impl RoomAnalytics {
             "samples": self.samples,
         })
     }
+}
+
+/// The streams that carried something. A track is reported from the moment
+/// it is published, before its first packet (ICE may still be connecting):
+/// with nothing measured, its frame rate of 0 would score the participant
+/// "bad". Until one of their streams has packets they have no score, and
+/// the page says "unknown".
+fn measured(d: &Directional) -> Directional {
+    let carried = |s: &Option<StreamReport>| s.clone().filter(|s| s.packets > 0);
+    Directional { audio: carried(&d.audio), video: carried(&d.video) }
 }
 
 /// The media plane's measurements as the API shows them (SPEC 8).
@@ -240,5 +250,74 @@ impl RoomService {
 
     pub fn stored_analytics(&self, key: &str) -> Result<serde_json::Value, super::SignalError> {
         self.store.get_analytics(key)?.ok_or_else(|| super::SignalError::NotFound("no analytics recorded yet".into()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_stream_has_rtt_ms_null_until_a_round_trip_is_measured() {
+        let metrics = crate::metrics::Metrics::new().quality;
+        let mut a = RoomAnalytics::new(None);
+        let (alice, bob) = (PeerId::from("pa"), PeerId::from("pb"));
+        a.joined(&UserId::from("alice"), &alice);
+        a.joined(&UserId::from("bob"), &bob);
+        let sample = |rtt| StreamSample { packets: 100, bytes: 10_000, rtt_ms: rtt, ..StreamSample::default() };
+        // alice publishes and receives nothing: no round trip for her; bob's is measured.
+        let report = vec![
+            PeerStats {
+                peer: alice.clone(),
+                publish: Streams { audio: Some(sample(None)), video: Some(sample(None)) },
+                subscribe: Streams::default(),
+                bandwidth_estimate_bps: None,
+            },
+            PeerStats {
+                peer: bob.clone(),
+                publish: Streams::default(),
+                subscribe: Streams { audio: Some(sample(Some(12.345))), video: None },
+                bandwidth_estimate_bps: None,
+            },
+        ];
+        a.update(report, &metrics);
+        let v = a.summary(&RoomId::from("r"), true);
+        let ps = v["participants"].as_array().unwrap();
+        for kind in ["audio", "video"] {
+            let s = ps[0]["publish"][kind].as_object().unwrap();
+            assert_eq!(s.get("rttMs"), Some(&serde_json::Value::Null), "{kind}: {v}");
+        }
+        assert_eq!(ps[1]["subscribe"]["audio"]["rttMs"], 12.35, "{v}");
+    }
+
+    /// A published camera whose first packet has not arrived yet (frame rate
+    /// 0 over the interval) gives no score and no connection-quality, instead
+    /// of "bad"; once packets flow at 30 fps the first rating is excellent.
+    #[test]
+    fn no_score_before_a_stream_carried_anything() {
+        let metrics = crate::metrics::Metrics::new().quality;
+        let mut a = RoomAnalytics::new(None);
+        let alice = PeerId::from("pa");
+        a.joined(&UserId::from("alice"), &alice);
+        let report = |packets: u64, fps: f64| {
+            let video =
+                StreamSample { packets, bytes: packets * 1000, frame_rate: Some(fps), ..StreamSample::default() };
+            vec![PeerStats {
+                peer: alice.clone(),
+                publish: Streams { audio: None, video: Some(video) },
+                subscribe: Streams::default(),
+                bandwidth_estimate_bps: None,
+            }]
+        };
+        assert_eq!(a.update(report(0, 0.0), &metrics), vec![], "nothing measured, nothing said");
+        let v = a.summary(&RoomId::from("r"), true);
+        assert_eq!(v["quality"], serde_json::Value::Null, "{v}");
+        assert_eq!(v["participants"][0]["quality"], serde_json::Value::Null, "{v}");
+        assert_eq!(v["samples"].as_array().map(Vec::len), Some(0), "{v}");
+        assert!(v["participants"][0]["publish"]["video"].is_object(), "the stream is still listed: {v}");
+
+        let updates = a.update(report(750, 30.0), &metrics);
+        assert_eq!(updates.len(), 1, "{updates:?}");
+        assert_eq!((&updates[0].peer_id, updates[0].rating), (&alice, Rating::Excellent), "{updates:?}");
     }
 }

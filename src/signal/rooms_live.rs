@@ -105,7 +105,8 @@ impl RoomService {
         let call = s.call.clone();
         s.analytics.get_or_insert_with(|| super::room_analytics::RoomAnalytics::new(call)).joined(actor.user(), &peer);
         self.metrics.participants_active.inc();
-        media.send(Command::Join { room: room_id.clone(), peer: peer.clone() });
+        let subscribe = actor.claims.can_subscribe;
+        media.send(Command::Join { room: room_id.clone(), peer: peer.clone(), subscribe });
         let me = s.room.participants.iter().find(|p| p.peer_id == peer).cloned().expect("seated above");
         self.tell_room(s, Some(&peer), &ServerEvent::ParticipantJoined { room_id: room_id.clone(), participant: me });
         Ok(ServerEvent::RoomJoined {
@@ -126,7 +127,8 @@ impl RoomService {
     }
 
     /// `publish-offer`: the tracks list is all of the publisher's tracks; a
-    /// track no longer listed is unpublished.
+    /// track no longer listed is unpublished. A token with `canPublish:
+    /// false` is refused (SPEC 2) before anything reaches the media plane.
     pub fn publish(
         &self,
         actor: &Actor,
@@ -134,6 +136,9 @@ impl RoomService {
         sdp: String,
         tracks: Vec<TrackAnnouncement>,
     ) -> Result<(), SignalError> {
+        if !actor.claims.can_publish {
+            return Err(SignalError::Forbidden("publish-offer: this token may not publish (canPublish: false)".into()));
+        }
         let media = self.media()?.clone();
         if sdp.trim().is_empty() {
             return Err(SignalError::BadRequest("sdp: must be an SDP offer".into()));
@@ -221,6 +226,9 @@ impl RoomService {
         Ok(())
     }
 
+    /// `track-subscribe`; a token with `canSubscribe: false` receives no
+    /// media at all (the media plane never offers it any), so asking is
+    /// `forbidden`.
     pub fn track_subscribe(
         &self,
         actor: &Actor,
@@ -229,6 +237,11 @@ impl RoomService {
         subscribe: bool,
         ceiling: Option<media::allocate::Layer>,
     ) -> Result<(), SignalError> {
+        if !actor.claims.can_subscribe {
+            return Err(SignalError::Forbidden(
+                "track-subscribe: this token may not receive media (canSubscribe: false)".into(),
+            ));
+        }
         let media = self.media()?.clone();
         let mut rooms = self.rooms.lock();
         let s = find(&mut rooms, room_id)?;

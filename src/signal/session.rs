@@ -287,8 +287,8 @@ impl State {
             }
             ClientMessage::CallAccept { call_id } => calls.accept(a, &call_id).map(|_| None)?,
             ClientMessage::CallAnswer { call_id, sdp } => calls.answer(a, &call_id, sdp).map(|_| None)?,
-            ClientMessage::IceCandidate { call_id, candidate } => {
-                calls.ice_candidate(a, &call_id, candidate).map(|_| None)?
+            ClientMessage::IceCandidate { call_id, as_sent, .. } => {
+                calls.ice_candidate(a, &call_id, as_sent).map(|_| None)?
             }
             ClientMessage::CallSdpUpdate { call_id, sdp, sdp_type } => {
                 calls.sdp_update(a, &call_id, sdp, sdp_type).map(|_| None)?

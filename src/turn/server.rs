@@ -148,6 +148,11 @@ struct Alloc {
     username: String,
     relay: Arc<UdpSocket>,
     relay_addr: SocketAddr,
+    /// The transaction id of the Allocate that made it, and the success
+    /// sent for it: a retransmission of that request gets the same again
+    /// (RFC 8656 7.2), any other Allocate on the 5-tuple 437.
+    tid: [u8; 12],
+    response: Vec<u8>,
     sink: Sink,
     expires: Mutex<Instant>,
     state: Mutex<AllocState>,

@@ -35,6 +35,7 @@ pub enum Class {
 pub const USERNAME: u16 = 0x0006;
 pub const MESSAGE_INTEGRITY: u16 = 0x0008;
 pub const ERROR_CODE: u16 = 0x0009;
+pub const UNKNOWN_ATTRIBUTES: u16 = 0x000A;
 pub const CHANNEL_NUMBER: u16 = 0x000C;
 pub const LIFETIME: u16 = 0x000D;
 pub const XOR_PEER_ADDRESS: u16 = 0x0012;
@@ -42,6 +43,7 @@ pub const DATA_ATTR: u16 = 0x0013;
 pub const REALM: u16 = 0x0014;
 pub const NONCE: u16 = 0x0015;
 pub const XOR_RELAYED_ADDRESS: u16 = 0x0016;
+pub const REQUESTED_ADDRESS_FAMILY: u16 = 0x0017;
 pub const REQUESTED_TRANSPORT: u16 = 0x0019;
 pub const XOR_MAPPED_ADDRESS: u16 = 0x0020;
 pub const SOFTWARE: u16 = 0x8022;
@@ -87,7 +89,7 @@ impl<'a> Message<'a> {
         }
         let ty = u16::from_be_bytes([b[0], b[1]]);
         let len = u16::from_be_bytes([b[2], b[3]]) as usize;
-        if len % 4 != 0 || HEADER + len != b.len() {
+        if !len.is_multiple_of(4) || HEADER + len != b.len() {
             return Err(StunError::Length);
         }
         let method = (ty & 0x000F) | ((ty & 0x00E0) >> 1) | ((ty & 0x3E00) >> 2);
@@ -133,7 +135,8 @@ impl<'a> Message<'a> {
         self.attrs.iter().filter(move |a| a.0 == t).map(|a| a.1)
     }
 
-    /// Attribute types the server does not understand but must (0x0000-0x7FFF).
+    /// Attribute types the server does not understand but must (0x0000-0x7FFF),
+    /// each once, in the order they first appear.
     pub fn unknown_required(&self) -> Vec<u16> {
         const KNOWN: &[u16] = &[
             USERNAME,
@@ -148,14 +151,20 @@ impl<'a> Message<'a> {
             XOR_RELAYED_ADDRESS,
             REQUESTED_TRANSPORT,
             XOR_MAPPED_ADDRESS,
-            0x0017, // REQUESTED-ADDRESS-FAMILY
+            REQUESTED_ADDRESS_FAMILY,
             0x0018, // EVEN-PORT
             0x001A, // DONT-FRAGMENT
             0x0022, // RESERVATION-TOKEN
             0x0024, // PRIORITY (ICE)
             0x0025, // USE-CANDIDATE (ICE)
         ];
-        self.attrs.iter().map(|a| a.0).filter(|t| *t < 0x8000 && !KNOWN.contains(t)).collect()
+        let mut unknown: Vec<u16> = Vec::new();
+        for t in self.attrs.iter().map(|a| a.0) {
+            if t < 0x8000 && !KNOWN.contains(&t) && !unknown.contains(&t) {
+                unknown.push(t);
+            }
+        }
+        unknown
     }
 
     pub fn text(&self, t: u16) -> Option<&'a str> {

@@ -3,7 +3,8 @@
 // video (framesDecoded from getStats); Carol joins late and decodes both;
 // Alice shares her screen and it appears as a new tile at Bob and decodes;
 // Bob stops his camera and Alice's tile for him says so; Bob's connection
-// drops and the page reconnects and receives again.
+// drops and the page reconnects and receives again. Quality badges read
+// "unknown" until the page's first connection-quality, then a rating.
 // With "relay", every page uses iceTransportPolicy "relay" (?relay=1), so all
 // media crosses confer's TURN server, and the selected pairs are checked.
 // Exits 0 on success and prints a JSON summary; any console error fails it.
@@ -17,6 +18,30 @@ const { chromium } = require('playwright-core');
   const started = Date.now();
   const join = async (name, viewport) => {
     const ctx = await browser.newContext(viewport ? { viewport } : {});
+    // Every state each quality badge shows, and whether the page had been
+    // sent a connection-quality by then: before any score exists, a badge
+    // may only say "unknown" (SPEC 4, 8). The message listener is added
+    // before the page's own onmessage, so it runs first.
+    await ctx.addInitScript(() => {
+      window.__badges = [];
+      window.__scored = false;
+      const Native = window.WebSocket;
+      window.WebSocket = class extends Native {
+        constructor(...args) {
+          super(...args);
+          this.addEventListener('message', (e) => { if (typeof e.data === 'string' && e.data.includes('"connection-quality"')) window.__scored = true; });
+        }
+      };
+      const last = new WeakMap();
+      new MutationObserver(() => {
+        for (const b of document.querySelectorAll('#tiles .badge')) {
+          const text = b.hidden ? null : b.textContent;
+          if (last.has(b) && last.get(b) === text) continue;
+          last.set(b, text);
+          window.__badges.push({ peer: b.parentElement?.dataset.peer, text, scored: window.__scored });
+        }
+      }).observe(document, { subtree: true, childList: true, characterData: true, attributes: true });
+    });
     const page = await ctx.newPage();
     page.on('console', (m) => { if (m.type() === 'error') errors.push(`${name}: ${m.text()}`); });
     page.on('pageerror', (e) => errors.push(`${name}: ${e.message}`));
@@ -46,6 +71,12 @@ const { chromium } = require('playwright-core');
   };
   const ok = (f, want) => Object.values(f).filter((n) => n > 10).length >= want;
   const alice = await join('Alice');
+  // Joined, nothing measured yet: her own tile's badge says so.
+  await alice.waitForSelector('#tiles .tile[data-peer="me"] .badge', { state: 'attached', timeout: 10000 });
+  const aliceBadgeAtJoin = await alice.evaluate(() => {
+    const b = document.querySelector('#tiles .tile[data-peer="me"] .badge');
+    return { text: b && !b.hidden ? b.textContent : null, scored: window.__scored };
+  });
   const bob = await join('Bob');
   const a = await decoded(alice, 1), b = await decoded(bob, 1);
   const t0 = Date.now();
@@ -80,6 +111,14 @@ const { chromium } = require('playwright-core');
   // connection-quality (every 5 s on change) puts a rating badge on the tiles.
   await alice.waitForFunction(() => [...document.querySelectorAll('#tiles .badge')].some((b) => !b.hidden && /excellent|good|fair|poor|bad/.test(b.textContent)), null, { timeout: 12000 });
   const badges = await alice.evaluate(() => [...document.querySelectorAll('#tiles .badge')].filter((b) => !b.hidden).map((b) => b.textContent));
+  // What each page's badges showed before its first connection-quality:
+  // "unknown" only (never "bad", nor any rating), and Alice's did show it.
+  const badgesBeforeScore = {};
+  for (const [who, p] of [['alice', alice], ['bob', bob], ['carol', carol]]) {
+    badgesBeforeScore[who] = [...new Set((await p.evaluate(() => window.__badges)).filter((s) => !s.scored && s.text !== null).map((s) => s.text))];
+  }
+  const unknownFirst = aliceBadgeAtJoin.text === 'unknown' && !aliceBadgeAtJoin.scored
+    && Object.values(badgesBeforeScore).every((texts) => texts.every((t) => t === 'unknown'));
 
   // Which candidate types carry the media.
   const pairTypes = async (p) => p.evaluate(async () => {
@@ -98,8 +137,8 @@ const { chromium } = require('playwright-core');
     await alice.waitForTimeout(500);
     await alice.screenshot({ path: process.env.SCREENSHOT });
   }
-  console.log(JSON.stringify({ relay, alice: a, bob: b, carol: c, carolSeconds, carolTiles: tiles, phoneOverflow, keyboardMute, bobWithScreen, muteShown, bobAfterReconnect, badges, alicePairTypes: types, errors, bobUpdates: bob.updates }));
+  console.log(JSON.stringify({ relay, alice: a, bob: b, carol: c, carolSeconds, carolTiles: tiles, phoneOverflow, keyboardMute, bobWithScreen, muteShown, bobAfterReconnect, badges, aliceBadgeAtJoin, badgesBeforeScore, unknownFirst, alicePairTypes: types, errors, bobUpdates: bob.updates }));
   await browser.close();
   const relayed = !relay || (types.length > 0 && types.every((t) => t === 'relay'));
-  process.exit(ok(a, 1) && ok(b, 1) && ok(c, 2) && ok(bobWithScreen, 3) && ok(bobAfterReconnect, 2) && relayed && phoneOverflow <= 0 && keyboardMute === 'true' && errors.length === 0 ? 0 : 1);
+  process.exit(ok(a, 1) && ok(b, 1) && ok(c, 2) && ok(bobWithScreen, 3) && ok(bobAfterReconnect, 2) && relayed && unknownFirst && phoneOverflow <= 0 && keyboardMute === 'true' && errors.length === 0 ? 0 : 1);
 })().catch((e) => { console.error(e); process.exit(2); });

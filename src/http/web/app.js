@@ -227,7 +227,12 @@ function addTile(peerId, name) {
   video.autoplay = true; video.playsInline = true; video.muted = peerId === 'me';
   video.setAttribute('aria-label', `Video of ${name || peerId}`);
   const label = document.createElement('span'); label.className = 'label'; label.textContent = name || peerId;
-  const badge = document.createElement('span'); badge.className = 'badge'; badge.hidden = true;
+  // The connection-quality badge of a person in a room says "unknown" until
+  // the server sends their first score (SPEC 4, 8); a screen-share tile has
+  // none (its person's tile has it), nor has a 1:1 call (nothing scores it).
+  const badge = document.createElement('span'); badge.className = 'badge unknown';
+  badge.textContent = 'unknown'; badge.title = 'connection quality not measured yet';
+  badge.hidden = !S.roomId || peerId.includes(':') || peerId === 'unknown';
   const muted = document.createElement('span'); muted.className = 'muted'; muted.hidden = true;
   const layer = document.createElement('span'); layer.className = 'layer'; layer.hidden = true;
   const paused = document.createElement('span'); paused.className = 'paused'; paused.hidden = true;

@@ -29,8 +29,9 @@ use std::time::{Duration, Instant};
 const KEYFRAME_FOLLOWUPS: [Duration; 2] = [Duration::from_millis(400), Duration::from_millis(1200)];
 
 /// A participant as the media plane sees it.
-#[derive(Default)]
 struct Participant {
+    /// Whether its token may receive media (`canSubscribe`).
+    may_subscribe: bool,
     publisher: Option<LegId>,
     subscriber: Option<LegId>,
     /// Announced in `publish-offer`, by mid.
@@ -104,9 +105,11 @@ impl Router {
         self.participants.is_empty()
     }
 
-    /// A participant joins: it gets everything already published.
-    pub fn join(&mut self, peer: &PeerId, io: &mut Io, now: Instant) {
-        self.participants.insert(peer.clone(), Participant::default());
+    /// A participant joins: it gets everything already published, unless
+    /// it may not subscribe.
+    pub fn join(&mut self, peer: &PeerId, may_subscribe: bool, io: &mut Io, now: Instant) {
+        let p = Participant { may_subscribe, publisher: None, subscriber: None, announced: HashMap::new() };
+        self.participants.insert(peer.clone(), p);
         // Video first: aiortc fails to route video on a bundle whose first
         // m-section is audio (seen as a late joiner never decoding).
         let mut existing: Vec<(bool, TrackId)> =

@@ -275,14 +275,14 @@ impl Router {
         self.dirty.push(leg_id);
     }
 
-    /// Add a producer to a subscriber's leg (created on first use). The
-    /// caller renegotiates.
+    /// Add a producer to a subscriber's leg (created on first use), unless
+    /// the participant may not subscribe. The caller renegotiates.
     pub(super) fn add_sender(&mut self, peer_id: &PeerId, track: &TrackId, io: &mut Io, now: Instant) {
         let Some(prod) = self.producers.get(track) else { return };
         if &prod.peer == peer_id {
             return;
         }
-        let Some(peer) = self.participants.get(peer_id) else { return };
+        let Some(peer) = self.participants.get(peer_id).filter(|p| p.may_subscribe) else { return };
         let kind = match prod.kind {
             TrackKind::Audio => RtpCodecKind::Audio,
             TrackKind::Video => RtpCodecKind::Video,

@@ -3,6 +3,10 @@
 
 use super::*;
 
+/// REQUESTED-ADDRESS-FAMILY values (RFC 8656 18.8).
+const FAMILY_IPV4: u8 = 0x01;
+const FAMILY_IPV6: u8 = 0x02;
+
 /// How a request was authenticated: the key for MESSAGE-INTEGRITY on replies.
 struct Authed {
     username: String,
@@ -11,10 +15,23 @@ struct Authed {
 
 impl Inner {
     pub(super) async fn handle(self: &Arc<Self>, ck: ClientKey, sink: &Sink, data: &[u8], out: &mut Vec<u8>) {
-        if data.first().is_some_and(|b| (0x40..=0x7F).contains(b)) {
+        // ChannelData: channel numbers 0x4000-0x4FFF (RFC 8656 12); a first
+        // byte of 0x50-0x7F is reserved and, not being STUN either, dropped.
+        if data.first().is_some_and(|b| (0x40..=0x4F).contains(b)) {
             return self.channel_data(ck, data).await;
         }
         let Ok(msg) = Message::parse(data) else { return };
+        // RFC 8489 6.3.1: a request with a comprehension-required attribute
+        // the server does not know gets 420 listing them in UNKNOWN-ATTRIBUTES.
+        if msg.class == Class::Request {
+            let unknown = msg.unknown_required();
+            if !unknown.is_empty() {
+                let mut b = Builder::new(out, msg.method, Class::Error, msg.tid);
+                let list: Vec<u8> = unknown.iter().flat_map(|t| t.to_be_bytes()).collect();
+                b.error(420, "Unknown Attribute").attr(stun::UNKNOWN_ATTRIBUTES, &list).fingerprint();
+                return sink.send(out).await;
+            }
+        }
         match (msg.class, msg.method) {
             (Class::Request, stun::BINDING) => {
                 let mut b = Builder::new(out, stun::BINDING, Class::Success, msg.tid);
@@ -26,13 +43,6 @@ impl Inner {
                 Class::Request,
                 method @ (stun::ALLOCATE | stun::REFRESH | stun::CREATE_PERMISSION | stun::CHANNEL_BIND),
             ) => {
-                let unknown = msg.unknown_required();
-                if !unknown.is_empty() {
-                    let mut b = Builder::new(out, method, Class::Error, msg.tid);
-                    let list: Vec<u8> = unknown.iter().flat_map(|t| t.to_be_bytes()).collect();
-                    b.error(420, "Unknown Attribute").attr(0x000A, &list).fingerprint();
-                    return sink.send(out).await;
-                }
                 let auth = match self.authenticate(&msg, out) {
                     Ok(a) => a,
                     Err(()) => return sink.send(out).await,
@@ -114,13 +124,31 @@ impl Inner {
         auth: &Authed,
         out: &mut Vec<u8>,
     ) -> Result<(), (u16, &'static str)> {
-        if self.allocs.lock().contains_key(&ck) {
+        let existing = self.allocs.lock().get(&ck).cloned();
+        if let Some(a) = existing {
+            if a.tid == msg.tid && a.username == auth.username {
+                out.clear();
+                out.extend_from_slice(&a.response);
+                return Ok(());
+            }
             return Err((437, "Allocation Mismatch"));
         }
         match msg.attr(stun::REQUESTED_TRANSPORT) {
             Some(v) if v.len() == 4 && v[0] == 17 => {}
-            Some(_) => return Err((442, "Unsupported Transport Protocol")),
-            None => return Err((400, "Bad Request")),
+            Some(v) if v.len() == 4 => return Err((442, "Unsupported Transport Protocol")),
+            _ => return Err((400, "Bad Request")),
+        }
+        // RFC 8656 7.2: the relayed address is of the family asked for, and
+        // this server relays on one address only (the family of relay_ip).
+        match msg.attr(stun::REQUESTED_ADDRESS_FAMILY) {
+            None => {}
+            Some(v) if v.len() == 4 => {
+                let ours = if self.relay_ip.is_ipv4() { FAMILY_IPV4 } else { FAMILY_IPV6 };
+                if v[0] != ours {
+                    return Err((440, "Address Family not Supported"));
+                }
+            }
+            Some(_) => return Err((400, "Bad Request")),
         }
         let user = auth.username.split_once(':').map(|(_, u)| u).unwrap_or(&auth.username).to_owned();
         if self.allocs.lock().values().filter(|a| a.user == user).count() >= self.user_quota {
@@ -129,12 +157,20 @@ impl Inner {
         let relay = self.bind_relay().await.ok_or((508, "Insufficient Capacity"))?;
         let relay_addr = relay.local_addr().map_err(|_| (508, "Insufficient Capacity"))?;
         let lifetime = msg.u32_attr(stun::LIFETIME).unwrap_or(DEFAULT_LIFETIME).clamp(DEFAULT_LIFETIME, MAX_LIFETIME);
+        let mut b = Builder::new(out, stun::ALLOCATE, Class::Success, msg.tid);
+        b.xor_addr(stun::XOR_RELAYED_ADDRESS, relay_addr)
+            .u32(stun::LIFETIME, lifetime)
+            .xor_addr(stun::XOR_MAPPED_ADDRESS, ck.addr)
+            .integrity(&auth.key)
+            .fingerprint();
         let now = Instant::now();
         let alloc = Arc::new(Alloc {
             user,
             username: auth.username.clone(),
             relay: Arc::new(relay),
             relay_addr,
+            tid: msg.tid,
+            response: out.clone(),
             sink: sink.clone(),
             expires: Mutex::new(now + Duration::from_secs(lifetime.into())),
             state: Mutex::new(AllocState::default()),
@@ -151,12 +187,6 @@ impl Inner {
         }
         let task = tokio::spawn(relay_loop(alloc.clone(), self.clone()));
         *alloc.task.lock() = Some(task.abort_handle());
-        let mut b = Builder::new(out, stun::ALLOCATE, Class::Success, msg.tid);
-        b.xor_addr(stun::XOR_RELAYED_ADDRESS, relay_addr)
-            .u32(stun::LIFETIME, lifetime)
-            .xor_addr(stun::XOR_MAPPED_ADDRESS, ck.addr)
-            .integrity(&auth.key)
-            .fingerprint();
         Ok(())
     }
 
@@ -216,6 +246,9 @@ impl Inner {
             tracing::debug!(peer = %p.ip(), "TURN permission refused: peer address not allowed");
             return Err((403, "Forbidden"));
         }
+        if peers.iter().any(|p| p.is_ipv4() != alloc.relay_addr.is_ipv4()) {
+            return Err((443, "Peer Address Family Mismatch"));
+        }
         let until = Instant::now() + PERMISSION_LIFETIME;
         let mut st = alloc.state.lock();
         for p in peers {
@@ -238,12 +271,18 @@ impl Inner {
         let (Some(ch), Some(peer)) = (ch, msg.xor_addr(stun::XOR_PEER_ADDRESS)) else {
             return Err((400, "Bad Request"));
         };
-        if !(0x4000..=0x7FFF).contains(&ch) {
-            return Err((400, "Bad Request"));
-        }
+        // A denied peer hears 403 whatever channel it asked for (SPEC 6).
         if !self.filter.permits(peer.ip()) {
             self.metrics.denied_peers.inc();
             return Err((403, "Forbidden"));
+        }
+        // RFC 8656 12: channel numbers are 0x4000 through 0x4FFF (RFC 5766
+        // allowed up to 0x7FFF, which coturn's uclient still picks from).
+        if !(0x4000..=0x4FFF).contains(&ch) {
+            return Err((400, "Bad Request"));
+        }
+        if peer.is_ipv4() != alloc.relay_addr.is_ipv4() {
+            return Err((443, "Peer Address Family Mismatch"));
         }
         let now = Instant::now();
         let mut st = alloc.state.lock();
