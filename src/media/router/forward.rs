@@ -32,6 +32,10 @@ use std::time::{Instant, SystemTime};
 /// the new layer's keyframe, when most of it would be lost anyway.
 const CUT_OVERLOAD: f64 = 1.5;
 
+/// An estimate that falls under this fraction of what it was with one
+/// feedback message is shared again at once.
+const FELL: f64 = 0.7;
+
 /// How often layer bitrates are measured and each subscriber's estimate is
 /// shared among its tracks.
 const ALLOCATE_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
@@ -341,6 +345,7 @@ impl Router {
         use rtcp::payload_feedbacks::receiver_estimated_maximum_bitrate::ReceiverEstimatedMaximumBitrate;
         use rtcp::transport_feedbacks::transport_layer_cc::TransportLayerCc;
         let Some(Transport { side: Side::Subscriber { bwe, .. }, .. }) = self.transports.get_mut(&leg) else { return };
+        let before = bwe.estimate_bps();
         for p in pkts {
             let any = p.as_any();
             if let Some(fb) = any.downcast_ref::<TransportLayerCc>() {
@@ -360,15 +365,25 @@ impl Router {
                 }
             }
         }
+        // A link that shrank: share what is left now, not at the next tick.
+        if (bwe.estimate_bps() as f64) < before as f64 * FELL {
+            self.next_allocation = now;
+        }
     }
 
     /// Measure what each layer costs, then share every subscriber's
     /// estimate among its tracks (SPEC 5.1 allocation) and point each
     /// consumer at the layer it got.
-    pub(super) fn allocate(&mut self, secs: f64, now: Instant, io: &Io) {
+    pub(super) fn allocate(&mut self, now: Instant, io: &Io) {
         use allocate::{Kind, TrackInput};
-        for p in self.producers.values_mut() {
-            p.measure(secs);
+        // Measured over whole periods only: an allocation pulled forward (a
+        // new subscription, a falling estimate) uses the last measurement.
+        let since = now.saturating_duration_since(self.last_measure);
+        if since >= ALLOCATE_EVERY {
+            self.last_measure = now;
+            for p in self.producers.values_mut() {
+                p.measure(since.as_secs_f64());
+            }
         }
         let subscribers: Vec<LegId> = self
             .transports
@@ -578,9 +593,8 @@ impl Router {
         self.choose_layers(now, io);
         self.pad(now, io);
         if now >= self.next_allocation {
-            let secs = ALLOCATE_EVERY.as_secs_f64();
             self.next_allocation = now + ALLOCATE_EVERY;
-            self.allocate(secs, now, io);
+            self.allocate(now, io);
         }
     }
 }

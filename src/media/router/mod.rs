@@ -57,6 +57,8 @@ pub struct Router {
     next_alloc_id: u32,
     /// When layer bitrates are measured and subscribers' layers allocated next.
     next_allocation: Instant,
+    /// When layer bitrates were last measured.
+    last_measure: Instant,
     /// Reused for parsing transport-wide feedback.
     arrivals: Vec<(u16, Option<i64>)>,
     feedback: Vec<crate::media::bwe::Arrival>,
@@ -89,6 +91,7 @@ impl Router {
             plis: metrics.pli.clone(),
             next_alloc_id: 0,
             next_allocation: Instant::now(),
+            last_measure: Instant::now(),
             arrivals: Vec::new(),
             feedback: Vec::new(),
             early: HashMap::new(),
