@@ -7,7 +7,7 @@
 //! Run: `cargo bench --bench forwarding`.
 
 use bytes::Bytes;
-use confer::media::egress::Writer;
+use confer::media::egress::{Stamps, Writer};
 use confer::media::forwarder::{self, Decision, Forwarder};
 use confer::media::ids::Ssrc;
 use confer::media::rewrite::Rewrite;
@@ -42,7 +42,7 @@ fn forwarding(c: &mut Criterion) {
         extensions: vec![(1, 2), (3, 5)],
         mid: Some((9, Bytes::from_static(b"3"))),
         transport_cc: Some(6),
-        rtx: None,
+        ..Default::default()
     };
     let mut fwd = Forwarder::new(Ssrc(77), vec![(96, 100), (111, 109)]);
     let template = header();
@@ -62,7 +62,7 @@ fn forwarding(c: &mut Criterion) {
     c.bench_function("decide + rewrite one consumer (into a reused header)", |b| {
         b.iter(|| {
             let Decision::Send(send) = fwd.decide(&info(black_box(&template), b"x"), true, now) else { panic!("sent") };
-            rewrite.apply_into(black_box(&template), &send, &mut h, Some(numbers.clone()));
+            rewrite.apply_into(black_box(&template), &send, &mut h, Some(numbers.clone()), false);
             black_box(&h);
         })
     });
@@ -78,7 +78,8 @@ fn forwarding(c: &mut Criterion) {
         b.iter(|| {
             n = n.wrapping_add(1);
             let send = forwarder::Send { ssrc: Ssrc(77), seq: n, ts: 3000, pt: 100, vp8: None, switched: false };
-            let out = writer.protect(&mut ctx, &rewrite, black_box(&pkt), &send, Some(n), None).expect("protect");
+            let stamps = Stamps { transport_seq: Some(n), send_time: None };
+            let out = writer.protect(&mut ctx, &rewrite, black_box(&pkt), &send, stamps, None).expect("protect");
             black_box(out.len())
         })
     });

@@ -6,7 +6,7 @@
 //! sees every one.
 
 use bytes::Bytes;
-use confer::media::egress::Writer;
+use confer::media::egress::{Stamps, Writer};
 use confer::media::forwarder::{self, Decision, Forwarder};
 use confer::media::ids::Ssrc;
 use confer::media::rewrite::Rewrite;
@@ -75,10 +75,13 @@ async fn forwarding_a_packet_to_many_consumers_allocates_nothing_per_copy() {
                 if i % 2 == 0 { ProtectionProfile::AeadAes128Gcm } else { ProtectionProfile::Aes128CmHmacSha1_80 };
             let (key, salt) = (vec![i as u8; profile.key_len()], vec![9u8; profile.salt_len()]);
             let ctx = Context::new(&key, &salt, profile, None, None, provider.crypto()).expect("context");
+            // Every other leg without transport-cc, stamped with abs-send-time.
+            let twcc = i % 4 < 2;
             let rewrite = Rewrite {
                 extensions: vec![(1, 2), (3, 5)],
                 mid: Some((9, Bytes::from_static(b"3"))),
-                transport_cc: Some(6),
+                transport_cc: twcc.then_some(6),
+                abs_send_time: (!twcc).then_some(7),
                 rtx: None,
             };
             (ctx, rewrite, Forwarder::new(Ssrc(5000 + i as u32), vec![(96, 100)]))
@@ -98,7 +101,11 @@ async fn forwarding_a_packet_to_many_consumers_allocates_nothing_per_copy() {
         for (ctx, rewrite, fwd) in legs.iter_mut() {
             let Decision::Send(send) = fwd.decide(&info, true, now) else { panic!("payload type negotiated") };
             transport_seq = transport_seq.wrapping_add(1);
-            let out = writer.protect(ctx, rewrite, pkt, &send, Some(transport_seq), None).expect("protect");
+            let stamps = match rewrite.transport_cc {
+                Some(_) => Stamps { transport_seq: Some(transport_seq), send_time: None },
+                None => Stamps { transport_seq: None, send_time: Some(u32::from(transport_seq) << 8) },
+            };
+            let out = writer.protect(ctx, rewrite, pkt, &send, stamps, None).expect("protect");
             assert_eq!(batch.push(&tx, out, to), 0, "queued and sent");
             sent += 1;
         }

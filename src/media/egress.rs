@@ -17,7 +17,9 @@
 //!
 //! - **transport-wide sequence numbers** ([`LegOut::transport_seq`]), whose
 //!   send times go to the leg's [`super::observe::Observed`] so TWCC feedback
-//!   still gives a round trip;
+//!   still gives a round trip, or on a leg without transport-cc the
+//!   **abs-send-time** of each packet ([`LegOut::send_time`]), which a REMB
+//!   receiver's estimator needs;
 //! - **retransmission on NACK**, from a per-producer [`super::producer::History`]
 //!   of what the publisher sent, rewritten again for the consumer that asks
 //!   (one copy of each packet is kept, not one per subscriber), on the leg's
@@ -57,9 +59,39 @@ impl Default for Writer {
     }
 }
 
+/// What a leg stamps on each packet it sends: its transport-wide sequence
+/// number when it negotiated transport-cc, else its abs-send-time (24-bit
+/// 6.18 fixed-point seconds) when it negotiated that.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Stamps {
+    pub transport_seq: Option<u16>,
+    pub send_time: Option<u32>,
+}
+
 impl Writer {
-    /// `pkt` rewritten for one consumer as `send` decided (and numbered
-    /// `transport_seq` on the leg), then protected in the writer's own buffer:
+    /// The header as `rewrite` and `stamps` want it, marshalled at the start
+    /// of the writer's buffer; its length. The abs-send-time placeholder is
+    /// filled in here, in the marshalled bytes (no allocation).
+    fn write_header(&mut self, rewrite: &Rewrite, src: &Header, send: &Send, stamps: Stamps) -> Result<usize, Error> {
+        let number = stamps.transport_seq.map(|n| {
+            let at = usize::from(n) * 2;
+            self.numbers.slice(at..at + 2)
+        });
+        rewrite.apply_into(src, send, &mut self.header, number, stamps.send_time.is_some());
+        let head = self.header.marshal_size();
+        self.plain.clear();
+        self.plain.resize(head, 0);
+        self.header.marshal_to(&mut self.plain[..head])?;
+        if let (Some(t), Some(id)) = (stamps.send_time, rewrite.abs_send_time) {
+            if let Some(at) = extension_at(&self.plain[..head], id) {
+                self.plain[at..at + 3].copy_from_slice(&t.to_be_bytes()[1..]);
+            }
+        }
+        Ok(head)
+    }
+
+    /// `pkt` rewritten for one consumer as `send` decided (and stamped
+    /// with `stamps` on the leg), then protected in the writer's own buffer:
     /// the datagram to send, valid until the next call (nothing is
     /// allocated). With `rtx` (SSRC, payload type, sequence number) it is
     /// written as an RFC 4588 retransmission instead: on the RTX stream,
@@ -70,26 +102,15 @@ impl Writer {
         rewrite: &Rewrite,
         pkt: &rtp::Packet,
         send: &Send,
-        transport_seq: Option<u16>,
+        stamps: Stamps,
         rtx: Option<(u32, u8, u16)>,
     ) -> Result<&[u8], Error> {
-        let number = transport_seq.map(|n| {
-            let at = usize::from(n) * 2;
-            self.numbers.slice(at..at + 2)
-        });
-        rewrite.apply_into(&pkt.header, send, &mut self.header, number);
-        let seq = send.seq;
-        if let Some((ssrc, pt, rtx_seq)) = rtx {
-            self.header.ssrc = ssrc;
-            self.header.payload_type = pt;
-            self.header.sequence_number = rtx_seq;
-        }
-        let head = self.header.marshal_size();
-        self.plain.clear();
-        self.plain.resize(head, 0);
-        self.header.marshal_to(&mut self.plain[..head])?;
+        // On RTX the header names the RTX stream; the payload is the
+        // original's, led by its (rewritten) sequence number.
+        let on_rtx = rtx.map(|(ssrc, pt, seq)| Send { ssrc: super::ids::Ssrc(ssrc), pt, seq, vp8: None, ..*send });
+        let head = self.write_header(rewrite, &pkt.header, on_rtx.as_ref().unwrap_or(send), stamps)?;
         if rtx.is_some() {
-            self.plain.extend_from_slice(&seq.to_be_bytes());
+            self.plain.extend_from_slice(&send.seq.to_be_bytes());
         }
         let at = self.plain.len();
         self.plain.extend_from_slice(&pkt.payload);
@@ -111,13 +132,47 @@ impl Writer {
     }
 }
 
+/// Where the payload of header extension `id` starts in a marshalled RTP
+/// header (RFC 8285, one- and two-byte forms), if it is there.
+fn extension_at(head: &[u8], id: u8) -> Option<usize> {
+    let b0 = *head.first()?;
+    if b0 & 0x10 == 0 {
+        return None;
+    }
+    let start = 12 + 4 * usize::from(b0 & 0x0f);
+    let profile = u16::from_be_bytes([*head.get(start)?, *head.get(start + 1)?]);
+    let words = u16::from_be_bytes([*head.get(start + 2)?, *head.get(start + 3)?]);
+    let end = (start + 4 + 4 * usize::from(words)).min(head.len());
+    let two_byte = profile & 0xfff0 == 0x1000;
+    let mut i = start + 4;
+    while i < end {
+        let b = head[i];
+        if b == 0 {
+            i += 1; // padding between elements
+            continue;
+        }
+        let (eid, len, at) = if two_byte {
+            (b, usize::from(*head.get(i + 1)?), i + 2)
+        } else if b >> 4 == 15 {
+            return None; // reserved: stop reading (RFC 8285 4.2)
+        } else {
+            (b >> 4, usize::from(b & 0x0f) + 1, i + 1)
+        };
+        if eid == id {
+            return (at + len <= end).then_some(at);
+        }
+        i = at + len;
+    }
+    None
+}
+
 /// The largest padding a packet carries (RFC 3550 5.1: the count is one byte).
 pub const MAX_PADDING: usize = 255;
 
 impl Writer {
     /// A padding-only packet for a bandwidth probe, protected in the writer's
     /// buffer: on the leg's RTX stream `(ssrc, payload type, sequence number)`,
-    /// with `ts`, the leg's mid and `transport_seq`, and `padding` bytes
+    /// with `ts`, the leg's mid and `stamps`, and `padding` bytes
     /// (1..=255) of RTP padding as its whole payload. A receiver counts it in
     /// its transport-wide feedback and drops it (an RTX packet too short to
     /// hold an original sequence number), as it does libwebrtc's own padding.
@@ -128,22 +183,13 @@ impl Writer {
         rewrite: &Rewrite,
         rtx: (u32, u8, u16),
         ts: u32,
-        transport_seq: Option<u16>,
+        stamps: Stamps,
         padding: usize,
     ) -> Result<&[u8], Error> {
-        let number = transport_seq.map(|n| {
-            let at = usize::from(n) * 2;
-            self.numbers.slice(at..at + 2)
-        });
         let (ssrc, pt, seq) = rtx;
         let send = Send { ssrc: super::ids::Ssrc(ssrc), seq, ts, pt, vp8: None, switched: false };
-        let src = Header { version: 2, ..Header::default() };
-        rewrite.apply_into(&src, &send, &mut self.header, number);
-        self.header.padding = true;
-        let head = self.header.marshal_size();
-        self.plain.clear();
-        self.plain.resize(head, 0);
-        self.header.marshal_to(&mut self.plain[..head])?;
+        let src = Header { version: 2, padding: true, ..Header::default() };
+        self.write_header(rewrite, &src, &send, stamps)?;
         let n = padding.clamp(1, MAX_PADDING);
         self.plain.extend(std::iter::repeat_n(0, n - 1));
         self.plain.push(n as u8);
@@ -159,9 +205,14 @@ pub struct LegOut {
     /// selected, learnt from what webrtc-rs itself sends.
     pub remote: Option<SocketAddr>,
     next_transport_seq: u16,
+    /// What abs-send-time counts from.
+    epoch: Option<Instant>,
     /// Every byte written to the leg directly (media, retransmissions,
     /// padding): what a probe's padding tops up.
     pub sent_bytes: u64,
+    /// Payload and padding bytes of the packets stamped with abs-send-time:
+    /// what a REMB receiver's estimate is measured against.
+    pub stamped_bytes: u64,
 }
 
 impl LegOut {
@@ -179,6 +230,14 @@ impl LegOut {
         let n = self.next_transport_seq;
         self.next_transport_seq = n.wrapping_add(1);
         n
+    }
+
+    /// `now` as abs-send-time: seconds in 6.18 fixed point, 24 bits (it
+    /// wraps every 64 s; receivers use only differences), counted from the
+    /// leg's first packet.
+    pub fn send_time(&mut self, now: Instant) -> u32 {
+        let since = now.saturating_duration_since(*self.epoch.get_or_insert(now));
+        ((since.as_nanos() << 18) / 1_000_000_000) as u32 & 0x00ff_ffff
     }
 }
 
@@ -260,7 +319,89 @@ mod tests {
     }
 
     fn rewrite() -> Rewrite {
-        Rewrite { extensions: vec![(1, 3)], mid: Some((4, Bytes::from_static(b"1"))), transport_cc: Some(5), rtx: None }
+        Rewrite {
+            extensions: vec![(1, 3)],
+            mid: Some((4, Bytes::from_static(b"1"))),
+            transport_cc: Some(5),
+            ..Default::default()
+        }
+    }
+
+    fn seq_stamp(n: u16) -> Stamps {
+        Stamps { transport_seq: Some(n), send_time: None }
+    }
+
+    /// A leg without transport-cc that negotiated abs-send-time: every copy,
+    /// retransmission and padding packet carries the SFU's send time in that
+    /// extension, whatever else the header holds (one- or two-byte form).
+    #[test]
+    fn abs_send_time_is_written_where_the_leg_wants_it() {
+        let (mut tx, mut rx) = contexts(ProtectionProfile::AeadAes128Gcm);
+        let mut w = Writer::default();
+        let mut r = Rewrite {
+            extensions: vec![(1, 3)],
+            mid: Some((4, Bytes::from_static(b"1"))),
+            abs_send_time: Some(2),
+            ..Default::default()
+        };
+        let stamps = Stamps { transport_seq: None, send_time: Some(0x12_3456) };
+        let mut check = |r: &Rewrite, out: Vec<u8>| {
+            let mut plain = rx.decrypt_rtp(&out).expect("decrypts");
+            let got = rtp::Packet::unmarshal(&mut plain).expect("parses");
+            assert_eq!(got.header.get_extension(2).as_deref(), Some(&[0x12, 0x34, 0x56][..]), "{r:?}");
+            assert_eq!(got.header.get_extension(4).as_deref(), Some(&b"1"[..]));
+        };
+        let out =
+            w.protect(&mut tx, &r, &publisher_packet(1, b"media", false), &send(1), stamps, None).unwrap().to_vec();
+        check(&r, out);
+        let out = w
+            .protect(&mut tx, &r, &publisher_packet(2, b"again", true), &send(2), stamps, Some((5555, 101, 3)))
+            .unwrap()
+            .to_vec();
+        check(&r, out);
+        let out = w.padding(&mut tx, &r, (5555, 101, 4), 3000, stamps, 40).unwrap().to_vec();
+        check(&r, out);
+        // A mid longer than 16 bytes forces the two-byte form.
+        r.mid = Some((4, Bytes::from_static(b"a-mid-of-twenty-bytes")));
+        let out =
+            w.protect(&mut tx, &r, &publisher_packet(3, b"media", false), &send(3), stamps, None).unwrap().to_vec();
+        let mut plain = rx.decrypt_rtp(&out).expect("decrypts");
+        let got = rtp::Packet::unmarshal(&mut plain).expect("parses");
+        assert_eq!(got.header.extension_profile, rtp::header::EXTENSION_PROFILE_TWO_BYTE);
+        assert_eq!(got.header.get_extension(2).as_deref(), Some(&[0x12, 0x34, 0x56][..]));
+        // Without send_time (a leg numbered by transport-cc), no placeholder.
+        r.mid = None;
+        let out = w
+            .protect(&mut tx, &r, &publisher_packet(4, b"media", false), &send(4), Stamps::default(), None)
+            .unwrap()
+            .to_vec();
+        let mut plain = rx.decrypt_rtp(&out).expect("decrypts");
+        let got = rtp::Packet::unmarshal(&mut plain).expect("parses");
+        assert_eq!(got.header.get_extension(2), None);
+    }
+
+    #[test]
+    fn extensions_are_found_in_marshalled_headers_and_garbage_is_not_read_past() {
+        // One-byte form: id 1 (1 byte), padding, id 2 (3 bytes).
+        let head = [0x90, 96, 0, 1, 0, 0, 0, 1, 0, 0, 0, 2, 0xbe, 0xde, 0, 2, 0x10, 0xaa, 0, 0x22, 1, 2, 3, 0];
+        assert_eq!(extension_at(&head, 2), Some(20));
+        assert_eq!(extension_at(&head, 1), Some(17));
+        assert_eq!(extension_at(&head, 3), None);
+        assert_eq!(extension_at(&head[..21], 2), None, "cut short");
+        assert_eq!(extension_at(&head[..3], 2), None);
+        let mut no_x = head;
+        no_x[0] = 0x80;
+        assert_eq!(extension_at(&no_x, 2), None);
+    }
+
+    #[test]
+    fn send_times_are_6_18_fixed_point_seconds_from_the_first() {
+        let t0 = Instant::now();
+        let mut l = LegOut::default();
+        assert_eq!(l.send_time(t0), 0);
+        assert_eq!(l.send_time(t0 + std::time::Duration::from_millis(250)), 1 << 16);
+        assert_eq!(l.send_time(t0 + std::time::Duration::from_secs(1)), 1 << 18);
+        assert_eq!(l.send_time(t0 + std::time::Duration::from_secs(65)), 1 << 18, "wraps at 64 s");
     }
 
     /// What a receiver decrypts is the rewritten packet, for both profiles,
@@ -274,8 +415,9 @@ mod tests {
                 [(&b"keyframe!"[..], false), (&b"abcd"[..], true), (&b"xyz"[..], true)].into_iter().enumerate()
             {
                 let src = publisher_packet(7000 + i as u16, payload, padding);
-                let out =
-                    w.protect(&mut tx, &rewrite(), &src, &send(10 + i as u16), Some(65535), None).expect("protect");
+                let out = w
+                    .protect(&mut tx, &rewrite(), &src, &send(10 + i as u16), seq_stamp(65535), None)
+                    .expect("protect");
                 let mut plain = rx.decrypt_rtp(out).expect("decrypts");
                 let got = rtp::Packet::unmarshal(&mut plain).expect("parses");
                 let h = &got.header;
@@ -287,7 +429,8 @@ mod tests {
             // A retransmission on RTX: its own SSRC, type and number; the
             // original number leads the payload.
             let src = publisher_packet(7000, b"lost", true);
-            let out = w.protect(&mut tx, &rewrite(), &src, &send(42), Some(3), Some((5555, 101, 9))).expect("protect");
+            let out =
+                w.protect(&mut tx, &rewrite(), &src, &send(42), seq_stamp(3), Some((5555, 101, 9))).expect("protect");
             let mut plain = rx.decrypt_rtp(out).expect("decrypts");
             let got = rtp::Packet::unmarshal(&mut plain).expect("parses");
             let h = &got.header;
@@ -303,9 +446,9 @@ mod tests {
         let (mut tx, mut rx) = contexts(ProtectionProfile::AeadAes128Gcm);
         let mut w = Writer::default();
         // A used writer: the media copy before must not leak into the padding.
-        w.protect(&mut tx, &rewrite(), &publisher_packet(1, b"media", false), &send(1), Some(1), None).unwrap();
+        w.protect(&mut tx, &rewrite(), &publisher_packet(1, b"media", false), &send(1), seq_stamp(1), None).unwrap();
         for (n, want) in [(255usize, 255usize), (1, 1), (0, 1), (9000, 255)] {
-            let out = w.padding(&mut tx, &rewrite(), (5555, 101, 77), 3000, Some(513), n).expect("padding");
+            let out = w.padding(&mut tx, &rewrite(), (5555, 101, 77), 3000, seq_stamp(513), n).expect("padding");
             let len = out.len();
             let mut plain = rx.decrypt_rtp(out).expect("decrypts");
             let raw = plain.clone();
@@ -331,7 +474,8 @@ mod tests {
             let mut w = Writer::default();
             for seq in [65533u16, 65534, 65535, 0, 1, 2] {
                 let src = publisher_packet(seq, b"same bytes either way", seq % 2 == 0);
-                let ours = w.protect(&mut in_place, &rewrite(), &src, &send(seq), Some(seq), None).expect("protect");
+                let ours =
+                    w.protect(&mut in_place, &rewrite(), &src, &send(seq), seq_stamp(seq), None).expect("protect");
                 let ours = ours.to_vec();
                 let plain = rx.decrypt_rtp(&ours).expect("decrypts");
                 let theirs = published.encrypt_rtp(&plain).expect("published encrypt");

@@ -32,6 +32,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub const TRANSPORT_CC_URI: &str = "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01";
+/// The abs-send-time header extension (webrtc.org): 24-bit 6.18 fixed-point send times that
+/// a receiver without transport-cc estimates from and reports in REMB.
+pub const ABS_SEND_TIME_URI: &str = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time";
 
 /// Send times kept per leg: a second and more of video at 3 Mbit/s.
 const RING: usize = 4096;

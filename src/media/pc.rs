@@ -62,6 +62,16 @@ pub fn build(
         RtpCodecKind::Audio,
         None,
     )?;
+    // A subscriber without transport-cc (aiortc) estimates its own
+    // bandwidth from abs-send-time and reports it in REMB (negotiated by
+    // the default codecs' goog-remb feedback); the egress writes the times.
+    if role == super::Role::Subscriber {
+        media.register_header_extension(
+            RTCRtpHeaderExtensionCapability { uri: super::observe::ABS_SEND_TIME_URI.to_owned() },
+            RtpCodecKind::Video,
+            None,
+        )?;
+    }
     // What the defaults negotiate (their registries are not used).
     register_default_interceptors(Registry::new(), &mut media)?;
     configure_twcc_sender_only(Registry::new(), &mut media)?;

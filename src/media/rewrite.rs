@@ -19,6 +19,12 @@ pub struct Rewrite {
     /// The subscriber leg's transport-wide sequence number extension id, when
     /// it negotiated transport-cc: every packet on the leg is numbered.
     pub transport_cc: Option<u8>,
+    /// The leg's abs-send-time extension id, when it negotiated that and not
+    /// transport-cc: a receiver without transport-cc feedback (aiortc) runs
+    /// its own estimator on these send times and tells the SFU its result
+    /// in REMB. Like transport-wide numbers it is per hop: the leg writes the
+    /// time the SFU sends ([`super::egress::Stamps`]), never the publisher's.
+    pub abs_send_time: Option<u8>,
     /// RFC 4588 retransmission stream, when the leg negotiated one.
     pub rtx: Option<Rtx>,
 }
@@ -42,14 +48,16 @@ impl Rewrite {
     /// Write `src` rewritten for this leg into `dst` as `send` decided,
     /// reusing `dst`'s buffers (no allocation once they have grown): SSRC,
     /// payload type, sequence number, timestamp, extension ids, the leg's mid,
-    /// and `transport_seq` (two bytes, big endian) when the leg numbers its
-    /// packets.
+    /// `transport_seq` (two bytes, big endian) when the leg numbers its
+    /// packets, and with `send_time` the leg's abs-send-time extension last,
+    /// as three zero bytes the writer fills in once the header is marshalled.
     pub fn apply_into(
         &self,
         src: &rtp::header::Header,
         send: &Send,
         dst: &mut rtp::header::Header,
         transport_seq: Option<bytes::Bytes>,
+        send_time: bool,
     ) {
         dst.version = src.version;
         dst.padding = src.padding;
@@ -74,6 +82,9 @@ impl Rewrite {
         }
         if let (Some(id), Some(n)) = (self.transport_cc, transport_seq) {
             dst.extensions.push(rtp::header::Extension { id, payload: n });
+        }
+        if let (Some(id), true) = (self.abs_send_time, send_time) {
+            dst.extensions.push(rtp::header::Extension { id, payload: bytes::Bytes::from_static(&[0; 3]) });
         }
         dst.extension = !dst.extensions.is_empty();
         if dst.extension {
@@ -109,7 +120,7 @@ mod tests {
     }
 
     fn leg_rewrite() -> Rewrite {
-        Rewrite { extensions: vec![(1, 3), (4, 2)], mid: None, transport_cc: None, rtx: None }
+        Rewrite { extensions: vec![(1, 3), (4, 2)], ..Default::default() }
     }
 
     const SEND: Send = Send { ssrc: Ssrc(4242), seq: 70, ts: 91_000, pt: 100, vp8: None, switched: false };
@@ -119,7 +130,7 @@ mod tests {
         let mut dst = header(1, &[(7, b"old"), (8, b"old")]);
         dst.csrc = vec![9, 9];
         dst.padding = true;
-        r.apply_into(src, &SEND, &mut dst, Some(Bytes::from_static(b"\x01\x02")));
+        r.apply_into(src, &SEND, &mut dst, Some(Bytes::from_static(b"\x01\x02")), true);
         dst
     }
 
@@ -147,6 +158,11 @@ mod tests {
         let h = applied(&r, &header(96, &[(1, b"\x10")]));
         let exts: Vec<(u8, &[u8])> = h.extensions.iter().map(|e| (e.id, &e.payload[..])).collect();
         assert_eq!(exts, vec![(3, &b"\x10"[..]), (5, &b"2"[..]), (6, &b"\x01\x02"[..])]);
+        // With abs-send-time, three bytes for the writer to fill in, last.
+        r.abs_send_time = Some(7);
+        let h = applied(&r, &header(96, &[(1, b"\x10")]));
+        let exts: Vec<(u8, &[u8])> = h.extensions.iter().map(|e| (e.id, &e.payload[..])).collect();
+        assert_eq!(exts, vec![(3, &b"\x10"[..]), (5, &b"2"[..]), (6, &b"\x01\x02"[..]), (7, &[0, 0, 0][..])]);
     }
 
     #[test]

@@ -293,12 +293,19 @@ fn remb_and_receiver_reports_without_twcc() {
     let mut remb = Estimator::new(cfg, t0);
     assert_eq!(remb.estimate_bps(), 1_000_000);
     assert_eq!(remb.acknowledged_bps(), None);
-    for (given, expect) in [(800_000, 800_000), (u64::MAX, 5_000_000), (0, 100_000), (2_000_000, 2_000_000)] {
-        remb.on_remb(given);
-        assert_eq!(remb.estimate_bps(), expect, "REMB {given}");
-    }
-    remb.on_receiver_report(0.5, at(1));
-    assert_eq!(remb.estimate_bps(), 1_500_000, "REMB 2 Mbit/s with 50 % loss");
+    // Until a REMB says the receiver gets less than it is sent, REMB limits nothing (a
+    // receive-side estimate reports about what it receives: it says nothing of headroom).
+    remb.on_remb(800_000, 0, at(0));
+    remb.on_remb(u64::MAX, 125_000, at(1));
+    assert_eq!(remb.estimate_bps(), 1_000_000, "no congestion seen: the initial estimate");
+    // Sent 1 Mbit/s over the next second, received (says the REMB) 600 kbit/s: the limit.
+    remb.on_remb(600_000, 250_000, at(2));
+    assert_eq!(remb.estimate_bps(), 600_000, "REMB under what was sent");
+    remb.on_remb(0, 375_000, at(3));
+    assert_eq!(remb.estimate_bps(), 100_000, "clamped to the minimum");
+    // Receiver reports with 50 % loss halve what the REMB allowed.
+    remb.on_remb(2_000_000, 500_000, at(4));
+    assert!(remb.estimate_bps() <= 110_000, "within the congestion memory: {}", remb.estimate_bps());
 
     let mut rr = Estimator::new(cfg, t0);
     let steps = [(0.0, 1_050_000), (0.05, 1_050_000), (0.3, 892_500), (f64::NAN, 892_500), (-1.0, 892_500)];
@@ -381,7 +388,7 @@ fn garbage_feedback_never_panics_or_leaves_bounds() {
         e.on_feedback(&report, when); // repeated
         e.on_receiver_report([f64::NAN, -1.0, 5.0, 0.5, f64::INFINITY][(i / 50 % 5) as usize], now);
         if i % 5000 == 49 {
-            e.on_remb([0, u64::MAX, 3_000_000][(i / 5000 % 3) as usize]);
+            e.on_remb([0, u64::MAX, 3_000_000][(i / 5000 % 3) as usize], i * 100, now);
         }
         check(&e);
     }

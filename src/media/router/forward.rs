@@ -344,7 +344,9 @@ impl Router {
     fn feed_estimate(&mut self, leg: LegId, pkts: &[Box<dyn rtcp::packet::Packet>], now: Instant) {
         use rtcp::payload_feedbacks::receiver_estimated_maximum_bitrate::ReceiverEstimatedMaximumBitrate;
         use rtcp::transport_feedbacks::transport_layer_cc::TransportLayerCc;
-        let Some(Transport { side: Side::Subscriber { bwe, .. }, .. }) = self.transports.get_mut(&leg) else { return };
+        let Some(Transport { side: Side::Subscriber { bwe, .. }, out, .. }) = self.transports.get_mut(&leg) else {
+            return;
+        };
         let before = bwe.estimate_bps();
         for p in pkts {
             let any = p.as_any();
@@ -358,7 +360,7 @@ impl Router {
                 }));
                 bwe.on_feedback(&self.feedback, now);
             } else if let Some(remb) = any.downcast_ref::<ReceiverEstimatedMaximumBitrate>() {
-                bwe.on_remb(remb.bitrate as u64);
+                bwe.on_remb(remb.bitrate as u64, out.stamped_bytes, now);
             } else if let Some(rr) = any.downcast_ref::<rtcp::receiver_report::ReceiverReport>() {
                 if let Some(worst) = rr.reports.iter().map(|r| r.fraction_lost).max() {
                     bwe.on_receiver_report(f64::from(worst) / 256.0, now);
@@ -669,8 +671,8 @@ fn write_copy(
 ) -> Option<usize> {
     let remote = leg.out.remote?;
     let ctx = leg.pc.local_srtp_context()?;
-    let transport_seq = c.rewrite.transport_cc.map(|_| leg.out.transport_seq());
-    let data = match io.writer.protect(ctx, &c.rewrite, pkt, send, transport_seq, rtx) {
+    let stamps = stamps(&mut leg.out, &c.rewrite, now);
+    let data = match io.writer.protect(ctx, &c.rewrite, pkt, send, stamps, rtx) {
         Ok(d) => d,
         Err(e) => {
             tracing::debug!(error = %e, "media: a forwarded packet was not protected");
@@ -679,15 +681,29 @@ fn write_copy(
     };
     let size = data.len();
     io.failed += io.out.push(&io.socket, data, remote);
-    sent(leg, transport_seq, size, now);
+    sent(leg, stamps, size, pkt.payload.len() + rtx.map_or(0, |_| 2), now);
     Some(pkt.payload.len() + 12)
 }
 
+/// What the next packet to `rewrite`'s leg is stamped with: its transport-wide
+/// number, or (without transport-cc) its abs-send-time.
+fn stamps(out: &mut egress::LegOut, rewrite: &crate::media::rewrite::Rewrite, now: Instant) -> egress::Stamps {
+    egress::Stamps {
+        transport_seq: rewrite.transport_cc.map(|_| out.transport_seq()),
+        send_time: rewrite.abs_send_time.filter(|_| rewrite.transport_cc.is_none()).map(|_| out.send_time(now)),
+    }
+}
+
 /// Account for `size` bytes just written to a subscriber leg directly: the
-/// leg's byte count, its retransmission budget, and its estimator (with the
-/// transport-wide number, when the leg numbers its packets).
-fn sent(leg: &mut Transport, transport_seq: Option<u16>, size: usize, now: Instant) {
+/// leg's byte count (and `counted`, the payload and padding a REMB receiver
+/// counts, when stamped with a send time), its retransmission budget, and its
+/// estimator (with the transport-wide number, when the leg numbers its packets).
+fn sent(leg: &mut Transport, stamps: egress::Stamps, size: usize, counted: usize, now: Instant) {
+    let transport_seq = stamps.transport_seq;
     leg.out.sent_bytes += size as u64;
+    if stamps.send_time.is_some() {
+        leg.out.stamped_bytes += counted as u64;
+    }
     if let Some(n) = transport_seq {
         leg.observed.sent.record(n, now);
     }
@@ -708,8 +724,8 @@ fn write_padding(leg: &mut Transport, io: &mut Io, c: &mut Consumer, now: Instan
     let ctx = leg.pc.local_srtp_context()?;
     c.rtx_seq = c.rtx_seq.wrapping_add(1);
     let ts = c.last_sent.map_or(0, |(ts, _)| ts);
-    let transport_seq = c.rewrite.transport_cc.map(|_| leg.out.transport_seq());
-    let data = match io.writer.padding(ctx, &c.rewrite, (ssrc, pt, c.rtx_seq), ts, transport_seq, egress::MAX_PADDING) {
+    let stamps = stamps(&mut leg.out, &c.rewrite, now);
+    let data = match io.writer.padding(ctx, &c.rewrite, (ssrc, pt, c.rtx_seq), ts, stamps, egress::MAX_PADDING) {
         Ok(d) => d,
         Err(e) => {
             tracing::debug!(error = %e, "media: a padding packet was not protected");
@@ -718,6 +734,6 @@ fn write_padding(leg: &mut Transport, io: &mut Io, c: &mut Consumer, now: Instan
     };
     let size = data.len();
     io.failed += io.out.push(&io.socket, data, remote);
-    sent(leg, transport_seq, size, now);
+    sent(leg, stamps, size, egress::MAX_PADDING, now);
     Some(size)
 }

@@ -167,9 +167,12 @@ impl Router {
             .iter()
             // mid and rid name the publisher's m-line and layers; they mean
             // nothing (or something else) on the subscriber's leg.
-            // Transport-wide numbers are per hop: the leg writes its own.
+            // Transport-wide numbers and send times are per hop: the leg
+            // writes its own.
             .filter(|(uri, _)| {
-                !uri.starts_with("urn:ietf:params:rtp-hdrext:sdes:") && uri != crate::media::observe::TRANSPORT_CC_URI
+                !uri.starts_with("urn:ietf:params:rtp-hdrext:sdes:")
+                    && uri != crate::media::observe::TRANSPORT_CC_URI
+                    && uri != crate::media::observe::ABS_SEND_TIME_URI
             })
             .filter_map(|(uri, id)| params.header_extensions.iter().find(|h| &h.uri == uri).map(|h| (*id, h.id as u8)))
             .collect();
@@ -179,6 +182,14 @@ impl Router {
             .iter()
             .find(|h| h.uri == crate::media::observe::TRANSPORT_CC_URI && h.id != 0)
             .map(|h| h.id as u8);
+        // A leg without transport-cc feedback gets send times for its
+        // receiver's own estimate (REMB) instead.
+        let abs_send_time = params
+            .header_extensions
+            .iter()
+            .find(|h| h.uri == crate::media::observe::ABS_SEND_TIME_URI && h.id != 0)
+            .map(|h| h.id as u8)
+            .filter(|_| transport_cc.is_none());
         // RFC 4588: the sender's RTX SSRC and, per media type, its RTX type.
         let rtx = rtx_ssrc.map(|ssrc| Rtx {
             ssrc,
@@ -210,7 +221,7 @@ impl Router {
             leg: leg_id,
             peer: peer_id.clone(),
             forwarder,
-            rewrite: Rewrite { extensions, mid, transport_cc, rtx },
+            rewrite: Rewrite { extensions, mid, transport_cc, abs_send_time, rtx },
             report: Default::default(),
             last_sent: None,
             rtx_seq: rand::random(),

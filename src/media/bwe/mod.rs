@@ -20,7 +20,8 @@
 //!   1.5 × acknowledged + 10 kbit/s.
 //! - **loss-based**: per feedback window of at least 1 s, loss > 10 % → × (1 − 0.5·loss),
 //!   loss < 2 % → × 1.05, otherwise hold.
-//! - the estimate is the minimum of both (and of REMB, if any), clamped to [`Config`].
+//! - the estimate is the minimum of both (and of a REMB that says the receiver gets less than it
+//!   is sent, see [`remb`]), clamped to [`Config`].
 //! - **probing**: the delay-based estimate never grows above 1.5 × what arrives, so once the
 //!   allocator has moved a subscriber down (or paused its video) the media alone cannot lift it
 //!   back. When the allocator wants more than the estimate and the link looks clean,
@@ -42,6 +43,8 @@
 //!   and if loss follows the cut first (a stall loses nothing; a link that shrank under the media
 //!   drops what its queue cannot hold), it was congestion at what got through, and there is no
 //!   such probe: through a policer's burst a short probe looks as if it got through.
+
+mod remb;
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -403,7 +406,7 @@ pub struct Estimator {
     window_start: Option<Instant>,
     last_loss_update: Option<Instant>,
     last_loss_cut: Option<Instant>,
-    remb_bps: Option<f64>,
+    remb: remb::RembLimit,
     scratch: Vec<(i64, i64, u32)>,
     cluster: Option<Cluster>,
     /// The rate that got through at the last congestion, and when.
@@ -457,7 +460,7 @@ impl Estimator {
             window_start: None,
             last_loss_update: None,
             last_loss_cut: None,
-            remb_bps: None,
+            remb: remb::RembLimit::default(),
             scratch: Vec::new(),
             cluster: None,
             congested: None,
@@ -614,9 +617,13 @@ impl Estimator {
         }
     }
 
-    /// The receiver's own estimate (REMB). It is taken as is (clamped) and caps everything else.
-    pub fn on_remb(&mut self, bps: u64) {
-        self.remb_bps = Some(bps as f64);
+    /// The receiver's own estimate (REMB), with `stamped_bytes` what the leg has sent so far in
+    /// the packets that receiver estimates from (payload and padding of those stamped with
+    /// abs-send-time). It caps everything else when it says the receiver gets less than it is
+    /// sent ([`remb`] says why only then).
+    pub fn on_remb(&mut self, bps: u64, stamped_bytes: u64, now: Instant) {
+        let bps = (bps as f64).clamp(self.min, self.max) as u64;
+        self.remb.on_remb(bps, stamped_bytes, self.max, now);
     }
 
     /// Loss from an RTCP receiver report (fraction lost, 0..=1; others ignored). It drives the
@@ -624,6 +631,7 @@ impl Estimator {
     /// feedback flows.
     pub fn on_receiver_report(&mut self, fraction_lost: f64, now: Instant) {
         let twcc = self.last_twcc.is_some_and(|t| now.saturating_duration_since(t) < TWCC_FRESH);
+        self.remb.tick(self.max, now);
         if !twcc && (0.0..=1.0).contains(&fraction_lost) {
             self.apply_loss(fraction_lost, now);
         }
@@ -716,7 +724,7 @@ impl Estimator {
 
     fn target(&self) -> f64 {
         let mut t = if self.last_twcc.is_some() { self.delay_bps } else { f64::INFINITY };
-        for limit in [self.loss_bps, self.remb_bps].into_iter().flatten() {
+        for limit in [self.loss_bps, self.remb.limit()].into_iter().flatten() {
             t = t.min(limit);
         }
         if t.is_finite() {
