@@ -2,6 +2,8 @@
 //! binary as a child process), mint tokens, speak HTTP and WebSocket to it.
 #![allow(dead_code)]
 
+pub mod simulcast_aiortc;
+
 use confer::app::Server;
 use confer::auth::{Claims, TokenKeys};
 use confer::config::Config;
@@ -394,6 +396,11 @@ pub fn python() -> std::path::PathBuf {
 /// Run the node `script` (under tests/browser/) against `base`, killing it and
 /// its Chromium after `limit`; its JSON summary (the last line on stdout).
 pub fn run_node_summary(script: &str, base: &str, limit: std::time::Duration) -> Value {
+    run_node_summary_with(script, &[base], limit)
+}
+
+/// [`run_node_summary`] with `args` after the script (the base URL first).
+pub fn run_node_summary_with(script: &str, args: &[&str], limit: std::time::Duration) -> Value {
     use std::io::Read;
     use std::os::unix::process::CommandExt;
     use std::process::{Command, Stdio};
@@ -401,7 +408,7 @@ pub fn run_node_summary(script: &str, base: &str, limit: std::time::Duration) ->
     let path = format!("{}/tests/browser/{script}", env!("CARGO_MANIFEST_DIR"));
     let mut child = Command::new("node")
         .arg(&path)
-        .arg(base)
+        .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0) // node and its Chromium, killed together on a timeout

@@ -19,7 +19,7 @@ import time
 import httpx
 from aiortc import RTCPeerConnection, RTCSessionDescription
 
-from sfu_room import run_main, Client, Pattern, Tone, until
+from sfu_room import run_main, Client, Pattern, Tone, Upstream, until
 
 
 class Proxy(asyncio.DatagramProtocol):
@@ -44,17 +44,9 @@ class Proxy(asyncio.DatagramProtocol):
                 return
         self.upstream.sendto(data)
 
-
-class Upstream(asyncio.DatagramProtocol):
-    def __init__(self, proxy):
-        self.proxy = proxy
-
-    def connection_made(self, transport):
-        self.proxy.upstream = transport
-
-    def datagram_received(self, data, addr):
-        if self.proxy.client:
-            self.proxy.transport.sendto(data, self.proxy.client)
+    def from_server(self, data):
+        if self.client:
+            self.transport.sendto(data, self.client)
 
 
 async def main(addr, media, alice_t, bob_t, loss):

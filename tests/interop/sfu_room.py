@@ -76,6 +76,7 @@ class Client:
         self.name, self.addr, self.token = name, addr, token
         self.inbox = asyncio.Queue()
         self.events = []
+        self.event_times = []  # time.monotonic() each event arrived
         self.pub = None
         self.sub = RTCPeerConnection()
         self.frames = {}  # subscriber track id -> decoded frames
@@ -106,6 +107,7 @@ class Client:
         async for raw in self.ws:
             msg = json.loads(raw)
             self.events.append(msg)
+            self.event_times.append(time.monotonic())
             if msg["type"] == "subscribe-offer":
                 asyncio.ensure_future(self.answer(msg))
             else:
@@ -147,6 +149,21 @@ class Client:
         await self.send({"type": "publish-offer", "roomId": room_id, "sdp": sdp, "tracks": tracks})
         ans = await self.expect("publish-answer")
         await self.pub.setRemoteDescription(RTCSessionDescription(ans["sdp"], "answer"))
+
+
+class Upstream(asyncio.DatagramProtocol):
+    """A test proxy's socket towards the server: it hands the proxy its
+    transport (`proxy.upstream`) and every datagram the server sends
+    (`proxy.from_server`)."""
+
+    def __init__(self, proxy):
+        self.proxy = proxy
+
+    def connection_made(self, transport):
+        self.proxy.upstream = transport
+
+    def datagram_received(self, data, addr):
+        self.proxy.from_server(data)
 
 
 def run_main(main, args, timeout):

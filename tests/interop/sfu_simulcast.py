@@ -1,0 +1,289 @@
+"""Simulcast and bandwidth adaptation with aiortc subscribers (SPEC 5.1).
+
+usage: sfu_simulcast.py HTTP_ADDR ROOM ceilings|cap CAP_KBPS
+
+A Chromium publisher (tests/browser/publish.js, started by the caller) is in
+room ROOM with its camera as VP8 simulcast q/h/f. aiortc guests join and
+decode it; aiortc negotiates no transport-cc, so the SFU stamps abs-send-time
+on what it sends them and they report their own estimate in REMB (and loss
+in receiver reports).
+
+ceilings: A and B decode with no track-subscribe (the widest layer), then A
+asks "low", then "high", then B asks "medium".
+cap: U connects directly; C's subscriber PeerConnection reaches the SFU only
+through a UDP proxy written here, whose server-to-client direction is, while
+capped, a CAP_KBPS token bucket (15 kB burst) with a drop-tail queue of 60 ms.
+After both decode the widest layer, C's link is capped for 30 s, then lifted
+for 30 s.
+
+Decoded frame widths, every subscription-update, audio frames and the
+camera's inbound-rtp counts are sampled every 250 ms. The script only
+observes: it prints one JSON summary line; tests/simulcast_aiortc.rs judges.
+"""
+import asyncio
+import json
+import os
+import re
+import sys
+import time
+
+import httpx
+from aiortc import RTCPeerConnection, RTCSessionDescription
+
+from sfu_room import Client, Upstream, run_main, until
+
+SAMPLE = 0.25
+FULL_WIDTH = 1280
+DEFAULT_WAIT = 25  # the widest layer from the start (the estimate starts high)
+SWITCH_WAIT = 8  # a ceiling change shows in decoded frames (the test asserts <= 5 s)
+HOLD = 3  # after a switch, the others must not have moved
+CAPPED = 30
+LIFTED = 30
+QUEUE_S = 0.06
+BURST = 15000
+
+
+class Sub(Client):
+    """A subscriber that records each decoded frame's width and its audio."""
+
+    def __init__(self, name, addr, token, proxy=None):
+        super().__init__(name, addr, token)
+        self.widths = []  # (t, width) of every decoded video frame
+        self.audio = []  # t of every decoded audio frame
+        self.proxy = proxy
+
+    async def consume(self, track):
+        while True:
+            try:
+                frame = await track.recv()
+            except Exception:
+                return
+            t = time.monotonic()
+            if track.kind == "video":
+                self.widths.append((t, frame.width))
+            else:
+                self.audio.append(t)
+
+    async def answer(self, msg):
+        if self.proxy is not None:
+            msg = dict(msg, sdp=self.proxy.redirect(msg["sdp"]))
+        await super().answer(msg)
+
+    def width(self):
+        return self.widths[-1][1] if self.widths else None
+
+    async def video_counts(self):
+        """inbound-rtp of the camera: (received, lost). aiortc lists its RTX
+        stream (retransmissions, padding) as an inbound-rtp too: the camera's
+        is the one with the most packets."""
+        best = (0, 0)
+        for r in self.sub.getReceivers():
+            if r.track and r.track.kind == "video":
+                for s in (await r.getStats()).values():
+                    if s.type == "inbound-rtp" and s.packetsReceived > best[0]:
+                        best = (s.packetsReceived, s.packetsLost)
+        return best
+
+
+class CappedProxy(asyncio.DatagramProtocol):
+    """client <-> proxy <-> server; server -> client through a token bucket while capped."""
+
+    def __init__(self, rate_bps):
+        self.rate = rate_bps / 8  # bytes per second
+        self.capped = False
+        self.client = None
+        self.server = None
+        self.upstream = None
+        self.queue = []  # datagrams waiting for tokens
+        self.queued = 0
+        self.tokens = BURST
+        self.last = time.monotonic()
+        self.counts = {"c2s": 0, "s2c": 0, "dropped": 0, "cappedDropped": 0, "cappedOffered": 0}
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def redirect(self, sdp):
+        m = re.search(r"(\d+\.\d+\.\d+\.\d+) (\d+) typ host", sdp)
+        assert m, "the subscribe-offer names no host candidate"
+        if self.server is None:
+            self.server = (m.group(1), int(m.group(2)))
+            asyncio.ensure_future(self.open_upstream())
+        port = self.transport.get_extra_info("sockname")[1]
+        return sdp.replace(f"{m.group(1)} {m.group(2)} typ host", f"127.0.0.1 {port} typ host")
+
+    async def open_upstream(self):
+        loop = asyncio.get_running_loop()
+        await loop.create_datagram_endpoint(lambda: Upstream(self), remote_addr=self.server)
+
+    def datagram_received(self, data, addr):
+        self.client = addr
+        self.counts["c2s"] += 1
+        if self.upstream is not None:
+            self.upstream.sendto(data)
+
+    def refill(self):
+        now = time.monotonic()
+        self.tokens = min(BURST, self.tokens + self.rate * (now - self.last))
+        self.last = now
+
+    def from_server(self, data):
+        if self.client is None:
+            return
+        self.counts["s2c"] += 1
+        if not self.capped:
+            self.transport.sendto(data, self.client)
+            return
+        self.counts["cappedOffered"] += 1
+        self.refill()
+        if not self.queue and self.tokens >= len(data):
+            self.tokens -= len(data)
+            self.transport.sendto(data, self.client)
+        elif self.queued + len(data) <= self.rate * QUEUE_S:
+            self.queue.append(data)
+            self.queued += len(data)
+        else:
+            self.counts["dropped"] += 1
+            self.counts["cappedDropped"] += 1
+
+    async def drain(self):
+        while True:
+            await asyncio.sleep(0.002)
+            self.refill()
+            while self.queue and (self.tokens >= len(self.queue[0]) or not self.capped):
+                data = self.queue.pop(0)
+                self.queued -= len(data)
+                self.tokens -= len(data)
+                self.transport.sendto(data, self.client)
+
+
+async def main(addr, room, mode, cap_kbps):
+    t0 = time.monotonic()
+    ms = lambda t: round((t - t0) * 1000)  # noqa: E731
+    loop = asyncio.get_running_loop()
+    proxy = CappedProxy(int(cap_kbps) * 1000)
+    await loop.create_datagram_endpoint(lambda: proxy, local_addr=("127.0.0.1", 0))
+    asyncio.ensure_future(proxy.drain())
+    out = {"ok": False, "phases": {}, "samples": {}, "updates": {}, "proxy": proxy.counts}
+
+    async with httpx.AsyncClient(base_url=f"http://{addr}") as http:
+        tokens = {}
+        names = ("A", "B") if mode == "ceilings" else ("U", "C")
+        for name in names:
+            r = await http.post("/auth/guest", json={"name": f"aiortc-{name}"})
+            r.raise_for_status()
+            tokens[name] = r.json()["token"]
+        auth = {"Authorization": f"Bearer {tokens[names[0]]}"}
+        room_id = None
+        deadline = time.monotonic() + 30
+        while room_id is None:
+            r = await http.get("/rooms?limit=100", headers=auth)
+            r.raise_for_status()
+            room_id = next((x["id"] for x in r.json()["rooms"] if x["name"] == room), None)
+            if room_id is None:
+                assert time.monotonic() < deadline, f"room {room} never appeared (the publisher did not join)"
+                await asyncio.sleep(0.2)
+
+    subs = {n: Sub(n, addr, tokens[n], proxy if n == "C" else None) for n in names}
+    track_id = None
+    for s in subs.values():
+        await s.connect()
+        joined = await s.join(room_id)
+        for p in joined["room"].get("participants", []):
+            for t in p.get("tracks", []):
+                if t.get("kind") == "video":
+                    track_id = t["id"]
+    if track_id is None:
+        msg = await subs[names[0]].expect("track-published", lambda m: m["track"].get("kind") == "video")
+        track_id = msg["track"]["id"]
+    out["trackId"] = track_id
+
+    samples = {n: [] for n in subs}
+
+    async def sampler():
+        while True:
+            for n, s in subs.items():
+                received, lost = await s.video_counts()
+                samples[n].append([ms(time.monotonic()), s.width(), len(s.audio), received, lost])
+            await asyncio.sleep(SAMPLE)
+
+    sampling = asyncio.ensure_future(sampler())
+
+    def widest():
+        return max((w for s in subs.values() for _, w in s.widths), default=0)
+
+    async def ceiling(name, quality):
+        await subs[name].send({"type": "track-subscribe", "roomId": room_id, "trackId": track_id, "subscribe": True, "quality": quality})
+
+    async def reach(names, pred, wait, phase):
+        """Wait until every named subscriber's latest width satisfies pred; record when."""
+        start = time.monotonic()
+        rec = {"startMs": ms(start), "reachedMs": None}
+        out["phases"][phase] = rec
+        try:
+            await until(lambda: all(subs[n].width() is not None and pred(subs[n].width()) for n in names), phase, wait)
+            rec["reachedMs"] = ms(time.monotonic())
+            rec["afterMs"] = rec["reachedMs"] - rec["startMs"]
+        except AssertionError:
+            rec["widths"] = {n: subs[n].width() for n in names}
+        return rec
+
+    try:
+        await until(lambda: all(s.widths for s in subs.values()), "every subscriber decoding", 30)
+        # The fake camera is 1280 wide; Chromium starts its f layer a few seconds in.
+        full = await reach(list(subs), lambda w: w >= FULL_WIDTH, DEFAULT_WAIT, "default")
+        await asyncio.sleep(HOLD)
+        out["widest"] = widest()
+        f = out["widest"]
+        if mode == "ceilings":
+            await ceiling("A", "low")
+            await reach(["A"], lambda w: w <= f // 4, SWITCH_WAIT, "A-low")
+            await asyncio.sleep(HOLD)
+            await ceiling("A", "high")
+            await reach(["A"], lambda w: w >= f, SWITCH_WAIT, "A-high")
+            await asyncio.sleep(HOLD)
+            await ceiling("B", "medium")
+            await reach(["B"], lambda w: f // 4 < w <= f // 2, SWITCH_WAIT, "B-medium")
+            await asyncio.sleep(HOLD)
+        else:
+            out["phases"]["cap"] = {"startMs": ms(time.monotonic())}
+            proxy.capped = True
+            await asyncio.sleep(CAPPED)
+            proxy.capped = False
+            out["phases"]["cap"]["endMs"] = ms(time.monotonic())
+            await asyncio.sleep(LIFTED)
+        out["phases"]["end"] = {"startMs": ms(time.monotonic())}
+        out["ok"] = full["reachedMs"] is not None
+    finally:
+        sampling.cancel()
+        out["samples"] = samples
+        for n, s in subs.items():
+            out["updates"][n] = [
+                [ms(t), m.get("layer"), m.get("reason")]
+                for t, m in zip(s.event_times, s.events)
+                if m["type"] == "subscription-update" and m.get("trackId") == track_id
+            ]
+        for s in subs.values():
+            try:
+                await s.send({"type": "room-leave", "roomId": room_id})
+                await s.sub.close()
+                await s.ws.close()
+            except Exception:  # noqa: BLE001 - leaving is best effort
+                pass
+    # The longest wait between two decoded frames of each subscriber, from the
+    # first frame at the widest layer to the end (of the ceiling phases).
+    start = t0 + (out["phases"].get("default", {}).get("reachedMs") or 0) / 1000
+    end = t0 + out["phases"].get("end", {}).get("startMs", ms(time.monotonic())) / 1000
+    out["stallMs"] = {}
+    for n, s in subs.items():
+        ts = [t for t, _ in s.widths if start <= t <= end]
+        out["stallMs"][n] = max((round((b - a) * 1000) for a, b in zip(ts, ts[1:])), default=None)
+    out["seconds"] = round(time.monotonic() - t0, 1)
+    if os.environ.get("SIMULCAST_SUMMARY"):  # for a human debugging a run
+        with open(f"{os.environ['SIMULCAST_SUMMARY']}.{mode}.json", "w") as f:
+            json.dump(out, f)
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    run_main(main, sys.argv[1:5], 200)
