@@ -28,13 +28,39 @@ pub fn router() -> OpenApiRouter<AppState> {
 /// What `/ice-config` hands out: where TURN listens and the credential scheme.
 #[derive(Clone, Debug)]
 pub struct IceSettings {
-    /// `host:port` for the `stun:`/`turn:` URLs; `None` when TURN is off.
-    pub turn_host_port: Option<String>,
-    /// `host:port` for the `turns:` URL: only when TURN listens on TLS
+    /// The host of the `stun:`/`turn:`/`turns:` URLs; `None` when TURN is off.
+    pub turn_host: Option<TurnHost>,
+    /// The port of the `stun:`/`turn:` URLs.
+    pub turn_port: u16,
+    /// The port of the `turns:` URL: only when TURN listens on TLS
     /// (`turn.tls_listen`), so no listener that does not exist is advertised.
-    pub turns_host_port: Option<String>,
+    pub turns_port: Option<u16>,
     pub secret: Vec<u8>,
     pub ttl: Duration,
+}
+
+/// Which host the TURN URLs name (SPEC 12), never a wildcard.
+#[derive(Clone, Debug)]
+pub enum TurnHost {
+    /// `turn.public_host`, the listen IP, or `turn.relay_ip`.
+    Fixed(String),
+    /// A wildcard listen without `relay_ip`: the host the HTTP request came
+    /// in on (the address the client reached confer at), else `fallback`
+    /// (the first interface address; for `room-joined`, which has no request).
+    FromRequest { fallback: String },
+}
+
+/// `Host` as a URL host: the name or IP without the port, when it is
+/// plainly one (letters, digits, `.-:` and IPv6 brackets), else None.
+pub fn request_host(headers: &HeaderMap) -> Option<String> {
+    let h = headers.get(header::HOST)?.to_str().ok()?.trim();
+    let host = if h.starts_with('[') { &h[..=h.find(']')?] } else { h.rsplit_once(':').map_or(h, |(host, _)| host) };
+    let ok = !host.is_empty()
+        && host.len() <= 253
+        && host.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b))
+        && host.parse::<std::net::Ipv4Addr>().map_or(true, |ip| !ip.is_unspecified())
+        && host != "[::]";
+    ok.then(|| host.to_owned())
 }
 
 #[derive(Serialize, ToSchema)]
@@ -58,19 +84,26 @@ pub struct IceConfig {
 /// STUN and TURN servers with TURN REST API credentials for the caller.
 #[utoipa::path(get, path = "/ice-config", tag = "ice", security(("bearer" = [])),
     responses((status = 200, body = IceConfig), (status = 401, body = super::error::ErrorBody)))]
-async fn ice_config(State(st): State<AppState>, AuthUser(actor): AuthUser) -> Json<IceConfig> {
-    Json(IceConfig { ice_servers: st.ice.servers(actor.user()), ttl: st.ice.ttl.as_secs() })
+async fn ice_config(State(st): State<AppState>, headers: HeaderMap, AuthUser(actor): AuthUser) -> Json<IceConfig> {
+    let host = request_host(&headers);
+    Json(IceConfig { ice_servers: st.ice.servers(actor.user(), host.as_deref()), ttl: st.ice.ttl.as_secs() })
 }
 
 impl IceSettings {
     /// STUN and TURN (with fresh REST credentials for `user`), as `/ice-config`
-    /// and `room-joined` give them.
-    pub fn servers(&self, user: &UserId) -> Vec<IceServer> {
-        let Some(hp) = &self.turn_host_port else { return Vec::new() };
+    /// and `room-joined` give them; `request_host` is the HTTP request's
+    /// host, when there is one.
+    pub fn servers(&self, user: &UserId, request_host: Option<&str>) -> Vec<IceServer> {
+        let host = match &self.turn_host {
+            None => return Vec::new(),
+            Some(TurnHost::Fixed(h)) => h.as_str(),
+            Some(TurnHost::FromRequest { fallback }) => request_host.unwrap_or(fallback),
+        };
+        let hp = format!("{host}:{}", self.turn_port);
         let c = credentials::mint(&self.secret, user.as_str(), crate::auth::unix_now() + self.ttl.as_secs());
         let mut urls = vec![format!("turn:{hp}?transport=udp"), format!("turn:{hp}?transport=tcp")];
-        if let Some(tls) = &self.turns_host_port {
-            urls.push(format!("turns:{tls}?transport=tcp"));
+        if let Some(tls) = self.turns_port {
+            urls.push(format!("turns:{host}:{tls}?transport=tcp"));
         }
         vec![
             IceServer { urls: vec![format!("stun:{hp}")], username: None, credential: None },

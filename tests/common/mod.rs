@@ -2,6 +2,8 @@
 //! binary as a child process), mint tokens, speak HTTP and WebSocket to it.
 #![allow(dead_code)]
 
+pub mod netns;
+
 use confer::app::Server;
 use confer::auth::{Claims, TokenKeys};
 use confer::config::Config;
@@ -230,6 +232,8 @@ pub struct ChildServer {
     /// The SFU's UDP port, from the listening line.
     pub media: SocketAddr,
     pub stdout: std::io::BufReader<std::process::ChildStdout>,
+    /// The whole `listening ...` line.
+    pub line: String,
 }
 
 impl ChildServer {
@@ -255,7 +259,7 @@ impl ChildServer {
         stdout.read_line(&mut line).expect("read listening line");
         let addr = parse_listening(&line, "http").unwrap_or_else(|| panic!("no listening line: {line:?}"));
         let media = parse_listening(&line, "media").unwrap_or_else(|| panic!("no media= in {line:?}"));
-        ChildServer { child, addr, media, stdout }
+        ChildServer { child, addr, media, stdout, line }
     }
 
     pub fn kill9(&mut self) {
@@ -326,7 +330,7 @@ impl ChildServer {
         stdout.read_line(&mut line).expect("read listening line");
         let addr = parse_listening(&line, "http").unwrap_or_else(|| panic!("no listening line: {line:?}"));
         let media = parse_listening(&line, "media").unwrap_or_else(|| panic!("no media= in {line:?}"));
-        ChildServer { child, addr, media, stdout }
+        ChildServer { child, addr, media, stdout, line }
     }
 
     /// Poll (without blocking the async runtime) until the process exits or
