@@ -70,7 +70,11 @@ fn lan_mode_serves_a_browser_call_at_the_printed_https_address() {
 
         let out = Command::new("node").arg(script).arg(&url).output().expect("node runs");
         let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "browser call at {url} failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "browser call at {url} failed:\n{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let summary: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
         println!("{summary}");
         assert_eq!(summary["secure"][0], true, "a secure context, so getUserMedia works: {summary}");

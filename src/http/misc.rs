@@ -191,3 +191,47 @@ async fn metrics(State(st): State<AppState>, headers: HeaderMap) -> Result<impl 
     }
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], st.metrics.render()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_host_is_the_host_without_port_and_never_a_wildcard() {
+        let host = |h: &str| {
+            let mut m = HeaderMap::new();
+            m.insert(header::HOST, h.parse().unwrap());
+            request_host(&m)
+        };
+        assert_eq!(host("198.18.0.1:8080").as_deref(), Some("198.18.0.1"));
+        assert_eq!(host("confer.example.com").as_deref(), Some("confer.example.com"));
+        assert_eq!(host("[2001:db8::1]:8443").as_deref(), Some("[2001:db8::1]"));
+        for bad in ["0.0.0.0:8080", "[::]:8080", "a b", "x\"y:1", ""] {
+            assert_eq!(host(bad), None, "{bad:?}");
+        }
+        assert_eq!(request_host(&HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn turn_urls_follow_the_request_host_on_a_wildcard() {
+        let ice = IceSettings {
+            turn_host: Some(TurnHost::FromRequest { fallback: "198.18.0.2".into() }),
+            turn_port: 3478,
+            turns_port: Some(5349),
+            secret: b"s".to_vec(),
+            ttl: Duration::from_secs(60),
+        };
+        let user = UserId::from("alice".to_owned());
+        let urls = |host| ice.servers(&user, host).into_iter().flat_map(|s| s.urls).collect::<Vec<_>>();
+        assert_eq!(
+            urls(Some("198.18.0.1")),
+            [
+                "stun:198.18.0.1:3478",
+                "turn:198.18.0.1:3478?transport=udp",
+                "turn:198.18.0.1:3478?transport=tcp",
+                "turns:198.18.0.1:5349?transport=tcp"
+            ]
+        );
+        assert_eq!(urls(None)[0], "stun:198.18.0.2:3478");
+    }
+}
