@@ -1,5 +1,5 @@
 //! A private network namespace for one test: `lo` and a veth pair with
-//! 198.18.0.1/24 and 198.18.0.2/24 (the benchmarking range), so a server on
+//! 198.18.0.1/24 and 198.18.0.2/24 (the benchmarking range; IPv6 off), so a server on
 //! a wildcard address covers those and nothing of the machine's. Named
 //! uniquely (`confer-<tag>-<pid>-<n>`) and deleted on drop. Code runs in it
 //! through [`NetNs::run`]: a thread that `setns`-es into it, so every socket
@@ -33,6 +33,17 @@ impl NetNs {
         }
         let ns = NetNs { name };
         let n = ns.name.as_str();
+        // IPv6 off before the links exist: else each veth end gets a link-local
+        // address a second or two after it comes up (after duplicate address
+        // detection), and Chromium aborts page loads on that change
+        // (net::ERR_NETWORK_CHANGED).
+        let sysctl = std::process::Command::new("ip")
+            .args(["netns", "exec", n, "sysctl", "-q", "-w"])
+            .args(["net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1"])
+            .status();
+        if !sysctl.as_ref().is_ok_and(|s| s.success()) {
+            panic!("cannot turn IPv6 off in network namespace {n}: {sysctl:?}");
+        }
         let setup = [
             vec!["-n", n, "link", "set", "lo", "up"],
             vec!["-n", n, "link", "add", "v0", "type", "veth", "peer", "name", "v1"],
