@@ -97,8 +97,14 @@ pub struct AuthConfig {
 pub struct MediaConfig {
     /// The SFU's UDP socket (one port for every PeerConnection).
     pub listen: SocketAddr,
-    /// Address advertised in ICE candidates (deployments behind NAT).
-    pub public_ip: Option<std::net::IpAddr>,
+    /// Address advertised in ICE candidates first (deployments behind NAT),
+    /// before the listen address or, on a wildcard listen, every interface
+    /// address; `"auto"` asks [`MediaConfig::stun_servers`] at start.
+    pub public_ip: Option<PublicIp>,
+    /// STUN servers (`host:port`) asked for the public address when
+    /// `public_ip = "auto"`; a list, or one comma-separated string (env).
+    #[serde(deserialize_with = "one_or_many")]
+    pub stun_servers: Vec<String>,
     /// SFU worker threads, each with its own UDP port (`listen`'s port, then
     /// the next ones); a room lives on one worker. 0: one per core.
     pub workers: usize,
@@ -110,8 +116,60 @@ pub struct MediaConfig {
 
 impl Default for MediaConfig {
     fn default() -> Self {
-        Self { listen: "127.0.0.1:7882".parse().unwrap(), public_ip: None, workers: 0, bandwidth_estimation: true }
+        Self {
+            listen: "127.0.0.1:7882".parse().unwrap(),
+            public_ip: None,
+            stun_servers: DEFAULT_STUN_SERVERS.iter().map(|s| s.to_string()).collect(),
+            workers: 0,
+            bandwidth_estimation: true,
+        }
     }
+}
+
+/// Asked only with `media.public_ip = "auto"`.
+pub const DEFAULT_STUN_SERVERS: [&str; 2] = ["stun.l.google.com:19302", "stun.cloudflare.com:3478"];
+
+/// `media.public_ip`: an address, or `"auto"` (learn it from STUN at start).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PublicIp {
+    Addr(std::net::IpAddr),
+    Auto,
+}
+
+impl Serialize for PublicIp {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            PublicIp::Addr(ip) => s.collect_str(ip),
+            PublicIp::Auto => s.serialize_str("auto"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for PublicIp {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        let s = s.trim();
+        if s.eq_ignore_ascii_case("auto") {
+            return Ok(PublicIp::Auto);
+        }
+        s.parse().map(PublicIp::Addr).map_err(|_| {
+            serde::de::Error::custom(format!("{s:?} is neither an IP address nor \"auto\" (e.g. \"203.0.113.10\")"))
+        })
+    }
+}
+
+/// A list of strings, or one string of comma-separated items (handy in env).
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => s.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect(),
+        OneOrMany::Many(v) => v,
+    })
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -121,8 +179,13 @@ pub struct TurnConfig {
     /// TURN over UDP and TCP on the same port.
     pub listen: SocketAddr,
     pub tls_listen: Option<SocketAddr>,
-    /// Host put in `/ice-config` URLs; the listen IP when unset.
+    /// Host put in `/ice-config` URLs; when unset, the listen IP, or on a
+    /// wildcard listen `relay_ip`, else the host the HTTP request came in on.
     pub public_host: Option<String>,
+    /// The address put in XOR-RELAYED-ADDRESS (SPEC 6): the public address
+    /// of the relay ports behind 1:1 NAT. Unset: the address the allocation
+    /// request arrived on (never a wildcard).
+    pub relay_ip: Option<std::net::IpAddr>,
     pub realm: String,
     /// Shared secret for TURN REST credentials; generated when unset.
     pub secret: Option<String>,
@@ -142,6 +205,7 @@ impl Default for TurnConfig {
             listen: "127.0.0.1:3478".parse().unwrap(),
             tls_listen: None,
             public_host: None,
+            relay_ip: None,
             realm: "confer".into(),
             secret: None,
             credential_ttl: Duration::from_secs(24 * 3600).into(),
@@ -246,6 +310,9 @@ pub struct Overrides {
     pub http_listen: Option<SocketAddr>,
     pub data_dir: Option<PathBuf>,
     pub dev: bool,
+    /// `--lan`: HTTP, media and TURN on every interface (keeping their
+    /// ports) and the self-signed certificate on.
+    pub lan: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -316,6 +383,16 @@ impl Config {
         if overrides.dev {
             fig = fig.merge(Serialized::default("auth.allow_guests", true));
         }
+        if overrides.lan {
+            // Only the IP changes: the ports are the file's, env's or --http's.
+            let base: Config = fig.extract().map_err(|e| ConfigError::Invalid(describe(e)))?;
+            let any = |a: SocketAddr| SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), a.port());
+            fig = fig
+                .merge(Serialized::default("http.listen", any(base.http.listen)))
+                .merge(Serialized::default("media.listen", any(base.media.listen)))
+                .merge(Serialized::default("turn.listen", any(base.turn.listen)))
+                .merge(Serialized::default("http.tls_self_signed", true));
+        }
         let cfg: Config = fig.extract().map_err(|e| ConfigError::Invalid(describe(e)))?;
         cfg.validate()?;
         ignored_env.sort();
@@ -350,6 +427,19 @@ impl Config {
                 return Err(ConfigError::Invalid(format!(
                     "http.cors_origins: {o:?} has its scheme's default port, which browsers leave out: write it without"
                 )));
+            }
+        }
+        if let Some(PublicIp::Addr(ip)) = self.media.public_ip {
+            if ip.is_unspecified() || ip.is_multicast() {
+                return Err(ConfigError::Invalid(format!("media.public_ip: {ip} cannot be advertised")));
+            }
+        }
+        if self.media.public_ip == Some(PublicIp::Auto) && self.media.stun_servers.is_empty() {
+            return Err(ConfigError::Invalid("media.public_ip = \"auto\" needs media.stun_servers".into()));
+        }
+        if let Some(ip) = self.turn.relay_ip {
+            if ip.is_unspecified() || ip.is_multicast() {
+                return Err(ConfigError::Invalid(format!("turn.relay_ip: {ip} cannot be a relayed address")));
             }
         }
         if let Some(s) = &self.auth.secret {
@@ -532,6 +622,53 @@ mod tests {
         assert!(load("[http]\ncors_origins = [\"https://a.com:8443\", \"http://a.com:8080\"]\n", &[]).is_ok());
         let e = load("[http]\ncors_origins = [\"*\", \"https://a.com\"]\n", &[]).unwrap_err().to_string();
         assert!(e.contains("alone"), "{e}");
+    }
+
+    #[test]
+    fn address_keys_from_file_and_env() {
+        let c = load("[media]\npublic_ip = \"203.0.113.10\"\n[turn]\nrelay_ip = \"203.0.113.11\"\n", &[]).unwrap();
+        assert_eq!(c.media.public_ip, Some(PublicIp::Addr("203.0.113.10".parse().unwrap())));
+        assert_eq!(c.turn.relay_ip, Some("203.0.113.11".parse().unwrap()));
+        let c = load(
+            "",
+            &[
+                ("CONFER_MEDIA_PUBLIC_IP", "auto"),
+                ("CONFER_MEDIA_STUN_SERVERS", "198.18.0.2:3478, stun.example.net:19302"),
+                ("CONFER_TURN_RELAY_IP", "198.18.0.9"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.media.public_ip, Some(PublicIp::Auto));
+        assert_eq!(c.media.stun_servers, ["198.18.0.2:3478", "stun.example.net:19302"]);
+        assert_eq!(c.turn.relay_ip, Some("198.18.0.9".parse().unwrap()));
+        let c = load("", &[("CONFER_MEDIA_STUN_SERVERS", "[\"198.18.0.2:3478\"]")]).unwrap();
+        assert_eq!(c.media.stun_servers, ["198.18.0.2:3478"]);
+        assert_eq!(load("", &[]).unwrap().media.stun_servers.len(), DEFAULT_STUN_SERVERS.len());
+        for (k, v, named) in [
+            ("CONFER_MEDIA_PUBLIC_IP", "somewhere", "media.public_ip"),
+            ("CONFER_MEDIA_PUBLIC_IP", "0.0.0.0", "media.public_ip"),
+            ("CONFER_TURN_RELAY_IP", "0.0.0.0", "turn.relay_ip"),
+            ("CONFER_TURN_RELAY_IP", "auto", "relay_ip"),
+        ] {
+            let e = load("", &[(k, v)]).unwrap_err().to_string();
+            assert!(e.contains(named), "{k}={v}: {e}");
+        }
+        let e = load("[media]\npublic_ip = \"auto\"\nstun_servers = []\n", &[]).unwrap_err().to_string();
+        assert!(e.contains("stun_servers"), "{e}");
+    }
+
+    #[test]
+    fn lan_takes_every_interface_and_keeps_ports() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, "[media]\nlisten = \"127.0.0.1:7000\"\n").unwrap();
+        let o = Overrides { lan: true, dev: true, ..Default::default() };
+        let c =
+            Config::load_with_env(Some(&p), &o, [("CONFER_TURN_LISTEN".into(), "127.0.0.1:0".into())]).unwrap().config;
+        assert_eq!(c.http.listen.to_string(), "0.0.0.0:8080");
+        assert_eq!(c.media.listen.to_string(), "0.0.0.0:7000");
+        assert_eq!(c.turn.listen.to_string(), "0.0.0.0:0");
+        assert!(c.http.tls_self_signed && c.auth.allow_guests);
     }
 
     #[test]

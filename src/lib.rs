@@ -23,7 +23,8 @@
 //!   E-model MOS); no I/O.
 //! - [`auth`]: access tokens (JWT, HS256) and their claims.
 //! - [`json`]: client JSON read so that errors name the field (REST and `/rtc`).
-//! - [`model`], [`config`], [`ids`], [`clock`]: plain data shared by everything above.
+//! - [`model`], [`config`], [`ids`], [`clock`], [`netif`] (the host's interface
+//!   addresses): plain data shared by everything above.
 
 pub mod analytics;
 pub mod app;
@@ -37,6 +38,7 @@ pub mod loadtest;
 pub mod media;
 pub mod metrics;
 pub mod model;
+pub mod netif;
 pub mod signal;
 pub mod store;
 pub mod turn;

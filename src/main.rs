@@ -66,7 +66,7 @@ fn raise_fd_limit() {
 }
 
 fn serve(args: confer::app::cli::ServeArgs) -> anyhow::Result<()> {
-    let (config, env_warning) = args.common.load(args.http, args.dev)?;
+    let (config, env_warning) = args.common.load(args.http, args.dev, args.lan)?;
     init_logging(&config.log, args.log_json);
     if let Some(w) = env_warning {
         tracing::warn!("{w}");
@@ -74,11 +74,19 @@ fn serve(args: confer::app::cli::ServeArgs) -> anyhow::Result<()> {
     raise_fd_limit();
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
-        let dev = args.dev;
+        let (dev, lan) = (args.dev, args.lan);
         let server = Server::bind(config).await?;
         // The one line tests and operators look for (SPEC 1), on stdout.
         println!("{}", server.listening_line());
         tracing::info!("{}", server.listening_line());
+        if lan {
+            // On stdout after the listening line, for a person (and tests) to read.
+            let urls = server.urls();
+            println!("open {} on a phone or laptop on the same network (accept the self-signed certificate)", urls[0]);
+            for u in &urls[1..] {
+                println!("  also {u}");
+            }
+        }
         if dev {
             tracing::info!("dev mode: guest tokens on; open {}", server.url());
         } else {
@@ -118,7 +126,7 @@ fn loadtest(args: confer::app::cli::LoadtestArgs) -> anyhow::Result<()> {
 /// The config for a command that does not log: the ignored-variables
 /// warning goes to stderr, away from what it prints.
 fn load_quietly(args: &confer::app::cli::ConfigArgs) -> anyhow::Result<confer::config::Config> {
-    let (config, env_warning) = args.load(None, false)?;
+    let (config, env_warning) = args.load(None, false, false)?;
     if let Some(w) = env_warning {
         eprintln!("confer: warning: {w}");
     }

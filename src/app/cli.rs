@@ -22,9 +22,9 @@ Environment:
              CONFER_HTTP_TLS_SELF_SIGNED, CONFER_HTTP_CORS_ORIGINS
   [auth]     CONFER_AUTH_SECRET, CONFER_AUTH_ALLOW_GUESTS
   [media]    CONFER_MEDIA_LISTEN, CONFER_MEDIA_WORKERS, CONFER_MEDIA_PUBLIC_IP,
-             CONFER_MEDIA_BANDWIDTH_ESTIMATION
+             CONFER_MEDIA_STUN_SERVERS, CONFER_MEDIA_BANDWIDTH_ESTIMATION
   [turn]     CONFER_TURN_ENABLED, CONFER_TURN_LISTEN, CONFER_TURN_TLS_LISTEN, CONFER_TURN_PUBLIC_HOST,
-             CONFER_TURN_REALM, CONFER_TURN_SECRET, CONFER_TURN_CREDENTIAL_TTL,
+             CONFER_TURN_RELAY_IP, CONFER_TURN_REALM, CONFER_TURN_SECRET, CONFER_TURN_CREDENTIAL_TTL,
              CONFER_TURN_RELAY_PORT_MIN, CONFER_TURN_RELAY_PORT_MAX, CONFER_TURN_ALLOW_LOOPBACK_PEERS,
              CONFER_TURN_ALLOWED_PEER_RANGES, CONFER_TURN_USER_QUOTA
   [store]    CONFER_STORE_PATH
@@ -151,6 +151,11 @@ pub struct ServeArgs {
     /// HTTP + WebSocket listen address, e.g. 127.0.0.1:8080 or 0.0.0.0:0 (overrides http.listen).
     #[arg(long, value_name = "ADDR")]
     pub http: Option<SocketAddr>,
+    /// A call on the local network: HTTP, media and TURN on every interface (their ports kept),
+    /// the self-signed HTTPS certificate with every interface address in it, and the https://
+    /// address to open on a phone printed at start. With --dev, guests can join at once.
+    #[arg(long)]
+    pub lan: bool,
     /// Log one JSON object per line (overrides log.json).
     #[arg(long)]
     pub log_json: bool,
@@ -180,8 +185,8 @@ pub struct TokenArgs {
 impl ConfigArgs {
     /// The config, and the warning about `CONFER_*` variables it ignored
     /// (for the caller to give once its logging is set up).
-    pub fn load(&self, http: Option<SocketAddr>, dev: bool) -> anyhow::Result<(Config, Option<String>)> {
-        let o = Overrides { http_listen: http, data_dir: self.data.clone(), dev };
+    pub fn load(&self, http: Option<SocketAddr>, dev: bool, lan: bool) -> anyhow::Result<(Config, Option<String>)> {
+        let o = Overrides { http_listen: http, data_dir: self.data.clone(), dev, lan };
         let loaded = Config::load(self.config.as_deref(), &o)?;
         let warning = loaded.ignored_env_warning();
         Ok((loaded.config, warning))

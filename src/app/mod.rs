@@ -2,12 +2,13 @@
 //! sockets, runs until a shutdown signal, then shuts down in SPEC 1's order.
 //! Also the `token` command, which shares the config and data dir.
 
+pub mod addrs;
 pub mod cli;
 pub mod tls;
 
 use crate::auth::{self, Claims, TokenKeys};
-use crate::config::Config;
-use crate::http::{self, AppState, IceSettings};
+use crate::config::{Config, PublicIp};
+use crate::http::{self, AppState, IceSettings, TurnHost};
 use crate::metrics::Metrics;
 use crate::signal::calls::CallService;
 use crate::signal::hub::Hub;
@@ -41,6 +42,9 @@ pub struct Server {
     signal: Arc<Signaling>,
     store: Arc<SledStore>,
     media_addr: SocketAddr,
+    /// What a person can open: the HTTP address, or on a wildcard one per
+    /// usable interface address.
+    http_ips: Vec<std::net::IpAddr>,
     media_threads: Vec<std::thread::JoinHandle<()>>,
 }
 
@@ -63,7 +67,15 @@ impl Server {
         let cert = match (&config.http.tls_cert, &config.http.tls_key) {
             (Some(cert), Some(key)) => Some(tls::server_config(cert, key)?),
             _ if config.http.tls_self_signed || turn_tls_on => {
-                let (cert, key) = tls::self_signed(Path::new(tls::SELF_SIGNED_DIR), config.http.listen.ip())?;
+                // Every address a browser may come in on is in the certificate.
+                let mut ips = crate::netif::advertised(config.http.listen.ip(), None);
+                if config.http.listen.ip().is_unspecified() {
+                    ips.extend(crate::netif::local_ips(config.http.listen.ip()));
+                }
+                if let Some(PublicIp::Addr(ip)) = config.media.public_ip {
+                    ips.push(ip);
+                }
+                let (cert, key) = tls::self_signed(Path::new(tls::SELF_SIGNED_DIR), &ips)?;
                 Some(tls::server_config(&cert, &key)?)
             }
             _ => None,
@@ -83,18 +95,30 @@ impl Server {
         } else {
             None
         };
-        let host_port = |bound: SocketAddr| {
-            let host = config.turn.public_host.clone().unwrap_or_else(|| match bound.ip() {
-                std::net::IpAddr::V6(ip) => format!("[{ip}]"),
-                ip => ip.to_string(),
-            });
-            format!("{host}:{}", bound.port())
-        };
-        let turn_host_port = turn.as_ref().map(|t| host_port(t.local_addr()));
-        let turns_host_port = turn.as_ref().and_then(TurnServer::tls_addr).map(host_port);
+        // SPEC 12: public_host, else the listen IP, and never a wildcard:
+        // relay_ip, else the host each HTTP request came in on.
+        let listen_ip = config.turn.listen.ip();
+        let turn_host = turn.as_ref().map(|t| {
+            if let Some(h) = &config.turn.public_host {
+                return TurnHost::Fixed(h.clone());
+            }
+            if !listen_ip.is_unspecified() {
+                return TurnHost::Fixed(url_host(listen_ip));
+            }
+            if let Some(ip) = config.turn.relay_ip {
+                return TurnHost::Fixed(url_host(ip));
+            }
+            let first = t.udp_addrs().first().map(|a| a.ip()).filter(|ip| !ip.is_loopback());
+            let fallback = first.unwrap_or_else(|| crate::netif::advertised(listen_ip, None)[0]);
+            TurnHost::FromRequest { fallback: url_host(fallback) }
+        });
+        if let Some(t) = &turn {
+            tracing::info!(udp = ?t.udp_addrs(), relay_ip = ?config.turn.relay_ip, "TURN addresses");
+        }
         let ice = Arc::new(IceSettings {
-            turn_host_port,
-            turns_host_port,
+            turn_host,
+            turn_port: turn.as_ref().map_or(0, |t| t.local_addr().port()),
+            turns_port: turn.as_ref().and_then(TurnServer::tls_addr).map(|a| a.port()),
             secret: turn_secret.into_bytes(),
             ttl: config.turn.credential_ttl.0,
         });
@@ -115,9 +139,32 @@ impl Server {
             })?;
             media_sockets.push(socket);
         }
+        let public_ip = match config.media.public_ip {
+            None => None,
+            Some(PublicIp::Addr(ip)) => Some(ip),
+            Some(PublicIp::Auto) => {
+                let servers = &config.media.stun_servers;
+                match addrs::discover_public_ip(&media_sockets[0], servers, addrs::STUN_TIMEOUT) {
+                    Some((ip, from)) => {
+                        tracing::info!(%ip, server = %from, "media.public_ip = \"auto\": learned the public address");
+                        Some(ip)
+                    }
+                    None => {
+                        tracing::warn!(
+                            servers = ?servers,
+                            "media.public_ip = \"auto\": no STUN server answered within {:?}; advertising the interface addresses only (set media.public_ip to the address, or check media.stun_servers and outbound UDP)",
+                            addrs::STUN_TIMEOUT
+                        );
+                        None
+                    }
+                }
+            }
+        };
+        let advertised = crate::netif::advertised(config.media.listen.ip(), public_ip);
+        tracing::info!(addresses = ?advertised, "media: ICE host candidates");
         let (media, mut media_events, media_threads) = crate::media::worker::spawn(
             media_sockets,
-            config.media.public_ip,
+            advertised,
             config.media.bandwidth_estimation,
             metrics.media.clone(),
         )
@@ -148,7 +195,7 @@ impl Server {
                 reservation_ttl: config.rooms.reservation_ttl.0,
                 media: Some(media),
                 ice_servers: Arc::new(move |user| {
-                    serde_json::to_value(ice_for_rooms.servers(user)).unwrap_or_default()
+                    serde_json::to_value(ice_for_rooms.servers(user, None)).unwrap_or_default()
                 }),
                 grace: config.calls.reconnect_grace.0,
             },
@@ -182,17 +229,25 @@ impl Server {
             sockets_ready: Arc::new(AtomicBool::new(false)),
             cors_origins: config.http.cors_origins.clone().into(),
         };
-        Ok(Server { http, http_addr, tls, turn, state, signal, store, media_addr, media_threads })
+        let http_ips = crate::netif::advertised(http_addr.ip(), None);
+        Ok(Server { http, http_addr, tls, turn, state, signal, store, media_addr, http_ips, media_threads })
     }
 
     pub fn http_addr(&self) -> SocketAddr {
         self.http_addr
     }
 
-    /// The URL a person opens: `https://` when TLS is on.
+    /// The URL a person opens: `https://` when TLS is on; on a wildcard
+    /// listen, at the first usable interface address.
     pub fn url(&self) -> String {
+        self.urls().swap_remove(0)
+    }
+
+    /// One URL per address a person can open (SPEC 1, `--lan`).
+    pub fn urls(&self) -> Vec<String> {
         let scheme = if self.tls.is_some() { "https" } else { "http" };
-        format!("{scheme}://{}/", self.http_addr)
+        let port = self.http_addr.port();
+        self.http_ips.iter().map(|ip| format!("{scheme}://{}:{port}/", url_host(*ip))).collect()
     }
 
     /// The `listening ...` line of SPEC 1.
@@ -270,6 +325,14 @@ impl Server {
         store.flush().context("flushing the store")?;
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// An IP as the host part of a URL (`[v6]`).
+fn url_host(ip: std::net::IpAddr) -> String {
+    match ip {
+        std::net::IpAddr::V6(v6) => format!("[{v6}]"),
+        v4 => v4.to_string(),
     }
 }
 

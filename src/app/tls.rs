@@ -35,24 +35,39 @@ pub fn server_config(cert: &Path, key: &Path) -> anyhow::Result<Arc<rustls::Serv
     Ok(Arc::new(cfg))
 }
 
-/// The dev certificate in `dir`, generated on first use for `localhost`, the
-/// loopback addresses and `extra_ip`. Returns (cert path, key path).
-pub fn self_signed(dir: &Path, extra_ip: IpAddr) -> anyhow::Result<(PathBuf, PathBuf)> {
+/// The names the dev certificate was made for, one per line, beside it.
+pub const SELF_SIGNED_NAMES: &str = "confer-dev.names";
+
+/// The dev certificate in `dir` for `localhost`, the loopback addresses and
+/// `ips` (every address a browser may come in on: `--lan` puts each
+/// interface's). Generated on first use, and again when an address is not
+/// in the one there (a new interface, a DHCP lease). Returns (cert path,
+/// key path).
+pub fn self_signed(dir: &Path, ips: &[IpAddr]) -> anyhow::Result<(PathBuf, PathBuf)> {
     let cert = dir.join(SELF_SIGNED_CERT);
     let key = dir.join(SELF_SIGNED_KEY);
+    let listed = dir.join(SELF_SIGNED_NAMES);
+    let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
+    for ip in ips {
+        if !ip.is_unspecified() && !names.contains(&ip.to_string()) {
+            names.push(ip.to_string());
+        }
+    }
     if cert.exists() && key.exists() {
-        return Ok((cert, key));
+        // A certificate from before the names file covers the loopback names only.
+        let had = std::fs::read_to_string(&listed).unwrap_or_else(|_| names[..3].join("\n"));
+        if names.iter().all(|n| had.lines().any(|l| l == n)) {
+            return Ok((cert, key));
+        }
     }
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
-    if !extra_ip.is_unspecified() && !names.contains(&extra_ip.to_string()) {
-        names.push(extra_ip.to_string());
-    }
-    let generated = rcgen::generate_simple_self_signed(names).context("generating a self-signed certificate")?;
+    let generated =
+        rcgen::generate_simple_self_signed(names.clone()).context("generating a self-signed certificate")?;
     std::fs::write(&cert, generated.cert.pem()).with_context(|| format!("cannot write {}", cert.display()))?;
     crate::auth::write_private(&key, generated.signing_key.serialize_pem().as_bytes())
         .with_context(|| format!("cannot write {}", key.display()))?;
-    tracing::info!(cert = %cert.display(), "generated a self-signed certificate; browsers will ask you to accept it");
+    std::fs::write(&listed, names.join("\n")).with_context(|| format!("cannot write {}", listed.display()))?;
+    tracing::info!(cert = %cert.display(), names = ?names, "generated a self-signed certificate; browsers will ask you to accept it");
     Ok((cert, key))
 }
 
@@ -63,10 +78,13 @@ mod tests {
     #[test]
     fn generates_once_and_loads() {
         let dir = tempfile::tempdir().unwrap();
-        let (c, k) = self_signed(dir.path(), "192.0.2.7".parse().unwrap()).unwrap();
+        let ip: IpAddr = "192.0.2.7".parse().unwrap();
+        let (c, k) = self_signed(dir.path(), &[ip]).unwrap();
         let first = std::fs::read(&c).unwrap();
-        let (c2, _) = self_signed(dir.path(), "192.0.2.7".parse().unwrap()).unwrap();
-        assert_eq!(first, std::fs::read(c2).unwrap(), "reused, not regenerated");
+        let (c2, _) = self_signed(dir.path(), &[ip]).unwrap();
+        assert_eq!(first, std::fs::read(&c2).unwrap(), "reused, not regenerated");
+        let (c3, _) = self_signed(dir.path(), &[ip, "198.18.0.1".parse().unwrap()]).unwrap();
+        assert_ne!(first, std::fs::read(&c3).unwrap(), "a new address makes a new certificate");
         server_config(&c, &k).unwrap();
         #[cfg(unix)]
         {

@@ -28,13 +28,39 @@ pub fn router() -> OpenApiRouter<AppState> {
 /// What `/ice-config` hands out: where TURN listens and the credential scheme.
 #[derive(Clone, Debug)]
 pub struct IceSettings {
-    /// `host:port` for the `stun:`/`turn:` URLs; `None` when TURN is off.
-    pub turn_host_port: Option<String>,
-    /// `host:port` for the `turns:` URL: only when TURN listens on TLS
+    /// The host of the `stun:`/`turn:`/`turns:` URLs; `None` when TURN is off.
+    pub turn_host: Option<TurnHost>,
+    /// The port of the `stun:`/`turn:` URLs.
+    pub turn_port: u16,
+    /// The port of the `turns:` URL: only when TURN listens on TLS
     /// (`turn.tls_listen`), so no listener that does not exist is advertised.
-    pub turns_host_port: Option<String>,
+    pub turns_port: Option<u16>,
     pub secret: Vec<u8>,
     pub ttl: Duration,
+}
+
+/// Which host the TURN URLs name (SPEC 12), never a wildcard.
+#[derive(Clone, Debug)]
+pub enum TurnHost {
+    /// `turn.public_host`, the listen IP, or `turn.relay_ip`.
+    Fixed(String),
+    /// A wildcard listen without `relay_ip`: the host the HTTP request came
+    /// in on (the address the client reached confer at), else `fallback`
+    /// (the first interface address; for `room-joined`, which has no request).
+    FromRequest { fallback: String },
+}
+
+/// `Host` as a URL host: the name or IP without the port, when it is
+/// plainly one (letters, digits, `.-:` and IPv6 brackets), else None.
+pub fn request_host(headers: &HeaderMap) -> Option<String> {
+    let h = headers.get(header::HOST)?.to_str().ok()?.trim();
+    let host = if h.starts_with('[') { &h[..=h.find(']')?] } else { h.rsplit_once(':').map_or(h, |(host, _)| host) };
+    let ok = !host.is_empty()
+        && host.len() <= 253
+        && host.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b))
+        && host.parse::<std::net::Ipv4Addr>().map_or(true, |ip| !ip.is_unspecified())
+        && host != "[::]";
+    ok.then(|| host.to_owned())
 }
 
 #[derive(Serialize, ToSchema)]
@@ -58,19 +84,26 @@ pub struct IceConfig {
 /// STUN and TURN servers with TURN REST API credentials for the caller.
 #[utoipa::path(get, path = "/ice-config", tag = "ice", security(("bearer" = [])),
     responses((status = 200, body = IceConfig), (status = 401, body = super::error::ErrorBody)))]
-async fn ice_config(State(st): State<AppState>, AuthUser(actor): AuthUser) -> Json<IceConfig> {
-    Json(IceConfig { ice_servers: st.ice.servers(actor.user()), ttl: st.ice.ttl.as_secs() })
+async fn ice_config(State(st): State<AppState>, headers: HeaderMap, AuthUser(actor): AuthUser) -> Json<IceConfig> {
+    let host = request_host(&headers);
+    Json(IceConfig { ice_servers: st.ice.servers(actor.user(), host.as_deref()), ttl: st.ice.ttl.as_secs() })
 }
 
 impl IceSettings {
     /// STUN and TURN (with fresh REST credentials for `user`), as `/ice-config`
-    /// and `room-joined` give them.
-    pub fn servers(&self, user: &UserId) -> Vec<IceServer> {
-        let Some(hp) = &self.turn_host_port else { return Vec::new() };
+    /// and `room-joined` give them; `request_host` is the HTTP request's
+    /// host, when there is one.
+    pub fn servers(&self, user: &UserId, request_host: Option<&str>) -> Vec<IceServer> {
+        let host = match &self.turn_host {
+            None => return Vec::new(),
+            Some(TurnHost::Fixed(h)) => h.as_str(),
+            Some(TurnHost::FromRequest { fallback }) => request_host.unwrap_or(fallback),
+        };
+        let hp = format!("{host}:{}", self.turn_port);
         let c = credentials::mint(&self.secret, user.as_str(), crate::auth::unix_now() + self.ttl.as_secs());
         let mut urls = vec![format!("turn:{hp}?transport=udp"), format!("turn:{hp}?transport=tcp")];
-        if let Some(tls) = &self.turns_host_port {
-            urls.push(format!("turns:{tls}?transport=tcp"));
+        if let Some(tls) = self.turns_port {
+            urls.push(format!("turns:{host}:{tls}?transport=tcp"));
         }
         vec![
             IceServer { urls: vec![format!("stun:{hp}")], username: None, credential: None },
@@ -157,4 +190,48 @@ async fn metrics(State(st): State<AppState>, headers: HeaderMap) -> Result<impl 
         }
     }
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], st.metrics.render()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_host_is_the_host_without_port_and_never_a_wildcard() {
+        let host = |h: &str| {
+            let mut m = HeaderMap::new();
+            m.insert(header::HOST, h.parse().unwrap());
+            request_host(&m)
+        };
+        assert_eq!(host("198.18.0.1:8080").as_deref(), Some("198.18.0.1"));
+        assert_eq!(host("confer.example.com").as_deref(), Some("confer.example.com"));
+        assert_eq!(host("[2001:db8::1]:8443").as_deref(), Some("[2001:db8::1]"));
+        for bad in ["0.0.0.0:8080", "[::]:8080", "a b", "x\"y:1", ""] {
+            assert_eq!(host(bad), None, "{bad:?}");
+        }
+        assert_eq!(request_host(&HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn turn_urls_follow_the_request_host_on_a_wildcard() {
+        let ice = IceSettings {
+            turn_host: Some(TurnHost::FromRequest { fallback: "198.18.0.2".into() }),
+            turn_port: 3478,
+            turns_port: Some(5349),
+            secret: b"s".to_vec(),
+            ttl: Duration::from_secs(60),
+        };
+        let user = UserId::from("alice".to_owned());
+        let urls = |host| ice.servers(&user, host).into_iter().flat_map(|s| s.urls).collect::<Vec<_>>();
+        assert_eq!(
+            urls(Some("198.18.0.1")),
+            [
+                "stun:198.18.0.1:3478",
+                "turn:198.18.0.1:3478?transport=udp",
+                "turn:198.18.0.1:3478?transport=tcp",
+                "turns:198.18.0.1:5349?transport=tcp"
+            ]
+        );
+        assert_eq!(urls(None)[0], "stun:198.18.0.2:3478");
+    }
 }

@@ -13,7 +13,7 @@ mod ws;
 
 pub use error::{ApiError, ApiJson};
 pub use extract::AuthUser;
-pub use misc::IceSettings;
+pub use misc::{IceSettings, TurnHost};
 
 use crate::metrics::Metrics;
 use crate::signal::session::Limits;

@@ -37,8 +37,8 @@ pub fn credentials() -> (String, String) {
     (Alphanumeric.sample_string(&mut rng, 16), Alphanumeric.sample_string(&mut rng, 32))
 }
 
-/// A new server-side PeerConnection whose only candidate is `advertised`,
-/// and what its wire observer sees.
+/// A new server-side PeerConnection whose candidates are `advertised` (host
+/// candidates, one per address, in that order), and what its wire observer sees.
 ///
 /// Both roles negotiate the same things (NACK, PLI, transport-cc, RTCP
 /// reports), but each gets only the interceptors its direction uses. A
@@ -51,7 +51,7 @@ pub fn build(
     role: super::Role,
     ufrag: &str,
     pwd: &str,
-    advertised: SocketAddr,
+    advertised: &[SocketAddr],
     certificate: Option<&RTCCertificate>,
     now: Instant,
 ) -> Result<(RTCPeerConnection, Arc<Observed>), Error> {
@@ -102,19 +102,30 @@ pub fn build(
         .with_media_engine(media)
         .with_interceptor_registry(registry)
         .build(now)?;
-    let host = CandidateHostConfig {
-        base_config: CandidateConfig {
-            network: "udp".to_owned(),
-            address: advertised.ip().to_string(),
-            port: advertised.port(),
-            component: 1,
+    for (i, at) in advertised.iter().enumerate() {
+        let host = CandidateHostConfig {
+            base_config: CandidateConfig {
+                network: "udp".to_owned(),
+                address: at.ip().to_string(),
+                port: at.port(),
+                component: 1,
+                // Earlier addresses first: the public one before interface ones.
+                priority: candidate_priority(i),
+                ..Default::default()
+            },
             ..Default::default()
-        },
-        ..Default::default()
+        }
+        .new_candidate_host()?;
+        pc.add_local_candidate(RTCIceCandidate::from(&host).to_json()?)?;
     }
-    .new_candidate_host()?;
-    pc.add_local_candidate(RTCIceCandidate::from(&host).to_json()?)?;
     Ok((pc, observed))
+}
+
+/// RFC 8445 5.1.2.1 for a host candidate (type preference 126, component
+/// 1), the local preference falling with the address's rank.
+fn candidate_priority(rank: usize) -> u32 {
+    let local_pref = 65_535u32.saturating_sub(rank as u32);
+    (126 << 24) | (local_pref << 8) | (256 - 1)
 }
 
 /// Feed one datagram to a fresh server PeerConnection and drain it: the
@@ -123,7 +134,7 @@ pub fn fuzz_datagram(data: &[u8]) {
     use rtc::sansio::Protocol;
     let now = Instant::now();
     let local: SocketAddr = "127.0.0.1:7882".parse().expect("literal");
-    let Ok((mut conn, _)) = build(super::Role::Publisher, "fuzzufrag", "fuzzpasswordfuzzpassword", local, None, now)
+    let Ok((mut conn, _)) = build(super::Role::Publisher, "fuzzufrag", "fuzzpasswordfuzzpassword", &[local], None, now)
     else {
         return;
     };
@@ -147,7 +158,7 @@ pub fn fuzz_datagram(data: &[u8]) {
 pub fn fuzz_offer(sdp: &str) {
     let now = Instant::now();
     let local: SocketAddr = "127.0.0.1:7882".parse().expect("literal");
-    let Ok((mut conn, _)) = build(super::Role::Publisher, "fuzzufrag", "fuzzpasswordfuzzpassword", local, None, now)
+    let Ok((mut conn, _)) = build(super::Role::Publisher, "fuzzufrag", "fuzzpasswordfuzzpassword", &[local], None, now)
     else {
         return;
     };

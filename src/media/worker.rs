@@ -32,11 +32,13 @@ const READ_BATCHES: usize = 4;
 const SENDER_REPORT_EVERY: Duration = Duration::from_secs(1);
 
 /// Start one worker per socket, each on its own thread. Each socket is
-/// already bound; `public_ip`, when set, replaces the bound IP in ICE
-/// candidates. Rooms are spread over the workers by [`MediaHandle`].
+/// already bound; every connection gets one ICE host candidate per address
+/// of `advertised` (the composition root's choice: the public address, the
+/// bound one or every interface's, never a wildcard), on its worker's port.
+/// Rooms are spread over the workers by [`MediaHandle`].
 pub fn spawn(
     sockets: Vec<std::net::UdpSocket>,
-    public_ip: Option<std::net::IpAddr>,
+    advertised: Vec<std::net::IpAddr>,
     bandwidth_estimation: bool,
     metrics: MediaMetrics,
 ) -> std::io::Result<(MediaHandle, mpsc::UnboundedReceiver<MediaEvent>, Vec<std::thread::JoinHandle<()>>)> {
@@ -45,7 +47,10 @@ pub fn spawn(
     let mut threads = Vec::new();
     for (i, socket) in sockets.into_iter().enumerate() {
         let local = socket.local_addr()?;
-        let advertised = SocketAddr::new(public_ip.unwrap_or(local.ip()), local.port());
+        let advertised: Vec<SocketAddr> = advertised.iter().map(|ip| SocketAddr::new(*ip, local.port())).collect();
+        if advertised.is_empty() {
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "no address to advertise"));
+        }
         socket.set_nonblocking(true)?;
         grow_buffers(&socket);
         let (tx, rx) = mpsc::unbounded_channel();
@@ -60,7 +65,7 @@ pub fn spawn(
                     Ok(s) => s,
                     Err(e) => return tracing::error!(error = %e, "media worker: cannot register the UDP socket"),
                 };
-                let mut io = Io::new(local, advertised, ev_tx, metrics, Arc::new(socket));
+                let mut io = Io::new(advertised, ev_tx, metrics, Arc::new(socket));
                 io.bandwidth_estimation = bandwidth_estimation;
                 Worker::new(io).run(rx).await;
             });
@@ -106,8 +111,17 @@ impl Demux {
 /// batch, the reused write buffers, the event channel to signaling, the
 /// metrics and the demux tables.
 pub struct Io {
-    pub local: SocketAddr,
-    pub advertised: SocketAddr,
+    /// The host candidates every connection of this worker offers.
+    pub advertised: Vec<SocketAddr>,
+    /// The local address every datagram is said to arrive on, for the ICE
+    /// agent (it drops what matches none of its candidates): the first
+    /// candidate. One socket serves every candidate, and with ICE-lite the
+    /// client's checks decide the pair, so which of them this names changes
+    /// nothing that is sent. (A wildcard socket does not learn a datagram's
+    /// destination address without IP_PKTINFO; replies leave from the
+    /// address the kernel's route picks, which is the one the client used
+    /// unless the host reaches that client through another interface.)
+    pub ice_local: SocketAddr,
     events: mpsc::UnboundedSender<MediaEvent>,
     pub metrics: MediaMetrics,
     pub socket: Arc<UdpSocket>,
@@ -129,14 +143,13 @@ pub struct Io {
 
 impl Io {
     fn new(
-        local: SocketAddr,
-        advertised: SocketAddr,
+        advertised: Vec<SocketAddr>,
         events: mpsc::UnboundedSender<MediaEvent>,
         metrics: MediaMetrics,
         socket: Arc<UdpSocket>,
     ) -> Self {
         Self {
-            local,
+            ice_local: advertised[0],
             advertised,
             events,
             metrics,

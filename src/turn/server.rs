@@ -1,6 +1,20 @@
-//! The TURN server: one UDP socket and one TCP listener on `turn.listen`, one
-//! relay socket per allocation. Requests are decided in [`Inner::handle`]; the
-//! socket loops only move bytes.
+//! The TURN server: UDP and TCP on `turn.listen`, one relay socket per
+//! allocation. Requests are decided in [`Inner::handle`]; the socket loops
+//! only move bytes.
+//!
+//! Addresses (SPEC 6): XOR-RELAYED-ADDRESS is never a wildcard. It is
+//! `turn.relay_ip` when set (1:1 NAT: the public address of the relay
+//! ports), else the server address the allocation's request arrived on, and
+//! the relay socket is bound on that address. TCP learns it per connection
+//! (`getsockname` of the accepted stream). For UDP on a wildcard
+//! `turn.listen`, the server binds one socket per interface address (from
+//! [`crate::netif`]) on the listen port instead of one wildcard socket, as
+//! coturn does when no `listening-ip` is given: each socket knows its
+//! address, and replies leave from the address the client wrote to, which a
+//! wildcard socket guarantees only with IP_PKTINFO on both `recvmsg` and
+//! `sendmsg` (per-datagram control messages through tokio's readiness API,
+//! unsafe code for what binding already gives). The cost: an address added
+//! after start is not served until a restart.
 //!
 //! Hand-written rather than built on the `turn` crate: its stock auth handler
 //! parses the whole username as a number (the REST scheme is
@@ -114,6 +128,8 @@ impl Sink {
 struct ClientKey {
     tcp: bool,
     addr: SocketAddr,
+    /// The server's side: the address the client's packets arrive on.
+    local: IpAddr,
 }
 
 struct Bucket {
@@ -171,7 +187,10 @@ struct Inner {
     secret: Vec<u8>,
     nonce_key: [u8; 16],
     filter: PeerFilter,
-    relay_ip: IpAddr,
+    /// `turn.listen`'s IP: relay sockets bind here unless it is a wildcard.
+    listen_ip: IpAddr,
+    /// `turn.relay_ip`: advertised instead of the relay socket's own address.
+    relay_ip: Option<IpAddr>,
     ports: (u16, u16),
     /// Allocations one user (the part of the username after the expiry) may hold.
     user_quota: usize,
@@ -180,7 +199,8 @@ struct Inner {
 }
 
 pub struct TurnServer {
-    udp: Arc<UdpSocket>,
+    /// One socket, or on a wildcard listen one per interface address.
+    udp: Vec<Arc<UdpSocket>>,
     tcp: TcpListener,
     tls: Option<(TcpListener, tokio_rustls::TlsAcceptor)>,
     inner: Arc<Inner>,
@@ -196,8 +216,7 @@ impl TurnServer {
         tls: Option<Arc<rustls::ServerConfig>>,
     ) -> Result<TurnServer, TurnError> {
         let filter = PeerFilter::new(cfg.allow_loopback_peers, &cfg.allowed_peer_ranges).map_err(TurnError::Config)?;
-        let (udp, tcp) = bind_pair(cfg.listen).await?;
-        let addr = udp.local_addr().map_err(|source| TurnError::Bind { addr: cfg.listen, source })?;
+        let (udp, tcp) = bind_listeners(cfg.listen).await?;
         let tls = match (tls, cfg.tls_listen) {
             (Some(config), Some(at)) => {
                 let l = TcpListener::bind(at).await.map_err(|source| TurnError::Bind { addr: at, source })?;
@@ -211,17 +230,25 @@ impl TurnServer {
             secret,
             nonce_key,
             filter,
-            relay_ip: addr.ip(),
+            listen_ip: cfg.listen.ip(),
+            relay_ip: cfg.relay_ip,
             ports: (cfg.relay_port_min, cfg.relay_port_max),
             user_quota: cfg.user_quota as usize,
             allocs: Mutex::new(HashMap::new()),
             metrics: TurnMetrics::register(registry),
         });
-        Ok(TurnServer { udp: Arc::new(udp), tcp, tls, inner })
+        Ok(TurnServer { udp: udp.into_iter().map(Arc::new).collect(), tcp, tls, inner })
     }
 
+    /// `turn.listen` with the port it got (a wildcard stays a wildcard).
     pub fn local_addr(&self) -> SocketAddr {
-        self.udp.local_addr().expect("bound")
+        self.tcp.local_addr().expect("bound")
+    }
+
+    /// The UDP addresses served: `local_addr`, or on a wildcard one per
+    /// interface address.
+    pub fn udp_addrs(&self) -> Vec<SocketAddr> {
+        self.udp.iter().filter_map(|s| s.local_addr().ok()).collect()
     }
 
     /// The TURN-over-TLS address, when TLS is on.
@@ -232,11 +259,10 @@ impl TurnServer {
     /// Serve until `shutdown`, then drop every allocation.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) {
         let TurnServer { udp, tcp, tls, inner } = self;
-        let mut tasks = vec![
-            tokio::spawn(sweep(inner.clone())),
-            tokio::spawn(udp_loop(udp, inner.clone())),
-            tokio::spawn(tcp_loop(tcp, inner.clone())),
-        ];
+        let mut tasks = vec![tokio::spawn(sweep(inner.clone())), tokio::spawn(tcp_loop(tcp, inner.clone()))];
+        for u in udp {
+            tasks.push(tokio::spawn(udp_loop(u, inner.clone())));
+        }
         if let Some((listener, acceptor)) = tls {
             tasks.push(tokio::spawn(tls_loop(listener, acceptor, inner.clone())));
         }
@@ -270,16 +296,62 @@ async fn bind_pair(at: SocketAddr) -> Result<(UdpSocket, TcpListener), TurnError
     }
 }
 
+/// UDP and TCP on `at`. On a wildcard, TCP stays one wildcard listener (an
+/// accepted stream knows its local address) and UDP is one socket per
+/// interface address of the family (both families for `[::]`, which takes
+/// IPv4 too), all on one port.
+async fn bind_listeners(at: SocketAddr) -> Result<(Vec<UdpSocket>, TcpListener), TurnError> {
+    if !at.ip().is_unspecified() {
+        let (udp, tcp) = bind_pair(at).await?;
+        return Ok((vec![udp], tcp));
+    }
+    let mut ips = crate::netif::local_ips(at.ip());
+    if at.is_ipv6() {
+        ips.extend(crate::netif::local_ips(std::net::Ipv4Addr::UNSPECIFIED.into()));
+    }
+    if ips.is_empty() {
+        tracing::warn!(%at, "TURN: no interface address found; one wildcard UDP socket (relayed addresses then need turn.relay_ip)");
+        let (udp, tcp) = bind_pair(at).await?;
+        return Ok((vec![udp], tcp));
+    }
+    let mut tries = if at.port() == 0 { 50 } else { 1 };
+    loop {
+        let (first, tcp) = bind_pair(SocketAddr::new(ips[0], at.port())).await?;
+        let port = first.local_addr().map_err(|source| TurnError::Bind { addr: at, source })?.port();
+        // The first pair only fixed the port: TCP listens on the wildcard.
+        drop(tcp);
+        let bound = async {
+            let tcp = TcpListener::bind(SocketAddr::new(at.ip(), port)).await.map_err(|e| (at, e))?;
+            let mut udp = vec![first];
+            for ip in &ips[1..] {
+                let a = SocketAddr::new(*ip, port);
+                udp.push(UdpSocket::bind(a).await.map_err(|e| (a, e))?);
+            }
+            Ok::<_, (SocketAddr, std::io::Error)>((udp, tcp))
+        };
+        match bound.await {
+            Ok(pair) => return Ok(pair),
+            Err((addr, source)) => {
+                tries -= 1;
+                if tries == 0 {
+                    return Err(TurnError::Bind { addr, source });
+                }
+            }
+        }
+    }
+}
+
 async fn udp_loop(udp: Arc<UdpSocket>, inner: Arc<Inner>) {
     let mut buf = vec![0u8; 65_536];
     let mut out = Vec::with_capacity(1500);
+    let local = udp.local_addr().map(|a| a.ip()).unwrap_or(inner.listen_ip);
     loop {
         let Ok((n, from)) = udp.recv_from(&mut buf).await else { continue };
-        let key = ClientKey { tcp: false, addr: from };
+        let key = ClientKey { tcp: false, addr: from, local };
         inner.handle(key, &Sink::Udp(udp.clone(), from), &buf[..n], &mut out).await;
         // Drain what else is queued before yielding to the scheduler.
         while let Ok((n, from)) = udp.try_recv_from(&mut buf) {
-            let key = ClientKey { tcp: false, addr: from };
+            let key = ClientKey { tcp: false, addr: from, local };
             inner.handle(key, &Sink::Udp(udp.clone(), from), &buf[..n], &mut out).await;
         }
     }
@@ -289,7 +361,8 @@ async fn tcp_loop(tcp: TcpListener, inner: Arc<Inner>) {
     loop {
         let Ok((stream, from)) = tcp.accept().await else { continue };
         let _ = stream.set_nodelay(true);
-        tokio::spawn(stream_conn(stream, from, inner.clone()));
+        let local = local_ip(&stream, &inner);
+        tokio::spawn(stream_conn(stream, from, local, inner.clone()));
     }
 }
 
@@ -297,19 +370,31 @@ async fn tls_loop(tcp: TcpListener, acceptor: tokio_rustls::TlsAcceptor, inner: 
     loop {
         let Ok((stream, from)) = tcp.accept().await else { continue };
         let _ = stream.set_nodelay(true);
+        let local = local_ip(&stream, &inner);
         let (acceptor, inner) = (acceptor.clone(), inner.clone());
         tokio::spawn(async move {
             match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
-                Ok(Ok(tls)) => stream_conn(tls, from, inner).await,
+                Ok(Ok(tls)) => stream_conn(tls, from, local, inner).await,
                 _ => tracing::debug!(%from, "TURN TLS handshake failed"),
             }
         });
     }
 }
 
+/// The server address an accepted connection arrived on (an IPv4 client of
+/// a `[::]` listener shows as `::ffff:a.b.c.d`: given as IPv4).
+fn local_ip(stream: &tokio::net::TcpStream, inner: &Inner) -> IpAddr {
+    stream.local_addr().map(|a| a.ip().to_canonical()).unwrap_or(inner.listen_ip)
+}
+
 /// One TCP or TLS client: STUN messages and ChannelData (padded to 4 bytes) framed
 /// back to back (RFC 8656 12.5).
-async fn stream_conn<S: AsyncRead + AsyncWrite + Send + 'static>(stream: S, from: SocketAddr, inner: Arc<Inner>) {
+async fn stream_conn<S: AsyncRead + AsyncWrite + Send + 'static>(
+    stream: S,
+    from: SocketAddr,
+    local: IpAddr,
+    inner: Arc<Inner>,
+) {
     let (mut rd, mut wr) = tokio::io::split(stream);
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(256);
     let writer = tokio::spawn(async move {
@@ -319,7 +404,7 @@ async fn stream_conn<S: AsyncRead + AsyncWrite + Send + 'static>(stream: S, from
             }
         }
     });
-    let key = ClientKey { tcp: true, addr: from };
+    let key = ClientKey { tcp: true, addr: from, local };
     let sink = Sink::Tcp(tx);
     let mut buf = Vec::with_capacity(4096);
     let mut chunk = vec![0u8; 16 * 1024];

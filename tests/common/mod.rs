@@ -2,6 +2,7 @@
 //! binary as a child process), mint tokens, speak HTTP and WebSocket to it.
 #![allow(dead_code)]
 
+pub mod netns;
 pub mod simulcast_aiortc;
 
 use confer::app::Server;
@@ -232,6 +233,8 @@ pub struct ChildServer {
     /// The SFU's UDP port, from the listening line.
     pub media: SocketAddr,
     pub stdout: std::io::BufReader<std::process::ChildStdout>,
+    /// The whole `listening ...` line.
+    pub line: String,
 }
 
 impl ChildServer {
@@ -257,7 +260,7 @@ impl ChildServer {
         stdout.read_line(&mut line).expect("read listening line");
         let addr = parse_listening(&line, "http").unwrap_or_else(|| panic!("no listening line: {line:?}"));
         let media = parse_listening(&line, "media").unwrap_or_else(|| panic!("no media= in {line:?}"));
-        ChildServer { child, addr, media, stdout }
+        ChildServer { child, addr, media, stdout, line }
     }
 
     pub fn kill9(&mut self) {
@@ -328,7 +331,7 @@ impl ChildServer {
         stdout.read_line(&mut line).expect("read listening line");
         let addr = parse_listening(&line, "http").unwrap_or_else(|| panic!("no listening line: {line:?}"));
         let media = parse_listening(&line, "media").unwrap_or_else(|| panic!("no media= in {line:?}"));
-        ChildServer { child, addr, media, stdout }
+        ChildServer { child, addr, media, stdout, line }
     }
 
     /// Poll (without blocking the async runtime) until the process exits or

@@ -60,7 +60,7 @@ impl Router {
         let msg = TaggedBytesMut {
             now,
             transport: TransportContext {
-                local_addr: io.local,
+                local_addr: io.ice_local,
                 peer_addr: from,
                 ecn: None,
                 transport_protocol: TransportProtocol::UDP,

@@ -28,7 +28,7 @@ const MID_URI: &str = "urn:ietf:params:rtp-hdrext:sdes:mid";
 impl Router {
     fn new_leg(&mut self, peer: &PeerId, role: Role, io: &mut Io, now: Instant) -> Result<LegId, MediaError> {
         let (ufrag, pwd) = pc::credentials();
-        let (conn, observed) = pc::build(role, &ufrag, &pwd, io.advertised, None, now).map_err(|e| {
+        let (conn, observed) = pc::build(role, &ufrag, &pwd, &io.advertised, None, now).map_err(|e| {
             tracing::warn!(error = %e, ?role, "media: cannot create a PeerConnection");
             MediaError::CannotCreate
         })?;

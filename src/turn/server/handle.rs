@@ -139,11 +139,15 @@ impl Inner {
             _ => return Err((400, "Bad Request")),
         }
         // RFC 8656 7.2: the relayed address is of the family asked for, and
-        // this server relays on one address only (the family of relay_ip).
+        // this server relays on one address only: turn.relay_ip, else the
+        // one the request arrived on (SPEC 6), bound there unless
+        // turn.listen names one address.
+        let bind_ip = if self.listen_ip.is_unspecified() { ck.local } else { self.listen_ip };
+        let shown_ip = self.relay_ip.unwrap_or(bind_ip);
         match msg.attr(stun::REQUESTED_ADDRESS_FAMILY) {
             None => {}
             Some(v) if v.len() == 4 => {
-                let ours = if self.relay_ip.is_ipv4() { FAMILY_IPV4 } else { FAMILY_IPV6 };
+                let ours = if shown_ip.is_ipv4() { FAMILY_IPV4 } else { FAMILY_IPV6 };
                 if v[0] != ours {
                     return Err((440, "Address Family not Supported"));
                 }
@@ -154,8 +158,9 @@ impl Inner {
         if self.allocs.lock().values().filter(|a| a.user == user).count() >= self.user_quota {
             return Err((486, "Allocation Quota Reached"));
         }
-        let relay = self.bind_relay().await.ok_or((508, "Insufficient Capacity"))?;
-        let relay_addr = relay.local_addr().map_err(|_| (508, "Insufficient Capacity"))?;
+        let relay = self.bind_relay(bind_ip).await.ok_or((508, "Insufficient Capacity"))?;
+        let bound = relay.local_addr().map_err(|_| (508, "Insufficient Capacity"))?;
+        let relay_addr = SocketAddr::new(shown_ip, bound.port());
         let lifetime = msg.u32_attr(stun::LIFETIME).unwrap_or(DEFAULT_LIFETIME).clamp(DEFAULT_LIFETIME, MAX_LIFETIME);
         let mut b = Builder::new(out, stun::ALLOCATE, Class::Success, msg.tid);
         b.xor_addr(stun::XOR_RELAYED_ADDRESS, relay_addr)
@@ -192,13 +197,13 @@ impl Inner {
 
     /// A relay socket on a free port of `turn.relay_port_min..=max`, tried
     /// from a random starting point.
-    async fn bind_relay(&self) -> Option<UdpSocket> {
+    async fn bind_relay(&self, ip: IpAddr) -> Option<UdpSocket> {
         let (lo, hi) = self.ports;
         let span = u32::from(hi - lo) + 1;
         let start: u32 = rand::random::<u32>() % span;
         for i in 0..span {
             let port = lo + ((start + i) % span) as u16;
-            if let Ok(s) = UdpSocket::bind(SocketAddr::new(self.relay_ip, port)).await {
+            if let Ok(s) = UdpSocket::bind(SocketAddr::new(ip, port)).await {
                 return Some(s);
             }
         }
