@@ -1,5 +1,6 @@
 //! The call service: live 1:1 calls in memory, every change persisted, events
-//! to both parties' connections, and the timers (ring timeout, reconnect grace).
+//! to both parties' connections, and the call timers (ring timeout, reconnect
+//! grace) set in the [`super::timers`] scheduler and handled in [`CallService::on_timer`].
 //!
 //! REST handlers and `/rtc` sessions call the same methods, so a REST action
 //! emits the same events as its WebSocket twin.
@@ -7,6 +8,7 @@
 use super::call::{self, reason, CallError};
 use super::hub::{Hub, To};
 use super::messages::{SdpType, ServerEvent};
+use super::timers::{TimerKey, Timers};
 use super::{Actor, SignalError};
 use crate::clock;
 use crate::ids::{CallId, ConnId, RoomId, UserId};
@@ -59,10 +61,8 @@ pub struct CallService {
     metrics: Metrics,
     ring_timeout: Duration,
     reconnect_grace: Duration,
+    timers: Timers,
     live: Mutex<HashMap<CallId, LiveCall>>,
-    /// Bumped each time a user's last connection goes, so a grace timer knows
-    /// whether the user came back (and left again) meanwhile.
-    offline_epoch: Mutex<HashMap<UserId, u64>>,
 }
 
 pub const MAX_ID_LEN: usize = 128;
@@ -74,16 +74,9 @@ impl CallService {
         metrics: Metrics,
         ring_timeout: Duration,
         reconnect_grace: Duration,
+        timers: Timers,
     ) -> Arc<Self> {
-        Arc::new(Self {
-            store,
-            hub,
-            metrics,
-            ring_timeout,
-            reconnect_grace,
-            live: Mutex::new(HashMap::new()),
-            offline_epoch: Mutex::new(HashMap::new()),
-        })
+        Arc::new(Self { store, hub, metrics, ring_timeout, reconnect_grace, timers, live: Mutex::new(HashMap::new()) })
     }
 
     /// Settle calls that were live when the previous process died: their media
@@ -98,7 +91,7 @@ impl CallService {
         Ok(live.len())
     }
 
-    pub fn create(self: &Arc<Self>, actor: &Actor, req: NewCall) -> Result<CallSession, SignalError> {
+    pub fn create(&self, actor: &Actor, req: NewCall) -> Result<CallSession, SignalError> {
         if &req.caller_id != actor.user() && !actor.is_admin() {
             return Err(SignalError::Forbidden("callerId must be your own user id (the token's sub)".into()));
         }
@@ -155,13 +148,7 @@ impl CallService {
                 call_session: session.clone(),
             },
         );
-        let me = Arc::clone(self);
-        let id = session.id.clone();
-        let timeout = self.ring_timeout;
-        tokio::spawn(async move {
-            tokio::time::sleep(timeout).await;
-            me.on_ring_timeout(&id);
-        });
+        self.timers.start(TimerKey::RingTimeout(session.id.clone()), self.ring_timeout);
         Ok(session)
     }
 
@@ -342,8 +329,9 @@ impl CallService {
         Ok(())
     }
 
-    /// A user's connection opened.
+    /// A user's connection opened: a reconnect grace running for them stops.
     pub fn user_online(&self, user: &UserId) {
+        self.timers.cancel(TimerKey::ReconnectGrace(user.clone()));
         for l in self.live.lock().values_mut() {
             if l.session.is_party(user) {
                 l.seen_online.insert(user.clone());
@@ -352,23 +340,20 @@ impl CallService {
     }
 
     /// A user's last connection closed: after the grace, their live calls end.
-    pub fn user_offline(self: &Arc<Self>, user: &UserId) {
-        let epoch = {
-            let mut e = self.offline_epoch.lock();
-            let n = e.entry(user.clone()).or_default();
-            *n += 1;
-            *n
-        };
-        let me = Arc::clone(self);
-        let user = user.clone();
-        let grace = self.reconnect_grace;
-        tokio::spawn(async move {
-            tokio::time::sleep(grace).await;
-            let same = me.offline_epoch.lock().get(&user) == Some(&epoch);
-            if same && !me.hub.is_online(&user) {
-                me.end_calls_of(Some(&user), reason::DISCONNECTED);
+    pub fn user_offline(&self, user: &UserId) {
+        self.timers.start(TimerKey::ReconnectGrace(user.clone()), self.reconnect_grace);
+    }
+
+    /// One of the call timers fired (the others are not ours).
+    pub fn on_timer(&self, key: &TimerKey) {
+        match key {
+            TimerKey::RingTimeout(id) => self.on_ring_timeout(id),
+            // A fire may cross the cancel of a reconnect, hence the check.
+            TimerKey::ReconnectGrace(user) if !self.hub.is_online(user) => {
+                self.end_calls_of(Some(user), reason::DISCONNECTED)
             }
-        });
+            _ => {}
+        }
     }
 
     /// End every live call (shutdown).
@@ -491,6 +476,7 @@ impl CallService {
     }
 
     fn retire(&self, calls: &mut HashMap<CallId, LiveCall>, id: &CallId) {
+        self.timers.cancel(TimerKey::RingTimeout(id.clone()));
         if let Some(l) = calls.remove(id) {
             self.metrics.calls_total.with_label_values(&[l.session.status.as_str()]).inc();
         }

@@ -3,6 +3,8 @@
 //! Pure state machines ([`call`]) sit under services ([`calls::CallService`],
 //! [`rooms::RoomService`]) that persist through the [`crate::store::Store`]
 //! trait and reach clients through the [`hub::Hub`]'s per-connection queues.
+//! Their timers live in one scheduler ([`timers`]); a fired timer comes back
+//! through [`Signaling::on_timer`] to the service that set it.
 //! Nothing here touches a socket or knows an HTTP status code; [`SignalError`]
 //! carries the SPEC's error codes and `http` maps them to statuses.
 
@@ -15,6 +17,7 @@ pub mod room_analytics;
 pub mod rooms;
 pub mod rooms_live;
 pub mod session;
+pub mod timers;
 
 use crate::auth::Claims;
 use crate::ids::{ConnId, UserId};
@@ -106,6 +109,15 @@ impl Signaling {
         self.calls.end_all(call::reason::SERVER_SHUTDOWN);
         self.rooms.shutdown_media();
         self.hub.close_all(session::CLOSE_GOING_AWAY, "server shutdown");
+    }
+
+    /// A scheduler timer fired: the service that set it handles it.
+    pub fn on_timer(&self, key: timers::TimerKey) {
+        use timers::TimerKey::*;
+        match &key {
+            RingTimeout(_) | ReconnectGrace(_) => self.calls.on_timer(&key),
+            ReservationExpiry(..) | SeatGrace(..) => self.rooms.on_timer(&key),
+        }
     }
 
     /// `GET /calls/:id/analytics`: a `mode: "sfu"` call's room analytics

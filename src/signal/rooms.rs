@@ -8,6 +8,7 @@
 
 use super::hub::{Hub, To};
 use super::messages::ServerEvent;
+use super::timers::{TimerKey, Timers};
 use super::{Actor, SignalError};
 use crate::clock;
 use crate::ids::{PeerId, RoomId};
@@ -71,6 +72,7 @@ pub struct RoomService {
     pub(super) ice_servers: IceServersFn,
     /// How long a joined participant whose WebSocket dropped keeps its seat.
     pub(super) grace: Duration,
+    pub(super) timers: Timers,
 }
 
 /// What [`RoomService::open`] needs beyond the store, hub and metrics.
@@ -80,6 +82,7 @@ pub struct RoomOptions {
     pub media: Option<crate::media::MediaHandle>,
     pub ice_servers: IceServersFn,
     pub grace: Duration,
+    pub timers: Timers,
 }
 
 impl RoomService {
@@ -103,6 +106,7 @@ impl RoomService {
             media: opts.media,
             ice_servers: opts.ice_servers,
             grace: opts.grace,
+            timers: opts.timers,
         }))
     }
 
@@ -161,7 +165,7 @@ impl RoomService {
     }
 
     /// Reserve a seat: `POST /rooms/:id/join`.
-    pub fn reserve(self: &Arc<Self>, actor: &Actor, id: &RoomId) -> Result<(Room, PeerId), SignalError> {
+    pub fn reserve(&self, actor: &Actor, id: &RoomId) -> Result<(Room, PeerId), SignalError> {
         let now = Instant::now();
         let mut rooms = self.rooms.lock();
         let s = find(&mut rooms, id)?;
@@ -173,17 +177,24 @@ impl RoomService {
         let peer_id = PeerId::random();
         s.room.participants.push(super::rooms_live::seat(actor, &peer_id));
         s.reservations.insert(peer_id.clone(), now + self.reservation_ttl);
-        let room = s.room.clone();
-        let room_id = room.id.clone();
-        let me = Arc::clone(self);
-        let ttl = self.reservation_ttl;
-        tokio::spawn(async move {
-            tokio::time::sleep(ttl).await;
-            if let Some(s) = me.rooms.lock().get_mut(&room_id) {
-                expire(s, Instant::now());
+        self.timers.start(TimerKey::ReservationExpiry(id.clone(), peer_id.clone()), self.reservation_ttl);
+        Ok((s.room.clone(), peer_id))
+    }
+
+    /// One of the room timers fired (the others are not ours).
+    pub fn on_timer(&self, key: &TimerKey) {
+        match key {
+            TimerKey::ReservationExpiry(room, peer) => {
+                let mut rooms = self.rooms.lock();
+                let Some(s) = rooms.get_mut(room) else { return };
+                // Bound, given up or expired meanwhile: nothing left to do.
+                if s.reservations.remove(peer).is_some() {
+                    s.room.participants.retain(|x| &x.peer_id != peer);
+                }
             }
-        });
-        Ok((room, peer_id))
+            TimerKey::SeatGrace(room, peer) => self.on_seat_grace(room, peer),
+            _ => {}
+        }
     }
 
     /// `POST /rooms/:id/leave`: the actor's seats in the room are given up.

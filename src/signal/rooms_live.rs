@@ -10,13 +10,13 @@ use super::hub::To;
 use super::messages::PcRole;
 use super::messages::{IceCandidate, ServerEvent, Speaker, TrackAnnouncement};
 use super::rooms::{check_access, expire, find, RoomService, RoomState};
+use super::timers::TimerKey;
 use super::{Actor, SignalError};
 use crate::clock;
 use crate::ids::{CallId, ConnId, PeerId, RoomId, TrackId, UserId};
 use crate::media::{self, Command, MediaError, MediaEvent, Role};
 use crate::model::{Room, RoomParticipant, TrackInfo, TrackKind, TrackSource};
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Instant;
 
 /// A participant joined over `/rtc`.
@@ -24,8 +24,9 @@ use std::time::Instant;
 pub struct Live {
     pub user: UserId,
     pub conn: ConnId,
-    /// The WebSocket dropped at this instant; the seat is kept for the grace.
-    pub dropped: Option<Instant>,
+    /// The WebSocket dropped; the seat is kept for the grace
+    /// ([`TimerKey::SeatGrace`]).
+    pub dropped: bool,
     /// Announced tracks by mid: (id, source, simulcast).
     pub mids: HashMap<String, (TrackId, TrackSource, bool)>,
 }
@@ -49,7 +50,7 @@ impl RoomService {
     /// Send `ev` to every joined participant of the room but `except`.
     pub(super) fn tell_room(&self, s: &RoomState, except: Option<&PeerId>, ev: &ServerEvent) {
         for (peer, l) in &s.live {
-            if Some(peer) != except && l.dropped.is_none() {
+            if Some(peer) != except && !l.dropped {
                 self.hub.send(&l.user, To::Only(&l.conn), ev);
             }
         }
@@ -87,8 +88,10 @@ impl RoomService {
                     media.send(Command::Leave { peer: p.clone() });
                     s.room.participants.retain(|x| x.peer_id != p);
                     s.room.participants.push(seat(actor, &p));
+                    self.timers.cancel(TimerKey::SeatGrace(room_id.clone(), p.clone()));
                 } else {
                     s.reservations.remove(&p);
+                    self.timers.cancel(TimerKey::ReservationExpiry(room_id.clone(), p.clone()));
                 }
                 p
             }
@@ -101,7 +104,7 @@ impl RoomService {
                 p
             }
         };
-        s.live.insert(peer.clone(), Live { user: actor.user().clone(), conn, dropped: None, mids: HashMap::new() });
+        s.live.insert(peer.clone(), Live { user: actor.user().clone(), conn, dropped: false, mids: HashMap::new() });
         let call = s.call.clone();
         s.analytics.get_or_insert_with(|| super::room_analytics::RoomAnalytics::new(call)).joined(actor.user(), &peer);
         self.metrics.participants_active.inc();
@@ -306,32 +309,24 @@ impl RoomService {
 
     /// A WebSocket closed: its joined seats are kept for the grace period,
     /// then given up unless the user joined again.
-    pub fn conn_closed(self: &Arc<Self>, conn: &ConnId) {
-        let now = Instant::now();
-        let mut dropped = Vec::new();
+    pub fn conn_closed(&self, conn: &ConnId) {
         for (room_id, s) in self.rooms.lock().iter_mut() {
             for (peer, l) in s.live.iter_mut().filter(|(_, l)| &l.conn == conn) {
-                l.dropped = Some(now);
-                dropped.push((room_id.clone(), peer.clone()));
+                l.dropped = true;
+                self.timers.start(TimerKey::SeatGrace(room_id.clone(), peer.clone()), self.grace);
             }
         }
-        if dropped.is_empty() {
-            return;
+    }
+
+    /// A dropped participant's grace ran out: it leaves unless it rejoined.
+    pub(super) fn on_seat_grace(&self, room_id: &RoomId, peer: &PeerId) {
+        let mut rooms = self.rooms.lock();
+        let Some(s) = rooms.get_mut(room_id) else { return };
+        if s.live.get(peer).is_some_and(|l| l.dropped) {
+            tracing::debug!(%room_id, %peer, "participant's WebSocket did not come back; leaving the room");
+            self.remove_live(s, peer);
         }
-        let me = Arc::clone(self);
-        let grace = self.grace;
-        tokio::spawn(async move {
-            tokio::time::sleep(grace).await;
-            let mut rooms = me.rooms.lock();
-            for (room_id, peer) in dropped {
-                let Some(s) = rooms.get_mut(&room_id) else { continue };
-                if s.live.get(&peer).is_some_and(|l| l.dropped == Some(now)) {
-                    tracing::debug!(%room_id, %peer, "participant's WebSocket did not come back; leaving the room");
-                    me.remove_live(s, &peer);
-                }
-                me.remove_if_finished_call(&mut rooms, &room_id);
-            }
-        });
+        self.remove_if_finished_call(&mut rooms, room_id);
     }
 
     /// A `mode: "sfu"` call's room: private, two seats, for its two parties.
