@@ -3,6 +3,9 @@
 //! Pure state machines ([`call`]) sit under services ([`calls::CallService`],
 //! [`rooms::RoomService`]) that persist through the [`crate::store::Store`]
 //! trait and reach clients through the [`hub::Hub`]'s per-connection queues.
+//! A call action returns [`effects::Effect`]s (persist, notify these users,
+//! start/cancel this timer) that the service carries out in one place; the
+//! hub delivers locally today, and is where delivery to other nodes plugs in.
 //! Their timers live in one scheduler ([`timers`]); a fired timer comes back
 //! through [`Signaling::on_timer`] to the service that set it.
 //! Nothing here touches a socket or knows an HTTP status code; [`SignalError`]
@@ -10,6 +13,7 @@
 
 pub mod call;
 pub mod calls;
+pub mod effects;
 pub mod hub;
 pub mod messages;
 pub mod ratelimit;
