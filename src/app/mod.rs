@@ -14,6 +14,7 @@ use crate::signal::calls::CallService;
 use crate::signal::hub::Hub;
 use crate::signal::rooms::{RoomOptions, RoomService};
 use crate::signal::session::Limits;
+use crate::signal::timers::Timers;
 use crate::signal::Signaling;
 use crate::store::{SledStore, Store};
 use crate::turn::TurnServer;
@@ -173,6 +174,7 @@ impl Server {
         tracing::info!(workers, ports = ?media.local_addrs(), "SFU workers");
 
         let hub = Arc::new(Hub::new());
+        let (timers, mut fired_timers) = Timers::spawn();
         let dyn_store: Arc<dyn Store> = store.clone();
         let calls = CallService::new(
             dyn_store.clone(),
@@ -180,6 +182,7 @@ impl Server {
             metrics.clone(),
             config.calls.ring_timeout.0,
             config.calls.reconnect_grace.0,
+            timers.clone(),
         );
         let settled = calls.recover()?;
         if settled > 0 {
@@ -198,6 +201,7 @@ impl Server {
                     serde_json::to_value(ice_for_rooms.servers(user, None)).unwrap_or_default()
                 }),
                 grace: config.calls.reconnect_grace.0,
+                timers,
             },
         )?;
         let pump_rooms = rooms.clone();
@@ -212,6 +216,14 @@ impl Server {
             hub,
             keys: TokenKeys::new(auth_secret.as_bytes()),
             metrics: metrics.clone(),
+        });
+        // Weak: the services hold the scheduler, which must not hold them back.
+        let timer_signal = Arc::downgrade(&signal);
+        tokio::spawn(async move {
+            while let Some(key) = fired_timers.recv().await {
+                let Some(signal) = timer_signal.upgrade() else { break };
+                signal.on_timer(key);
+            }
         });
         let state = AppState {
             signal: signal.clone(),

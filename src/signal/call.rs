@@ -8,10 +8,20 @@
 //!    └ ring timeout ─▶ missed
 //! ```
 //! Final states (`ended`, `rejected`, `missed`) accept nothing: [`CallError::Final`].
+//!
+//! A [`Call`] (the session and the connection each party uses for it) runs the
+//! SPEC 4 actions on top of that and returns what to do as
+//! [`Effect`]s: persist the call, notify these users, start or cancel this
+//! timer. The service carries them out; nothing here sends or writes.
 
+use super::effects::{Effect, Via};
+use super::messages::ServerEvent;
+use super::timers::TimerKey;
 use crate::clock::{seconds_between, Timestamp};
-use crate::ids::{CallId, RoomId, UserId};
-use crate::model::{CallMode, CallParticipant, CallSession, CallStatus, CallType, Camera};
+use crate::ids::{CallId, ConnId, RoomId, UserId};
+use crate::model::{CallMode, CallParticipant, CallSession, CallStatus, CallType, Camera, FacingMode};
+use std::collections::HashMap;
+use std::time::Duration;
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum CallError {
@@ -193,6 +203,227 @@ impl CallSession {
     }
 }
 
+/// A mute or camera change.
+#[derive(Clone, Debug)]
+pub enum MediaChange {
+    Audio(bool),
+    Video(bool),
+    Camera { device_id: Option<String>, facing_mode: Option<FacingMode> },
+}
+
+/// A live call as its actions see it.
+#[derive(Clone, Debug)]
+pub struct Call {
+    pub session: CallSession,
+    /// The connection each party uses for this call (the caller's initiating
+    /// socket, the callee's accepting one). Relayed events go there only.
+    pub devices: HashMap<UserId, ConnId>,
+}
+
+impl Call {
+    /// A new ringing call: persist it, ring the callee's every connection,
+    /// and start the ring timeout.
+    pub fn start(
+        session: CallSession,
+        caller_conn: Option<&ConnId>,
+        sdp: Option<String>,
+        ring_timeout: Duration,
+    ) -> (Call, Vec<Effect>) {
+        let mut devices = HashMap::new();
+        if let Some(c) = caller_conn {
+            devices.insert(session.caller_id.clone(), c.clone());
+        }
+        let s = &session;
+        let effects = vec![
+            Effect::Persist(s.clone()),
+            Effect::Notify {
+                to: s.callee_id.clone(),
+                via: Via::All,
+                event: ServerEvent::CallInitiate {
+                    call_id: s.id.clone(),
+                    from: s.caller_id.clone(),
+                    call_type: s.call_type,
+                    sdp,
+                    call_session: s.clone(),
+                },
+            },
+            Effect::StartTimer(TimerKey::RingTimeout(s.id.clone()), ring_timeout),
+        ];
+        (Call { session, devices }, effects)
+    }
+
+    /// Run one action: `f` changes the call and lists its notifications; a
+    /// changed session is persisted first, and a call that stopped ringing
+    /// cancels its ring timeout. On error the call is as it was.
+    fn step(&mut self, f: impl FnOnce(&mut Call) -> Result<Vec<Effect>, CallError>) -> Result<Vec<Effect>, CallError> {
+        let before = self.clone();
+        let notes = match f(self) {
+            Ok(n) => n,
+            Err(e) => {
+                *self = before;
+                return Err(e);
+            }
+        };
+        let mut effects = Vec::with_capacity(notes.len() + 2);
+        if self.session != before.session {
+            effects.push(Effect::Persist(self.session.clone()));
+        }
+        if before.session.status == CallStatus::Ringing && self.session.status != CallStatus::Ringing {
+            effects.push(Effect::CancelTimer(TimerKey::RingTimeout(self.session.id.clone())));
+        }
+        effects.extend(notes);
+        Ok(effects)
+    }
+
+    fn device(&self, user: &UserId) -> Via {
+        Via::Device(self.devices.get(user).cloned())
+    }
+
+    fn other_of(&self, user: &UserId) -> Result<UserId, CallError> {
+        self.session.other(user).cloned().ok_or(CallError::NotFound)
+    }
+
+    fn ended(&self) -> ServerEvent {
+        let s = &self.session;
+        ServerEvent::CallEnded { call_id: s.id.clone(), status: s.status, end_reason: s.end_reason.clone() }
+    }
+
+    /// `call-ended` to every connection of both parties.
+    fn ended_to_both(&self) -> Vec<Effect> {
+        let ev = self.ended();
+        [&self.session.caller_id, &self.session.callee_id]
+            .into_iter()
+            .map(|u| Effect::Notify { to: u.clone(), via: Via::All, event: ev.clone() })
+            .collect()
+    }
+
+    /// The callee accepts (REST accept or `call-accept`) from `conn`.
+    pub fn accept(&mut self, by: &UserId, conn: Option<&ConnId>, now: Timestamp) -> Result<Vec<Effect>, CallError> {
+        self.step(|c| {
+            if !c.session.accept(by, now)? {
+                return Ok(Vec::new());
+            }
+            if let Some(conn) = conn {
+                c.devices.insert(by.clone(), conn.clone());
+            }
+            let s = &c.session;
+            let accept = ServerEvent::CallAccept { call_id: s.id.clone(), from: by.clone(), call_session: s.clone() };
+            Ok(vec![
+                Effect::Notify { to: s.caller_id.clone(), via: c.device(&s.caller_id), event: accept },
+                Effect::Notify {
+                    to: by.clone(),
+                    via: Via::AllExcept(conn.cloned()),
+                    event: ServerEvent::CallAnsweredElsewhere { call_id: s.id.clone() },
+                },
+            ])
+        })
+    }
+
+    /// `call-answer`: relays the SDP answer; the callee's first answer also accepts.
+    pub fn answer(
+        &mut self,
+        by: &UserId,
+        conn: Option<&ConnId>,
+        sdp: String,
+        now: Timestamp,
+    ) -> Result<Vec<Effect>, CallError> {
+        self.step(|c| {
+            let mut out = Vec::new();
+            if by == &c.session.callee_id && c.session.accept(by, now)? {
+                if let Some(conn) = conn {
+                    c.devices.insert(by.clone(), conn.clone());
+                }
+                let event = ServerEvent::CallAnsweredElsewhere { call_id: c.session.id.clone() };
+                out.push(Effect::Notify { to: by.clone(), via: Via::AllExcept(conn.cloned()), event });
+            }
+            let other = c.other_of(by)?;
+            let event = ServerEvent::CallAnswer { call_id: c.session.id.clone(), from: by.clone(), sdp };
+            out.push(Effect::Notify { via: c.device(&other), to: other, event });
+            Ok(out)
+        })
+    }
+
+    /// Relay an event (`ice-candidate`, `call-sdp-update`) to the other
+    /// party's device for this call.
+    pub fn relay(
+        &mut self,
+        by: &UserId,
+        make: impl FnOnce(CallId, UserId) -> ServerEvent,
+    ) -> Result<Vec<Effect>, CallError> {
+        self.step(|c| {
+            let other = c.other_of(by)?;
+            let event = make(c.session.id.clone(), by.clone());
+            Ok(vec![Effect::Notify { via: c.device(&other), to: other, event }])
+        })
+    }
+
+    pub fn reject(
+        &mut self,
+        by: &UserId,
+        conn: Option<&ConnId>,
+        why: Option<String>,
+        now: Timestamp,
+    ) -> Result<Vec<Effect>, CallError> {
+        self.step(|c| {
+            c.session.reject(by, now)?;
+            let s = &c.session;
+            let event = ServerEvent::CallReject { call_id: s.id.clone(), from: by.clone(), reason: why };
+            Ok(vec![
+                Effect::Notify { to: s.caller_id.clone(), via: Via::All, event },
+                Effect::Notify { to: by.clone(), via: Via::AllExcept(conn.cloned()), event: c.ended() },
+            ])
+        })
+    }
+
+    pub fn hangup(&mut self, by: &UserId, conn: Option<&ConnId>, now: Timestamp) -> Result<Vec<Effect>, CallError> {
+        self.step(|c| {
+            let why = c.session.hangup(by, now)?;
+            let other = c.other_of(by)?;
+            let event = ServerEvent::CallHangup { call_id: c.session.id.clone(), from: by.clone(), reason: why.into() };
+            Ok(vec![
+                Effect::Notify { to: other, via: Via::All, event },
+                Effect::Notify { to: by.clone(), via: Via::AllExcept(conn.cloned()), event: c.ended() },
+            ])
+        })
+    }
+
+    /// Mute/unmute or camera switch: stored on the participant, pushed to the
+    /// other party as `call-participant-updated` (even when nothing changed).
+    pub fn change_media(&mut self, by: &UserId, change: &MediaChange) -> Result<Vec<Effect>, CallError> {
+        self.step(|c| {
+            c.session.check_live()?;
+            let p = c.session.participant_mut(by).ok_or(CallError::NotFound)?;
+            match change {
+                MediaChange::Audio(m) => p.audio_muted = *m,
+                MediaChange::Video(m) => p.video_muted = *m,
+                MediaChange::Camera { device_id, facing_mode } => {
+                    p.camera = Camera { device_id: device_id.clone(), facing_mode: *facing_mode }
+                }
+            }
+            let participant = p.clone();
+            let other = c.other_of(by)?;
+            let event = ServerEvent::CallParticipantUpdated { call_id: c.session.id.clone(), participant };
+            Ok(vec![Effect::Notify { to: other, via: Via::All, event }])
+        })
+    }
+
+    /// The ring timeout fired: a call still ringing is missed.
+    pub fn ring_timeout(&mut self, now: Timestamp) -> Result<Vec<Effect>, CallError> {
+        self.step(|c| {
+            c.session.miss(now)?;
+            Ok(c.ended_to_both())
+        })
+    }
+
+    /// The server ends a live call (disconnect, shutdown).
+    pub fn end(&mut self, why: &str, now: Timestamp) -> Result<Vec<Effect>, CallError> {
+        self.step(|c| {
+            c.session.end(why, now)?;
+            Ok(c.ended_to_both())
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -252,5 +483,173 @@ mod tests {
         let (mut c, t0) = ringing();
         c.miss(t0 + Duration::seconds(30)).unwrap();
         assert_eq!((c.status, c.end_reason.as_deref()), (CallStatus::Missed, Some("timeout")));
+    }
+
+    /// The SPEC 4 call flows as the effects a [`Call`] returns.
+    mod effects {
+        use super::*;
+        use crate::signal::effects::{Effect, Via};
+
+        const RING: std::time::Duration = std::time::Duration::from_secs(30);
+
+        /// One line per effect: `persist <status>`, `start|cancel <timer>`,
+        /// `<user> <via> <event type>`.
+        fn shape(effects: &[Effect]) -> Vec<String> {
+            effects
+                .iter()
+                .map(|e| match e {
+                    Effect::Persist(c) => format!("persist {}", c.status.as_str()),
+                    Effect::StartTimer(k, d) => format!("start {k:?} {}s", d.as_secs()),
+                    Effect::CancelTimer(k) => format!("cancel {k:?}"),
+                    Effect::Notify { to, via, event } => {
+                        let v: serde_json::Value = serde_json::from_str(&event.to_text()).unwrap();
+                        let via = match via {
+                            Via::All => "all".to_owned(),
+                            Via::Device(c) => format!("device {}", c.as_ref().map_or("-", |c| c.as_str())),
+                            Via::AllExcept(c) => format!("except {}", c.as_ref().map_or("-", |c| c.as_str())),
+                        };
+                        format!("{to} {via} {}", v["type"].as_str().unwrap())
+                    }
+                })
+                .collect()
+        }
+
+        fn started() -> (Call, Timestamp) {
+            let (session, t0) = ringing();
+            let (call, effects) = Call::start(session, Some(&"a1".into()), Some("offer".into()), RING);
+            assert_eq!(
+                shape(&effects),
+                ["persist ringing", "bob all call-initiate", "start RingTimeout(CallId(\"c\")) 30s"]
+            );
+            (call, t0)
+        }
+
+        fn bob() -> UserId {
+            "bob".into()
+        }
+
+        fn alice() -> UserId {
+            "alice".into()
+        }
+
+        #[test]
+        fn accept_persists_stops_the_ring_and_tells_the_caller_s_device_and_the_other_devices() {
+            let (mut c, t0) = started();
+            let fx = c.accept(&bob(), Some(&"b1".into()), t0).unwrap();
+            assert_eq!(
+                shape(&fx),
+                [
+                    "persist active",
+                    "cancel RingTimeout(CallId(\"c\"))",
+                    "alice device a1 call-accept",
+                    "bob except b1 call-answered-elsewhere",
+                ]
+            );
+            assert_eq!(c.devices.get(&bob()).map(ConnId::as_str), Some("b1"));
+            assert!(c.accept(&bob(), Some(&"b2".into()), t0).unwrap().is_empty(), "a second accept does nothing");
+            assert_eq!(c.accept(&alice(), None, t0).unwrap_err(), CallError::NotAllowed("callee"));
+        }
+
+        #[test]
+        fn a_first_answer_accepts_and_later_answers_only_relay() {
+            let (mut c, t0) = started();
+            let fx = c.answer(&bob(), Some(&"b1".into()), "answer".into(), t0).unwrap();
+            assert_eq!(
+                shape(&fx),
+                [
+                    "persist active",
+                    "cancel RingTimeout(CallId(\"c\"))",
+                    "bob except b1 call-answered-elsewhere",
+                    "alice device a1 call-answer",
+                ]
+            );
+            let fx = c.answer(&alice(), Some(&"a1".into()), "re-answer".into(), t0).unwrap();
+            assert_eq!(shape(&fx), ["bob device b1 call-answer"]);
+        }
+
+        #[test]
+        fn relays_go_to_the_other_party_s_device_and_change_nothing() {
+            let (mut c, t0) = started();
+            let before = c.session.clone();
+            let fx = c
+                .relay(&alice(), |call_id, from| ServerEvent::CallSdpUpdate {
+                    call_id,
+                    from,
+                    sdp: "x".into(),
+                    sdp_type: crate::signal::messages::SdpType::Offer,
+                })
+                .unwrap();
+            assert_eq!(shape(&fx), ["bob device - call-sdp-update"], "no device bound yet: all of bob's");
+            assert_eq!(c.session, before);
+            c.accept(&bob(), Some(&"b1".into()), t0).unwrap();
+            let fx = c.relay(&alice(), |call_id, _| ServerEvent::CallAnsweredElsewhere { call_id }).unwrap();
+            assert_eq!(shape(&fx), ["bob device b1 call-answered-elsewhere"]);
+            assert_eq!(
+                c.relay(&"mallory".into(), |_, _| ServerEvent::ServerShutdown {}).unwrap_err(),
+                CallError::NotFound
+            );
+        }
+
+        #[test]
+        fn reject_tells_the_caller_everywhere_and_the_callee_s_other_devices_it_ended() {
+            let (mut c, t0) = started();
+            let fx = c.reject(&bob(), Some(&"b1".into()), Some("busy".into()), t0).unwrap();
+            assert_eq!(
+                shape(&fx),
+                [
+                    "persist rejected",
+                    "cancel RingTimeout(CallId(\"c\"))",
+                    "alice all call-reject",
+                    "bob except b1 call-ended",
+                ]
+            );
+            let before = c.session.clone();
+            assert_eq!(c.hangup(&alice(), None, t0).unwrap_err(), CallError::Final("rejected"));
+            assert_eq!(c.session, before, "a refused action changes nothing");
+        }
+
+        #[test]
+        fn hangup_while_ringing_cancels_and_an_active_hangup_has_no_timer_left() {
+            let (mut c, t0) = started();
+            let fx = c.hangup(&alice(), Some(&"a1".into()), t0).unwrap();
+            assert_eq!(
+                shape(&fx),
+                [
+                    "persist ended",
+                    "cancel RingTimeout(CallId(\"c\"))",
+                    "bob all call-hangup",
+                    "alice except a1 call-ended",
+                ]
+            );
+            let (mut c, t0) = started();
+            c.accept(&bob(), None, t0).unwrap();
+            let fx = c.hangup(&bob(), None, t0).unwrap();
+            assert_eq!(shape(&fx), ["persist ended", "alice all call-hangup", "bob except - call-ended"]);
+        }
+
+        #[test]
+        fn the_ring_timeout_misses_a_ringing_call_only() {
+            let (mut c, t0) = started();
+            let fx = c.ring_timeout(t0).unwrap();
+            assert_eq!(
+                shape(&fx),
+                ["persist missed", "cancel RingTimeout(CallId(\"c\"))", "alice all call-ended", "bob all call-ended"]
+            );
+            let (mut c, t0) = started();
+            c.accept(&bob(), None, t0).unwrap();
+            assert!(matches!(c.ring_timeout(t0), Err(CallError::Conflict(_))));
+            let fx = c.end(reason::DISCONNECTED, t0).unwrap();
+            assert_eq!(shape(&fx), ["persist ended", "alice all call-ended", "bob all call-ended"]);
+        }
+
+        #[test]
+        fn a_media_change_is_stored_and_pushed_even_when_it_changes_nothing() {
+            let (mut c, _) = started();
+            let fx = c.change_media(&alice(), &MediaChange::Audio(true)).unwrap();
+            assert_eq!(shape(&fx), ["persist ringing", "bob all call-participant-updated"]);
+            assert!(c.session.participant(&alice()).unwrap().audio_muted);
+            let fx = c.change_media(&alice(), &MediaChange::Audio(true)).unwrap();
+            assert_eq!(shape(&fx), ["bob all call-participant-updated"]);
+        }
     }
 }

@@ -1,17 +1,28 @@
 //! The call service: live 1:1 calls in memory, every change persisted, events
-//! to both parties' connections, and the timers (ring timeout, reconnect grace).
+//! to both parties' connections, and the call timers (ring timeout, reconnect
+//! grace) set in the [`super::timers`] scheduler and handled in [`CallService::on_timer`].
 //!
 //! REST handlers and `/rtc` sessions call the same methods, so a REST action
 //! emits the same events as its WebSocket twin.
+//!
+//! Each action is decided by the pure [`Call`] on a copy of the live call and
+//! comes back as [`Effect`]s, which [`Outlets::carry_out`] performs: the
+//! write first, then the commit to memory, then the hub and the timers. The
+//! service lock (`live`) is held only to read and to commit; what orders one
+//! call's actions (and their events) is that call's own gate, so no other call
+//! waits on its store write. (In a cluster that gate is where a per-call lock
+//! or compare-and-set in the shared store goes.)
 
-use super::call::{self, reason, CallError};
-use super::hub::{Hub, To};
+use super::call::{self, reason, Call, CallError};
+use super::effects::{Effect, Outlets};
+use super::hub::Hub;
 use super::messages::{SdpType, ServerEvent};
+use super::timers::{TimerKey, Timers};
 use super::{Actor, SignalError};
 use crate::clock;
-use crate::ids::{CallId, ConnId, RoomId, UserId};
+use crate::ids::{CallId, RoomId, UserId};
 use crate::metrics::Metrics;
-use crate::model::{CallMode, CallParticipant, CallSession, CallStatus, CallType, Camera, FacingMode};
+use crate::model::{CallMode, CallParticipant, CallSession, CallType};
 use crate::store::{HistoryPage, HistoryQuery, Store};
 use parking_lot::Mutex;
 use std::collections::{HashMap, HashSet};
@@ -29,19 +40,15 @@ pub struct NewCall {
     pub sdp: Option<String>,
 }
 
-/// A mute or camera change.
-#[derive(Clone, Debug)]
-pub enum MediaChange {
-    Audio(bool),
-    Video(bool),
-    Camera { device_id: Option<String>, facing_mode: Option<FacingMode> },
-}
+pub use super::call::MediaChange;
 
 struct LiveCall {
-    session: CallSession,
-    /// The connection each party uses for this call (the caller's initiating
-    /// socket, the callee's accepting one). Relayed events go there only.
-    devices: HashMap<UserId, ConnId>,
+    /// What the call's actions decide on.
+    call: Call,
+    /// Taken for the whole of one action on this call (decide, write, send),
+    /// so its steps reach the store and the clients in the order they were
+    /// decided. Only this call's actions wait on it.
+    gate: Arc<Mutex<()>>,
     /// Parties that had a WebSocket while the call was live: the reconnect
     /// grace applies only to them (SPEC 12).
     seen_online: HashSet<UserId>,
@@ -54,15 +61,13 @@ struct LiveCall {
 }
 
 pub struct CallService {
-    store: Arc<dyn Store>,
-    hub: Arc<Hub>,
+    out: Outlets,
     metrics: Metrics,
     ring_timeout: Duration,
     reconnect_grace: Duration,
+    /// The service lock: held only to read or commit a call, never across a
+    /// store write or a send.
     live: Mutex<HashMap<CallId, LiveCall>>,
-    /// Bumped each time a user's last connection goes, so a grace timer knows
-    /// whether the user came back (and left again) meanwhile.
-    offline_epoch: Mutex<HashMap<UserId, u64>>,
 }
 
 pub const MAX_ID_LEN: usize = 128;
@@ -74,15 +79,14 @@ impl CallService {
         metrics: Metrics,
         ring_timeout: Duration,
         reconnect_grace: Duration,
+        timers: Timers,
     ) -> Arc<Self> {
         Arc::new(Self {
-            store,
-            hub,
+            out: Outlets { store, hub, timers },
             metrics,
             ring_timeout,
             reconnect_grace,
             live: Mutex::new(HashMap::new()),
-            offline_epoch: Mutex::new(HashMap::new()),
         })
     }
 
@@ -90,15 +94,15 @@ impl CallService {
     /// is gone, so they end with `server-restart`.
     pub fn recover(&self) -> Result<usize, SignalError> {
         let now = clock::now();
-        let live = self.store.live_calls()?;
+        let live = self.out.store.live_calls()?;
         for mut c in live.iter().cloned() {
             c.end(reason::SERVER_RESTART, now)?;
-            self.store.put_call(&c)?;
+            self.out.store.put_call(&c)?;
         }
         Ok(live.len())
     }
 
-    pub fn create(self: &Arc<Self>, actor: &Actor, req: NewCall) -> Result<CallSession, SignalError> {
+    pub fn create(&self, actor: &Actor, req: NewCall) -> Result<CallSession, SignalError> {
         if &req.caller_id != actor.user() && !actor.is_admin() {
             return Err(SignalError::Forbidden("callerId must be your own user id (the token's sub)".into()));
         }
@@ -122,46 +126,25 @@ impl CallService {
             req.room_name.clone(),
             now,
         );
-        self.store.put_call(&session)?;
+        let (call, effects) = Call::start(session.clone(), actor.conn.as_ref(), req.sdp, self.ring_timeout);
         let mut live = LiveCall {
-            session: session.clone(),
-            devices: HashMap::new(),
+            call,
+            gate: Arc::default(),
             seen_online: HashSet::new(),
             stats: HashMap::new(),
             samples: Default::default(),
             last_sample: None,
         };
         for u in [&req.caller_id, &req.callee_id] {
-            if self.hub.is_online(u) {
+            if self.out.hub.is_online(u) {
                 live.seen_online.insert(u.clone());
             }
         }
-        if let Some(conn) = &actor.conn {
-            live.devices.insert(req.caller_id.clone(), conn.clone());
-        }
-        {
+        self.out.carry_out(effects, || {
             let mut calls = self.live.lock();
             calls.insert(session.id.clone(), live);
             self.metrics.calls_active.set(calls.len() as i64);
-        }
-        self.hub.send(
-            &req.callee_id,
-            To::All,
-            &ServerEvent::CallInitiate {
-                call_id: session.id.clone(),
-                from: req.caller_id.clone(),
-                call_type: req.call_type,
-                sdp: req.sdp,
-                call_session: session.clone(),
-            },
-        );
-        let me = Arc::clone(self);
-        let id = session.id.clone();
-        let timeout = self.ring_timeout;
-        tokio::spawn(async move {
-            tokio::time::sleep(timeout).await;
-            me.on_ring_timeout(&id);
-        });
+        })?;
         Ok(session)
     }
 
@@ -170,9 +153,9 @@ impl CallService {
     pub fn get(&self, actor: &Actor, id: &CallId) -> Result<CallSession, SignalError> {
         let now = clock::now();
         if let Some(l) = self.live.lock().get(id) {
-            return visible(actor, &l.session).map(|c| c.as_of(now));
+            return visible(actor, &l.call.session).map(|c| c.as_of(now));
         }
-        match self.store.get_call(id)? {
+        match self.out.store.get_call(id)? {
             Some(c) => visible(actor, &c).map(|c| c.as_of(now)),
             None => Err(not_found()),
         }
@@ -187,7 +170,7 @@ impl CallService {
             _ => {}
         }
         let now = clock::now();
-        let mut page = self.store.history(&q)?;
+        let mut page = self.out.store.history(&q)?;
         for c in &mut page.calls {
             *c = c.as_of(now);
         }
@@ -196,45 +179,12 @@ impl CallService {
 
     /// Callee accepts (REST `accept` or `call-accept`).
     pub fn accept(&self, actor: &Actor, id: &CallId) -> Result<CallSession, SignalError> {
-        self.with_call(actor, id, |l, now| {
-            let changed = l.session.accept(actor.user(), now)?;
-            let mut out = Vec::new();
-            if changed {
-                if let Some(c) = &actor.conn {
-                    l.devices.insert(actor.user().clone(), c.clone());
-                }
-                let ev = ServerEvent::CallAccept {
-                    call_id: l.session.id.clone(),
-                    from: actor.user().clone(),
-                    call_session: l.session.clone(),
-                };
-                out.push((l.session.caller_id.clone(), Target::Device, ev));
-                out.push((
-                    actor.user().clone(),
-                    Target::Others,
-                    ServerEvent::CallAnsweredElsewhere { call_id: l.session.id.clone() },
-                ));
-            }
-            Ok(out)
-        })
+        self.with_call(actor, id, |c, now| c.accept(actor.user(), actor.conn.as_ref(), now))
     }
 
     /// `call-answer`: relays the SDP answer; a first answer also accepts.
     pub fn answer(&self, actor: &Actor, id: &CallId, sdp: String) -> Result<CallSession, SignalError> {
-        self.with_call(actor, id, |l, now| {
-            let mut out = Vec::new();
-            let me = actor.user().clone();
-            if me == l.session.callee_id && l.session.accept(&me, now)? {
-                if let Some(c) = &actor.conn {
-                    l.devices.insert(me.clone(), c.clone());
-                }
-                let ev = ServerEvent::CallAnsweredElsewhere { call_id: l.session.id.clone() };
-                out.push((me.clone(), Target::Others, ev));
-            }
-            let other = l.session.other(&me).cloned().ok_or(CallError::NotFound)?;
-            out.push((other, Target::Device, ServerEvent::CallAnswer { call_id: l.session.id.clone(), from: me, sdp }));
-            Ok(out)
-        })
+        self.with_call(actor, id, |c, now| c.answer(actor.user(), actor.conn.as_ref(), sdp, now))
     }
 
     /// Relay a candidate to the other party: `candidate` as the sender wrote
@@ -248,31 +198,11 @@ impl CallService {
     }
 
     pub fn reject(&self, actor: &Actor, id: &CallId, why: Option<String>) -> Result<CallSession, SignalError> {
-        self.with_call(actor, id, |l, now| {
-            l.session.reject(actor.user(), now)?;
-            let call_id = l.session.id.clone();
-            Ok(vec![
-                (
-                    l.session.caller_id.clone(),
-                    Target::All,
-                    ServerEvent::CallReject { call_id: call_id.clone(), from: actor.user().clone(), reason: why },
-                ),
-                (actor.user().clone(), Target::Others, ended_event(&l.session)),
-            ])
-        })
+        self.with_call(actor, id, |c, now| c.reject(actor.user(), actor.conn.as_ref(), why, now))
     }
 
     pub fn hangup(&self, actor: &Actor, id: &CallId) -> Result<CallSession, SignalError> {
-        self.with_call(actor, id, |l, now| {
-            let why = l.session.hangup(actor.user(), now)?;
-            let other = l.session.other(actor.user()).cloned().ok_or(CallError::NotFound)?;
-            let ev = ServerEvent::CallHangup {
-                call_id: l.session.id.clone(),
-                from: actor.user().clone(),
-                reason: why.into(),
-            };
-            Ok(vec![(other, Target::All, ev), (actor.user().clone(), Target::Others, ended_event(&l.session))])
-        })
+        self.with_call(actor, id, |c, now| c.hangup(actor.user(), actor.conn.as_ref(), now))
     }
 
     /// Mute/unmute or camera switch: stored on the participant, pushed to the
@@ -283,29 +213,8 @@ impl CallService {
         id: &CallId,
         change: MediaChange,
     ) -> Result<CallParticipant, SignalError> {
-        let mut updated = None;
-        self.with_call(actor, id, |l, _| {
-            if !l.session.is_party(actor.user()) {
-                return Err(CallError::NotFound);
-            }
-            if l.session.status.is_final() {
-                return Err(CallError::Final(l.session.status.as_str()));
-            }
-            let p = l.session.participant_mut(actor.user()).ok_or(CallError::NotFound)?;
-            match &change {
-                MediaChange::Audio(m) => p.audio_muted = *m,
-                MediaChange::Video(m) => p.video_muted = *m,
-                MediaChange::Camera { device_id, facing_mode } => {
-                    p.camera = Camera { device_id: device_id.clone(), facing_mode: *facing_mode }
-                }
-            }
-            let p = p.clone();
-            updated = Some(p.clone());
-            let other = l.session.other(actor.user()).cloned().ok_or(CallError::NotFound)?;
-            let ev = ServerEvent::CallParticipantUpdated { call_id: l.session.id.clone(), participant: p };
-            Ok(vec![(other, Target::All, ev)])
-        })?;
-        Ok(updated.expect("set on success"))
+        let session = self.with_call(actor, id, |c, _| c.change_media(actor.user(), &change))?;
+        session.participant(actor.user()).cloned().ok_or_else(not_found)
     }
 
     /// The room of a live `mode: "sfu"` call that `actor` is a party of:
@@ -314,7 +223,7 @@ impl CallService {
         let calls = self.live.lock();
         calls
             .values()
-            .map(|l| &l.session)
+            .map(|l| &l.call.session)
             .find(|s| {
                 &s.room_id == room
                     && s.mode == crate::model::CallMode::Sfu
@@ -327,48 +236,49 @@ impl CallService {
     /// The room of a live `mode: "sfu"` call.
     pub fn sfu_room_of(&self, id: &CallId) -> Option<RoomId> {
         let calls = self.live.lock();
-        calls.get(id).filter(|l| l.session.mode == crate::model::CallMode::Sfu).map(|l| l.session.room_id.clone())
+        calls
+            .get(id)
+            .filter(|l| l.call.session.mode == crate::model::CallMode::Sfu)
+            .map(|l| l.call.session.room_id.clone())
     }
 
     /// `call-stats`: keep the party's latest client-side stats.
     pub fn record_stats(&self, actor: &Actor, id: &CallId, stats: Vec<serde_json::Value>) -> Result<(), SignalError> {
         let mut calls = self.live.lock();
-        let l = calls.get_mut(id).filter(|l| l.session.is_party(actor.user())).ok_or_else(not_found)?;
+        let l = calls.get_mut(id).filter(|l| l.call.session.is_party(actor.user())).ok_or_else(not_found)?;
         let slot = l.stats.entry(actor.user().clone()).or_default();
         slot.1 = std::mem::replace(&mut slot.0, stats);
         let summary = client_summary(l);
         drop(calls);
-        self.store.put_analytics(&super::room_analytics::key_call(id), &summary)?;
+        self.out.store.put_analytics(&super::room_analytics::key_call(id), &summary)?;
         Ok(())
     }
 
-    /// A user's connection opened.
+    /// A user's connection opened: a reconnect grace running for them stops.
     pub fn user_online(&self, user: &UserId) {
+        self.out.timers.cancel(TimerKey::ReconnectGrace(user.clone()));
         for l in self.live.lock().values_mut() {
-            if l.session.is_party(user) {
+            if l.call.session.is_party(user) {
                 l.seen_online.insert(user.clone());
             }
         }
     }
 
     /// A user's last connection closed: after the grace, their live calls end.
-    pub fn user_offline(self: &Arc<Self>, user: &UserId) {
-        let epoch = {
-            let mut e = self.offline_epoch.lock();
-            let n = e.entry(user.clone()).or_default();
-            *n += 1;
-            *n
-        };
-        let me = Arc::clone(self);
-        let user = user.clone();
-        let grace = self.reconnect_grace;
-        tokio::spawn(async move {
-            tokio::time::sleep(grace).await;
-            let same = me.offline_epoch.lock().get(&user) == Some(&epoch);
-            if same && !me.hub.is_online(&user) {
-                me.end_calls_of(Some(&user), reason::DISCONNECTED);
+    pub fn user_offline(&self, user: &UserId) {
+        self.out.timers.start(TimerKey::ReconnectGrace(user.clone()), self.reconnect_grace);
+    }
+
+    /// One of the call timers fired (the others are not ours).
+    pub fn on_timer(&self, key: &TimerKey) {
+        match key {
+            TimerKey::RingTimeout(id) => self.on_ring_timeout(id),
+            // A fire may cross the cancel of a reconnect, hence the check.
+            TimerKey::ReconnectGrace(user) if !self.out.hub.is_online(user) => {
+                self.end_calls_of(Some(user), reason::DISCONNECTED)
             }
-        });
+            _ => {}
+        }
     }
 
     /// End every live call (shutdown).
@@ -377,92 +287,83 @@ impl CallService {
     }
 
     fn end_calls_of(&self, user: Option<&UserId>, why: &str) {
-        let now = clock::now();
         let ids: Vec<CallId> = self
             .live
             .lock()
             .values()
-            .filter(|l| user.is_none_or(|u| l.session.is_party(u) && l.seen_online.contains(u)))
-            .map(|l| l.session.id.clone())
+            .filter(|l| user.is_none_or(|u| l.call.session.is_party(u) && l.seen_online.contains(u)))
+            .map(|l| l.call.session.id.clone())
             .collect();
         for id in ids {
-            let _ = self.server_transition(&id, |s| s.end(why, now));
+            self.server_transition(&id, why);
         }
     }
 
     fn on_ring_timeout(&self, id: &CallId) {
-        let now = clock::now();
-        let _ = self.server_transition(id, |s| {
-            if s.status == CallStatus::Ringing {
-                s.miss(now)
-            } else {
-                Err(CallError::Conflict("not ringing"))
-            }
-        });
+        let _ = self.transition(id, None, |c, now| c.ring_timeout(now));
     }
 
     /// A transition the server makes on its own: `call-ended` to both parties.
-    fn server_transition(
-        &self,
-        id: &CallId,
-        f: impl FnOnce(&mut CallSession) -> Result<(), CallError>,
-    ) -> Result<(), SignalError> {
-        let mut calls = self.live.lock();
-        let Some(l) = calls.get_mut(id) else { return Ok(()) };
-        f(&mut l.session)?;
-        self.store.put_call(&l.session)?;
-        let ev = ended_event(&l.session);
-        for u in [&l.session.caller_id, &l.session.callee_id] {
-            self.hub.send(u, To::All, &ev);
-        }
-        self.retire(&mut calls, id);
-        Ok(())
+    fn server_transition(&self, id: &CallId, why: &str) {
+        let _ = self.transition(id, None, |c, now| c.end(why, now));
     }
 
-    /// Run a user action on a live call: persist, send its events, retire the
-    /// call when it reached a final state.
+    /// Run a party's action on a live call.
     fn with_call(
         &self,
         actor: &Actor,
         id: &CallId,
-        f: impl FnOnce(&mut LiveCall, clock::Timestamp) -> Result<Vec<(UserId, Target, ServerEvent)>, CallError>,
+        f: impl FnOnce(&mut Call, clock::Timestamp) -> Result<Vec<Effect>, CallError>,
     ) -> Result<CallSession, SignalError> {
-        let now = clock::now();
-        let mut calls = self.live.lock();
-        let Some(l) = calls.get_mut(id) else {
-            // Not live: a final call (409 for its parties) or nothing (404).
-            return match self.store.get_call(id)? {
-                Some(c) if c.is_party(actor.user()) || actor.is_admin() => {
-                    Err(CallError::Final(c.status.as_str()).into())
-                }
-                _ => Err(not_found()),
-            };
+        self.transition(id, Some(actor), f)
+    }
+
+    /// One action on a live call (by `party`, or by the server when `None`):
+    /// decided on a copy of the call, its effects carried out (the store
+    /// first; a failed write changes nothing), committed, then sent. Only the
+    /// call's own gate is held throughout; the service lock is taken to read
+    /// and to commit. A call that reached a final state is retired.
+    fn transition(
+        &self,
+        id: &CallId,
+        party: Option<&Actor>,
+        f: impl FnOnce(&mut Call, clock::Timestamp) -> Result<Vec<Effect>, CallError>,
+    ) -> Result<CallSession, SignalError> {
+        let gate = self.live.lock().get(id).map(|l| Arc::clone(&l.gate));
+        let Some(gate) = gate else { return Err(self.not_live(party, id)) };
+        let _turn = gate.lock();
+        let mut call = match self.live.lock().get(id) {
+            Some(l) => l.call.clone(),
+            // Retired by the action we waited for.
+            None => return Err(self.not_live(party, id)),
         };
-        if !l.session.is_party(actor.user()) {
+        if party.is_some_and(|a| !call.session.is_party(a.user())) {
             return Err(not_found());
         }
-        let before = l.session.clone();
-        let events = match f(l, now) {
-            Ok(ev) => ev,
-            Err(e) => {
-                l.session = before;
-                return Err(e.into());
+        let now = clock::now();
+        let effects = f(&mut call, now)?;
+        let session = call.session.as_of(now);
+        self.out.carry_out(effects, || {
+            let mut calls = self.live.lock();
+            if let Some(l) = calls.get_mut(id) {
+                l.call = call;
             }
-        };
-        if l.session != before {
-            if let Err(e) = self.store.put_call(&l.session) {
-                l.session = before;
-                return Err(e.into());
+            if session.status.is_final() {
+                self.retire(&mut calls, id);
             }
-        }
-        for (user, target, ev) in &events {
-            self.deliver(l, user, *target, actor.conn.as_ref(), ev);
-        }
-        let session = l.session.as_of(now);
-        if session.status.is_final() {
-            self.retire(&mut calls, id);
-        }
+        })?;
         Ok(session)
+    }
+
+    /// The error for an action on a call that is not live: a final call is
+    /// 409 for its parties (and admins), anything else 404.
+    fn not_live(&self, party: Option<&Actor>, id: &CallId) -> SignalError {
+        let Some(actor) = party else { return not_found() };
+        match self.out.store.get_call(id) {
+            Ok(Some(c)) if c.is_party(actor.user()) || actor.is_admin() => CallError::Final(c.status.as_str()).into(),
+            Ok(_) => not_found(),
+            Err(e) => e.into(),
+        }
     }
 
     fn relay(
@@ -471,46 +372,15 @@ impl CallService {
         id: &CallId,
         make: impl FnOnce(CallId, UserId) -> ServerEvent,
     ) -> Result<(), SignalError> {
-        self.with_call(actor, id, |l, _| {
-            let other = l.session.other(actor.user()).cloned().ok_or(CallError::NotFound)?;
-            Ok(vec![(other, Target::Device, make(l.session.id.clone(), actor.user().clone()))])
-        })
-        .map(|_| ())
-    }
-
-    fn deliver(&self, l: &LiveCall, user: &UserId, target: Target, actor_conn: Option<&ConnId>, ev: &ServerEvent) {
-        let to = match target {
-            Target::All => To::All,
-            Target::Others => To::AllExcept(actor_conn),
-            Target::Device => match l.devices.get(user) {
-                Some(c) if self.hub.has_conn(user, c) => To::Only(c),
-                _ => To::All,
-            },
-        };
-        self.hub.send(user, to, ev);
+        self.with_call(actor, id, |c, _| c.relay(actor.user(), make)).map(|_| ())
     }
 
     fn retire(&self, calls: &mut HashMap<CallId, LiveCall>, id: &CallId) {
         if let Some(l) = calls.remove(id) {
-            self.metrics.calls_total.with_label_values(&[l.session.status.as_str()]).inc();
+            self.metrics.calls_total.with_label_values(&[l.call.session.status.as_str()]).inc();
         }
         self.metrics.calls_active.set(calls.len() as i64);
     }
-}
-
-/// Where an event for one user goes.
-#[derive(Clone, Copy)]
-enum Target {
-    /// Every connection of the user.
-    All,
-    /// The user's connection bound to this call, or all when none is bound.
-    Device,
-    /// Every connection but the acting one (other devices of the actor).
-    Others,
-}
-
-fn ended_event(s: &CallSession) -> ServerEvent {
-    ServerEvent::CallEnded { call_id: s.id.clone(), status: s.status, end_reason: s.end_reason.clone() }
 }
 
 fn not_found() -> SignalError {
@@ -540,7 +410,7 @@ fn client_summary(l: &mut LiveCall) -> serde_json::Value {
     let mut participants = Vec::new();
     let mut scores = Vec::new();
     let mut dirs = Vec::new();
-    for user in [&l.session.caller_id, &l.session.callee_id] {
+    for user in [&l.call.session.caller_id, &l.call.session.callee_id] {
         let Some((stats, previous)) = l.stats.get(user) else { continue };
         let (publish, subscribe) = report::client_streams(stats, previous);
         let quality = report::participant_quality(&publish, &subscribe);
@@ -565,7 +435,7 @@ fn client_summary(l: &mut LiveCall) -> serde_json::Value {
             }
         }
     }
-    let s = &l.session;
+    let s = &l.call.session;
     serde_json::json!({
         "callId": s.id,
         "roomId": s.room_id,

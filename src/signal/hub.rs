@@ -4,6 +4,10 @@
 //! An event is serialised once and shared by every connection it goes to. A
 //! connection whose queue is full (a client that stopped reading) is dropped
 //! from the hub, which closes its session, rather than letting memory grow.
+//!
+//! [`Hub::notify`] is where the services' notifications
+//! ([`super::effects::Effect::Notify`]) are delivered: to this process's
+//! sessions today; delivery to a user's sessions on other nodes plugs in there.
 
 use super::messages::ServerEvent;
 use crate::ids::{ConnId, UserId};
@@ -75,6 +79,19 @@ impl Hub {
 
     pub fn connection_count(&self) -> usize {
         self.users.lock().values().map(Vec::len).sum()
+    }
+
+    /// Deliver a notification: `via` picked among `user`'s connections.
+    /// Returns how many connections got it.
+    pub fn notify(&self, user: &UserId, via: &super::effects::Via, event: &ServerEvent) -> usize {
+        use super::effects::Via;
+        let to = match via {
+            Via::All => To::All,
+            Via::AllExcept(conn) => To::AllExcept(conn.as_ref()),
+            Via::Device(Some(c)) if self.has_conn(user, c) => To::Only(c),
+            Via::Device(_) => To::All,
+        };
+        self.send(user, to, event)
     }
 
     /// Send `event` to some of `user`'s connections; returns how many got it.

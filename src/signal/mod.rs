@@ -3,11 +3,17 @@
 //! Pure state machines ([`call`]) sit under services ([`calls::CallService`],
 //! [`rooms::RoomService`]) that persist through the [`crate::store::Store`]
 //! trait and reach clients through the [`hub::Hub`]'s per-connection queues.
+//! A call action returns [`effects::Effect`]s (persist, notify these users,
+//! start/cancel this timer) that the service carries out in one place; the
+//! hub delivers locally today, and is where delivery to other nodes plugs in.
+//! Their timers live in one scheduler ([`timers`]); a fired timer comes back
+//! through [`Signaling::on_timer`] to the service that set it.
 //! Nothing here touches a socket or knows an HTTP status code; [`SignalError`]
 //! carries the SPEC's error codes and `http` maps them to statuses.
 
 pub mod call;
 pub mod calls;
+pub mod effects;
 pub mod hub;
 pub mod messages;
 pub mod ratelimit;
@@ -15,6 +21,7 @@ pub mod room_analytics;
 pub mod rooms;
 pub mod rooms_live;
 pub mod session;
+pub mod timers;
 
 use crate::auth::Claims;
 use crate::ids::{ConnId, UserId};
@@ -106,6 +113,15 @@ impl Signaling {
         self.calls.end_all(call::reason::SERVER_SHUTDOWN);
         self.rooms.shutdown_media();
         self.hub.close_all(session::CLOSE_GOING_AWAY, "server shutdown");
+    }
+
+    /// A scheduler timer fired: the service that set it handles it.
+    pub fn on_timer(&self, key: timers::TimerKey) {
+        use timers::TimerKey::*;
+        match &key {
+            RingTimeout(_) | ReconnectGrace(_) => self.calls.on_timer(&key),
+            ReservationExpiry(..) | SeatGrace(..) => self.rooms.on_timer(&key),
+        }
     }
 
     /// `GET /calls/:id/analytics`: a `mode: "sfu"` call's room analytics

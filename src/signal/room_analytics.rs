@@ -200,7 +200,7 @@ impl RoomService {
 
     /// Persist the summary when a room's last participant has left.
     pub(super) fn finish_analytics(&self, s: &mut RoomState) {
-        if !s.live.is_empty() {
+        if s.has_joined() {
             return;
         }
         let Some(a) = s.analytics.take() else { return };

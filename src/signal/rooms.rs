@@ -3,16 +3,19 @@
 //!
 //! A REST join reserves a seat (it counts toward `maxParticipants`) for
 //! `rooms.reservation_ttl`; the WebSocket `room-join` of the SFU binds it.
+//! Either way a seat is one [`Participant`] record, `Reserved` or `Live`.
 //! What happens once a participant is joined over `/rtc` lives in
 //! [`super::rooms_live`].
 
 use super::hub::{Hub, To};
 use super::messages::ServerEvent;
+use super::rooms_live::Live;
+use super::timers::{TimerKey, Timers};
 use super::{Actor, SignalError};
 use crate::clock;
 use crate::ids::{PeerId, RoomId};
 use crate::metrics::Metrics;
-use crate::model::Room;
+use crate::model::{Room, RoomParticipant};
 use crate::store::Store;
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -28,12 +31,47 @@ pub struct NewRoom {
     pub is_private: bool,
 }
 
+/// One seat in a room, reserved or joined: what `GET /rooms/:id` shows of it
+/// and how it is held.
+pub(super) struct Participant {
+    pub(super) seat: RoomParticipant,
+    pub(super) presence: Presence,
+}
+
+pub(super) enum Presence {
+    /// Reserved over REST until this instant ([`TimerKey::ReservationExpiry`]);
+    /// `room-join` with its `peerId` binds it.
+    Reserved { until: Instant },
+    /// Joined over `/rtc`.
+    Live(Live),
+}
+
+impl Participant {
+    pub(super) fn peer(&self) -> &PeerId {
+        &self.seat.peer_id
+    }
+
+    pub(super) fn live(&self) -> Option<&Live> {
+        match &self.presence {
+            Presence::Live(l) => Some(l),
+            Presence::Reserved { .. } => None,
+        }
+    }
+
+    pub(super) fn live_mut(&mut self) -> Option<&mut Live> {
+        match &mut self.presence {
+            Presence::Live(l) => Some(l),
+            Presence::Reserved { .. } => None,
+        }
+    }
+}
+
 pub(super) struct RoomState {
+    /// The room; its `participants` stay empty here (they are [`Self::participants`])
+    /// and are filled in by [`Self::view`].
     pub(super) room: Room,
-    /// Seats reserved over REST and not yet bound by a WebSocket join.
-    pub(super) reservations: HashMap<PeerId, Instant>,
-    /// Participants joined over `/rtc`.
-    pub(super) live: HashMap<PeerId, super::rooms_live::Live>,
+    /// Every seat, in the order `room.participants` lists them.
+    pub(super) participants: Vec<Participant>,
     /// Users a `mode: "sfu"` call lets in; such a room is not persisted and
     /// goes away with its last participant.
     pub(super) call_parties: Option<[crate::ids::UserId; 2]>,
@@ -44,15 +82,38 @@ pub(super) struct RoomState {
 }
 
 impl RoomState {
-    pub(super) fn new(room: Room) -> Self {
-        Self {
-            room,
-            reservations: HashMap::new(),
-            live: HashMap::new(),
-            call_parties: None,
-            call: None,
-            analytics: None,
-        }
+    pub(super) fn new(mut room: Room) -> Self {
+        // A persisted room is stored empty; seats live in memory only.
+        room.participants.clear();
+        Self { room, participants: Vec::new(), call_parties: None, call: None, analytics: None }
+    }
+
+    /// The room as the API shows it, with its seats.
+    pub(super) fn view(&self) -> Room {
+        let mut room = self.room.clone();
+        room.participants = self.participants.iter().map(|p| p.seat.clone()).collect();
+        room
+    }
+
+    pub(super) fn seat(&self, peer: &PeerId) -> Option<&Participant> {
+        self.participants.iter().find(|p| p.peer() == peer)
+    }
+
+    pub(super) fn seat_mut(&mut self, peer: &PeerId) -> Option<&mut Participant> {
+        self.participants.iter_mut().find(|p| p.peer() == peer)
+    }
+
+    /// The joined participants: seat and binding.
+    pub(super) fn joined(&self) -> impl Iterator<Item = (&RoomParticipant, &Live)> {
+        self.participants.iter().filter_map(|p| p.live().map(|l| (&p.seat, l)))
+    }
+
+    pub(super) fn has_joined(&self) -> bool {
+        self.joined().next().is_some()
+    }
+
+    pub(super) fn is_full(&self) -> bool {
+        self.participants.len() >= self.room.max_participants as usize
     }
 }
 
@@ -71,6 +132,7 @@ pub struct RoomService {
     pub(super) ice_servers: IceServersFn,
     /// How long a joined participant whose WebSocket dropped keeps its seat.
     pub(super) grace: Duration,
+    pub(super) timers: Timers,
 }
 
 /// What [`RoomService::open`] needs beyond the store, hub and metrics.
@@ -80,6 +142,7 @@ pub struct RoomOptions {
     pub media: Option<crate::media::MediaHandle>,
     pub ice_servers: IceServersFn,
     pub grace: Duration,
+    pub timers: Timers,
 }
 
 impl RoomService {
@@ -103,6 +166,7 @@ impl RoomService {
             media: opts.media,
             ice_servers: opts.ice_servers,
             grace: opts.grace,
+            timers: opts.timers,
         }))
     }
 
@@ -144,7 +208,7 @@ impl RoomService {
             .filter(|s| !s.room.is_private || may_enter(actor, s))
             .map(|s| {
                 expire(s, now);
-                s.room.clone()
+                s.view()
             })
             .collect();
         visible.sort_by(|a, b| b.created_at.cmp(&a.created_at).then_with(|| a.id.cmp(&b.id)));
@@ -157,33 +221,40 @@ impl RoomService {
         let s = find(&mut rooms, id)?;
         check_access(actor, s)?;
         expire(s, Instant::now());
-        Ok(s.room.clone())
+        Ok(s.view())
     }
 
     /// Reserve a seat: `POST /rooms/:id/join`.
-    pub fn reserve(self: &Arc<Self>, actor: &Actor, id: &RoomId) -> Result<(Room, PeerId), SignalError> {
+    pub fn reserve(&self, actor: &Actor, id: &RoomId) -> Result<(Room, PeerId), SignalError> {
         let now = Instant::now();
         let mut rooms = self.rooms.lock();
         let s = find(&mut rooms, id)?;
         check_access(actor, s)?;
         expire(s, now);
-        if s.room.participants.len() >= s.room.max_participants as usize {
+        if s.is_full() {
             return Err(SignalError::RoomFull);
         }
         let peer_id = PeerId::random();
-        s.room.participants.push(super::rooms_live::seat(actor, &peer_id));
-        s.reservations.insert(peer_id.clone(), now + self.reservation_ttl);
-        let room = s.room.clone();
-        let room_id = room.id.clone();
-        let me = Arc::clone(self);
-        let ttl = self.reservation_ttl;
-        tokio::spawn(async move {
-            tokio::time::sleep(ttl).await;
-            if let Some(s) = me.rooms.lock().get_mut(&room_id) {
-                expire(s, Instant::now());
-            }
+        s.participants.push(Participant {
+            seat: super::rooms_live::seat(actor, &peer_id),
+            presence: Presence::Reserved { until: now + self.reservation_ttl },
         });
-        Ok((room, peer_id))
+        self.timers.start(TimerKey::ReservationExpiry(id.clone(), peer_id.clone()), self.reservation_ttl);
+        Ok((s.view(), peer_id))
+    }
+
+    /// One of the room timers fired (the others are not ours).
+    pub fn on_timer(&self, key: &TimerKey) {
+        match key {
+            TimerKey::ReservationExpiry(room, peer) => {
+                let mut rooms = self.rooms.lock();
+                let Some(s) = rooms.get_mut(room) else { return };
+                // Bound, given up or expired meanwhile: nothing left to do.
+                s.participants.retain(|p| p.peer() != peer || p.live().is_some());
+            }
+            TimerKey::SeatGrace(room, peer) => self.on_seat_grace(room, peer),
+            _ => {}
+        }
     }
 
     /// `POST /rooms/:id/leave`: the actor's seats in the room are given up.
@@ -191,18 +262,19 @@ impl RoomService {
         let mut rooms = self.rooms.lock();
         let s = find(&mut rooms, id)?;
         check_access(actor, s)?;
-        let before = s.room.participants.len();
-        let live: Vec<PeerId> =
-            s.live.iter().filter(|(_, l)| &l.user == actor.user()).map(|(p, _)| p.clone()).collect();
+        let before = s.participants.len();
+        let live: Vec<PeerId> = s
+            .joined()
+            .filter(|(seat, _)| &seat.user_id == actor.user())
+            .map(|(seat, _)| seat.peer_id.clone())
+            .collect();
         for p in live {
             self.remove_live(s, &p);
         }
-        s.room.participants.retain(|p| &p.user_id != actor.user());
-        if s.room.participants.len() == before {
+        s.participants.retain(|p| &p.seat.user_id != actor.user());
+        if s.participants.len() == before {
             return Err(SignalError::NotFound("you are not a participant of this room".into()));
         }
-        let Room { participants, .. } = &s.room;
-        s.reservations.retain(|peer, _| participants.iter().any(|p| &p.peer_id == peer));
         Ok(())
     }
 
@@ -217,7 +289,8 @@ impl RoomService {
         let mut s = rooms.remove(id).expect("found above");
         self.metrics.rooms_active.set(rooms.len() as i64);
         drop(rooms);
-        for p in s.live.keys() {
+        let joined: Vec<PeerId> = s.joined().map(|(seat, _)| seat.peer_id.clone()).collect();
+        for p in &joined {
             self.metrics.participants_active.dec();
             if let Some(m) = &self.media {
                 m.send(crate::media::Command::Leave { peer: p.clone() });
@@ -226,11 +299,11 @@ impl RoomService {
                 a.left(p);
             }
         }
-        s.live.clear();
+        let seats: Vec<RoomParticipant> = s.participants.drain(..).map(|p| p.seat).collect();
         self.finish_analytics(&mut s);
         let ev = ServerEvent::RoomDeleted { room_id: id.clone() };
         let mut told = std::collections::HashSet::new();
-        for p in &s.room.participants {
+        for p in &seats {
             if told.insert(p.user_id.clone()) {
                 self.hub.send(&p.user_id, To::All, &ev);
             }
@@ -252,7 +325,7 @@ pub(super) fn may_enter(actor: &Actor, s: &RoomState) -> bool {
         || s.call_parties.as_ref().is_some_and(|p| p.contains(actor.user()))
         || &room.created_by == actor.user()
         || actor.claims.lists_room(room.id.as_str(), &room.name)
-        || room.participants.iter().any(|p| &p.user_id == actor.user())
+        || s.participants.iter().any(|p| &p.seat.user_id == actor.user())
 }
 
 pub(super) fn check_access(actor: &Actor, s: &RoomState) -> Result<(), SignalError> {
@@ -266,9 +339,5 @@ pub(super) fn check_access(actor: &Actor, s: &RoomState) -> Result<(), SignalErr
 
 /// Drop reservations that were not bound in time.
 pub(super) fn expire(s: &mut RoomState, now: Instant) {
-    let expired: Vec<PeerId> = s.reservations.iter().filter(|(_, t)| **t <= now).map(|(p, _)| p.clone()).collect();
-    for p in expired {
-        s.reservations.remove(&p);
-        s.room.participants.retain(|x| x.peer_id != p);
-    }
+    s.participants.retain(|p| !matches!(p.presence, Presence::Reserved { until } if until <= now));
 }

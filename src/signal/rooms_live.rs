@@ -9,23 +9,24 @@
 use super::hub::To;
 use super::messages::PcRole;
 use super::messages::{IceCandidate, ServerEvent, Speaker, TrackAnnouncement};
-use super::rooms::{check_access, expire, find, RoomService, RoomState};
+use super::rooms::{check_access, expire, find, Participant, Presence, RoomService, RoomState};
+use super::timers::TimerKey;
 use super::{Actor, SignalError};
 use crate::clock;
 use crate::ids::{CallId, ConnId, PeerId, RoomId, TrackId, UserId};
 use crate::media::{self, Command, MediaError, MediaEvent, Role};
 use crate::model::{Room, RoomParticipant, TrackInfo, TrackKind, TrackSource};
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Instant;
 
-/// A participant joined over `/rtc`.
+/// How a joined participant is bound: its connection and announced tracks
+/// (the seat itself is the [`super::rooms::Participant`] record).
 #[derive(Debug)]
 pub struct Live {
-    pub user: UserId,
     pub conn: ConnId,
-    /// The WebSocket dropped at this instant; the seat is kept for the grace.
-    pub dropped: Option<Instant>,
+    /// The WebSocket dropped; the seat is kept for the grace
+    /// ([`TimerKey::SeatGrace`]).
+    pub dropped: bool,
     /// Announced tracks by mid: (id, source, simulcast).
     pub mids: HashMap<String, (TrackId, TrackSource, bool)>,
 }
@@ -48,9 +49,9 @@ impl RoomService {
 
     /// Send `ev` to every joined participant of the room but `except`.
     pub(super) fn tell_room(&self, s: &RoomState, except: Option<&PeerId>, ev: &ServerEvent) {
-        for (peer, l) in &s.live {
-            if Some(peer) != except && l.dropped.is_none() {
-                self.hub.send(&l.user, To::Only(&l.conn), ev);
+        for (seat, l) in s.joined() {
+            if Some(&seat.peer_id) != except && !l.dropped {
+                self.hub.send(&seat.user_id, To::Only(&l.conn), ev);
             }
         }
     }
@@ -71,59 +72,64 @@ impl RoomService {
         let s = find(&mut rooms, room_id)?;
         check_access(actor, s)?;
         expire(s, Instant::now());
+        let live = Live { conn, dropped: false, mids: HashMap::new() };
         let peer = match peer_id {
             Some(p) => {
-                let Some(reserved) = s.room.participants.iter().find(|x| x.peer_id == p) else {
+                let Some(reserved) = s.seat(&p) else {
                     return Err(SignalError::NotFound(
                         "peerId: no such reservation in this room (it may have expired)".into(),
                     ));
                 };
-                if &reserved.user_id != actor.user() {
+                if &reserved.seat.user_id != actor.user() {
                     return Err(SignalError::Forbidden("peerId: that seat belongs to another user".into()));
                 }
-                if s.live.contains_key(&p) {
+                if reserved.live().is_some() {
                     // A reconnect: the old PeerConnections go, the seat stays.
                     self.drop_live(s, &p);
                     media.send(Command::Leave { peer: p.clone() });
-                    s.room.participants.retain(|x| x.peer_id != p);
-                    s.room.participants.push(seat(actor, &p));
+                    s.participants.push(Participant { seat: seat(actor, &p), presence: Presence::Live(live) });
+                    self.timers.cancel(TimerKey::SeatGrace(room_id.clone(), p.clone()));
                 } else {
-                    s.reservations.remove(&p);
+                    s.seat_mut(&p).expect("found above").presence = Presence::Live(live);
+                    self.timers.cancel(TimerKey::ReservationExpiry(room_id.clone(), p.clone()));
                 }
                 p
             }
             None => {
-                if s.room.participants.len() >= s.room.max_participants as usize {
+                if s.is_full() {
                     return Err(SignalError::RoomFull);
                 }
                 let p = PeerId::random();
-                s.room.participants.push(seat(actor, &p));
+                s.participants.push(Participant { seat: seat(actor, &p), presence: Presence::Live(live) });
                 p
             }
         };
-        s.live.insert(peer.clone(), Live { user: actor.user().clone(), conn, dropped: None, mids: HashMap::new() });
         let call = s.call.clone();
         s.analytics.get_or_insert_with(|| super::room_analytics::RoomAnalytics::new(call)).joined(actor.user(), &peer);
         self.metrics.participants_active.inc();
         let subscribe = actor.claims.can_subscribe;
         media.send(Command::Join { room: room_id.clone(), peer: peer.clone(), subscribe });
-        let me = s.room.participants.iter().find(|p| p.peer_id == peer).cloned().expect("seated above");
+        let me = s.seat(&peer).map(|p| p.seat.clone()).expect("seated above");
         self.tell_room(s, Some(&peer), &ServerEvent::ParticipantJoined { room_id: room_id.clone(), participant: me });
         Ok(ServerEvent::RoomJoined {
             req_id: None,
             room_id: room_id.clone(),
             peer_id: peer,
-            room: s.room.clone(),
+            room: s.view(),
             ice_servers: (self.ice_servers)(actor.user()),
         })
     }
 
-    /// The actor's joined peer in a room, found by its connection.
-    fn my_peer<'a>(actor: &Actor, s: &'a mut RoomState) -> Result<(PeerId, &'a mut Live), SignalError> {
+    /// The actor's joined seat in a room, found by its connection.
+    fn my_peer<'a>(actor: &Actor, s: &'a mut RoomState) -> Result<(PeerId, &'a mut Participant), SignalError> {
         let conn = actor.conn.as_ref();
-        s.live.iter_mut().find(|(_, l)| Some(&l.conn) == conn).map(|(p, l)| (p.clone(), l)).ok_or_else(|| {
-            SignalError::Conflict("you have not joined this room on this connection: send room-join".into())
-        })
+        s.participants
+            .iter_mut()
+            .find(|p| p.live().is_some_and(|l| Some(&l.conn) == conn))
+            .map(|p| (p.peer().clone(), p))
+            .ok_or_else(|| {
+                SignalError::Conflict("you have not joined this room on this connection: send room-join".into())
+            })
     }
 
     /// `publish-offer`: the tracks list is all of the publisher's tracks; a
@@ -151,7 +157,8 @@ impl RoomService {
         }
         let mut rooms = self.rooms.lock();
         let s = find(&mut rooms, room_id)?;
-        let (peer, live) = Self::my_peer(actor, s)?;
+        let (peer, me) = Self::my_peer(actor, s)?;
+        let live = me.live_mut().expect("joined");
         let mut announced = Vec::new();
         let mut mids = HashMap::new();
         for t in tracks {
@@ -165,9 +172,7 @@ impl RoomService {
         live.mids = mids;
         if !gone.is_empty() {
             media.send(Command::Unpublish { peer: peer.clone(), tracks: gone.clone() });
-            if let Some(p) = s.room.participants.iter_mut().find(|p| p.peer_id == peer) {
-                p.tracks.retain(|t| !gone.contains(&t.id));
-            }
+            me.seat.tracks.retain(|t| !gone.contains(&t.id));
             for t in gone {
                 let ev = ServerEvent::TrackUnpublished { room_id: room_id.clone(), peer_id: peer.clone(), track_id: t };
                 self.tell_room(s, Some(&peer), &ev);
@@ -210,17 +215,14 @@ impl RoomService {
         let media = self.media()?.clone();
         let mut rooms = self.rooms.lock();
         let s = find(&mut rooms, room_id)?;
-        let (peer, live) = Self::my_peer(actor, s)?;
-        if !live.mids.values().any(|(id, ..)| id == track) {
+        let (peer, me) = Self::my_peer(actor, s)?;
+        if !me.live().is_some_and(|l| l.mids.values().any(|(id, ..)| id == track)) {
             return Err(SignalError::NotFound("trackId: not one of your tracks in this room".into()));
         }
-        let Some(p) = s.room.participants.iter_mut().find(|p| p.peer_id == peer) else {
-            return Err(SignalError::NotFound("participant not found".into()));
-        };
-        if let Some(t) = p.tracks.iter_mut().find(|t| &t.id == track) {
+        if let Some(t) = me.seat.tracks.iter_mut().find(|t| &t.id == track) {
             t.muted = muted;
         }
-        let participant = p.clone();
+        let participant = me.seat.clone();
         media.send(Command::Mute { peer: peer.clone(), track: track.clone(), muted });
         self.tell_room(s, Some(&peer), &ServerEvent::ParticipantUpdated { room_id: room_id.clone(), participant });
         Ok(())
@@ -245,7 +247,7 @@ impl RoomService {
         let media = self.media()?.clone();
         let mut rooms = self.rooms.lock();
         let s = find(&mut rooms, room_id)?;
-        if !s.room.participants.iter().any(|p| p.tracks.iter().any(|t| t.id == track)) {
+        if !s.participants.iter().any(|p| p.seat.tracks.iter().any(|t| t.id == track)) {
             return Err(SignalError::NotFound("trackId: no such track in this room".into()));
         }
         let (peer, _) = Self::my_peer(actor, s)?;
@@ -266,20 +268,14 @@ impl RoomService {
     /// A joined participant leaves: the others hear `track-unpublished` for
     /// each of its tracks and `participant-left`; its media stops.
     pub(super) fn remove_live(&self, s: &mut RoomState, peer: &PeerId) {
-        if !self.drop_live(s, peer) {
-            return;
-        }
+        let Some(p) = self.drop_live(s, peer) else { return };
         if let Some(m) = &self.media {
             m.send(Command::Leave { peer: peer.clone() });
         }
         let room_id = s.room.id.clone();
-        if let Some(i) = s.room.participants.iter().position(|p| &p.peer_id == peer) {
-            let p = s.room.participants.remove(i);
-            for t in p.tracks {
-                let ev =
-                    ServerEvent::TrackUnpublished { room_id: room_id.clone(), peer_id: peer.clone(), track_id: t.id };
-                self.tell_room(s, Some(peer), &ev);
-            }
+        for t in p.seat.tracks {
+            let ev = ServerEvent::TrackUnpublished { room_id: room_id.clone(), peer_id: peer.clone(), track_id: t.id };
+            self.tell_room(s, Some(peer), &ev);
         }
         self.tell_room(s, Some(peer), &ServerEvent::ParticipantLeft { room_id, peer_id: peer.clone() });
         if let Some(a) = s.analytics.as_mut() {
@@ -288,50 +284,42 @@ impl RoomService {
         self.finish_analytics(s);
     }
 
-    /// Forget the live binding; true when there was one.
-    fn drop_live(&self, s: &mut RoomState, peer: &PeerId) -> bool {
-        if s.live.remove(peer).is_some() {
-            self.metrics.participants_active.dec();
-            true
-        } else {
-            false
-        }
+    /// Take a joined participant's seat out of the room (a reserved one stays).
+    fn drop_live(&self, s: &mut RoomState, peer: &PeerId) -> Option<Participant> {
+        let i = s.participants.iter().position(|p| p.peer() == peer && p.live().is_some())?;
+        self.metrics.participants_active.dec();
+        Some(s.participants.remove(i))
     }
 
     fn remove_if_finished_call(&self, rooms: &mut HashMap<RoomId, RoomState>, room_id: &RoomId) {
-        if rooms.get(room_id).is_some_and(|s| s.call_parties.is_some() && s.live.is_empty()) {
+        if rooms.get(room_id).is_some_and(|s| s.call_parties.is_some() && !s.has_joined()) {
             rooms.remove(room_id);
         }
     }
 
     /// A WebSocket closed: its joined seats are kept for the grace period,
     /// then given up unless the user joined again.
-    pub fn conn_closed(self: &Arc<Self>, conn: &ConnId) {
-        let now = Instant::now();
-        let mut dropped = Vec::new();
+    pub fn conn_closed(&self, conn: &ConnId) {
         for (room_id, s) in self.rooms.lock().iter_mut() {
-            for (peer, l) in s.live.iter_mut().filter(|(_, l)| &l.conn == conn) {
-                l.dropped = Some(now);
-                dropped.push((room_id.clone(), peer.clone()));
-            }
-        }
-        if dropped.is_empty() {
-            return;
-        }
-        let me = Arc::clone(self);
-        let grace = self.grace;
-        tokio::spawn(async move {
-            tokio::time::sleep(grace).await;
-            let mut rooms = me.rooms.lock();
-            for (room_id, peer) in dropped {
-                let Some(s) = rooms.get_mut(&room_id) else { continue };
-                if s.live.get(&peer).is_some_and(|l| l.dropped == Some(now)) {
-                    tracing::debug!(%room_id, %peer, "participant's WebSocket did not come back; leaving the room");
-                    me.remove_live(s, &peer);
+            for p in &mut s.participants {
+                let peer = p.peer().clone();
+                if let Some(l) = p.live_mut().filter(|l| &l.conn == conn) {
+                    l.dropped = true;
+                    self.timers.start(TimerKey::SeatGrace(room_id.clone(), peer), self.grace);
                 }
-                me.remove_if_finished_call(&mut rooms, &room_id);
             }
-        });
+        }
+    }
+
+    /// A dropped participant's grace ran out: it leaves unless it rejoined.
+    pub(super) fn on_seat_grace(&self, room_id: &RoomId, peer: &PeerId) {
+        let mut rooms = self.rooms.lock();
+        let Some(s) = rooms.get_mut(room_id) else { return };
+        if s.seat(peer).and_then(Participant::live).is_some_and(|l| l.dropped) {
+            tracing::debug!(%room_id, %peer, "participant's WebSocket did not come back; leaving the room");
+            self.remove_live(s, peer);
+        }
+        self.remove_if_finished_call(&mut rooms, room_id);
     }
 
     /// A `mode: "sfu"` call's room: private, two seats, for its two parties.
@@ -361,14 +349,15 @@ impl RoomService {
         let Some(media) = &self.media else { return };
         let mut rooms = self.rooms.lock();
         let Some(s) = rooms.get_mut(room_id) else { return };
-        let peers: Vec<PeerId> = s.live.iter().filter(|(_, l)| &l.user == user).map(|(p, _)| p.clone()).collect();
+        let peers: Vec<PeerId> =
+            s.joined().filter(|(seat, _)| &seat.user_id == user).map(|(seat, _)| seat.peer_id.clone()).collect();
         for peer in peers {
             media.send(Command::MuteKind { peer: peer.clone(), kind, muted });
-            if let Some(p) = s.room.participants.iter_mut().find(|p| p.peer_id == peer) {
-                for t in p.tracks.iter_mut().filter(|t| t.kind == kind) {
+            if let Some(p) = s.seat_mut(&peer) {
+                for t in p.seat.tracks.iter_mut().filter(|t| t.kind == kind) {
                     t.muted = muted;
                 }
-                let ev = ServerEvent::ParticipantUpdated { room_id: room_id.clone(), participant: p.clone() };
+                let ev = ServerEvent::ParticipantUpdated { room_id: room_id.clone(), participant: p.seat.clone() };
                 self.tell_room(s, Some(&peer), &ev);
             }
         }
@@ -399,10 +388,13 @@ impl RoomService {
                 return;
             }
         };
-        let Some(s) = rooms.values_mut().find(|s| s.live.contains_key(&peer)) else { return };
+        let Some(s) = rooms.values_mut().find(|s| s.seat(&peer).is_some_and(|p| p.live().is_some())) else {
+            return;
+        };
         let room_id = s.room.id.clone();
-        let live = &s.live[&peer];
-        let (user, conn) = (live.user.clone(), live.conn.clone());
+        let me = s.seat(&peer).expect("found above");
+        let live = me.live().expect("joined");
+        let (user, conn) = (me.seat.user_id.clone(), live.conn.clone());
         let to_peer = |e: ServerEvent| {
             self.hub.send(&user, To::Only(&conn), &e);
         };
@@ -434,9 +426,9 @@ impl RoomService {
                     return;
                 };
                 let info = TrackInfo { id: track, kind, source, muted: false, simulcast };
-                if let Some(p) = s.room.participants.iter_mut().find(|p| p.peer_id == peer) {
-                    p.tracks.retain(|t| t.id != info.id);
-                    p.tracks.push(info.clone());
+                if let Some(p) = s.seat_mut(&peer) {
+                    p.seat.tracks.retain(|t| t.id != info.id);
+                    p.seat.tracks.push(info.clone());
                 }
                 self.tell_room(s, None, &ServerEvent::TrackPublished { room_id, peer_id: peer, track: info });
             }
