@@ -83,7 +83,11 @@ for t in $targets; do
     echo "fuzz: $t FAILED (exit $rc) after ${execs:-?} executions"
     grep -E "panicked at|^==[0-9]+==|ERROR: libFuzzer|SUMMARY" "$log" | head -20 || true
     echo "fuzz: crashing input: ${artifact:-none written} (log $log)"
-    [ -n "$artifact" ] && [ -f "$artifact" ] && echo "fuzz: reproduce with: $bin_dir/$t $artifact"
+    if [ -n "$artifact" ] && [ -f "$artifact" ]; then
+      # CI keeps only the log: the input itself, to paste into a regression test.
+      echo "fuzz: input ($(wc -c <"$artifact") bytes, base64): $(base64 -w0 "$artifact" | head -c 8192)"
+      echo "fuzz: reproduce with: $bin_dir/$t $artifact"
+    fi
     failed+=("$t")
     summary+=("$(printf '%-16s FAILED  %12s execs' "$t" "${execs:-?}")")
   else
