@@ -117,30 +117,67 @@ pub fn build(
     Ok((pc, observed))
 }
 
-/// Feed one datagram to a fresh server PeerConnection and drain it: the
-/// fuzz target `media_datagram` and the smoke test below use this.
+/// Separates the datagrams of one `media_datagram` fuzz input.
+pub const FUZZ_DATAGRAM_SEPARATOR: &[u8] = b"\xffDGRAM\xff";
+
+/// What [`fuzz_datagram`] negotiates first: a publisher's audio and video
+/// offer with the client credentials the fuzz seeds use (ufrag `kT3a`).
+const FUZZ_NEGOTIATED_OFFER: &str = "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0 1\r\n\
+m=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\na=mid:0\r\na=sendonly\r\na=ice-ufrag:kT3a\r\n\
+a=ice-pwd:x9cml/YzichV2+XlhiMu8g+C\r\na=fingerprint:sha-256 \
+6B:8B:6E:2B:1A:0C:9A:2E:15:C3:42:58:E6:2A:5E:3A:1D:CF:53:88:0B:4B:2E:9D:8A:DE:4C:0E:D6:AB:13:F5\r\n\
+a=setup:actpass\r\na=rtcp-mux\r\na=rtpmap:111 opus/48000/2\r\na=ssrc:287266346 cname:c\r\n\
+m=video 9 UDP/TLS/RTP/SAVPF 96\r\nc=IN IP4 0.0.0.0\r\na=mid:1\r\na=sendonly\r\na=ice-ufrag:kT3a\r\n\
+a=ice-pwd:x9cml/YzichV2+XlhiMu8g+C\r\na=setup:actpass\r\na=rtcp-mux\r\na=rtpmap:96 VP8/90000\r\n\
+a=rtcp-fb:96 nack\r\na=rtcp-fb:96 nack pli\r\na=rtcp-fb:96 transport-cc\r\na=ssrc:1538316113 cname:c\r\n";
+
+/// Feed datagrams to a fresh server PeerConnection that has answered a
+/// publisher's offer (so its ICE agent and DTLS transport are running), and
+/// drain it after each: the fuzz target `media_datagram` and the smoke test
+/// below use this. `data` holds up to 8 datagrams separated by
+/// [`FUZZ_DATAGRAM_SEPARATOR`], so one input can be an ICE check followed by
+/// a DTLS ClientHello from the same address.
 pub fn fuzz_datagram(data: &[u8]) {
     use rtc::sansio::Protocol;
-    let now = Instant::now();
+    let mut now = Instant::now();
     let local: SocketAddr = "127.0.0.1:7882".parse().expect("literal");
     let Ok((mut conn, _)) = build(super::Role::Publisher, "fuzzufrag", "fuzzpasswordfuzzpassword", local, None, now)
     else {
         return;
     };
-    let msg = rtc::shared::TaggedBytesMut {
-        now,
-        transport: rtc::shared::TransportContext {
-            local_addr: local,
-            peer_addr: "127.0.0.1:40000".parse().expect("literal"),
-            ecn: None,
-            transport_protocol: rtc::shared::TransportProtocol::UDP,
-        },
-        message: bytes::BytesMut::from(data),
-    };
-    let _ = conn.handle_read(msg);
-    while conn.poll_write().is_some() {}
-    while conn.poll_read().is_some() {}
-    while conn.poll_event().is_some() {}
+    let negotiated = rtc::peer_connection::sdp::RTCSessionDescription::offer(FUZZ_NEGOTIATED_OFFER.to_owned())
+        .and_then(|o| conn.set_remote_description(now, o))
+        .and_then(|()| conn.create_answer(None))
+        .and_then(|a| conn.set_local_description(now, a));
+    debug_assert!(negotiated.is_ok(), "the fixed offer is answered: {negotiated:?}");
+    let mut rest = data;
+    for _ in 0..8 {
+        let (datagram, next) =
+            match rest.windows(FUZZ_DATAGRAM_SEPARATOR.len()).position(|w| w == FUZZ_DATAGRAM_SEPARATOR) {
+                Some(i) => (&rest[..i], Some(&rest[i + FUZZ_DATAGRAM_SEPARATOR.len()..])),
+                None => (rest, None),
+            };
+        let msg = rtc::shared::TaggedBytesMut {
+            now,
+            transport: rtc::shared::TransportContext {
+                local_addr: local,
+                peer_addr: "127.0.0.1:40000".parse().expect("literal"),
+                ecn: None,
+                transport_protocol: rtc::shared::TransportProtocol::UDP,
+            },
+            message: bytes::BytesMut::from(datagram),
+        };
+        let _ = conn.handle_read(msg);
+        now += Duration::from_millis(20);
+        let _ = conn.handle_timeout(now);
+        while conn.poll_write().is_some() {}
+        while conn.poll_read().is_some() {}
+        while conn.poll_event().is_some() {}
+        match next {
+            Some(n) => rest = n,
+            None => break,
+        }
+    }
 }
 
 /// Set `sdp` as a remote offer and answer it, as `publish-offer` does.
