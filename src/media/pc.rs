@@ -136,21 +136,22 @@ a=rtcp-fb:96 nack\r\na=rtcp-fb:96 nack pli\r\na=rtcp-fb:96 transport-cc\r\na=ssr
 /// drain it after each: the fuzz target `media_datagram` and the smoke test
 /// below use this. `data` holds up to 8 datagrams separated by
 /// [`FUZZ_DATAGRAM_SEPARATOR`], so one input can be an ICE check followed by
-/// a DTLS ClientHello from the same address.
-pub fn fuzz_datagram(data: &[u8]) {
+/// a DTLS ClientHello from the same address. Returns how many datagrams the
+/// PeerConnection sent in reply, so a test can tell that input got through.
+pub fn fuzz_datagram(data: &[u8]) -> usize {
     use rtc::sansio::Protocol;
     let mut now = Instant::now();
     let local: SocketAddr = "127.0.0.1:7882".parse().expect("literal");
-    let Ok((mut conn, _)) = build(super::Role::Publisher, "fuzzufrag", "fuzzpasswordfuzzpassword", local, None, now)
-    else {
-        return;
-    };
+    // A harness whose own setup failed would pass having fed nothing: panic.
+    let (mut conn, _) = build(super::Role::Publisher, "fuzzufrag", "fuzzpasswordfuzzpassword", local, None, now)
+        .expect("the fuzz PeerConnection builds");
     let negotiated = rtc::peer_connection::sdp::RTCSessionDescription::offer(FUZZ_NEGOTIATED_OFFER.to_owned())
         .and_then(|o| conn.set_remote_description(now, o))
         .and_then(|()| conn.create_answer(None))
         .and_then(|a| conn.set_local_description(now, a));
-    debug_assert!(negotiated.is_ok(), "the fixed offer is answered: {negotiated:?}");
+    negotiated.expect("the fixed offer is answered");
     let mut rest = data;
+    let mut sent = 0;
     for _ in 0..8 {
         let (datagram, next) =
             match rest.windows(FUZZ_DATAGRAM_SEPARATOR.len()).position(|w| w == FUZZ_DATAGRAM_SEPARATOR) {
@@ -170,7 +171,9 @@ pub fn fuzz_datagram(data: &[u8]) {
         let _ = conn.handle_read(msg);
         now += Duration::from_millis(20);
         let _ = conn.handle_timeout(now);
-        while conn.poll_write().is_some() {}
+        while conn.poll_write().is_some() {
+            sent += 1;
+        }
         while conn.poll_read().is_some() {}
         while conn.poll_event().is_some() {}
         match next {
@@ -178,16 +181,16 @@ pub fn fuzz_datagram(data: &[u8]) {
             None => break,
         }
     }
+    sent
 }
 
 /// Set `sdp` as a remote offer and answer it, as `publish-offer` does.
 pub fn fuzz_offer(sdp: &str) {
     let now = Instant::now();
     let local: SocketAddr = "127.0.0.1:7882".parse().expect("literal");
-    let Ok((mut conn, _)) = build(super::Role::Publisher, "fuzzufrag", "fuzzpasswordfuzzpassword", local, None, now)
-    else {
-        return;
-    };
+    // A harness whose own setup failed would pass having fed nothing: panic.
+    let (mut conn, _) = build(super::Role::Publisher, "fuzzufrag", "fuzzpasswordfuzzpassword", local, None, now)
+        .expect("the fuzz PeerConnection builds");
     let _ = rtc::peer_connection::sdp::RTCSessionDescription::offer(sdp.to_owned())
         .and_then(|o| conn.set_remote_description(now, o))
         .and_then(|()| conn.create_answer(None))
@@ -198,6 +201,23 @@ pub fn fuzz_offer(sdp: &str) {
 mod tests {
     use super::*;
     use rand::{Rng, SeedableRng};
+
+    /// An ICE check with the harness's credentials (fuzz/corpus/media_datagram/ice_binding)
+    /// is answered, so `media_datagram` inputs reach the ICE agent; one with another ufrag is not.
+    #[test]
+    fn fuzz_harness_answers_an_authenticated_ice_check() {
+        let check = hex("000100542112a4420102030405060708090a0b0c0006000e66757a7a75667261673a6b5433610000\
+c0570004000103e7802a00081a2b3c4d5e6f7081002400046e7f00ff0025000000080014a3aad307ff25b7d238f04c6034a159\
+6385332066802800043bf20068");
+        assert!(fuzz_datagram(&check) >= 1, "no reply to a valid check");
+        let mut wrong = check.clone();
+        wrong[24] = b'F'; // USERNAME "Fuzzufrag:kT3a"
+        assert_eq!(fuzz_datagram(&wrong), 0);
+    }
+
+    fn hex(s: &str) -> Vec<u8> {
+        (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex")).collect()
+    }
 
     /// A cheap stand-in for the fuzz targets: mutated datagrams (STUN-,
     /// DTLS- and RTP-looking) and mutated SDP never panic.
