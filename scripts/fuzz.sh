@@ -30,7 +30,8 @@
 #     main crate and webrtc-rs), two jobs, --codegen-units 16: cargo-fuzz's
 #     release default of one codegen unit per crate puts each big crate's
 #     whole LLVM pass on one core, and the build is the larger part of this
-#     script's time (cold, about 5 to 8 minutes on the 2-core CI machine).
+#     script's time (cold: 7 m 45 s on this 2-core VM with another build
+#     running; incremental after a change in src/: about 50 s).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
