@@ -4,6 +4,7 @@
 #     systemd (systemd-analyze, for config/confer.service)
 #   - .venv: aiortc, schemathesis and friends (tests/interop/requirements.txt)
 #   - Debian's chromium and playwright-core (tests/browser/package.json) for the web page
+#   - cargo-fuzz, for scripts/fuzz.sh
 # Idempotent; the fast path (everything present) takes well under a second.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,4 +38,8 @@ if [ ! -f "$pw" ] || ! grep -q "\"version\": \"$want\"" "$pw"; then
   echo "setup: installing playwright-core $want (no browser download; Debian's chromium is used)"
   (cd tests/browser && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm install --no-audit --no-fund --loglevel=error >/dev/null)
 fi
-echo "setup: ok (coturn $(command -v turnutils_uclient >/dev/null && echo yes), promtool $(command -v promtool >/dev/null && echo yes), systemd-analyze $(command -v systemd-analyze >/dev/null && echo yes), .venv $(.venv/bin/python -c 'import aiortc; print(aiortc.__version__)'))"
+if ! cargo fuzz --version >/dev/null 2>&1; then
+  echo "setup: installing cargo-fuzz"
+  cargo install cargo-fuzz --locked
+fi
+echo "setup: ok (coturn $(command -v turnutils_uclient >/dev/null && echo yes), promtool $(command -v promtool >/dev/null && echo yes), systemd-analyze $(command -v systemd-analyze >/dev/null && echo yes), .venv $(.venv/bin/python -c 'import aiortc; print(aiortc.__version__)'), $(cargo fuzz --version))"

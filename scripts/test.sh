@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite: installs what it needs (scripts/setup-test-deps.sh),
 # then runs every Rust unit and integration test, including the interop tests
-# that drive aiortc, schemathesis, promtool and coturn against the real server.
+# that drive aiortc, schemathesis, promtool and coturn against the real server,
+# then every fuzz target for FUZZ_SECONDS (default 20) each (scripts/fuzz.sh;
+# FUZZ_SECONDS=0 skips it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -15,3 +17,7 @@ export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 started=$(date +%s)
 cargo test --no-fail-fast -- --test-threads="${TEST_THREADS:-4}"
 echo "test.sh: all tests passed in $(( $(date +%s) - started ))s"
+if [ "${FUZZ_SECONDS:-20}" != 0 ]; then
+  scripts/fuzz.sh
+fi
+echo "test.sh: done in $(( $(date +%s) - started ))s"

@@ -128,40 +128,80 @@ fn candidate_priority(rank: usize) -> u32 {
     (126 << 24) | (local_pref << 8) | (256 - 1)
 }
 
-/// Feed one datagram to a fresh server PeerConnection and drain it: the
-/// fuzz target `media_datagram` and the smoke test below use this.
-pub fn fuzz_datagram(data: &[u8]) {
+/// Separates the datagrams of one `media_datagram` fuzz input.
+pub const FUZZ_DATAGRAM_SEPARATOR: &[u8] = b"\xffDGRAM\xff";
+
+/// What [`fuzz_datagram`] negotiates first: a publisher's audio and video
+/// offer with the client credentials the fuzz seeds use (ufrag `kT3a`).
+const FUZZ_NEGOTIATED_OFFER: &str = "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0 1\r\n\
+m=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\na=mid:0\r\na=sendonly\r\na=ice-ufrag:kT3a\r\n\
+a=ice-pwd:x9cml/YzichV2+XlhiMu8g+C\r\na=fingerprint:sha-256 \
+6B:8B:6E:2B:1A:0C:9A:2E:15:C3:42:58:E6:2A:5E:3A:1D:CF:53:88:0B:4B:2E:9D:8A:DE:4C:0E:D6:AB:13:F5\r\n\
+a=setup:actpass\r\na=rtcp-mux\r\na=rtpmap:111 opus/48000/2\r\na=ssrc:287266346 cname:c\r\n\
+m=video 9 UDP/TLS/RTP/SAVPF 96\r\nc=IN IP4 0.0.0.0\r\na=mid:1\r\na=sendonly\r\na=ice-ufrag:kT3a\r\n\
+a=ice-pwd:x9cml/YzichV2+XlhiMu8g+C\r\na=setup:actpass\r\na=rtcp-mux\r\na=rtpmap:96 VP8/90000\r\n\
+a=rtcp-fb:96 nack\r\na=rtcp-fb:96 nack pli\r\na=rtcp-fb:96 transport-cc\r\na=ssrc:1538316113 cname:c\r\n";
+
+/// Feed datagrams to a fresh server PeerConnection that has answered a
+/// publisher's offer (so its ICE agent and DTLS transport are running), and
+/// drain it after each: the fuzz target `media_datagram` and the smoke test
+/// below use this. `data` holds up to 8 datagrams separated by
+/// [`FUZZ_DATAGRAM_SEPARATOR`], so one input can be an ICE check followed by
+/// a DTLS ClientHello from the same address. Returns how many datagrams the
+/// PeerConnection sent in reply, so a test can tell that input got through.
+pub fn fuzz_datagram(data: &[u8]) -> usize {
     use rtc::sansio::Protocol;
-    let now = Instant::now();
+    let mut now = Instant::now();
     let local: SocketAddr = "127.0.0.1:7882".parse().expect("literal");
-    let Ok((mut conn, _)) = build(super::Role::Publisher, "fuzzufrag", "fuzzpasswordfuzzpassword", &[local], None, now)
-    else {
-        return;
-    };
-    let msg = rtc::shared::TaggedBytesMut {
-        now,
-        transport: rtc::shared::TransportContext {
-            local_addr: local,
-            peer_addr: "127.0.0.1:40000".parse().expect("literal"),
-            ecn: None,
-            transport_protocol: rtc::shared::TransportProtocol::UDP,
-        },
-        message: bytes::BytesMut::from(data),
-    };
-    let _ = conn.handle_read(msg);
-    while conn.poll_write().is_some() {}
-    while conn.poll_read().is_some() {}
-    while conn.poll_event().is_some() {}
+    // A harness whose own setup failed would pass having fed nothing: panic.
+    let (mut conn, _) = build(super::Role::Publisher, "fuzzufrag", "fuzzpasswordfuzzpassword", &[local], None, now)
+        .expect("the fuzz PeerConnection builds");
+    let negotiated = rtc::peer_connection::sdp::RTCSessionDescription::offer(FUZZ_NEGOTIATED_OFFER.to_owned())
+        .and_then(|o| conn.set_remote_description(now, o))
+        .and_then(|()| conn.create_answer(None))
+        .and_then(|a| conn.set_local_description(now, a));
+    negotiated.expect("the fixed offer is answered");
+    let mut rest = data;
+    let mut sent = 0;
+    for _ in 0..8 {
+        let (datagram, next) =
+            match rest.windows(FUZZ_DATAGRAM_SEPARATOR.len()).position(|w| w == FUZZ_DATAGRAM_SEPARATOR) {
+                Some(i) => (&rest[..i], Some(&rest[i + FUZZ_DATAGRAM_SEPARATOR.len()..])),
+                None => (rest, None),
+            };
+        let msg = rtc::shared::TaggedBytesMut {
+            now,
+            transport: rtc::shared::TransportContext {
+                local_addr: local,
+                peer_addr: "127.0.0.1:40000".parse().expect("literal"),
+                ecn: None,
+                transport_protocol: rtc::shared::TransportProtocol::UDP,
+            },
+            message: bytes::BytesMut::from(datagram),
+        };
+        let _ = conn.handle_read(msg);
+        now += Duration::from_millis(20);
+        let _ = conn.handle_timeout(now);
+        while conn.poll_write().is_some() {
+            sent += 1;
+        }
+        while conn.poll_read().is_some() {}
+        while conn.poll_event().is_some() {}
+        match next {
+            Some(n) => rest = n,
+            None => break,
+        }
+    }
+    sent
 }
 
 /// Set `sdp` as a remote offer and answer it, as `publish-offer` does.
 pub fn fuzz_offer(sdp: &str) {
     let now = Instant::now();
     let local: SocketAddr = "127.0.0.1:7882".parse().expect("literal");
-    let Ok((mut conn, _)) = build(super::Role::Publisher, "fuzzufrag", "fuzzpasswordfuzzpassword", &[local], None, now)
-    else {
-        return;
-    };
+    // A harness whose own setup failed would pass having fed nothing: panic.
+    let (mut conn, _) = build(super::Role::Publisher, "fuzzufrag", "fuzzpasswordfuzzpassword", &[local], None, now)
+        .expect("the fuzz PeerConnection builds");
     let _ = rtc::peer_connection::sdp::RTCSessionDescription::offer(sdp.to_owned())
         .and_then(|o| conn.set_remote_description(now, o))
         .and_then(|()| conn.create_answer(None))
@@ -172,6 +212,23 @@ pub fn fuzz_offer(sdp: &str) {
 mod tests {
     use super::*;
     use rand::{Rng, SeedableRng};
+
+    /// An ICE check with the harness's credentials (fuzz/corpus/media_datagram/ice_binding)
+    /// is answered, so `media_datagram` inputs reach the ICE agent; one with another ufrag is not.
+    #[test]
+    fn fuzz_harness_answers_an_authenticated_ice_check() {
+        let check = hex("000100542112a4420102030405060708090a0b0c0006000e66757a7a75667261673a6b5433610000\
+c0570004000103e7802a00081a2b3c4d5e6f7081002400046e7f00ff0025000000080014a3aad307ff25b7d238f04c6034a159\
+6385332066802800043bf20068");
+        assert!(fuzz_datagram(&check) >= 1, "no reply to a valid check");
+        let mut wrong = check.clone();
+        wrong[24] = b'F'; // USERNAME "Fuzzufrag:kT3a"
+        assert_eq!(fuzz_datagram(&wrong), 0);
+    }
+
+    fn hex(s: &str) -> Vec<u8> {
+        (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex")).collect()
+    }
 
     /// A cheap stand-in for the fuzz targets: mutated datagrams (STUN-,
     /// DTLS- and RTP-looking) and mutated SDP never panic.
