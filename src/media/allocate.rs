@@ -123,6 +123,8 @@ struct Track {
     rank: Option<u32>,
     current: Option<Layer>,
     last_up: Option<Instant>,
+    /// A layer was ever forwarded.
+    started: bool,
     /// Which layers were arriving when the current layer was settled on.
     settled: [bool; 3],
     /// A layer not arriving that this subscriber would take: see [`Allocator::demand`].
@@ -146,6 +148,7 @@ impl Track {
             rank: None,
             current: None,
             last_up: None,
+            started: false,
             settled: t.available.map(|b| b.is_some()),
             probe: None,
             seen: false,
@@ -301,9 +304,20 @@ impl Allocator {
                 if t.kind != Kind::Audio {
                     out.push(Change { track: t.id, layer: new, reason: t.reason(old, new) });
                 }
-                if new > old {
+                // A track's first layer, below its ceiling only because nothing
+                // higher has arrived yet (a publisher ramping up), starts no
+                // hold: it takes the higher layers as soon as they come.
+                let first_by_publisher = old.is_none()
+                    && !t.started
+                    && new < t.ceiling
+                    && Layer::ALL
+                        .into_iter()
+                        .filter(|&l| Some(l) > new && Some(l) <= t.ceiling)
+                        .all(|l| !t.arriving(l));
+                if new > old && !first_by_publisher {
                     t.last_up = Some(now);
                 }
+                t.started |= new.is_some();
                 t.current = new;
             }
             if old != new || !t.held {
@@ -468,6 +482,21 @@ mod tests {
         t[0].ceiling = None;
         assert_eq!(run(&mut a, 10_000_000, &t, ms(t0, 2000)), change(1, None, Reason::Requested));
         assert_eq!(a.desired_bps(), 0);
+    }
+
+    #[test]
+    fn a_first_layer_held_down_by_the_publisher_starts_no_hold() {
+        let (mut a, t0) = (Allocator::new(), Instant::now());
+        // Only q has arrived when the subscription starts (a publisher ramping up) ...
+        let mut t = [video(1, Kind::Camera, Some(F), [Some(150_000), None, None])];
+        assert_eq!(run(&mut a, 10_000_000, &t, t0), change(1, Some(Q), Reason::Requested));
+        // ... f arrives a second later: taken at once, no 5 s hold.
+        t[0].available = CAM;
+        assert_eq!(run(&mut a, 10_000_000, &t, ms(t0, 1000)), change(1, Some(F), Reason::Publisher));
+        // That was a switch up: the next one waits.
+        assert_eq!(run(&mut a, 500_000, &t, ms(t0, 1500)), change(1, Some(H), Reason::Bandwidth));
+        assert!(run(&mut a, 10_000_000, &t, ms(t0, 3000)).is_empty(), "held: one switch up per 5 s");
+        assert_eq!(run(&mut a, 10_000_000, &t, ms(t0, 6100)), change(1, Some(F), Reason::Bandwidth));
     }
 
     #[test]
