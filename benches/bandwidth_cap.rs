@@ -200,23 +200,8 @@ fn browser_subscriber_on_a_capped_link_moves_down_and_climbs_back_while_an_uncap
 }
 
 fn main() {
-    let runs: usize = std::env::var("RUNS").ok().and_then(|r| r.parse().ok()).unwrap_or(1);
-    std::panic::set_hook(Box::new(|_| {}));
-    let mut passed = 0;
-    for i in 1..=runs {
-        match std::panic::catch_unwind(
-            browser_subscriber_on_a_capped_link_moves_down_and_climbs_back_while_an_uncapped_one_keeps_full,
-        ) {
-            Ok(()) => {
-                passed += 1;
-                println!("run {i}: PASS");
-            }
-            Err(e) => {
-                let msg =
-                    e.downcast_ref::<String>().cloned().or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()));
-                println!("run {i}: MISSED {}", msg.unwrap_or_default().lines().next().unwrap_or_default());
-            }
-        }
-    }
-    println!("bandwidth_cap: every target met in {passed} of {runs} run(s)");
+    common::bench_runs(
+        "bandwidth_cap",
+        browser_subscriber_on_a_capped_link_moves_down_and_climbs_back_while_an_uncapped_one_keeps_full,
+    );
 }

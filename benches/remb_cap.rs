@@ -94,21 +94,5 @@ fn an_aiortc_subscriber_on_a_capped_link_is_moved_down_by_its_remb_and_back() {
 }
 
 fn main() {
-    let runs: usize = std::env::var("RUNS").ok().and_then(|r| r.parse().ok()).unwrap_or(1);
-    std::panic::set_hook(Box::new(|_| {}));
-    let mut passed = 0;
-    for i in 1..=runs {
-        match std::panic::catch_unwind(an_aiortc_subscriber_on_a_capped_link_is_moved_down_by_its_remb_and_back) {
-            Ok(()) => {
-                passed += 1;
-                println!("run {i}: PASS");
-            }
-            Err(e) => {
-                let msg =
-                    e.downcast_ref::<String>().cloned().or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()));
-                println!("run {i}: MISSED {}", msg.unwrap_or_default().lines().next().unwrap_or_default());
-            }
-        }
-    }
-    println!("remb_cap: every target met in {passed} of {runs} run(s)");
+    common::bench_runs("remb_cap", an_aiortc_subscriber_on_a_capped_link_is_moved_down_by_its_remb_and_back);
 }

@@ -11,7 +11,7 @@ mod common;
 
 use common::netns::{NetNs, A, B};
 use common::{child_client, parse_listening, ChildServer, TestServer};
-use confer::loadtest::peer::{video_track, RtcPeer, Seen};
+use confer::loadtest::peer::{RtcPeer, Seen};
 use confer::turn::stun::{self, Builder, Class, Message};
 use rtc::peer_connection::sdp::RTCSessionDescription;
 use serde_json::json;
@@ -38,16 +38,7 @@ async fn publish_and_connect(c: &TestServer, from: IpAddr) -> String {
     ws.send(json!({"type": "room-join", "roomId": room})).await;
     ws.recv_type("room-joined").await;
     let peer = RtcPeer::start_with(false, from).await.unwrap();
-    let (offer, mid) = peer
-        .with(|pc, now| {
-            pc.add_track(video_track("cam", 4242)).unwrap();
-            let offer = pc.create_offer(None).unwrap();
-            pc.set_local_description(now, offer.clone()).unwrap();
-            let ids: Vec<_> = pc.get_transceivers().collect();
-            let mid = ids.into_iter().find_map(|t| pc.rtp_transceiver(t).and_then(|t| t.mid().clone())).unwrap();
-            (offer.sdp, mid)
-        })
-        .await;
+    let (offer, mid) = common::camera_offer(&peer).await;
     ws.send(
         json!({"type": "publish-offer", "roomId": room, "sdp": offer, "tracks": [{"mid": mid, "source": "camera"}]}),
     )

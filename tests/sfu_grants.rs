@@ -40,16 +40,7 @@ async fn a_token_without_can_publish_has_its_publish_offer_refused() {
 
     // A real offer, so only the grant can be the reason for the refusal.
     let peer = RtcPeer::start().await;
-    let (offer, mid) = peer
-        .with(|pc, now| {
-            pc.add_track(video_track("cam", 4242)).unwrap();
-            let offer = pc.create_offer(None).unwrap();
-            pc.set_local_description(now, offer.clone()).unwrap();
-            let ids: Vec<_> = pc.get_transceivers().collect();
-            let mid = ids.into_iter().find_map(|t| pc.rtp_transceiver(t).and_then(|t| t.mid().clone())).unwrap();
-            (offer.sdp, mid)
-        })
-        .await;
+    let (offer, mid) = common::camera_offer(&peer).await;
     let publish = json!({"type": "publish-offer", "roomId": room, "sdp": offer,
                          "tracks": [{"mid": mid, "source": "camera"}], "reqId": "p1"});
     vera.send(publish.clone()).await;

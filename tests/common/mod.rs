@@ -458,3 +458,40 @@ pub fn run_node_summary_with(script: &str, args: &[&str], limit: std::time::Dura
 pub fn all_at(hist: &Value, width: u64) -> bool {
     hist.as_object().is_some_and(|m| !m.is_empty() && m.keys().all(|k| k.parse::<u64>().ok() == Some(width)))
 }
+
+/// `peer` adds a camera track (SSRC 4242) and makes its offer, set as its
+/// local description: the offer's SDP and the camera's mid, for a
+/// `publish-offer`.
+pub async fn camera_offer(peer: &confer::loadtest::peer::RtcPeer) -> (String, String) {
+    peer.with(|pc, now| {
+        pc.add_track(confer::loadtest::peer::video_track("cam", 4242)).unwrap();
+        let offer = pc.create_offer(None).unwrap();
+        pc.set_local_description(now, offer.clone()).unwrap();
+        let ids: Vec<_> = pc.get_transceivers().collect();
+        let mid = ids.into_iter().find_map(|t| pc.rtp_transceiver(t).and_then(|t| t.mid().clone())).unwrap();
+        (offer.sdp, mid)
+    })
+    .await
+}
+
+/// A benchmark of a pass/fail scenario: run `scenario` `$RUNS` times (1 if
+/// unset), printing per run PASS or the first target it missed, then the tally.
+pub fn bench_runs(name: &str, scenario: fn()) {
+    let runs: usize = std::env::var("RUNS").ok().and_then(|r| r.parse().ok()).unwrap_or(1);
+    std::panic::set_hook(Box::new(|_| {}));
+    let mut passed = 0;
+    for i in 1..=runs {
+        match std::panic::catch_unwind(scenario) {
+            Ok(()) => {
+                passed += 1;
+                println!("run {i}: PASS");
+            }
+            Err(e) => {
+                let msg =
+                    e.downcast_ref::<String>().cloned().or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()));
+                println!("run {i}: MISSED {}", msg.unwrap_or_default().lines().next().unwrap_or_default());
+            }
+        }
+    }
+    println!("{name}: every target met in {passed} of {runs} run(s)");
+}
