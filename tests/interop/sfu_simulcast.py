@@ -73,16 +73,20 @@ class Sub(Client):
         return self.widths[-1][1] if self.widths else None
 
     async def video_counts(self):
-        """inbound-rtp of the camera: (received, lost). aiortc lists its RTX
-        stream (retransmissions, padding) as an inbound-rtp too: the camera's
-        is the one with the most packets."""
-        best = (0, 0)
+        """The camera stream's (received, lost). Not from getStats(): aiortc
+        gives every SSRC of a receiver the same inbound-rtp id, so its report
+        holds only the SSRC seen last, which is the RTX one (retransmissions,
+        padding) once any arrives. Read the receiver's per-SSRC statistics
+        and skip the SSRCs it knows as RTX."""
+        received, lost = 0, 0
         for r in self.sub.getReceivers():
             if r.track and r.track.kind == "video":
-                for s in (await r.getStats()).values():
-                    if s.type == "inbound-rtp" and s.packetsReceived > best[0]:
-                        best = (s.packetsReceived, s.packetsLost)
-        return best
+                rtx = r._RTCRtpReceiver__rtx_ssrc
+                for ssrc, stream in r._RTCRtpReceiver__remote_streams.items():
+                    if ssrc not in rtx:
+                        received += stream.packets_received
+                        lost += stream.packets_lost
+        return received, lost
 
 
 class CappedProxy(asyncio.DatagramProtocol):
