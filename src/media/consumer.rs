@@ -7,7 +7,7 @@ use super::forwarder::Forwarder;
 use super::ids::LegId;
 use super::rewrite::Rewrite;
 use crate::ids::PeerId;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 /// One outgoing copy of a producer.
 #[derive(Debug)]
@@ -32,6 +32,8 @@ pub struct Consumer {
     pub switches: u64,
     /// Its key in the subscriber leg's [`super::allocate::Allocator`].
     pub alloc_id: u32,
+    /// NACKed packets waiting for room in the leg's budget.
+    pub deferred: Deferred,
 }
 
 /// The layer to forward under `ceiling` given what arrives: the best one at
@@ -41,6 +43,59 @@ pub fn choose_layer(ceiling: Layer, available: [bool; 3]) -> Layer {
     let below = Layer::ALL.into_iter().rev().filter(|l| *l <= ceiling).find(|l| available[*l as usize]);
     let above = Layer::ALL.into_iter().filter(|l| *l > ceiling).find(|l| available[*l as usize]);
     below.or(above).unwrap_or(ceiling)
+}
+
+/// NACKed packets a consumer waits to resend.
+pub const DEFERRED: usize = 32;
+/// A NACKed packet is resent at most this long after the NACK; later the
+/// receiver has given up on it or asked again.
+pub const DEFERRED_FOR: Duration = Duration::from_secs(1);
+
+/// NACKed packets the subscriber leg's budget had no room for when asked
+/// (SPEC 5.1: retransmissions are paid from the estimate), resent as soon as
+/// it has. A receiver NACKs a packet about once (aiortc exactly once), so a
+/// refused retransmission would be a hole for good, and right after a switch
+/// down the keyframe has just emptied the budget: aiortc's jitter buffer then
+/// holds back every later frame until 512 packets have passed, 11 s at `h`.
+/// Fixed size, so NACK handling allocates nothing; when full, the packet
+/// NACKed longest ago makes room.
+#[derive(Debug, Default)]
+pub struct Deferred {
+    slots: [Option<(u16, Instant)>; DEFERRED],
+}
+
+impl Deferred {
+    /// `seq` (the subscriber's number) was NACKed at `now` and did not fit.
+    pub fn push(&mut self, seq: u16, now: Instant) {
+        if self.slots.iter().flatten().any(|(s, _)| *s == seq) {
+            return;
+        }
+        let slot = self.slots.iter().position(Option::is_none).unwrap_or_else(|| self.oldest().unwrap_or(0));
+        self.slots[slot] = Some((seq, now));
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.slots.iter().all(Option::is_none)
+    }
+
+    /// Offers the waiting packets to `send`, NACKed first first, forgetting
+    /// those older than [`DEFERRED_FOR`]. `send` returns whether it is done
+    /// with the packet (sent, or no longer resendable); at the first `false`
+    /// (no room yet) it and every later one wait for the next call.
+    pub fn retry(&mut self, now: Instant, mut send: impl FnMut(u16) -> bool) {
+        while let Some(i) = self.oldest() {
+            let (seq, at) = self.slots[i].expect("oldest is a filled slot");
+            if now.saturating_duration_since(at) > DEFERRED_FOR || send(seq) {
+                self.slots[i] = None;
+            } else {
+                break;
+            }
+        }
+    }
+
+    fn oldest(&self) -> Option<usize> {
+        (0..DEFERRED).filter(|&i| self.slots[i].is_some()).min_by_key(|&i| self.slots[i].map(|(_, at)| at))
+    }
 }
 
 /// A subscriber leg's view of one forwarded track: counted as sent, and
@@ -81,6 +136,47 @@ impl LegReport {
 mod tests {
     use super::*;
     use rtc::rtcp::reception_report::ReceptionReport;
+
+    #[test]
+    fn deferred_retransmissions_go_oldest_first_until_one_does_not_fit_and_expire() {
+        let t0 = Instant::now();
+        let mut d = Deferred::default();
+        assert!(d.is_empty());
+        d.push(10, t0);
+        d.push(11, t0 + Duration::from_millis(1));
+        d.push(10, t0 + Duration::from_millis(2)); // asked again: still one entry
+        d.push(12, t0 + Duration::from_millis(3));
+        // Room for one packet only: 10 goes, 11 waits and 12 behind it.
+        let mut sent = vec![];
+        let mut room = 1;
+        d.retry(t0 + Duration::from_millis(5), |s| {
+            if room == 0 {
+                return false;
+            }
+            room -= 1;
+            sent.push(s);
+            true
+        });
+        assert_eq!(sent, [10]);
+        // Past DEFERRED_FOR nothing is offered any more.
+        d.retry(t0 + DEFERRED_FOR + Duration::from_millis(10), |s| panic!("{s} offered after expiring"));
+        assert!(d.is_empty());
+    }
+
+    #[test]
+    fn a_full_deferred_queue_drops_the_packet_nacked_longest_ago() {
+        let t0 = Instant::now();
+        let mut d = Deferred::default();
+        for i in 0..DEFERRED as u16 + 1 {
+            d.push(i, t0 + Duration::from_millis(u64::from(i)));
+        }
+        let mut offered = vec![];
+        d.retry(t0 + Duration::from_millis(40), |s| {
+            offered.push(s);
+            true
+        });
+        assert_eq!(offered, (1..=DEFERRED as u16).collect::<Vec<_>>());
+    }
 
     #[test]
     fn the_layer_is_the_best_under_the_ceiling_that_arrives() {

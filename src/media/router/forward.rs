@@ -204,7 +204,9 @@ impl Router {
     }
 
     /// Answer a subscriber's NACK from the producer's history: the packets
-    /// it names are written to it again, with the numbers it knows them by.
+    /// it names are written to it again, with the numbers it knows them by;
+    /// those the leg's budget has no room for yet wait in the consumer's
+    /// [`crate::media::consumer::Deferred`].
     fn retransmit(
         &mut self,
         leg_id: LegId,
@@ -222,24 +224,21 @@ impl Router {
         // A NACK names at most 17 packets per pair; how many pairs fit is up
         // to the sender, so what one NACK may cost is capped.
         for seq in nack.nacks.iter().flat_map(|pair| *pair).take(MAX_RESENT_PER_NACK) {
-            let Some((layer, original)) = c.forwarder.source_of(seq) else { continue };
-            let Some(pkt) = p.history[layer as usize].get(original) else { continue };
-            let h = &pkt.header;
-            if io.bandwidth_estimation {
-                if let Side::Subscriber { bwe, budget, .. } = &mut leg.side {
-                    if !budget.fits(pkt.payload.len() + 40, bwe.estimate_bps(), now) {
-                        io.metrics.retransmit_over_budget.inc();
-                        continue;
-                    }
-                }
+            if resend(leg, &p.history, c, seq, now, io) == Resend::NoRoom {
+                io.metrics.retransmit_over_budget.inc();
+                c.deferred.push(seq, now);
             }
-            let Some(send) = c.forwarder.resend(seq, h.timestamp, h.payload_type, &pkt.payload) else { continue };
-            let rtx = c.rewrite.rtx_for(send.pt).map(|(ssrc, pt)| {
-                c.rtx_seq = c.rtx_seq.wrapping_add(1);
-                (ssrc, pt, c.rtx_seq)
-            });
-            if write_copy(leg, io, c, pkt, &send, rtx, now).is_some() {
-                io.metrics.retransmitted.inc();
+        }
+    }
+
+    /// Resends what NACKs asked for while the budget had no room, as far as it has now.
+    fn resend_deferred(&mut self, now: Instant, io: &mut Io) {
+        for p in self.producers.values_mut() {
+            for c in p.consumers.iter_mut().filter(|c| !c.deferred.is_empty()) {
+                let Some(leg) = self.transports.get_mut(&c.leg).filter(|l| l.connected) else { continue };
+                let mut deferred = std::mem::take(&mut c.deferred);
+                deferred.retry(now, |seq| resend(leg, &p.history, c, seq, now, io) != Resend::NoRoom);
+                c.deferred = deferred;
             }
         }
     }
@@ -592,6 +591,7 @@ impl Router {
         for (t, l) in due {
             self.send_pli(&t, l, now);
         }
+        self.resend_deferred(now, io);
         self.choose_layers(now, io);
         self.pad(now, io);
         if now >= self.next_allocation {
@@ -647,6 +647,48 @@ const PAD_AHEAD: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// Padding packets one leg sends per tick at most (about 18 kB: 15 Mbit/s).
 const MAX_PADDING_PER_TICK: usize = 64;
+
+/// What became of one NACKed packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Resend {
+    Sent,
+    /// Not resendable: not forwarded from a layer we still hold, or the leg refused it.
+    Gone,
+    /// The leg's budget has no room for it now.
+    NoRoom,
+}
+
+/// Resend the packet a subscriber knows as `seq` from the producer's
+/// `history`, if the leg's budget has room (with the estimator on).
+fn resend(
+    leg: &mut Transport,
+    history: &[crate::media::producer::History; 3],
+    c: &mut Consumer,
+    seq: u16,
+    now: Instant,
+    io: &mut Io,
+) -> Resend {
+    let Some((layer, original)) = c.forwarder.source_of(seq) else { return Resend::Gone };
+    let Some(pkt) = history[layer as usize].get(original) else { return Resend::Gone };
+    let h = &pkt.header;
+    if io.bandwidth_estimation {
+        if let Side::Subscriber { bwe, budget, .. } = &mut leg.side {
+            if !budget.fits(pkt.payload.len() + 40, bwe.estimate_bps(), now) {
+                return Resend::NoRoom;
+            }
+        }
+    }
+    let Some(send) = c.forwarder.resend(seq, h.timestamp, h.payload_type, &pkt.payload) else { return Resend::Gone };
+    let rtx = c.rewrite.rtx_for(send.pt).map(|(ssrc, pt)| {
+        c.rtx_seq = c.rtx_seq.wrapping_add(1);
+        (ssrc, pt, c.rtx_seq)
+    });
+    if write_copy(leg, io, c, pkt, &send, rtx, now).is_none() {
+        return Resend::Gone;
+    }
+    io.metrics.retransmitted.inc();
+    Resend::Sent
+}
 
 /// Tell signaling a consumer's forwarded layer changed.
 pub(super) fn layer_changed(io: &Io, c: &mut Consumer, track: &TrackId, layer: Option<Layer>) {

@@ -229,6 +229,7 @@ impl Router {
             reason: Reason::Requested,
             switches: 0,
             alloc_id: self.next_alloc_id,
+            deferred: Default::default(),
         });
         self.next_alloc_id = self.next_alloc_id.wrapping_add(1);
         if let Some((subscribe, ceiling)) = self.early.remove(&(peer_id.clone(), track.clone())) {
