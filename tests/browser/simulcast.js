@@ -247,7 +247,11 @@ function installHarness({ name }) {
     H.pub = newPc('publisher');
     const vtx = H.pub.addTransceiver(vt, {
       direction: 'sendonly', streams: [stream],
-      sendEncodings: [{ rid: 'q', scaleResolutionDownBy: 4 }, { rid: 'h', scaleResolutionDownBy: 2 }, { rid: 'f', scaleResolutionDownBy: 1 }],
+      sendEncodings: [ // the built-in page's layers (src/http/web/app.js SIMULCAST)
+        { rid: 'q', scaleResolutionDownBy: 4, maxBitrate: 150_000 },
+        { rid: 'h', scaleResolutionDownBy: 2, maxBitrate: 450_000 },
+        { rid: 'f', scaleResolutionDownBy: 1, maxBitrate: 1_500_000 },
+      ],
     });
     const atx = H.pub.addTransceiver(at, { direction: 'sendonly', streams: [stream] });
     H.vsender = vtx.sender;

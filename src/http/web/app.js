@@ -303,8 +303,15 @@ async function onRoomJoined(m) {
 }
 // The camera goes out as three simulcast layers (SPEC 5.1) so the SFU can give
 // each subscriber the one that fits its tile and its link; the microphone and a
-// screen share (which must stay sharp) go out as one.
-const SIMULCAST = [{ rid: 'q', scaleResolutionDownBy: 4 }, { rid: 'h', scaleResolutionDownBy: 2 }, { rid: 'f', scaleResolutionDownBy: 1 }];
+// screen share (which must stay sharp) go out as one. Each layer has a bitrate
+// cap (LiveKit's client uses about the same): without one Chromium lets h reach
+// 700 kbit/s and f 2.5 Mbit/s, so a 600 kbit/s link fits only q and a 1 Mbit/s
+// link gains nothing from h. With them q, h and f step about 3x apart.
+const SIMULCAST = [
+  { rid: 'q', scaleResolutionDownBy: 4, maxBitrate: 150_000 },
+  { rid: 'h', scaleResolutionDownBy: 2, maxBitrate: 450_000 },
+  { rid: 'f', scaleResolutionDownBy: 1, maxBitrate: 1_500_000 },
+];
 function sendInit(track, stream) {
   const init = { direction: 'sendonly', streams: [stream] };
   if (track.kind === 'video' && stream === S.local) init.sendEncodings = SIMULCAST.map((e) => ({ ...e }));
