@@ -1,6 +1,8 @@
 // confer's built-in web client: rooms through the SFU and 1:1 P2P calls,
-// speaking the /rtc protocol of SPEC.md section 4. No framework, no build step.
-'use strict';
+// speaking the /rtc protocol of SPEC.md section 4. No framework, no build
+// step: ES modules the browser loads as they are (panel.js: participants,
+// chat, raised hands).
+import * as panel from './panel.js';
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
@@ -125,15 +127,16 @@ async function onMessage(m) {
     case 'publish-answer': return S.pub?.setRemoteDescription({ type: 'answer', sdp: m.sdp });
     case 'subscribe-offer': return onSubscribeOffer(m);
     case 'room-ice-candidate': return onRoomCandidate(m);
-    case 'participant-joined': return addTile(m.participant.peerId, m.participant.name || m.participant.userId);
-    case 'participant-left': return removeTile(m.peerId || m.participant?.peerId);
+    case 'participant-joined': panel.joined(m.participant); return addTile(m.participant.peerId, m.participant.name || m.participant.userId);
+    case 'participant-left': panel.left(m.peerId); return removeTile(m.peerId || m.participant?.peerId);
+    case 'room-message': return panel.message(m);
     case 'participant-updated': return onParticipantUpdated(m.participant);
     case 'track-published': return onTrackPublished(m.peerId, m.track);
     case 'track-unpublished': return onTrackUnpublished(m.peerId, m.trackId || m.track?.id);
     case 'active-speakers': return onSpeakers(m.speakers || []);
     case 'subscription-update': return onSubscriptionUpdate(m);
     case 'publish-layers': return onPublishLayers(m);
-    case 'connection-quality': return onQuality(m.updates || []);
+    case 'connection-quality': panel.quality(m.updates || []); return onQuality(m.updates || []);
     case 'room-deleted': status('This room was deleted.', true); return leaveRoom(false);
     // calls
     case 'call-created': if (S.call) S.call.id = m.callSession.id; return flushCallCandidates();
@@ -156,6 +159,7 @@ async function onError(m) {
   // A size change can ask for a track that was unpublished a moment ago:
   // nothing the user has to know about.
   if (S.quiet.delete(m.reqId)) return;
+  if (panel.refused(m)) return;
   if (m.code === 'token-expired') {
     if (S.guestName) {
       try { const t = await guestToken(S.guestName); if (claims(t)) { S.token = t; send({ type: 'refresh', token: t }); } return; } catch { /* fall through */ }
@@ -287,6 +291,10 @@ async function onRoomJoined(m) {
   status('');
   S.peerId = m.peerId;
   if (m.iceServers) S.iceServers = m.iceServers;
+  panel.reset(m.room);
+  panel.selfMuted($('mute-audio').getAttribute('aria-pressed') === 'true', $('mute-video').getAttribute('aria-pressed') === 'true');
+  panel.syncHand();
+  panel.loadHistory();
   for (const p of m.room.participants || []) {
     if (p.peerId === S.peerId) continue;
     addTile(p.peerId, p.name || p.userId);
@@ -389,6 +397,7 @@ function onTrackUnpublished(peerId, trackId) {
 }
 function onParticipantUpdated(p) {
   if (!p) return;
+  panel.updated(p);
   if (p.peerId === S.peerId) {
     for (const tr of p.tracks || []) learnTrackId(tr);
     return;
@@ -502,6 +511,7 @@ function leaveRoom(tell = true) {
   closePcs();
   stopLocal();
   S.roomId = S.peerId = null; S.tracks.clear();
+  panel.clear();
   for (const id of [...S.tiles.keys()]) removeTile(id);
   history.replaceState(null, '', location.pathname);
   show('lobby');
@@ -521,7 +531,9 @@ async function toggleMute(kind) {
   btn.textContent = kind === 'audio' ? (muted ? 'Unmute mic' : 'Mute mic') : (muted ? 'Start camera' : 'Stop camera');
   for (const t of S.local?.getTracks() || []) if (t.kind === kind) t.enabled = !muted;
   const me = S.tiles.get('me');
-  if (me) setMutedBadge(me, $('mute-audio').getAttribute('aria-pressed') === 'true', $('mute-video').getAttribute('aria-pressed') === 'true');
+  const audioOff = $('mute-audio').getAttribute('aria-pressed') === 'true', videoOff = $('mute-video').getAttribute('aria-pressed') === 'true';
+  if (me) setMutedBadge(me, audioOff, videoOff);
+  if (S.roomId) panel.selfMuted(audioOff, videoOff);
   if (S.call?.id) return api('PUT', `/calls/${S.call.id}/mute-${kind}`, { mute: muted }).catch((e) => status(e.message, true));
   if (S.roomId) {
     const source = kind === 'audio' ? 'microphone' : 'camera';
@@ -682,6 +694,7 @@ $('call-form').onsubmit = (e) => {
   e.preventDefault();
   startCall($('callee').value.trim(), new FormData(e.target).get('calltype'));
 };
+panel.init({ send, api, self: () => ({ roomId: S.roomId, peerId: S.peerId }) });
 $('accept').onclick = acceptIncoming;
 $('reject').onclick = rejectIncoming;
 $('mute-audio').onclick = () => toggleMute('audio');
