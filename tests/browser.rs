@@ -6,7 +6,8 @@
 //! phone-width page, keyboard controls), and the
 //! same room again with every page forced through confer's TURN server; three
 //! contexts chat (to everyone, a direct message, markup shown as text) and see
-//! a raised hand in their participant lists.
+//! a raised hand in their participant lists; the lobby previews camera and
+//! microphone and joins with the devices and on/off choice remembered.
 
 mod common;
 
@@ -147,4 +148,26 @@ fn three_browsers_chat_send_a_direct_message_and_see_a_raised_hand() {
         assert!(rows.len() == 1 && rows[0].as_str().unwrap().contains("Bob"), "{who}: {s}");
     }
     assert_eq!(s["unlabelled"], serde_json::json!([]), "{s}");
+}
+
+#[test]
+fn the_lobby_previews_the_devices_and_joins_with_the_remembered_choice() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ChildServer::spawn(dir.path(), &[("CONFER_AUTH_ALLOW_GUESTS", "true")]);
+    let s = common::run_node_summary("prejoin.js", &format!("http://{}", server.addr), Duration::from_secs(90));
+    assert_eq!(s["errors"], serde_json::json!([]), "{s}");
+    assert!(s["preview"]["width"].as_u64().unwrap() > 0, "the camera preview shows frames: {s}");
+    assert!(s["levels"].as_array().unwrap().iter().any(|l| l.as_f64().unwrap() > 0.01), "the mic meter moves: {s}");
+    assert!(s["cameras"].as_u64().unwrap() >= 2 && s["mics"].as_u64().unwrap() >= 1, "{s}");
+    let j = &s["joined"];
+    assert_eq!(j["camera"], s["chosen"], "the room gets the camera picked in the lobby: {s}");
+    assert_eq!((&j["videoButton"], &j["audioButton"]), (&"true".into(), &"true".into()), "{s}");
+    assert_eq!((&j["videoEnabled"], &j["audioEnabled"]), (&false.into(), &false.into()), "{s}");
+    assert_eq!(j["previewStopped"], true, "the preview lets go of the devices: {s}");
+    let seen = s["quinnSees"].as_str().unwrap();
+    assert!(seen.contains("mic off") && seen.contains("camera off"), "the others are told: {s}");
+    let r = &s["remembered"];
+    assert_eq!(r["camera"], s["chosen"], "{s}");
+    assert_eq!((&r["cameraOff"], &r["micOff"]), (&true.into(), &true.into()), "{s}");
+    assert_eq!(s["labelled"], true, "{s}");
 }

@@ -1,8 +1,9 @@
 // confer's built-in web client: rooms through the SFU and 1:1 P2P calls,
 // speaking the /rtc protocol of SPEC.md section 4. No framework, no build
 // step: ES modules the browser loads as they are (panel.js: participants,
-// chat, raised hands).
+// chat, raised hands; prejoin.js: the lobby's preview and device choice).
 import * as panel from './panel.js';
+import * as prejoin from './prejoin.js';
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
@@ -39,6 +40,8 @@ function status(text, isError) {
 }
 function show(view) {
   for (const id of ['signin', 'lobby', 'stage']) $(id).hidden = id !== view;
+  // The lobby previews the camera and microphone; nothing else holds them twice.
+  if (view === 'lobby') prejoin.start(); else prejoin.stop();
 }
 
 // ---------- auth ----------
@@ -68,7 +71,7 @@ async function guestToken(name) {
   return j.token;
 }
 async function signIn(name, token) {
-  if (!token && name) { token = await guestToken(name); S.guestName = name; }
+  if (!token && name) { token = await guestToken(name); S.guestName = name; localStorage.setItem('confer.name', name); }
   if (!token) throw new Error('Enter a name (dev servers) or paste an access token.');
   const c = claims(token);
   if (!c?.sub) throw new Error('That is not an access token.');
@@ -178,7 +181,8 @@ async function onError(m) {
 
 // ---------- media devices ----------
 async function getMedia(kind) {
-  const cam = $('camera-select').value, mic = $('mic-select').value;
+  // Until the call's own pickers are filled, the lobby's choice holds.
+  const cam = $('camera-select').value || prejoin.choice().camera, mic = $('mic-select').value || prejoin.choice().mic;
   const want = {
     audio: mic ? { deviceId: { exact: mic } } : true,
     video: kind === 'audio' ? false : S.call ? (cam ? { deviceId: { exact: cam } } : { width: 640, height: 360 })
@@ -229,6 +233,7 @@ function addTile(peerId, name) {
   el.className = 'tile'; el.dataset.peer = peerId;
   const video = document.createElement('video');
   video.autoplay = true; video.playsInline = true; video.muted = peerId === 'me';
+  if (peerId !== 'me') prejoin.route(video);
   video.setAttribute('aria-label', `Video of ${name || peerId}`);
   const label = document.createElement('span'); label.className = 'label'; label.textContent = name || peerId;
   // The connection-quality badge of a person in a room says "unknown" until
@@ -277,6 +282,9 @@ async function joinRoom(name) {
   show('stage');
   S.local = await getMedia('video');
   addTile('me', `${S.name} (you)`);
+  const c = prejoin.choice();
+  if (c.cameraOff) toggleMute('video');
+  if (c.micOff) toggleMute('audio');
   send({ type: 'room-join', roomId: room.id, reqId: ++S.seq });
 }
 function rejoin() {
@@ -386,7 +394,13 @@ function onTrackPublished(peerId, track) {
 // Our own track: learn its server id, which track-mute and publish-layers use.
 function learnTrackId(track) {
   for (const v of S.myTracks.values()) {
-    if (!v.trackId && v.source === track.source) { v.trackId = track.id; applyLayers(track.id); return; }
+    if (!v.trackId && v.source === track.source) {
+      v.trackId = track.id; applyLayers(track.id);
+      // Joined with this one off (the lobby's choice): the others are told now.
+      const off = { camera: 'mute-video', microphone: 'mute-audio' }[track.source];
+      if (off && $(off).getAttribute('aria-pressed') === 'true') send({ type: 'track-mute', roomId: S.roomId, trackId: track.id, muted: true });
+      return;
+    }
   }
 }
 function onTrackUnpublished(peerId, trackId) {
@@ -694,6 +708,8 @@ $('call-form').onsubmit = (e) => {
   e.preventDefault();
   startCall($('callee').value.trim(), new FormData(e.target).get('calltype'));
 };
+prejoin.init();
+if (!$('name').value) $('name').value = localStorage.getItem('confer.name') || '';
 panel.init({ send, api, self: () => ({ roomId: S.roomId, peerId: S.peerId }) });
 $('accept').onclick = acceptIncoming;
 $('reject').onclick = rejectIncoming;
