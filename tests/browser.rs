@@ -129,9 +129,9 @@ fn three_browsers_chat_send_a_direct_message_and_see_a_raised_hand() {
     for who in ["aliceLog", "bobLog", "carolLog"] {
         assert!(s[who].as_array().unwrap().iter().any(|t| t == everyone), "{who}: {s}");
     }
-    assert_eq!(s["carolUnread"]["text"], "1", "a closed panel counts unread messages: {s}");
+    assert_eq!(s["carolUnread"]["text"], "1 unread", "a closed panel counts unread messages: {s}");
     assert_eq!(s["carolUnread"]["hidden"], false, "{s}");
-    assert_eq!(s["carolUnread"]["label"], "Chat, 1 unread", "{s}");
+    assert_eq!(s["carolUnread"]["label"], "Chat 1 unread", "the button's name says it: {s}");
     assert_eq!(s["carolUnreadAfter"], true, "opening the panel clears the count: {s}");
     assert!(s["bobLog"].as_array().unwrap().iter().any(|t| t == "just for bob"), "{s}");
     assert_eq!(s["bobSawPrivate"], true, "{s}");
@@ -148,6 +148,7 @@ fn three_browsers_chat_send_a_direct_message_and_see_a_raised_hand() {
         assert!(rows.len() == 1 && rows[0].as_str().unwrap().contains("Bob"), "{who}: {s}");
     }
     assert_eq!(s["unlabelled"], serde_json::json!([]), "{s}");
+    assert_eq!(s["axeRoom"], serde_json::json!([]), "axe-core: serious or critical violations in the room: {s}");
 }
 
 #[test]
@@ -170,4 +171,5 @@ fn the_lobby_previews_the_devices_and_joins_with_the_remembered_choice() {
     assert_eq!(r["camera"], s["chosen"], "{s}");
     assert_eq!((&r["cameraOff"], &r["micOff"]), (&true.into(), &true.into()), "{s}");
     assert_eq!(s["labelled"], true, "{s}");
+    assert_eq!(s["axeLobby"], serde_json::json!([]), "axe-core: serious or critical violations in the lobby: {s}");
 }

@@ -4,10 +4,18 @@
 // direct message to Bob reaches Bob and not Carol; a message holding markup
 // is shown as text (no <img> in the DOM, its onerror never runs); Bob raises
 // his hand and Alice and Carol see it in their participant lists. Everything
-// is done with the keyboard or clicks on labelled controls.
+// is done with the keyboard or clicks on labelled controls, and axe-core
+// finds no serious violation in the room with both panels open.
 // Exits 0 on success and prints a JSON summary; any console error fails it.
 // usage: node chat.js http://HOST:PORT
 const { chromium } = require('playwright-core');
+// axe-core's serious and critical violations on the page as it is now.
+const axe = async (p) => {
+  await p.addScriptTag({ path: require.resolve('axe-core/axe.min.js') });
+  const r = await p.evaluate(() => window.axe.run(document, { resultTypes: ['violations'] }));
+  return r.violations.filter((v) => v.impact === 'serious' || v.impact === 'critical')
+    .map((v) => ({ id: v.id, impact: v.impact, nodes: v.nodes.map((n) => n.target.join(' ')).slice(0, 5) }));
+};
 (async () => {
   const base = process.argv[2];
   const browser = await chromium.launch({ executablePath: '/usr/bin/chromium', args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--use-fake-device-for-media-stream', '--use-fake-ui-for-media-stream', '--allow-loopback-in-peer-connection'] });
@@ -37,7 +45,7 @@ const { chromium } = require('playwright-core');
   await alice.keyboard.type('hello everyone');
   await alice.keyboard.press('Enter');
   for (const p of [alice, bob, carol]) await waitText(p, 'hello everyone');
-  const carolUnread = await carol.evaluate(() => ({ text: document.getElementById('unread').textContent, hidden: document.getElementById('unread').hidden, label: document.getElementById('toggle-chat').getAttribute('aria-label') }));
+  const carolUnread = await carol.evaluate(() => ({ text: document.getElementById('unread').textContent, hidden: document.getElementById('unread').hidden, label: document.getElementById('toggle-chat').textContent.trim() }));
 
   // A direct message: chosen in the "Send to" picker by name.
   await alice.selectOption('#chat-to', { label: 'Bob' });
@@ -78,11 +86,12 @@ const { chromium } = require('playwright-core');
   const unlabelled = await alice.evaluate(() => [...document.querySelectorAll('#side button, #controls button, #side select, #side textarea')]
     .filter((el) => !(el.getAttribute('aria-label') || el.labels?.length || el.textContent.trim())).map((el) => el.id || el.outerHTML));
 
-  const summary = { chatOpen, carolUnread, bobSawPrivate, carolLog, markup, carolUnreadAfter, bobButton, handSeen, visiblePeople, unlabelled, aliceLog: await log(alice), bobLog: await log(bob), errors };
+  const axeRoom = await axe(alice);
+  const summary = { axeRoom, chatOpen, carolUnread, bobSawPrivate, carolLog, markup, carolUnreadAfter, bobButton, handSeen, visiblePeople, unlabelled, aliceLog: await log(alice), bobLog: await log(bob), errors };
   console.log(JSON.stringify(summary));
   await browser.close();
-  const ok = chatOpen && carolUnread.text === '1' && !carolUnread.hidden && bobSawPrivate && !carolLog.includes('just for bob')
+  const ok = chatOpen && carolUnread.text === '1 unread' && !carolUnread.hidden && bobSawPrivate && !carolLog.includes('just for bob')
     && Object.values(markup).every((m) => m.imgs === 0 && !m.pwned) && carolUnreadAfter && bobButton === 'true'
-    && handSeen.alice.length === 1 && handSeen.carol.length === 1 && visiblePeople && unlabelled.length === 0 && errors.length === 0;
+    && handSeen.alice.length === 1 && handSeen.carol.length === 1 && visiblePeople && unlabelled.length === 0 && axeRoom.length === 0 && errors.length === 0;
   process.exit(ok ? 0 : 1);
 })().catch((e) => { console.error(e); process.exit(2); });

@@ -4,10 +4,17 @@
 // "Join with camera off" and "Join with mic off" (keyboard), and joins: the
 // room is sent that camera, both buttons say off, and Quinn, already in the
 // room, sees Pat with mic and camera off. After a reload the lobby shows the
-// same choices again.
+// same choices again. axe-core finds no serious violation in the lobby.
 // Exits 0 on success and prints a JSON summary; any console error fails it.
 // usage: node prejoin.js http://HOST:PORT
 const { chromium } = require('playwright-core');
+// axe-core's serious and critical violations on the page as it is now.
+const axe = async (p) => {
+  await p.addScriptTag({ path: require.resolve('axe-core/axe.min.js') });
+  const r = await p.evaluate(() => window.axe.run(document, { resultTypes: ['violations'] }));
+  return r.violations.filter((v) => v.impact === 'serious' || v.impact === 'critical')
+    .map((v) => ({ id: v.id, impact: v.impact, nodes: v.nodes.map((n) => n.target.join(' ')).slice(0, 5) }));
+};
 (async () => {
   const base = process.argv[2];
   const browser = await chromium.launch({ executablePath: '/usr/bin/chromium', args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--use-fake-device-for-media-stream=device-count=2', '--use-fake-ui-for-media-stream', '--allow-loopback-in-peer-connection', '--autoplay-policy=no-user-gesture-required'] });
@@ -68,11 +75,12 @@ const { chromium } = require('playwright-core');
   }));
   const labelled = await pat.evaluate(() => [...document.querySelectorAll('#prejoin select, #prejoin input, #prejoin meter')].every((el) => el.labels?.length > 0));
 
-  const summary = { preview, levels, cameras: cameras.length, mics, chosen, joined, quinnSees, remembered, labelled, errors };
+  const axeLobby = await axe(pat);
+  const summary = { axeLobby, preview, levels, cameras: cameras.length, mics, chosen, joined, quinnSees, remembered, labelled, errors };
   console.log(JSON.stringify(summary));
   await browser.close();
   const ok = preview.width > 0 && levels.some((l) => l > 0.01) && cameras.length >= 2 && joined.camera === chosen
     && joined.videoButton === 'true' && joined.audioButton === 'true' && !joined.videoEnabled && !joined.audioEnabled && joined.previewStopped
-    && remembered.camera === chosen && remembered.cameraOff && remembered.micOff && labelled && errors.length === 0;
+    && remembered.camera === chosen && remembered.cameraOff && remembered.micOff && labelled && axeLobby.length === 0 && errors.length === 0;
   process.exit(ok ? 0 : 1);
 })().catch((e) => { console.error(e); process.exit(2); });

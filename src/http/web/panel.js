@@ -41,11 +41,12 @@ function togglePanel(which, open) {
     $('chat-text').focus();
   }
 }
+// The count is part of the button's text, so its name says it: "Chat 3 unread".
 function showUnread() {
   const el = $('unread');
   el.hidden = unread === 0;
-  el.textContent = String(unread);
-  $('toggle-chat').setAttribute('aria-label', unread ? `Chat, ${unread} unread` : 'Chat');
+  const sr = document.createElement('span'); sr.className = 'sr'; sr.textContent = ' unread';
+  el.replaceChildren(String(unread), sr);
 }
 
 // ---------- participants ----------
