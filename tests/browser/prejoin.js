@@ -8,13 +8,7 @@
 // Exits 0 on success and prints a JSON summary; any console error fails it.
 // usage: node prejoin.js http://HOST:PORT
 const { chromium } = require('playwright-core');
-// axe-core's serious and critical violations on the page as it is now.
-const axe = async (p) => {
-  await p.addScriptTag({ path: require.resolve('axe-core/axe.min.js') });
-  const r = await p.evaluate(() => window.axe.run(document, { resultTypes: ['violations'] }));
-  return r.violations.filter((v) => v.impact === 'serious' || v.impact === 'critical')
-    .map((v) => ({ id: v.id, impact: v.impact, nodes: v.nodes.map((n) => n.target.join(' ')).slice(0, 5) }));
-};
+const axe = require('./axe');
 (async () => {
   const base = process.argv[2];
   const browser = await chromium.launch({ executablePath: '/usr/bin/chromium', args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--use-fake-device-for-media-stream=device-count=2', '--use-fake-ui-for-media-stream', '--allow-loopback-in-peer-connection', '--autoplay-policy=no-user-gesture-required'] });
