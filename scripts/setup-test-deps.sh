@@ -3,7 +3,7 @@
 #   - Debian: coturn (turnutils_uclient, turnutils_peer, turnserver), prometheus (promtool),
 #     systemd (systemd-analyze, for config/confer.service)
 #   - .venv: aiortc, schemathesis and friends (tests/interop/requirements.txt)
-#   - Debian's chromium and playwright-core (tests/browser/package.json) for the web page
+#   - Debian's chromium, playwright-core and axe-core (tests/browser/package.json) for the web page
 #   - cargo-fuzz, for scripts/fuzz.sh
 # Idempotent; the fast path (everything present) takes well under a second.
 set -euo pipefail
@@ -32,10 +32,15 @@ if [ ! -x .venv/bin/python ] || ! cmp -s "$req" "$stamp" 2>/dev/null; then
   .venv/bin/pip install -q --disable-pip-version-check -r "$req"
   cp "$req" "$stamp"
 fi
-pw=tests/browser/node_modules/playwright-core/package.json
-want=$(grep -o '"playwright-core": *"[^"]*"' tests/browser/package.json | grep -o '[0-9][0-9.]*')
-if [ ! -f "$pw" ] || ! grep -q "\"version\": \"$want\"" "$pw"; then
-  echo "setup: installing playwright-core $want (no browser download; Debian's chromium is used)"
+# Each package of tests/browser/package.json at the version it pins.
+node_ok=true
+for pkg in playwright-core axe-core; do
+  want=$(grep -o "\"$pkg\": *\"[^\"]*\"" tests/browser/package.json | grep -o '[0-9][0-9.]*')
+  have=tests/browser/node_modules/$pkg/package.json
+  if [ ! -f "$have" ] || ! grep -q "\"version\": \"$want\"" "$have"; then node_ok=false; fi
+done
+if [ "$node_ok" = false ]; then
+  echo "setup: installing tests/browser's playwright-core and axe-core (no browser download; Debian's chromium is used)"
   (cd tests/browser && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm install --no-audit --no-fund --loglevel=error >/dev/null)
 fi
 if ! cargo fuzz --version >/dev/null 2>&1; then

@@ -253,11 +253,21 @@ pub struct RoomsConfig {
     pub max_participants: u32,
     /// How long a REST join (`POST /rooms/:id/join`) holds a seat.
     pub reservation_ttl: HumanDuration,
+    /// `room-message`s each participant may send per second, sustained
+    /// (answered `rate-limited` above it; the connection's own limit applies too).
+    pub chat_rate: f64,
+    /// ... and in a burst.
+    pub chat_burst: f64,
 }
 
 impl Default for RoomsConfig {
     fn default() -> Self {
-        Self { max_participants: 100, reservation_ttl: Duration::from_secs(60).into() }
+        Self {
+            max_participants: 100,
+            reservation_ttl: Duration::from_secs(60).into(),
+            chat_rate: 5.0,
+            chat_burst: 10.0,
+        }
     }
 }
 
@@ -402,6 +412,9 @@ impl Config {
     fn validate(&self) -> Result<(), ConfigError> {
         if self.turn.relay_port_min > self.turn.relay_port_max {
             return Err(ConfigError::Invalid("turn.relay_port_min is greater than turn.relay_port_max".into()));
+        }
+        if !(self.rooms.chat_rate > 0.0 && self.rooms.chat_burst >= 1.0) {
+            return Err(ConfigError::Invalid("rooms.chat_rate must be above 0 and rooms.chat_burst at least 1".into()));
         }
         if self.rooms.max_participants < 2 {
             return Err(ConfigError::Invalid("rooms.max_participants must be at least 2".into()));

@@ -70,6 +70,10 @@ id_type!(
     TrackId, "tr_"
 );
 id_type!(
+    /// One chat message in a room.
+    MessageId, "msg_"
+);
+id_type!(
     /// One WebSocket connection.
     ConnId, "conn_"
 );

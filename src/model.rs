@@ -3,7 +3,7 @@
 //! behaviour lives in `signal`.
 
 use crate::clock::Timestamp;
-use crate::ids::{CallId, PeerId, RoomId, TrackId, UserId};
+use crate::ids::{CallId, MessageId, PeerId, RoomId, TrackId, UserId};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -142,6 +142,10 @@ pub struct RoomParticipant {
     #[schema(value_type = String, format = DateTime)]
     pub joined_at: Timestamp,
     pub tracks: Vec<TrackInfo>,
+    /// Set by `participant-state` (SPEC 4); not kept across a rejoin on a
+    /// new seat.
+    #[serde(default)]
+    pub hand_raised: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -156,4 +160,38 @@ pub struct Room {
     #[schema(value_type = String, format = DateTime)]
     pub created_at: Timestamp,
     pub participants: Vec<RoomParticipant>,
+    /// The room's chat history, oldest first (at most
+    /// `signal::chat::HISTORY` messages; direct messages are never kept).
+    /// Stored with the room so a restart keeps it, but never part of the
+    /// API's `room`: `GET /rooms/:roomId/messages` lists it, to members only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(ignore)]
+    pub messages: Vec<ChatMessage>,
+}
+
+/// Who sent a chat message: `room-message.from`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ChatSender {
+    pub peer_id: PeerId,
+    pub user_id: UserId,
+    pub name: String,
+}
+
+/// One chat message (SPEC 4 `room-message`), as sent to clients and kept in
+/// the room's history. The text is relayed exactly as the sender wrote it:
+/// clients must show it as text, never as markup.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ChatMessage {
+    pub room_id: RoomId,
+    pub id: MessageId,
+    pub from: ChatSender,
+    pub text: String,
+    /// The one participant a direct message went to (it is never kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<PeerId>,
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub at: Timestamp,
 }

@@ -4,12 +4,16 @@
 //! three contexts hold a group room through the SFU (a late joiner, a screen
 //! share, a camera turned off, a dropped connection that reconnects, a
 //! phone-width page, keyboard controls), and the
-//! same room again with every page forced through confer's TURN server.
+//! same room again with every page forced through confer's TURN server; three
+//! contexts chat (to everyone, a direct message, markup shown as text) and see
+//! a raised hand in their participant lists; the lobby previews camera and
+//! microphone and joins with the devices and on/off choice remembered.
 
 mod common;
 
 use common::ChildServer;
 use std::process::Command;
+use std::time::Duration;
 
 #[test]
 fn two_browsers_hold_a_call_through_the_page() {
@@ -109,4 +113,63 @@ fn the_page_explains_a_full_room_a_denied_camera_and_an_expired_token() {
     assert!(summary["expiredText"].as_str().unwrap().contains("expired"), "{summary}");
     assert_eq!(summary["calBackInLobby"], true);
     assert_eq!(summary["eveAtSignIn"], true);
+}
+
+#[test]
+fn three_browsers_chat_send_a_direct_message_and_see_a_raised_hand() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ChildServer::spawn(
+        dir.path(),
+        &[("CONFER_AUTH_ALLOW_GUESTS", "true"), ("CONFER_MEDIA_BANDWIDTH_ESTIMATION", "false")],
+    );
+    let s = common::run_node_summary("chat.js", &format!("http://{}", server.addr), Duration::from_secs(120));
+    assert_eq!(s["errors"], serde_json::json!([]), "{s}");
+    assert_eq!(s["chatOpen"], true, "the chat button opens the panel and focuses the input: {s}");
+    let everyone = "hello everyone";
+    for who in ["aliceLog", "bobLog", "carolLog"] {
+        assert!(s[who].as_array().unwrap().iter().any(|t| t == everyone), "{who}: {s}");
+    }
+    assert_eq!(s["carolUnread"]["text"], "1 unread", "a closed panel counts unread messages: {s}");
+    assert_eq!(s["carolUnread"]["hidden"], false, "{s}");
+    assert_eq!(s["carolUnread"]["label"], "Chat 1 unread", "the button's name says it: {s}");
+    assert_eq!(s["carolUnreadAfter"], true, "opening the panel clears the count: {s}");
+    assert!(s["bobLog"].as_array().unwrap().iter().any(|t| t == "just for bob"), "{s}");
+    assert_eq!(s["bobSawPrivate"], true, "{s}");
+    assert!(!s["carolLog"].as_array().unwrap().iter().any(|t| t == "just for bob"), "carol got bob's message: {s}");
+    let evil = r#"<img src=x onerror="window.__pwned=1"><b>bold?</b>"#;
+    for who in ["alice", "bob", "carol"] {
+        assert_eq!(s["markup"][who]["imgs"], 0, "{who} rendered markup: {s}");
+        assert_eq!(s["markup"][who]["pwned"], false, "{who} ran the message's script: {s}");
+    }
+    assert!(s["carolLog"].as_array().unwrap().iter().any(|t| t == evil), "shown as the text it is: {s}");
+    assert_eq!(s["bobButton"], "true", "{s}");
+    for who in ["alice", "carol"] {
+        let rows = s["handSeen"][who].as_array().unwrap();
+        assert!(rows.len() == 1 && rows[0].as_str().unwrap().contains("Bob"), "{who}: {s}");
+    }
+    assert_eq!(s["unlabelled"], serde_json::json!([]), "{s}");
+    assert_eq!(s["axeRoom"], serde_json::json!([]), "axe-core: serious or critical violations in the room: {s}");
+}
+
+#[test]
+fn the_lobby_previews_the_devices_and_joins_with_the_remembered_choice() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ChildServer::spawn(dir.path(), &[("CONFER_AUTH_ALLOW_GUESTS", "true")]);
+    let s = common::run_node_summary("prejoin.js", &format!("http://{}", server.addr), Duration::from_secs(90));
+    assert_eq!(s["errors"], serde_json::json!([]), "{s}");
+    assert!(s["preview"]["width"].as_u64().unwrap() > 0, "the camera preview shows frames: {s}");
+    assert!(s["levels"].as_array().unwrap().iter().any(|l| l.as_f64().unwrap() > 0.01), "the mic meter moves: {s}");
+    assert!(s["cameras"].as_u64().unwrap() >= 2 && s["mics"].as_u64().unwrap() >= 1, "{s}");
+    let j = &s["joined"];
+    assert_eq!(j["camera"], s["chosen"], "the room gets the camera picked in the lobby: {s}");
+    assert_eq!((&j["videoButton"], &j["audioButton"]), (&"true".into(), &"true".into()), "{s}");
+    assert_eq!((&j["videoEnabled"], &j["audioEnabled"]), (&false.into(), &false.into()), "{s}");
+    assert_eq!(j["previewStopped"], true, "the preview lets go of the devices: {s}");
+    let seen = s["quinnSees"].as_str().unwrap();
+    assert!(seen.contains("mic off") && seen.contains("camera off"), "the others are told: {s}");
+    let r = &s["remembered"];
+    assert_eq!(r["camera"], s["chosen"], "{s}");
+    assert_eq!((&r["cameraOff"], &r["micOff"]), (&true.into(), &true.into()), "{s}");
+    assert_eq!(s["labelled"], true, "{s}");
+    assert_eq!(s["axeLobby"], serde_json::json!([]), "axe-core: serious or critical violations in the lobby: {s}");
 }

@@ -196,6 +196,7 @@ impl Server {
             RoomOptions {
                 max_participants: config.rooms.max_participants,
                 reservation_ttl: config.rooms.reservation_ttl.0,
+                chat_rate: (config.rooms.chat_rate, config.rooms.chat_burst),
                 media: Some(media),
                 ice_servers: Arc::new(move |user| {
                     serde_json::to_value(ice_for_rooms.servers(user, None)).unwrap_or_default()

@@ -65,6 +65,7 @@ impl From<SignalError> for ApiError {
             SignalError::Forbidden(_) => StatusCode::FORBIDDEN,
             SignalError::Conflict(_) | SignalError::RoomFull => StatusCode::CONFLICT,
             SignalError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
+            SignalError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             SignalError::Store(inner) => {
                 tracing::error!(error = %inner, "store failure");
                 StatusCode::INTERNAL_SERVER_ERROR

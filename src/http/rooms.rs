@@ -6,7 +6,7 @@ use super::error::{ApiError, ApiJson};
 use super::extract::query_number;
 use super::{AppState, AuthUser};
 use crate::ids::{PeerId, RoomId};
-use crate::model::Room;
+use crate::model::{ChatMessage, Room};
 use crate::signal::rooms::NewRoom;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -24,6 +24,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(join_room))
         .routes(routes!(leave_room))
         .routes(routes!(room_analytics))
+        .routes(routes!(room_messages))
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -129,6 +130,30 @@ async fn room_analytics(
 ) -> Result<Json<AnalyticsBody>, ApiError> {
     let analytics = st.signal.rooms.analytics(&actor, &RoomId::from(id))?;
     Ok(Json(AnalyticsBody { analytics }))
+}
+
+/// `GET /rooms/:roomId/messages`.
+#[derive(Serialize, ToSchema)]
+pub struct MessagesBody {
+    messages: Vec<ChatMessage>,
+}
+
+/// The room's chat history, oldest first: the last 200 `room-message`s sent to
+/// everyone (direct messages are never kept). Members only: the room's
+/// creator, an admin, or a user holding a seat in it (joined or reserved).
+/// Over `/rtc`, `room-message` text is 1 to 4096 bytes, and each participant
+/// may send 5 messages/s (burst 10) on top of the connection's limit; above
+/// that the server answers `error` with code `rate-limited`.
+#[utoipa::path(get, path = "/rooms/{roomId}/messages", params(("roomId" = String, Path)), tag = "rooms",
+    security(("bearer" = [])),
+    responses((status = 200, body = MessagesBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn room_messages(
+    State(st): State<AppState>,
+    AuthUser(actor): AuthUser,
+    Path(id): Path<String>,
+) -> Result<Json<MessagesBody>, ApiError> {
+    let messages = st.signal.rooms.messages(&actor, &RoomId::from(id))?;
+    Ok(Json(MessagesBody { messages }))
 }
 
 /// Reserve a seat for 60 s; the WebSocket `room-join` binds it.

@@ -22,7 +22,11 @@ const HARD_FRAME_LIMIT: usize = 1024 * 1024;
 const READ_BUFFER: usize = 4 * 1024;
 
 /// The signaling WebSocket (SPEC 4). Authenticate with `Authorization: Bearer`
-/// or `?token=`; 401 before any upgrade.
+/// or `?token=`; 401 before any upgrade. Each connection may send 50
+/// messages/s (burst 100); chat (`room-message`, text 1 to 4096 bytes) is
+/// further limited per participant to `rooms.chat_rate` messages/s (default 5,
+/// burst 10). Over either limit the server answers `error` with code
+/// `rate-limited`.
 #[utoipa::path(get, path = "/rtc", tag = "signaling",
     params(("token" = Option<String>, Query, description = "access token, for clients that cannot set headers")),
     responses((status = 101, description = "switching to the WebSocket protocol"),

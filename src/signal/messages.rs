@@ -6,7 +6,8 @@
 
 use crate::ids::{CallId, PeerId, RoomId, TrackId, UserId};
 use crate::model::{
-    CallMode, CallParticipant, CallSession, CallStatus, CallType, Room, RoomParticipant, TrackInfo, TrackSource,
+    CallMode, CallParticipant, CallSession, CallStatus, CallType, ChatMessage, Room, RoomParticipant, TrackInfo,
+    TrackSource,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -138,6 +139,17 @@ pub enum ClientMessage {
     },
     RoomLeave {
         room_id: RoomId,
+    },
+    RoomMessage {
+        room_id: RoomId,
+        text: String,
+        #[serde(default)]
+        to: Option<PeerId>,
+    },
+    ParticipantState {
+        room_id: RoomId,
+        #[serde(default)]
+        hand_raised: Option<bool>,
     },
 }
 
@@ -391,6 +403,8 @@ pub enum ServerEvent {
         room_id: RoomId,
         updates: Vec<QualityUpdate>,
     },
+    /// SPEC 4 chat: `{roomId, id, from, text, to?, at}`.
+    RoomMessage(ChatMessage),
     ServerShutdown {},
 }
 
@@ -490,6 +504,8 @@ mod fuzz_smoke {
             r#"{"type":"refresh","token":"x"}"#,
             r#"{"type":"publish-offer","roomId":"r","sdp":"v=0","tracks":[{"mid":"0","source":"camera"}]}"#,
             r#"{"type":"room-ice-candidate","roomId":"r","pc":"publisher","candidate":{"candidate":"c","sdpMid":"0"}}"#,
+            r#"{"type":"room-message","roomId":"r","text":"hi <b>","to":"peer_x"}"#,
+            r#"{"type":"participant-state","roomId":"r","handRaised":true}"#,
         ];
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
         for _ in 0..20_000 {

@@ -13,6 +13,7 @@
 
 pub mod call;
 pub mod calls;
+pub mod chat;
 pub mod effects;
 pub mod hub;
 pub mod messages;
@@ -57,6 +58,8 @@ pub enum SignalError {
     #[error("room is full")]
     RoomFull,
     #[error("{0}")]
+    RateLimited(String),
+    #[error("{0}")]
     NotImplemented(String),
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -71,6 +74,7 @@ impl SignalError {
             Self::Forbidden(_) => "forbidden",
             Self::Conflict(_) => "conflict",
             Self::RoomFull => "room-full",
+            Self::RateLimited(_) => "rate-limited",
             Self::NotImplemented(_) => "not-implemented",
             Self::Store(_) => "internal",
         }
@@ -112,6 +116,7 @@ impl Signaling {
         self.hub.broadcast(&messages::ServerEvent::ServerShutdown {});
         self.calls.end_all(call::reason::SERVER_SHUTDOWN);
         self.rooms.shutdown_media();
+        self.rooms.persist_all_history();
         self.hub.close_all(session::CLOSE_GOING_AWAY, "server shutdown");
     }
 
@@ -120,7 +125,7 @@ impl Signaling {
         use timers::TimerKey::*;
         match &key {
             RingTimeout(_) | ReconnectGrace(_) => self.calls.on_timer(&key),
-            ReservationExpiry(..) | SeatGrace(..) => self.rooms.on_timer(&key),
+            ReservationExpiry(..) | SeatGrace(..) | ChatPersist(_) => self.rooms.on_timer(&key),
         }
     }
 

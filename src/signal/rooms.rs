@@ -79,20 +79,32 @@ pub(super) struct RoomState {
     pub(super) call: Option<crate::ids::CallId>,
     /// Quality analytics while participants are joined.
     pub(super) analytics: Option<super::room_analytics::RoomAnalytics>,
+    /// `room.messages` has changed since the store last got the room
+    /// ([`super::chat`]).
+    pub(super) chat_unsaved: bool,
 }
 
 impl RoomState {
     pub(super) fn new(mut room: Room) -> Self {
         // A persisted room is stored empty; seats live in memory only.
         room.participants.clear();
-        Self { room, participants: Vec::new(), call_parties: None, call: None, analytics: None }
+        Self { room, participants: Vec::new(), call_parties: None, call: None, analytics: None, chat_unsaved: false }
     }
 
-    /// The room as the API shows it, with its seats.
+    /// The room as the API shows it, with its seats and without its chat
+    /// (members read that from `GET /rooms/:roomId/messages`).
     pub(super) fn view(&self) -> Room {
-        let mut room = self.room.clone();
-        room.participants = self.participants.iter().map(|p| p.seat.clone()).collect();
-        room
+        let room = &self.room;
+        Room {
+            id: room.id.clone(),
+            name: room.name.clone(),
+            max_participants: room.max_participants,
+            is_private: room.is_private,
+            created_by: room.created_by.clone(),
+            created_at: room.created_at,
+            participants: self.participants.iter().map(|p| p.seat.clone()).collect(),
+            messages: Vec::new(),
+        }
     }
 
     pub(super) fn seat(&self, peer: &PeerId) -> Option<&Participant> {
@@ -127,6 +139,7 @@ pub struct RoomService {
     pub(super) metrics: Metrics,
     max_participants: u32,
     reservation_ttl: Duration,
+    pub(super) chat_rate: (f64, f64),
     pub(super) rooms: Mutex<HashMap<RoomId, RoomState>>,
     pub(super) media: Option<crate::media::MediaHandle>,
     pub(super) ice_servers: IceServersFn,
@@ -139,6 +152,8 @@ pub struct RoomService {
 pub struct RoomOptions {
     pub max_participants: u32,
     pub reservation_ttl: Duration,
+    /// `room-message`s per second and burst, per participant ([`super::chat`]).
+    pub chat_rate: (f64, f64),
     pub media: Option<crate::media::MediaHandle>,
     pub ice_servers: IceServersFn,
     pub grace: Duration,
@@ -162,6 +177,7 @@ impl RoomService {
             metrics,
             max_participants: opts.max_participants,
             reservation_ttl: opts.reservation_ttl,
+            chat_rate: opts.chat_rate,
             rooms: Mutex::new(rooms),
             media: opts.media,
             ice_servers: opts.ice_servers,
@@ -190,6 +206,7 @@ impl RoomService {
             created_by: actor.user().clone(),
             created_at: clock::now(),
             participants: Vec::new(),
+            messages: Vec::new(),
         };
         self.store.put_room(&room)?;
         let mut rooms = self.rooms.lock();
@@ -253,6 +270,7 @@ impl RoomService {
                 s.participants.retain(|p| p.peer() != peer || p.live().is_some());
             }
             TimerKey::SeatGrace(room, peer) => self.on_seat_grace(room, peer),
+            TimerKey::ChatPersist(room) => self.on_chat_persist(room),
             _ => {}
         }
     }

@@ -29,6 +29,8 @@ pub struct Live {
     pub dropped: bool,
     /// Announced tracks by mid: (id, source, simulcast).
     pub mids: HashMap<String, (TrackId, TrackSource, bool)>,
+    /// `room-message`'s own rate limit ([`super::chat`]).
+    pub chat: super::ratelimit::TokenBucket,
 }
 
 /// A new seat for `actor` as `peer`, with no tracks yet.
@@ -39,6 +41,7 @@ pub(super) fn seat(actor: &Actor, peer: &PeerId) -> RoomParticipant {
         name: actor.claims.display_name(),
         joined_at: clock::now(),
         tracks: Vec::new(),
+        hand_raised: false,
     }
 }
 
@@ -72,7 +75,7 @@ impl RoomService {
         let s = find(&mut rooms, room_id)?;
         check_access(actor, s)?;
         expire(s, Instant::now());
-        let live = Live { conn, dropped: false, mids: HashMap::new() };
+        let live = Live { conn, dropped: false, mids: HashMap::new(), chat: self.chat_bucket() };
         let peer = match peer_id {
             Some(p) => {
                 let Some(reserved) = s.seat(&p) else {
@@ -84,10 +87,12 @@ impl RoomService {
                     return Err(SignalError::Forbidden("peerId: that seat belongs to another user".into()));
                 }
                 if reserved.live().is_some() {
-                    // A reconnect: the old PeerConnections go, the seat stays.
-                    self.drop_live(s, &p);
+                    // A reconnect: the old PeerConnections go, the seat stays,
+                    // and so does a raised hand.
+                    let hand_raised = self.drop_live(s, &p).is_some_and(|old| old.seat.hand_raised);
                     media.send(Command::Leave { peer: p.clone() });
-                    s.participants.push(Participant { seat: seat(actor, &p), presence: Presence::Live(live) });
+                    let again = RoomParticipant { hand_raised, ..seat(actor, &p) };
+                    s.participants.push(Participant { seat: again, presence: Presence::Live(live) });
                     self.timers.cancel(TimerKey::SeatGrace(room_id.clone(), p.clone()));
                 } else {
                     s.seat_mut(&p).expect("found above").presence = Presence::Live(live);
@@ -121,7 +126,10 @@ impl RoomService {
     }
 
     /// The actor's joined seat in a room, found by its connection.
-    fn my_peer<'a>(actor: &Actor, s: &'a mut RoomState) -> Result<(PeerId, &'a mut Participant), SignalError> {
+    pub(super) fn my_peer<'a>(
+        actor: &Actor,
+        s: &'a mut RoomState,
+    ) -> Result<(PeerId, &'a mut Participant), SignalError> {
         let conn = actor.conn.as_ref();
         s.participants
             .iter_mut()
@@ -336,6 +344,7 @@ impl RoomService {
             created_by: parties[0].clone(),
             created_at: clock::now(),
             participants: Vec::new(),
+            messages: Vec::new(),
         };
         let mut s = RoomState::new(room);
         s.call_parties = Some(parties);

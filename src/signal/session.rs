@@ -324,6 +324,12 @@ impl State {
                 signal.rooms.track_subscribe(a, &room_id, track_id, subscribe, ceiling).map(|_| None)?
             }
             ClientMessage::RoomLeave { room_id } => signal.rooms.leave_ws(a, &room_id).map(|_| None)?,
+            ClientMessage::RoomMessage { room_id, text, to } => {
+                signal.rooms.send_message(a, &room_id, text, to).map(|_| None)?
+            }
+            ClientMessage::ParticipantState { room_id, hand_raised } => {
+                signal.rooms.participant_state(a, &room_id, hand_raised).map(|_| None)?
+            }
         })
     }
 }

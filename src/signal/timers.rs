@@ -33,6 +33,8 @@ pub enum TimerKey {
     ReservationExpiry(RoomId, PeerId),
     /// A joined participant's WebSocket dropped: the seat goes unless it rejoins.
     SeatGrace(RoomId, PeerId),
+    /// A room's chat history has messages not yet written ([`super::chat`]).
+    ChatPersist(RoomId),
 }
 
 enum Command {

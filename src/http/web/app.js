@@ -1,6 +1,9 @@
 // confer's built-in web client: rooms through the SFU and 1:1 P2P calls,
-// speaking the /rtc protocol of SPEC.md section 4. No framework, no build step.
-'use strict';
+// speaking the /rtc protocol of SPEC.md section 4. No framework, no build
+// step: ES modules the browser loads as they are (panel.js: participants,
+// chat, raised hands; prejoin.js: the lobby's preview and device choice).
+import * as panel from './panel.js';
+import * as prejoin from './prejoin.js';
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
@@ -37,6 +40,8 @@ function status(text, isError) {
 }
 function show(view) {
   for (const id of ['signin', 'lobby', 'stage']) $(id).hidden = id !== view;
+  // The lobby previews the camera and microphone; nothing else holds them twice.
+  if (view === 'lobby') prejoin.start(); else prejoin.stop();
 }
 
 // ---------- auth ----------
@@ -66,7 +71,7 @@ async function guestToken(name) {
   return j.token;
 }
 async function signIn(name, token) {
-  if (!token && name) { token = await guestToken(name); S.guestName = name; }
+  if (!token && name) { token = await guestToken(name); S.guestName = name; localStorage.setItem('confer.name', name); }
   if (!token) throw new Error('Enter a name (dev servers) or paste an access token.');
   const c = claims(token);
   if (!c?.sub) throw new Error('That is not an access token.');
@@ -125,15 +130,16 @@ async function onMessage(m) {
     case 'publish-answer': return S.pub?.setRemoteDescription({ type: 'answer', sdp: m.sdp });
     case 'subscribe-offer': return onSubscribeOffer(m);
     case 'room-ice-candidate': return onRoomCandidate(m);
-    case 'participant-joined': return addTile(m.participant.peerId, m.participant.name || m.participant.userId);
-    case 'participant-left': return removeTile(m.peerId || m.participant?.peerId);
+    case 'participant-joined': panel.joined(m.participant); return addTile(m.participant.peerId, m.participant.name || m.participant.userId);
+    case 'participant-left': panel.left(m.peerId); return removeTile(m.peerId || m.participant?.peerId);
+    case 'room-message': return panel.message(m);
     case 'participant-updated': return onParticipantUpdated(m.participant);
     case 'track-published': return onTrackPublished(m.peerId, m.track);
     case 'track-unpublished': return onTrackUnpublished(m.peerId, m.trackId || m.track?.id);
     case 'active-speakers': return onSpeakers(m.speakers || []);
     case 'subscription-update': return onSubscriptionUpdate(m);
     case 'publish-layers': return onPublishLayers(m);
-    case 'connection-quality': return onQuality(m.updates || []);
+    case 'connection-quality': panel.quality(m.updates || []); return onQuality(m.updates || []);
     case 'room-deleted': status('This room was deleted.', true); return leaveRoom(false);
     // calls
     case 'call-created': if (S.call) S.call.id = m.callSession.id; return flushCallCandidates();
@@ -156,6 +162,7 @@ async function onError(m) {
   // A size change can ask for a track that was unpublished a moment ago:
   // nothing the user has to know about.
   if (S.quiet.delete(m.reqId)) return;
+  if (panel.refused(m)) return;
   if (m.code === 'token-expired') {
     if (S.guestName) {
       try { const t = await guestToken(S.guestName); if (claims(t)) { S.token = t; send({ type: 'refresh', token: t }); } return; } catch { /* fall through */ }
@@ -174,7 +181,8 @@ async function onError(m) {
 
 // ---------- media devices ----------
 async function getMedia(kind) {
-  const cam = $('camera-select').value, mic = $('mic-select').value;
+  // Until the call's own pickers are filled, the lobby's choice holds.
+  const cam = $('camera-select').value || prejoin.choice().camera, mic = $('mic-select').value || prejoin.choice().mic;
   const want = {
     audio: mic ? { deviceId: { exact: mic } } : true,
     video: kind === 'audio' ? false : S.call ? (cam ? { deviceId: { exact: cam } } : { width: 640, height: 360 })
@@ -225,6 +233,7 @@ function addTile(peerId, name) {
   el.className = 'tile'; el.dataset.peer = peerId;
   const video = document.createElement('video');
   video.autoplay = true; video.playsInline = true; video.muted = peerId === 'me';
+  if (peerId !== 'me') prejoin.route(video);
   video.setAttribute('aria-label', `Video of ${name || peerId}`);
   const label = document.createElement('span'); label.className = 'label'; label.textContent = name || peerId;
   // The connection-quality badge of a person in a room says "unknown" until
@@ -273,6 +282,9 @@ async function joinRoom(name) {
   show('stage');
   S.local = await getMedia('video');
   addTile('me', `${S.name} (you)`);
+  const c = prejoin.choice();
+  if (c.cameraOff) toggleMute('video');
+  if (c.micOff) toggleMute('audio');
   send({ type: 'room-join', roomId: room.id, reqId: ++S.seq });
 }
 function rejoin() {
@@ -287,6 +299,10 @@ async function onRoomJoined(m) {
   status('');
   S.peerId = m.peerId;
   if (m.iceServers) S.iceServers = m.iceServers;
+  panel.reset(m.room);
+  panel.selfMuted($('mute-audio').getAttribute('aria-pressed') === 'true', $('mute-video').getAttribute('aria-pressed') === 'true');
+  panel.syncHand();
+  panel.loadHistory();
   for (const p of m.room.participants || []) {
     if (p.peerId === S.peerId) continue;
     addTile(p.peerId, p.name || p.userId);
@@ -385,7 +401,13 @@ function onTrackPublished(peerId, track) {
 // Our own track: learn its server id, which track-mute and publish-layers use.
 function learnTrackId(track) {
   for (const v of S.myTracks.values()) {
-    if (!v.trackId && v.source === track.source) { v.trackId = track.id; applyLayers(track.id); return; }
+    if (!v.trackId && v.source === track.source) {
+      v.trackId = track.id; applyLayers(track.id);
+      // Joined with this one off (the lobby's choice): the others are told now.
+      const off = { camera: 'mute-video', microphone: 'mute-audio' }[track.source];
+      if (off && $(off).getAttribute('aria-pressed') === 'true') send({ type: 'track-mute', roomId: S.roomId, trackId: track.id, muted: true });
+      return;
+    }
   }
 }
 function onTrackUnpublished(peerId, trackId) {
@@ -396,6 +418,7 @@ function onTrackUnpublished(peerId, trackId) {
 }
 function onParticipantUpdated(p) {
   if (!p) return;
+  panel.updated(p);
   if (p.peerId === S.peerId) {
     for (const tr of p.tracks || []) learnTrackId(tr);
     return;
@@ -509,6 +532,7 @@ function leaveRoom(tell = true) {
   closePcs();
   stopLocal();
   S.roomId = S.peerId = null; S.tracks.clear();
+  panel.clear();
   for (const id of [...S.tiles.keys()]) removeTile(id);
   history.replaceState(null, '', location.pathname);
   show('lobby');
@@ -528,7 +552,9 @@ async function toggleMute(kind) {
   btn.textContent = kind === 'audio' ? (muted ? 'Unmute mic' : 'Mute mic') : (muted ? 'Start camera' : 'Stop camera');
   for (const t of S.local?.getTracks() || []) if (t.kind === kind) t.enabled = !muted;
   const me = S.tiles.get('me');
-  if (me) setMutedBadge(me, $('mute-audio').getAttribute('aria-pressed') === 'true', $('mute-video').getAttribute('aria-pressed') === 'true');
+  const audioOff = $('mute-audio').getAttribute('aria-pressed') === 'true', videoOff = $('mute-video').getAttribute('aria-pressed') === 'true';
+  if (me) setMutedBadge(me, audioOff, videoOff);
+  if (S.roomId) panel.selfMuted(audioOff, videoOff);
   if (S.call?.id) return api('PUT', `/calls/${S.call.id}/mute-${kind}`, { mute: muted }).catch((e) => status(e.message, true));
   if (S.roomId) {
     const source = kind === 'audio' ? 'microphone' : 'camera';
@@ -689,6 +715,9 @@ $('call-form').onsubmit = (e) => {
   e.preventDefault();
   startCall($('callee').value.trim(), new FormData(e.target).get('calltype'));
 };
+prejoin.init();
+if (!$('name').value) $('name').value = localStorage.getItem('confer.name') || '';
+panel.init({ send, api, self: () => ({ roomId: S.roomId, peerId: S.peerId }) });
 $('accept').onclick = acceptIncoming;
 $('reject').onclick = rejectIncoming;
 $('mute-audio').onclick = () => toggleMute('audio');
