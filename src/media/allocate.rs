@@ -125,6 +125,9 @@ struct Track {
     last_up: Option<Instant>,
     /// A layer was ever forwarded.
     started: bool,
+    /// Moved down for bandwidth and not back at its ceiling since: climbs
+    /// one layer at a time ([`Track::skips_a_step`]).
+    recovering: bool,
     /// Which layers were arriving when the current layer was settled on.
     settled: [bool; 3],
     /// A layer not arriving that this subscriber would take: see [`Allocator::demand`].
@@ -149,6 +152,7 @@ impl Track {
             current: None,
             last_up: None,
             started: false,
+            recovering: false,
             settled: t.available.map(|b| b.is_some()),
             probe: None,
             seen: false,
@@ -164,6 +168,7 @@ impl Track {
         self.ceiling_changed = self.ceiling != t.ceiling;
         if self.ceiling_changed {
             self.last_up = None;
+            self.recovering = false;
         }
         self.kind = t.kind;
         self.ceiling = t.ceiling;
@@ -193,12 +198,28 @@ impl Track {
     /// Hysteresis is about the estimate: a track whose layer stopped arriving,
     /// or that was paused because nothing it may take arrived, moves at once.
     fn may_go_up(&self, now: Instant) -> bool {
-        let forced = match (self.current, self.ceiling) {
+        self.forced() || self.last_up.is_none_or(|t| now.saturating_duration_since(t) >= UP_HOLD)
+    }
+
+    /// The publisher forces a move: the current layer stopped arriving, or
+    /// the track was paused because nothing it may take arrived.
+    fn forced(&self) -> bool {
+        match (self.current, self.ceiling) {
             (Some(l), _) => !self.arriving(l),
             (None, Some(c)) => !self.settled[..=c as usize].contains(&true),
             (None, None) => false,
-        };
-        forced || self.last_up.is_none_or(|t| now.saturating_duration_since(t) >= UP_HOLD)
+        }
+    }
+
+    /// Whether `layer` is more than one step above the current layer (or,
+    /// paused, above q) for a track moved down for bandwidth: it climbs back
+    /// one layer per [`UP_HOLD`], so a link that recovers is tried at h
+    /// before f and a pause resumes at q (a relapse costs one layer, not a
+    /// jump from nothing to f). A new subscription, a ceiling change and a
+    /// move the publisher forces take what fits at once.
+    fn skips_a_step(&self, layer: Layer) -> bool {
+        let next = self.current.map_or(Some(Layer::Q), Layer::up);
+        self.recovering && !self.ceiling_changed && !self.forced() && Some(layer) > next
     }
 
     fn reason(&self, old: Option<Layer>, new: Option<Layer>) -> Reason {
@@ -238,7 +259,9 @@ impl Allocator {
     /// layer at or below its current one, within the estimate less the
     /// headroom ([`HEADROOM_PCT`]) and at most once per [`UP_HOLD`] to go above
     /// it (a ceiling change restarts that clock; a move the publisher forces,
-    /// its layer gone or nothing it may take arriving, ignores it). A track that misses a layer is skipped for the rest of the call; a
+    /// its layer gone or nothing it may take arriving, ignores it); a track
+    /// moved down for bandwidth climbs back one layer per such step, a paused
+    /// one from q. A track that misses a layer is skipped for the rest of the call; a
     /// cheaper one after it may still fit. Layers that are not arriving or are
     /// above the ceiling are never chosen; a track with none left is paused.
     pub fn allocate(&mut self, estimate_bps: u64, tracks: &[TrackInput], now: Instant, out: &mut Vec<Change>) {
@@ -282,7 +305,7 @@ impl Allocator {
                     let total = used.saturating_sub(t.bps(t.alloc)).saturating_add(t.bps(Some(layer)));
                     let fits = if Some(layer) <= t.current {
                         total <= hold_limit
-                    } else if t.may_go_up(now) {
+                    } else if t.may_go_up(now) && !t.skips_a_step(layer) {
                         total <= up_limit
                     } else {
                         t.held = total <= up_limit;
@@ -302,7 +325,14 @@ impl Allocator {
             let (old, new) = (t.current, t.alloc);
             if old != new {
                 if t.kind != Kind::Audio {
-                    out.push(Change { track: t.id, layer: new, reason: t.reason(old, new) });
+                    let reason = t.reason(old, new);
+                    if new < old && reason == Reason::Bandwidth {
+                        t.recovering = true;
+                    }
+                    out.push(Change { track: t.id, layer: new, reason });
+                }
+                if new.is_some() && new == t.ceiling {
+                    t.recovering = false;
                 }
                 // A track's first layer, below its ceiling only because nothing
                 // higher has arrived yet (a publisher ramping up), starts no
@@ -551,13 +581,42 @@ mod tests {
         assert_eq!(a.layer(1), Some(Q));
         assert_eq!(out.len(), 2);
         assert!(out.iter().all(|c| c.track != 1 && c.layer.is_none() && c.reason == Reason::Bandwidth));
-        // Back at once, but the last up-switch was at t0: wait until t0 + 5 s.
+        // Back at once, but the last up-switch was at t0: wait until t0 + 5 s,
+        // then climb back a layer per 5 s.
         assert!(run(&mut a, 5_000_000, &t, ms(t0, 2000)).is_empty());
         assert!(run(&mut a, 5_000_000, &t, ms(t0, 4999)).is_empty());
         let out = run(&mut a, 5_000_000, &t, ms(t0, 5000));
         assert_eq!(out.len(), 2);
         assert!(out.iter().all(|c| c.reason == Reason::Bandwidth));
+        assert_eq!((a.layer(2), a.layer(3)), (Some(Q), Some(Q)));
+        run(&mut a, 5_000_000, &t, ms(t0, 10_000));
+        assert_eq!((a.layer(2), a.layer(3)), (Some(H), Some(H)));
+        run(&mut a, 5_000_000, &t, ms(t0, 15_000));
         assert_eq!((a.layer(2), a.layer(3)), (Some(F), Some(H)));
+    }
+
+    #[test]
+    fn a_track_moved_down_climbs_back_one_layer_per_hold() {
+        let (mut a, t0) = (Allocator::new(), Instant::now());
+        let t = [cam(1, 0)];
+        assert_eq!(run(&mut a, 10_000_000, &t, t0), change(1, Some(F), Reason::Requested));
+        // The link collapses: paused.
+        assert_eq!(run(&mut a, 100_000, &t, ms(t0, 1000)), change(1, None, Reason::Bandwidth));
+        // It recovers, far above f: after the hold (from the switch up at t0)
+        // back at q, then h, then f, 5 s apart.
+        assert!(run(&mut a, 10_000_000, &t, ms(t0, 1500)).is_empty(), "held");
+        assert_eq!(run(&mut a, 10_000_000, &t, ms(t0, 5000)), change(1, Some(Q), Reason::Bandwidth));
+        assert!(run(&mut a, 10_000_000, &t, ms(t0, 8000)).is_empty(), "held");
+        assert_eq!(run(&mut a, 10_000_000, &t, ms(t0, 10_000)), change(1, Some(H), Reason::Bandwidth));
+        assert!(run(&mut a, 10_000_000, &t, ms(t0, 13_000)).is_empty(), "held");
+        assert_eq!(run(&mut a, 10_000_000, &t, ms(t0, 15_000)), change(1, Some(F), Reason::Bandwidth));
+        // A ceiling change is not a climb: low, then high, goes straight back to f.
+        let mut t = t;
+        assert_eq!(run(&mut a, 100_000, &t, ms(t0, 16_000)), change(1, None, Reason::Bandwidth));
+        t[0].ceiling = Some(Q);
+        assert_eq!(run(&mut a, 10_000_000, &t, ms(t0, 16_500)), change(1, Some(Q), Reason::Requested));
+        t[0].ceiling = Some(F);
+        assert_eq!(run(&mut a, 10_000_000, &t, ms(t0, 17_000)), change(1, Some(F), Reason::Requested));
     }
 
     #[test]
