@@ -184,7 +184,7 @@ impl Server {
             config.calls.reconnect_grace.0,
             timers.clone(),
         );
-        let settled = calls.recover()?;
+        let settled = calls.recover().await?;
         if settled > 0 {
             tracing::info!(calls = settled, "ended calls left live by the previous run (endReason server-restart)");
         }
@@ -203,7 +203,8 @@ impl Server {
                 grace: config.calls.reconnect_grace.0,
                 timers,
             },
-        )?;
+        )
+        .await?;
         let pump_rooms = rooms.clone();
         tokio::spawn(async move {
             while let Some(ev) = media_events.recv().await {
@@ -222,7 +223,9 @@ impl Server {
         tokio::spawn(async move {
             while let Some(key) = fired_timers.recv().await {
                 let Some(signal) = timer_signal.upgrade() else { break };
-                signal.on_timer(key);
+                // Each in its own task: one timer's store write does not
+                // hold back the others (a call's own gate orders its steps).
+                tokio::spawn(async move { signal.on_timer(key).await });
             }
         });
         let state = AppState {
@@ -286,7 +289,7 @@ impl Server {
             shutdown.await;
             tracing::info!("shutting down: telling clients, ending calls, flushing the store");
             state.sockets_ready.store(false, Ordering::Release);
-            signal_for_stop.shutdown();
+            signal_for_stop.shutdown().await;
             let _ = stop_tx.send(());
         });
         let served = match tls {
@@ -334,7 +337,7 @@ impl Server {
         for t in media_threads {
             let _ = tokio::task::spawn_blocking(move || t.join()).await;
         }
-        store.flush().context("flushing the store")?;
+        store.flush().await.context("flushing the store")?;
         tracing::info!("stopped");
         Ok(())
     }

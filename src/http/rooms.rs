@@ -76,10 +76,14 @@ async fn create_room(
     AuthUser(actor): AuthUser,
     ApiJson(body): ApiJson<CreateRoom>,
 ) -> Result<(StatusCode, Json<RoomBody>), ApiError> {
-    let room = st.signal.rooms.create(
-        &actor,
-        NewRoom { name: body.name, max_participants: body.max_participants, is_private: body.is_private },
-    )?;
+    let room = st
+        .signal
+        .rooms
+        .create(
+            &actor,
+            NewRoom { name: body.name, max_participants: body.max_participants, is_private: body.is_private },
+        )
+        .await?;
     Ok((StatusCode::CREATED, Json(RoomBody { room })))
 }
 
@@ -127,7 +131,7 @@ async fn room_analytics(
     AuthUser(actor): AuthUser,
     Path(id): Path<String>,
 ) -> Result<Json<AnalyticsBody>, ApiError> {
-    let analytics = st.signal.rooms.analytics(&actor, &RoomId::from(id))?;
+    let analytics = st.signal.rooms.analytics(&actor, &RoomId::from(id)).await?;
     Ok(Json(AnalyticsBody { analytics }))
 }
 
@@ -154,7 +158,7 @@ async fn leave_room(
     AuthUser(actor): AuthUser,
     Path(id): Path<String>,
 ) -> Result<Json<MessageBody>, ApiError> {
-    st.signal.rooms.leave(&actor, &RoomId::from(id))?;
+    st.signal.rooms.leave(&actor, &RoomId::from(id)).await?;
     Ok(message("Left room"))
 }
 
@@ -167,6 +171,6 @@ async fn delete_room(
     AuthUser(actor): AuthUser,
     Path(id): Path<String>,
 ) -> Result<Json<MessageBody>, ApiError> {
-    st.signal.rooms.delete(&actor, &RoomId::from(id))?;
+    st.signal.rooms.delete(&actor, &RoomId::from(id)).await?;
     Ok(message("Room deleted"))
 }

@@ -9,6 +9,7 @@
 
 use super::hub::{Hub, To};
 use super::messages::ServerEvent;
+use super::room_analytics::AnalyticsWrites;
 use super::rooms_live::Live;
 use super::timers::{TimerKey, Timers};
 use super::{Actor, SignalError};
@@ -147,14 +148,14 @@ pub struct RoomOptions {
 
 impl RoomService {
     /// Load the persisted rooms (empty) and start.
-    pub fn open(
+    pub async fn open(
         store: Arc<dyn Store>,
         hub: Arc<Hub>,
         metrics: Metrics,
         opts: RoomOptions,
     ) -> Result<Arc<Self>, SignalError> {
         let rooms: HashMap<RoomId, RoomState> =
-            store.rooms()?.into_iter().map(|r| (r.id.clone(), RoomState::new(r))).collect();
+            store.rooms().await?.into_iter().map(|r| (r.id.clone(), RoomState::new(r))).collect();
         metrics.rooms_active.set(rooms.len() as i64);
         Ok(Arc::new(Self {
             store,
@@ -170,7 +171,7 @@ impl RoomService {
         }))
     }
 
-    pub fn create(&self, actor: &Actor, req: NewRoom) -> Result<Room, SignalError> {
+    pub async fn create(&self, actor: &Actor, req: NewRoom) -> Result<Room, SignalError> {
         let name = req.name.trim();
         if name.is_empty() || name.len() > 128 || name.chars().any(char::is_control) {
             return Err(SignalError::BadRequest("name: 1 to 128 printable characters".into()));
@@ -191,7 +192,7 @@ impl RoomService {
             created_at: clock::now(),
             participants: Vec::new(),
         };
-        self.store.put_room(&room)?;
+        self.store.put_room(&room).await?;
         let mut rooms = self.rooms.lock();
         rooms.insert(room.id.clone(), RoomState::new(room.clone()));
         self.metrics.rooms_active.set(rooms.len() as i64);
@@ -244,7 +245,7 @@ impl RoomService {
     }
 
     /// One of the room timers fired (the others are not ours).
-    pub fn on_timer(&self, key: &TimerKey) {
+    pub async fn on_timer(&self, key: &TimerKey) {
         match key {
             TimerKey::ReservationExpiry(room, peer) => {
                 let mut rooms = self.rooms.lock();
@@ -252,43 +253,57 @@ impl RoomService {
                 // Bound, given up or expired meanwhile: nothing left to do.
                 s.participants.retain(|p| p.peer() != peer || p.live().is_some());
             }
-            TimerKey::SeatGrace(room, peer) => self.on_seat_grace(room, peer),
+            TimerKey::SeatGrace(room, peer) => self.on_seat_grace(room, peer).await,
             _ => {}
         }
     }
 
     /// `POST /rooms/:id/leave`: the actor's seats in the room are given up.
-    pub fn leave(&self, actor: &Actor, id: &RoomId) -> Result<(), SignalError> {
-        let mut rooms = self.rooms.lock();
-        let s = find(&mut rooms, id)?;
-        check_access(actor, s)?;
-        let before = s.participants.len();
-        let live: Vec<PeerId> = s
-            .joined()
-            .filter(|(seat, _)| &seat.user_id == actor.user())
-            .map(|(seat, _)| seat.peer_id.clone())
-            .collect();
-        for p in live {
-            self.remove_live(s, &p);
-        }
-        s.participants.retain(|p| &p.seat.user_id != actor.user());
-        if s.participants.len() == before {
-            return Err(SignalError::NotFound("you are not a participant of this room".into()));
-        }
+    pub async fn leave(&self, actor: &Actor, id: &RoomId) -> Result<(), SignalError> {
+        let writes = {
+            let mut rooms = self.rooms.lock();
+            let s = find(&mut rooms, id)?;
+            check_access(actor, s)?;
+            let before = s.participants.len();
+            let live: Vec<PeerId> = s
+                .joined()
+                .filter(|(seat, _)| &seat.user_id == actor.user())
+                .map(|(seat, _)| seat.peer_id.clone())
+                .collect();
+            let mut writes = AnalyticsWrites::default();
+            for p in live {
+                writes.add(self.remove_live(s, &p));
+            }
+            s.participants.retain(|p| &p.seat.user_id != actor.user());
+            if s.participants.len() == before {
+                return Err(SignalError::NotFound("you are not a participant of this room".into()));
+            }
+            writes
+        };
+        writes.write(self.store.as_ref()).await;
         Ok(())
     }
 
     /// `DELETE /rooms/:id`: creator or admin; participants get `room-deleted`.
-    pub fn delete(&self, actor: &Actor, id: &RoomId) -> Result<(), SignalError> {
-        let mut rooms = self.rooms.lock();
-        let s = find(&mut rooms, id)?;
-        if &s.room.created_by != actor.user() && !actor.is_admin() {
-            return Err(SignalError::Forbidden("only the room's creator or an admin may delete it".into()));
+    pub async fn delete(&self, actor: &Actor, id: &RoomId) -> Result<(), SignalError> {
+        {
+            let mut rooms = self.rooms.lock();
+            let s = find(&mut rooms, id)?;
+            if &s.room.created_by != actor.user() && !actor.is_admin() {
+                return Err(SignalError::Forbidden("only the room's creator or an admin may delete it".into()));
+            }
         }
-        self.store.delete_room(id)?;
-        let mut s = rooms.remove(id).expect("found above");
-        self.metrics.rooms_active.set(rooms.len() as i64);
-        drop(rooms);
+        // The lock is not held across the write: the room stays (and may
+        // take joins) until the store has its deletion, then goes.
+        self.store.delete_room(id).await?;
+        let removed = {
+            let mut rooms = self.rooms.lock();
+            let removed = rooms.remove(id);
+            self.metrics.rooms_active.set(rooms.len() as i64);
+            removed
+        };
+        // Gone meanwhile: a concurrent delete finished first.
+        let Some(mut s) = removed else { return Ok(()) };
         let joined: Vec<PeerId> = s.joined().map(|(seat, _)| seat.peer_id.clone()).collect();
         for p in &joined {
             self.metrics.participants_active.dec();
@@ -300,7 +315,7 @@ impl RoomService {
             }
         }
         let seats: Vec<RoomParticipant> = s.participants.drain(..).map(|p| p.seat).collect();
-        self.finish_analytics(&mut s);
+        self.finish_analytics(&mut s).write(self.store.as_ref()).await;
         let ev = ServerEvent::RoomDeleted { room_id: id.clone() };
         let mut told = std::collections::HashSet::new();
         for p in &seats {

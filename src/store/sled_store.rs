@@ -9,7 +9,7 @@
 //! its log every 200 ms here, so a `kill -9` loses at most that much (SPEC 7:
 //! at most one second).
 
-use super::{HistoryPage, HistoryQuery, Store, StoreError};
+use super::{HistoryPage, HistoryQuery, Store, StoreError, StoreFuture};
 use crate::ids::{CallId, RoomId, UserId};
 use crate::model::{CallSession, Room};
 use sled::transaction::{ConflictableTransactionError, TransactionError};
@@ -94,8 +94,15 @@ impl SledStore {
     }
 }
 
-impl Store for SledStore {
-    fn put_call(&self, call: &CallSession) -> Result<(), StoreError> {
+impl SledStore {
+    fn call(&self, id: &CallId) -> Result<Option<CallSession>, StoreError> {
+        match self.calls.get(id.as_str()).map_err(backend)? {
+            Some(v) => decode(id.as_str().as_bytes(), &v).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn put_call_now(&self, call: &CallSession) -> Result<(), StoreError> {
         let value = serde_json::to_vec(call).map_err(backend)?;
         let id = call.id.as_str().as_bytes();
         let t_key = by_time_key(call);
@@ -112,17 +119,10 @@ impl Store for SledStore {
             .map_err(|e: TransactionError<()>| backend(format!("{e:?}")))
     }
 
-    fn get_call(&self, id: &CallId) -> Result<Option<CallSession>, StoreError> {
-        match self.calls.get(id.as_str()).map_err(backend)? {
-            Some(v) => decode(id.as_str().as_bytes(), &v).map(Some),
-            None => Ok(None),
-        }
-    }
-
-    fn history(&self, q: &HistoryQuery) -> Result<HistoryPage, StoreError> {
+    fn history_now(&self, q: &HistoryQuery) -> Result<HistoryPage, StoreError> {
         let mut page = HistoryPage::default();
         for id in self.index(q.user.as_ref()) {
-            let Some(call) = self.get_call(&id?)? else { continue };
+            let Some(call) = self.call(&id?)? else { continue };
             if q.call_type.is_some_and(|t| t != call.call_type) || q.status.is_some_and(|s| s != call.status) {
                 continue;
             }
@@ -134,7 +134,7 @@ impl Store for SledStore {
         Ok(page)
     }
 
-    fn live_calls(&self) -> Result<Vec<CallSession>, StoreError> {
+    fn live_calls_now(&self) -> Result<Vec<CallSession>, StoreError> {
         let mut out = Vec::new();
         for r in self.calls.iter() {
             let (k, v) = r.map_err(backend)?;
@@ -146,7 +146,7 @@ impl Store for SledStore {
         Ok(out)
     }
 
-    fn put_room(&self, room: &Room) -> Result<(), StoreError> {
+    fn put_room_now(&self, room: &Room) -> Result<(), StoreError> {
         let mut stored = room.clone();
         stored.participants.clear();
         let v = serde_json::to_vec(&stored).map_err(backend)?;
@@ -154,19 +154,14 @@ impl Store for SledStore {
         Ok(())
     }
 
-    fn get_room(&self, id: &RoomId) -> Result<Option<Room>, StoreError> {
+    fn get_room_now(&self, id: &RoomId) -> Result<Option<Room>, StoreError> {
         match self.rooms.get(id.as_str()).map_err(backend)? {
             Some(v) => decode(id.as_str().as_bytes(), &v).map(Some),
             None => Ok(None),
         }
     }
 
-    fn delete_room(&self, id: &RoomId) -> Result<(), StoreError> {
-        self.rooms.remove(id.as_str()).map_err(backend)?;
-        Ok(())
-    }
-
-    fn rooms(&self) -> Result<Vec<Room>, StoreError> {
+    fn rooms_now(&self) -> Result<Vec<Room>, StoreError> {
         self.rooms
             .iter()
             .map(|r| {
@@ -176,21 +171,71 @@ impl Store for SledStore {
             .collect()
     }
 
-    fn put_analytics(&self, key: &str, summary: &serde_json::Value) -> Result<(), StoreError> {
+    fn put_analytics_now(&self, key: &str, summary: &serde_json::Value) -> Result<(), StoreError> {
         let v = serde_json::to_vec(summary).map_err(backend)?;
         self.analytics.insert(key, v).map_err(backend)?;
         Ok(())
     }
 
-    fn get_analytics(&self, key: &str) -> Result<Option<serde_json::Value>, StoreError> {
+    fn get_analytics_now(&self, key: &str) -> Result<Option<serde_json::Value>, StoreError> {
         match self.analytics.get(key).map_err(backend)? {
             Some(v) => decode(key.as_bytes(), &v).map(Some),
             None => Ok(None),
         }
     }
+}
 
-    fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush().map(|_| ()).map_err(backend)
+/// sled answers from memory and its write-ahead log (it syncs in the
+/// background every 200 ms), so each call runs inline, as the future is
+/// polled: microseconds, less than a hop to a blocking thread would cost.
+/// The exception is [`Store::flush`], an fsync that waits on the disk: it
+/// goes to the blocking pool.
+impl Store for SledStore {
+    fn put_call<'a>(&'a self, call: &'a CallSession) -> StoreFuture<'a, ()> {
+        Box::pin(async move { self.put_call_now(call) })
+    }
+
+    fn get_call<'a>(&'a self, id: &'a CallId) -> StoreFuture<'a, Option<CallSession>> {
+        Box::pin(async move { self.call(id) })
+    }
+
+    fn history<'a>(&'a self, q: &'a HistoryQuery) -> StoreFuture<'a, HistoryPage> {
+        Box::pin(async move { self.history_now(q) })
+    }
+
+    fn live_calls(&self) -> StoreFuture<'_, Vec<CallSession>> {
+        Box::pin(async move { self.live_calls_now() })
+    }
+
+    fn put_room<'a>(&'a self, room: &'a Room) -> StoreFuture<'a, ()> {
+        Box::pin(async move { self.put_room_now(room) })
+    }
+
+    fn get_room<'a>(&'a self, id: &'a RoomId) -> StoreFuture<'a, Option<Room>> {
+        Box::pin(async move { self.get_room_now(id) })
+    }
+
+    fn delete_room<'a>(&'a self, id: &'a RoomId) -> StoreFuture<'a, ()> {
+        Box::pin(async move { self.rooms.remove(id.as_str()).map(|_| ()).map_err(backend) })
+    }
+
+    fn rooms(&self) -> StoreFuture<'_, Vec<Room>> {
+        Box::pin(async move { self.rooms_now() })
+    }
+
+    fn put_analytics<'a>(&'a self, key: &'a str, summary: &'a serde_json::Value) -> StoreFuture<'a, ()> {
+        Box::pin(async move { self.put_analytics_now(key, summary) })
+    }
+
+    fn get_analytics<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<serde_json::Value>> {
+        Box::pin(async move { self.get_analytics_now(key) })
+    }
+
+    fn flush(&self) -> StoreFuture<'_, ()> {
+        let db = self.db.clone();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || db.flush()).await.map_err(backend)?.map(|_| ()).map_err(backend)
+        })
     }
 
     fn is_healthy(&self) -> bool {
@@ -222,15 +267,15 @@ mod tests {
         }
     }
 
-    #[test]
-    fn history_is_per_user_newest_first_and_paged() {
+    #[tokio::test]
+    async fn history_is_per_user_newest_first_and_paged() {
         let dir = tempfile::tempdir().unwrap();
         let s = SledStore::open(dir.path()).unwrap();
-        s.put_call(&call("c1", "alice", "bob", 1, CallStatus::Ended)).unwrap();
-        s.put_call(&call("c2", "bob", "carol", 2, CallStatus::Missed)).unwrap();
-        s.put_call(&call("c3", "carol", "alice", 3, CallStatus::Ringing)).unwrap();
+        s.put_call(&call("c1", "alice", "bob", 1, CallStatus::Ended)).await.unwrap();
+        s.put_call(&call("c2", "bob", "carol", 2, CallStatus::Missed)).await.unwrap();
+        s.put_call(&call("c3", "carol", "alice", 3, CallStatus::Ringing)).await.unwrap();
         // Rewriting a call must not duplicate its index entries.
-        s.put_call(&call("c3", "carol", "alice", 3, CallStatus::Active)).unwrap();
+        s.put_call(&call("c3", "carol", "alice", 3, CallStatus::Active)).await.unwrap();
 
         let q = |user: Option<&str>, offset, limit| HistoryQuery {
             user: user.map(UserId::from),
@@ -239,25 +284,28 @@ mod tests {
             ..Default::default()
         };
         let ids = |p: HistoryPage| p.calls.into_iter().map(|c| c.id.to_string()).collect::<Vec<_>>();
-        assert_eq!(ids(s.history(&q(Some("alice"), 0, 10)).unwrap()), ["c3", "c1"]);
-        assert_eq!(ids(s.history(&q(None, 0, 10)).unwrap()), ["c3", "c2", "c1"]);
-        let p = s.history(&q(None, 1, 1)).unwrap();
+        assert_eq!(ids(s.history(&q(Some("alice"), 0, 10)).await.unwrap()), ["c3", "c1"]);
+        assert_eq!(ids(s.history(&q(None, 0, 10)).await.unwrap()), ["c3", "c2", "c1"]);
+        let p = s.history(&q(None, 1, 1)).await.unwrap();
         assert_eq!(p.total, 3);
         assert_eq!(ids(p), ["c2"]);
-        let p = s.history(&HistoryQuery { status: Some(CallStatus::Missed), limit: 10, ..Default::default() }).unwrap();
+        let p = s
+            .history(&HistoryQuery { status: Some(CallStatus::Missed), limit: 10, ..Default::default() })
+            .await
+            .unwrap();
         assert_eq!(ids(p), ["c2"]);
-        assert_eq!(s.live_calls().unwrap().len(), 1);
+        assert_eq!(s.live_calls().await.unwrap().len(), 1);
     }
 
-    #[test]
-    fn survives_reopen() {
+    #[tokio::test]
+    async fn survives_reopen() {
         let dir = tempfile::tempdir().unwrap();
         {
             let s = SledStore::open(dir.path()).unwrap();
-            s.put_call(&call("c1", "alice", "bob", 1, CallStatus::Ended)).unwrap();
-            s.flush().unwrap();
+            s.put_call(&call("c1", "alice", "bob", 1, CallStatus::Ended)).await.unwrap();
+            s.flush().await.unwrap();
         }
         let s = SledStore::open(dir.path()).unwrap();
-        assert_eq!(s.get_call(&"c1".into()).unwrap().unwrap().status, CallStatus::Ended);
+        assert_eq!(s.get_call(&"c1".into()).await.unwrap().unwrap().status, CallStatus::Ended);
     }
 }
