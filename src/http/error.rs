@@ -65,6 +65,10 @@ impl From<SignalError> for ApiError {
             SignalError::Forbidden(_) => StatusCode::FORBIDDEN,
             SignalError::Conflict(_) | SignalError::RoomFull => StatusCode::CONFLICT,
             SignalError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
+            SignalError::Store(inner @ crate::store::StoreError::Unavailable(_)) => {
+                tracing::warn!(error = %inner, "store unavailable");
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             SignalError::Store(inner) => {
                 tracing::error!(error = %inner, "store failure");
                 StatusCode::INTERNAL_SERVER_ERROR

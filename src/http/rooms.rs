@@ -97,7 +97,7 @@ async fn list_rooms(
 ) -> Result<Json<RoomList>, ApiError> {
     let limit = query_number(&q, "limit", 20, 1..=100)?;
     let offset = query_number(&q, "offset", 0, 0..=1_000_000)?;
-    let (rooms, total) = st.signal.rooms.list(&actor, limit, offset);
+    let (rooms, total) = st.signal.rooms.list(&actor, limit, offset).await?;
     Ok(Json(RoomList { rooms, total, limit, offset }))
 }
 
@@ -110,7 +110,7 @@ async fn get_room(
     AuthUser(actor): AuthUser,
     Path(id): Path<String>,
 ) -> Result<Json<RoomBody>, ApiError> {
-    let room = st.signal.rooms.get(&actor, &RoomId::from(id))?;
+    let room = st.signal.rooms.get(&actor, &RoomId::from(id)).await?;
     Ok(Json(RoomBody { room }))
 }
 
@@ -145,7 +145,7 @@ async fn join_room(
     AuthUser(actor): AuthUser,
     Path(id): Path<String>,
 ) -> Result<Json<JoinBody>, ApiError> {
-    let (room, peer_id) = st.signal.rooms.reserve(&actor, &RoomId::from(id))?;
+    let (room, peer_id) = st.signal.rooms.reserve(&actor, &RoomId::from(id)).await?;
     Ok(Json(JoinBody { room, peer_id }))
 }
 

@@ -72,6 +72,7 @@ impl SignalError {
             Self::Conflict(_) => "conflict",
             Self::RoomFull => "room-full",
             Self::NotImplemented(_) => "not-implemented",
+            Self::Store(StoreError::Unavailable(_)) => "unavailable",
             Self::Store(_) => "internal",
         }
     }
@@ -79,6 +80,9 @@ impl SignalError {
     /// The message a client may see (never internals).
     pub fn public_message(&self) -> String {
         match self {
+            Self::Store(StoreError::Unavailable(_)) => {
+                "the store this needs (the cluster's Redis) is unavailable; try again shortly".into()
+            }
             Self::Store(_) => "internal error; the server logged the details".into(),
             e => e.to_string(),
         }

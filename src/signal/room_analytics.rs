@@ -216,6 +216,7 @@ impl RoomService {
     /// `GET /rooms/:id/analytics`: live while the room has participants, then
     /// the persisted summary.
     pub async fn analytics(&self, actor: &super::Actor, id: &RoomId) -> Result<serde_json::Value, super::SignalError> {
+        self.load(id).await?;
         let exists = {
             let mut rooms = self.rooms.lock();
             match rooms.get_mut(id) {

@@ -199,9 +199,40 @@ impl RoomService {
         Ok(room)
     }
 
+    /// In a cluster, a room another node created is in the shared store but
+    /// not here yet: bring it in (empty, as after a restart). Nothing to do
+    /// with a store of one's own, where every room was loaded at start.
+    pub async fn load(&self, id: &RoomId) -> Result<(), SignalError> {
+        if !self.store.is_shared() || self.rooms.lock().contains_key(id) {
+            return Ok(());
+        }
+        if let Some(room) = self.store.get_room(id).await? {
+            self.adopt(vec![room]);
+        }
+        Ok(())
+    }
+
+    /// [`Self::load`] for every room of the shared store.
+    async fn load_all(&self) -> Result<(), SignalError> {
+        if self.store.is_shared() {
+            let stored = self.store.rooms().await?;
+            self.adopt(stored);
+        }
+        Ok(())
+    }
+
+    fn adopt(&self, stored: Vec<Room>) {
+        let mut rooms = self.rooms.lock();
+        for room in stored {
+            rooms.entry(room.id.clone()).or_insert_with(|| RoomState::new(room));
+        }
+        self.metrics.rooms_active.set(rooms.len() as i64);
+    }
+
     /// Public rooms plus the actor's own (created, joined, or listed in the
     /// token), newest first.
-    pub fn list(&self, actor: &Actor, limit: usize, offset: usize) -> (Vec<Room>, usize) {
+    pub async fn list(&self, actor: &Actor, limit: usize, offset: usize) -> Result<(Vec<Room>, usize), SignalError> {
+        self.load_all().await?;
         let now = Instant::now();
         let mut rooms = self.rooms.lock();
         let mut visible: Vec<Room> = rooms
@@ -214,10 +245,11 @@ impl RoomService {
             .collect();
         visible.sort_by(|a, b| b.created_at.cmp(&a.created_at).then_with(|| a.id.cmp(&b.id)));
         let total = visible.len();
-        (visible.into_iter().skip(offset).take(limit).collect(), total)
+        Ok((visible.into_iter().skip(offset).take(limit).collect(), total))
     }
 
-    pub fn get(&self, actor: &Actor, id: &RoomId) -> Result<Room, SignalError> {
+    pub async fn get(&self, actor: &Actor, id: &RoomId) -> Result<Room, SignalError> {
+        self.load(id).await?;
         let mut rooms = self.rooms.lock();
         let s = find(&mut rooms, id)?;
         check_access(actor, s)?;
@@ -226,7 +258,8 @@ impl RoomService {
     }
 
     /// Reserve a seat: `POST /rooms/:id/join`.
-    pub fn reserve(&self, actor: &Actor, id: &RoomId) -> Result<(Room, PeerId), SignalError> {
+    pub async fn reserve(&self, actor: &Actor, id: &RoomId) -> Result<(Room, PeerId), SignalError> {
+        self.load(id).await?;
         let now = Instant::now();
         let mut rooms = self.rooms.lock();
         let s = find(&mut rooms, id)?;
@@ -286,6 +319,7 @@ impl RoomService {
 
     /// `DELETE /rooms/:id`: creator or admin; participants get `room-deleted`.
     pub async fn delete(&self, actor: &Actor, id: &RoomId) -> Result<(), SignalError> {
+        self.load(id).await?;
         {
             let mut rooms = self.rooms.lock();
             let s = find(&mut rooms, id)?;
