@@ -49,6 +49,7 @@ pub struct Config {
     pub media: MediaConfig,
     pub turn: TurnConfig,
     pub store: StoreConfig,
+    pub cluster: ClusterConfig,
     pub calls: CallsConfig,
     pub rooms: RoomsConfig,
     pub ws: WsConfig,
@@ -229,6 +230,30 @@ impl Default for StoreConfig {
     fn default() -> Self {
         Self { path: PathBuf::from("./data") }
     }
+}
+
+/// Several nodes as one service (SPEC 13). Unset `redis_url`: a single node
+/// on sled, and the other keys are unused.
+#[derive(Clone, Debug, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// `redis://[user:password@]host[:port][/db]` (or `unix:///path.sock`):
+    /// calls, history, rooms and analytics live there instead of sled.
+    pub redis_url: Option<String>,
+    /// This node's id in the cluster; unset: generated once into
+    /// `<store.path>/node.id` and reused.
+    pub node_id: Option<String>,
+    /// A label for the node's region (optional).
+    pub region: Option<String>,
+}
+
+/// The longest `cluster.node_id` or `cluster.region`.
+pub const MAX_LABEL_LEN: usize = 64;
+
+/// Whether `s` may be a node id or region: 1 to 64 of `[A-Za-z0-9._-]`, so
+/// it fits in a Redis key and a log line as it is.
+pub fn is_label(s: &str) -> bool {
+    (1..=MAX_LABEL_LEN).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -460,6 +485,26 @@ impl Config {
                 return Err(ConfigError::Invalid("auth.secret must be at least 16 characters".into()));
             }
         }
+        self.validate_cluster()
+    }
+
+    fn validate_cluster(&self) -> Result<(), ConfigError> {
+        let c = &self.cluster;
+        if let Some(url) = &c.redis_url {
+            // The URL itself is not repeated: it may hold a password.
+            redis::IntoConnectionInfo::into_connection_info(url.as_str()).map_err(|e| {
+                ConfigError::Invalid(format!(
+                    "cluster.redis_url: {e} (write redis://[user:password@]host[:port][/db], e.g. redis://127.0.0.1:6379/0, or unix:///path/to/redis.sock)"
+                ))
+            })?;
+        }
+        for (key, v) in [("cluster.node_id", &c.node_id), ("cluster.region", &c.region)] {
+            if v.as_deref().is_some_and(|v| !is_label(v)) {
+                return Err(ConfigError::Invalid(format!(
+                    "{key}: 1 to {MAX_LABEL_LEN} of letters, digits, '.', '_' and '-'"
+                )));
+            }
+        }
         Ok(())
     }
 }
@@ -682,6 +727,33 @@ mod tests {
         assert_eq!(c.media.listen.to_string(), "0.0.0.0:7000");
         assert_eq!(c.turn.listen.to_string(), "0.0.0.0:0");
         assert!(c.http.tls_self_signed && c.auth.allow_guests);
+    }
+
+    #[test]
+    fn cluster_keys_are_parsed_and_checked() {
+        let c = load("", &[]).unwrap();
+        assert!(c.cluster.redis_url.is_none() && c.cluster.node_id.is_none());
+        let c = load(
+            "[cluster]\nredis_url = \"redis://127.0.0.1:6379/0\"\nregion = \"eu-west\"\n",
+            &[("CONFER_CLUSTER_NODE_ID", "node-a")],
+        )
+        .unwrap();
+        assert_eq!(c.cluster.redis_url.as_deref(), Some("redis://127.0.0.1:6379/0"));
+        assert_eq!(c.cluster.node_id.as_deref(), Some("node-a"));
+        assert_eq!(c.cluster.region.as_deref(), Some("eu-west"));
+        for (env, key) in [
+            ("CONFER_CLUSTER_REDIS_URL", "cluster.redis_url"),
+            ("CONFER_CLUSTER_NODE_ID", "cluster.node_id"),
+            ("CONFER_CLUSTER_REGION", "cluster.region"),
+        ] {
+            let e = load("", &[(env, "http://sec:ret@x y")]).unwrap_err().to_string();
+            assert!(e.contains(key), "{e}");
+            assert!(!e.contains("sec:ret"), "the URL's password must not be echoed: {e}");
+        }
+        let e = load("", &[("CONFER_CLUSTER_REDIS_URL", "redis://127.0.0.1:6379/zero")]).unwrap_err().to_string();
+        assert!(e.contains("cluster.redis_url") && e.contains("database"), "{e}");
+        let e = load("", &[("CONFER_CLUSTER_REDIS_ULR", "redis://127.0.0.1")]).unwrap_err().to_string();
+        assert!(e.contains("redis_ulr"), "{e}");
     }
 
     #[test]

@@ -77,6 +77,10 @@ id_type!(
     /// One WebSocket connection.
     ConnId, "conn_"
 );
+id_type!(
+    /// One `confer serve` process of a cluster (`cluster.node_id`).
+    NodeId, "node_"
+);
 
 /// `len` random characters from `[0-9A-Za-z]`.
 pub fn random_token(len: usize) -> String {

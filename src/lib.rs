@@ -17,7 +17,7 @@
 //! - [`turn`]: the TURN server and TURN REST credentials.
 //! - [`loadtest`]: `confer loadtest`, webrtc-rs clients that load a running
 //!   server over its public interfaces (a client of the server, not part of it).
-//! - [`store`]: persistence behind the [`store::Store`] trait (sled on disk).
+//! - [`store`]: persistence behind the [`store::Store`] trait (sled on disk; Redis for a cluster).
 //! - [`metrics`]: the Prometheus registry and every metric confer exports.
 //! - [`analytics`]: pure call-quality calculators (RFC 3550 statistics, RTT,
 //!   E-model MOS); no I/O.

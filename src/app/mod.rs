@@ -16,7 +16,7 @@ use crate::signal::rooms::{RoomOptions, RoomService};
 use crate::signal::session::Limits;
 use crate::signal::timers::Timers;
 use crate::signal::Signaling;
-use crate::store::{SledStore, Store};
+use crate::store::{RedisStore, SledStore, Store};
 use crate::turn::TurnServer;
 use anyhow::Context;
 use std::future::Future;
@@ -32,6 +32,8 @@ pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(10);
 
 pub const AUTH_SECRET_FILE: &str = "auth.secret";
 pub const TURN_SECRET_FILE: &str = "turn.secret";
+/// The generated `cluster.node_id`, in the data dir.
+pub const NODE_ID_FILE: &str = "node.id";
 
 /// A bound, not yet running server.
 pub struct Server {
@@ -41,7 +43,7 @@ pub struct Server {
     turn: Option<TurnServer>,
     state: AppState,
     signal: Arc<Signaling>,
-    store: Arc<SledStore>,
+    store: Arc<dyn Store>,
     media_addr: SocketAddr,
     /// What a person can open: the HTTP address, or on a wildcard one per
     /// usable interface address.
@@ -58,7 +60,7 @@ impl Server {
             .with_context(|| format!("cannot read or create {}/{AUTH_SECRET_FILE}", data.display()))?;
         let turn_secret = auth::load_or_create_secret(config.turn.secret.as_deref(), data, TURN_SECRET_FILE)
             .with_context(|| format!("cannot read or create {}/{TURN_SECRET_FILE}", data.display()))?;
-        let store = Arc::new(SledStore::open(data)?);
+        let store = open_store(&config).await?;
         let metrics = Metrics::new();
 
         // Sockets first, so a busy port fails before anything starts.
@@ -175,7 +177,7 @@ impl Server {
 
         let hub = Arc::new(Hub::new());
         let (timers, mut fired_timers) = Timers::spawn();
-        let dyn_store: Arc<dyn Store> = store.clone();
+        let dyn_store = store.clone();
         let calls = CallService::new(
             dyn_store.clone(),
             hub.clone(),
@@ -184,7 +186,7 @@ impl Server {
             config.calls.reconnect_grace.0,
             timers.clone(),
         );
-        let settled = calls.recover()?;
+        let settled = calls.recover().await?;
         if settled > 0 {
             tracing::info!(calls = settled, "ended calls left live by the previous run (endReason server-restart)");
         }
@@ -204,7 +206,8 @@ impl Server {
                 grace: config.calls.reconnect_grace.0,
                 timers,
             },
-        )?;
+        )
+        .await?;
         let pump_rooms = rooms.clone();
         tokio::spawn(async move {
             while let Some(ev) = media_events.recv().await {
@@ -223,7 +226,9 @@ impl Server {
         tokio::spawn(async move {
             while let Some(key) = fired_timers.recv().await {
                 let Some(signal) = timer_signal.upgrade() else { break };
-                signal.on_timer(key);
+                // Each in its own task: one timer's store write does not
+                // hold back the others (a call's own gate orders its steps).
+                tokio::spawn(async move { signal.on_timer(key).await });
             }
         });
         let state = AppState {
@@ -287,7 +292,7 @@ impl Server {
             shutdown.await;
             tracing::info!("shutting down: telling clients, ending calls, flushing the store");
             state.sockets_ready.store(false, Ordering::Release);
-            signal_for_stop.shutdown();
+            signal_for_stop.shutdown().await;
             let _ = stop_tx.send(());
         });
         let served = match tls {
@@ -335,9 +340,56 @@ impl Server {
         for t in media_threads {
             let _ = tokio::task::spawn_blocking(move || t.join()).await;
         }
-        store.flush().context("flushing the store")?;
+        store.flush().await.context("flushing the store")?;
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// The store: sled in the data dir, or with `cluster.redis_url` the
+/// cluster's Redis (SPEC 13). A Redis that does not answer at start stops
+/// the node, as LiveKit does (it pings Redis once at start and exits): a node
+/// that came up on the wrong or a missing Redis would serve a history of its
+/// own. Outages after the start are ridden out (`/readyz` 503 meanwhile).
+async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    let data = &config.store.path;
+    let Some(url) = &config.cluster.redis_url else {
+        return Ok(Arc::new(SledStore::open(data)?));
+    };
+    let node = node_id(config)?;
+    let shown = without_password(url);
+    let store = RedisStore::open(url, node.clone()).await.with_context(|| {
+        format!("cannot use the Redis of cluster.redis_url = {shown}; a cluster node does not start without it")
+    })?;
+    tracing::info!(%node, region = ?config.cluster.region, redis = %shown, "cluster: calls, history, rooms and analytics in Redis");
+    Ok(Arc::new(store))
+}
+
+/// `cluster.node_id`, else the one generated into the data dir on the first start.
+fn node_id(config: &Config) -> anyhow::Result<crate::ids::NodeId> {
+    if let Some(id) = &config.cluster.node_id {
+        return Ok(id.as_str().into());
+    }
+    let path = config.store.path.join(NODE_ID_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(s) if crate::config::is_label(s.trim()) => return Ok(s.trim().into()),
+        Ok(s) if !s.trim().is_empty() => {
+            anyhow::bail!("{}: {:?} is not a node id (remove the file to get a new one)", path.display(), s.trim())
+        }
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+    let id = crate::ids::NodeId::random();
+    auth::write_private(&path, id.as_str().as_bytes()).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(id)
+}
+
+/// A Redis URL fit for a log line: its password, if any, replaced by `***`.
+fn without_password(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => format!("{}://***@{}", &url[..scheme], &url[at + 1..]),
+        _ => url.to_owned(),
     }
 }
 
@@ -379,4 +431,14 @@ pub fn token_keys(config: &Config) -> anyhow::Result<TokenKeys> {
     let secret = auth::load_or_create_secret(config.auth.secret.as_deref(), data, AUTH_SECRET_FILE)
         .with_context(|| format!("cannot read or create {}/{AUTH_SECRET_FILE}", data.display()))?;
     Ok(TokenKeys::new(secret.as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_logged_redis_url_has_no_password() {
+        assert_eq!(super::without_password("redis://u:s3cret@h:6379/0"), "redis://***@h:6379/0");
+        assert_eq!(super::without_password("redis://:s3cret@h"), "redis://***@h");
+        assert_eq!(super::without_password("redis://127.0.0.1:6379/0"), "redis://127.0.0.1:6379/0");
+    }
 }

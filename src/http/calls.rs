@@ -133,7 +133,7 @@ async fn create_call(
         mode: body.mode.unwrap_or_default(),
         sdp: None,
     };
-    let s = st.signal.calls.create(&actor, req)?;
+    let s = st.signal.calls.create(&actor, req).await?;
     Ok((StatusCode::CREATED, Json(CallCreated { room_id: s.room_id.clone(), call_session: s })))
 }
 
@@ -163,7 +163,7 @@ async fn call_history(
         ),
     };
     let user = q.get("userId").map(|u| UserId::from(u.as_str()));
-    let page = st.signal.calls.history(&actor, HistoryQuery { user, call_type, status, limit, offset })?;
+    let page = st.signal.calls.history(&actor, HistoryQuery { user, call_type, status, limit, offset }).await?;
     Ok(Json(HistoryBody { calls: page.calls, total: page.total, limit, offset }))
 }
 
@@ -176,7 +176,7 @@ async fn get_call(
     AuthUser(actor): AuthUser,
     Path(id): Path<String>,
 ) -> Result<Json<CallSessionBody>, ApiError> {
-    let call_session = st.signal.calls.get(&actor, &CallId::from(id))?;
+    let call_session = st.signal.calls.get(&actor, &CallId::from(id)).await?;
     Ok(Json(CallSessionBody { call_session }))
 }
 
@@ -190,7 +190,7 @@ async fn accept_call(
     AuthUser(actor): AuthUser,
     Path(id): Path<String>,
 ) -> Result<Json<CallSessionBody>, ApiError> {
-    let call_session = st.signal.calls.accept(&actor, &CallId::from(id))?;
+    let call_session = st.signal.calls.accept(&actor, &CallId::from(id)).await?;
     Ok(Json(CallSessionBody { call_session }))
 }
 
@@ -209,7 +209,7 @@ async fn reject_call(
     if reason.as_ref().is_some_and(|r| r.len() > 256) {
         return Err(ApiError::bad_request("reason: at most 256 characters"));
     }
-    st.signal.calls.reject(&actor, &CallId::from(id), reason)?;
+    st.signal.calls.reject(&actor, &CallId::from(id), reason).await?;
     Ok(message("Call rejected"))
 }
 
@@ -223,7 +223,7 @@ async fn hangup_call(
     AuthUser(actor): AuthUser,
     Path(id): Path<String>,
 ) -> Result<Json<MessageBody>, ApiError> {
-    st.signal.calls.hangup(&actor, &CallId::from(id))?;
+    st.signal.calls.hangup(&actor, &CallId::from(id)).await?;
     Ok(message("Call ended"))
 }
 
@@ -238,7 +238,7 @@ async fn mute_audio(
     Path(id): Path<String>,
     ApiJson(body): ApiJson<MuteBody>,
 ) -> Result<Json<MessageBody>, ApiError> {
-    st.signal.mute_call(&actor, &CallId::from(id), crate::model::TrackKind::Audio, body.mute)?;
+    st.signal.mute_call(&actor, &CallId::from(id), crate::model::TrackKind::Audio, body.mute).await?;
     Ok(message(if body.mute { "Audio muted" } else { "Audio unmuted" }))
 }
 
@@ -253,7 +253,7 @@ async fn mute_video(
     Path(id): Path<String>,
     ApiJson(body): ApiJson<MuteBody>,
 ) -> Result<Json<MessageBody>, ApiError> {
-    st.signal.mute_call(&actor, &CallId::from(id), crate::model::TrackKind::Video, body.mute)?;
+    st.signal.mute_call(&actor, &CallId::from(id), crate::model::TrackKind::Video, body.mute).await?;
     Ok(message(if body.mute { "Video muted" } else { "Video unmuted" }))
 }
 
@@ -272,7 +272,7 @@ async fn switch_camera(
     if device_id.as_ref().is_some_and(|d| d.len() > 256) {
         return Err(ApiError::bad_request("deviceId: at most 256 characters"));
     }
-    st.signal.calls.change_media(&actor, &CallId::from(id), MediaChange::Camera { device_id, facing_mode })?;
+    st.signal.calls.change_media(&actor, &CallId::from(id), MediaChange::Camera { device_id, facing_mode }).await?;
     Ok(message("Camera switched"))
 }
 
@@ -286,6 +286,6 @@ async fn call_analytics(
     AuthUser(actor): AuthUser,
     Path(id): Path<String>,
 ) -> Result<Json<super::rooms::AnalyticsBody>, ApiError> {
-    let analytics = st.signal.call_analytics(&actor, &CallId::from(id))?;
+    let analytics = st.signal.call_analytics(&actor, &CallId::from(id)).await?;
     Ok(Json(super::rooms::AnalyticsBody { analytics }))
 }

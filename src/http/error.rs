@@ -66,6 +66,10 @@ impl From<SignalError> for ApiError {
             SignalError::Conflict(_) | SignalError::RoomFull => StatusCode::CONFLICT,
             SignalError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             SignalError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            SignalError::Store(inner @ crate::store::StoreError::Unavailable(_)) => {
+                tracing::warn!(error = %inner, "store unavailable");
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             SignalError::Store(inner) => {
                 tracing::error!(error = %inner, "store failure");
                 StatusCode::INTERNAL_SERVER_ERROR

@@ -77,10 +77,14 @@ async fn create_room(
     AuthUser(actor): AuthUser,
     ApiJson(body): ApiJson<CreateRoom>,
 ) -> Result<(StatusCode, Json<RoomBody>), ApiError> {
-    let room = st.signal.rooms.create(
-        &actor,
-        NewRoom { name: body.name, max_participants: body.max_participants, is_private: body.is_private },
-    )?;
+    let room = st
+        .signal
+        .rooms
+        .create(
+            &actor,
+            NewRoom { name: body.name, max_participants: body.max_participants, is_private: body.is_private },
+        )
+        .await?;
     Ok((StatusCode::CREATED, Json(RoomBody { room })))
 }
 
@@ -94,7 +98,7 @@ async fn list_rooms(
 ) -> Result<Json<RoomList>, ApiError> {
     let limit = query_number(&q, "limit", 20, 1..=100)?;
     let offset = query_number(&q, "offset", 0, 0..=1_000_000)?;
-    let (rooms, total) = st.signal.rooms.list(&actor, limit, offset);
+    let (rooms, total) = st.signal.rooms.list(&actor, limit, offset).await?;
     Ok(Json(RoomList { rooms, total, limit, offset }))
 }
 
@@ -107,7 +111,7 @@ async fn get_room(
     AuthUser(actor): AuthUser,
     Path(id): Path<String>,
 ) -> Result<Json<RoomBody>, ApiError> {
-    let room = st.signal.rooms.get(&actor, &RoomId::from(id))?;
+    let room = st.signal.rooms.get(&actor, &RoomId::from(id)).await?;
     Ok(Json(RoomBody { room }))
 }
 
@@ -128,7 +132,7 @@ async fn room_analytics(
     AuthUser(actor): AuthUser,
     Path(id): Path<String>,
 ) -> Result<Json<AnalyticsBody>, ApiError> {
-    let analytics = st.signal.rooms.analytics(&actor, &RoomId::from(id))?;
+    let analytics = st.signal.rooms.analytics(&actor, &RoomId::from(id)).await?;
     Ok(Json(AnalyticsBody { analytics }))
 }
 
@@ -166,7 +170,7 @@ async fn join_room(
     AuthUser(actor): AuthUser,
     Path(id): Path<String>,
 ) -> Result<Json<JoinBody>, ApiError> {
-    let (room, peer_id) = st.signal.rooms.reserve(&actor, &RoomId::from(id))?;
+    let (room, peer_id) = st.signal.rooms.reserve(&actor, &RoomId::from(id)).await?;
     Ok(Json(JoinBody { room, peer_id }))
 }
 
@@ -179,7 +183,7 @@ async fn leave_room(
     AuthUser(actor): AuthUser,
     Path(id): Path<String>,
 ) -> Result<Json<MessageBody>, ApiError> {
-    st.signal.rooms.leave(&actor, &RoomId::from(id))?;
+    st.signal.rooms.leave(&actor, &RoomId::from(id)).await?;
     Ok(message("Left room"))
 }
 
@@ -192,6 +196,6 @@ async fn delete_room(
     AuthUser(actor): AuthUser,
     Path(id): Path<String>,
 ) -> Result<Json<MessageBody>, ApiError> {
-    st.signal.rooms.delete(&actor, &RoomId::from(id))?;
+    st.signal.rooms.delete(&actor, &RoomId::from(id)).await?;
     Ok(message("Room deleted"))
 }

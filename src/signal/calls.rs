@@ -47,8 +47,9 @@ struct LiveCall {
     call: Call,
     /// Taken for the whole of one action on this call (decide, write, send),
     /// so its steps reach the store and the clients in the order they were
-    /// decided. Only this call's actions wait on it.
-    gate: Arc<Mutex<()>>,
+    /// decided. Only this call's actions wait on it. An async mutex: it is
+    /// held across the store write.
+    gate: Arc<tokio::sync::Mutex<()>>,
     /// Parties that had a WebSocket while the call was live: the reconnect
     /// grace applies only to them (SPEC 12).
     seen_online: HashSet<UserId>,
@@ -92,17 +93,17 @@ impl CallService {
 
     /// Settle calls that were live when the previous process died: their media
     /// is gone, so they end with `server-restart`.
-    pub fn recover(&self) -> Result<usize, SignalError> {
+    pub async fn recover(&self) -> Result<usize, SignalError> {
         let now = clock::now();
-        let live = self.out.store.live_calls()?;
+        let live = self.out.store.live_calls().await?;
         for mut c in live.iter().cloned() {
             c.end(reason::SERVER_RESTART, now)?;
-            self.out.store.put_call(&c)?;
+            self.out.store.put_call(&c).await?;
         }
         Ok(live.len())
     }
 
-    pub fn create(&self, actor: &Actor, req: NewCall) -> Result<CallSession, SignalError> {
+    pub async fn create(&self, actor: &Actor, req: NewCall) -> Result<CallSession, SignalError> {
         if &req.caller_id != actor.user() && !actor.is_admin() {
             return Err(SignalError::Forbidden("callerId must be your own user id (the token's sub)".into()));
         }
@@ -140,28 +141,31 @@ impl CallService {
                 live.seen_online.insert(u.clone());
             }
         }
-        self.out.carry_out(effects, || {
-            let mut calls = self.live.lock();
-            calls.insert(session.id.clone(), live);
-            self.metrics.calls_active.set(calls.len() as i64);
-        })?;
+        self.out
+            .carry_out(effects, || {
+                let mut calls = self.live.lock();
+                calls.insert(session.id.clone(), live);
+                self.metrics.calls_active.set(calls.len() as i64);
+            })
+            .await?;
         Ok(session)
     }
 
     /// A call as `actor` may see it: parties and admins only; strangers get
     /// not-found so that call ids do not leak.
-    pub fn get(&self, actor: &Actor, id: &CallId) -> Result<CallSession, SignalError> {
+    pub async fn get(&self, actor: &Actor, id: &CallId) -> Result<CallSession, SignalError> {
         let now = clock::now();
-        if let Some(l) = self.live.lock().get(id) {
-            return visible(actor, &l.call.session).map(|c| c.as_of(now));
+        let live = self.live.lock().get(id).map(|l| l.call.session.clone());
+        if let Some(s) = live {
+            return visible(actor, &s).map(|c| c.as_of(now));
         }
-        match self.out.store.get_call(id)? {
+        match self.out.store.get_call(id).await? {
             Some(c) => visible(actor, &c).map(|c| c.as_of(now)),
             None => Err(not_found()),
         }
     }
 
-    pub fn history(&self, actor: &Actor, mut q: HistoryQuery) -> Result<HistoryPage, SignalError> {
+    pub async fn history(&self, actor: &Actor, mut q: HistoryQuery) -> Result<HistoryPage, SignalError> {
         match (&q.user, actor.is_admin()) {
             (Some(u), false) if u != actor.user() => {
                 return Err(SignalError::Forbidden("userId: only admins may read another user's history".into()))
@@ -170,7 +174,7 @@ impl CallService {
             _ => {}
         }
         let now = clock::now();
-        let mut page = self.out.store.history(&q)?;
+        let mut page = self.out.store.history(&q).await?;
         for c in &mut page.calls {
             *c = c.as_of(now);
         }
@@ -178,42 +182,53 @@ impl CallService {
     }
 
     /// Callee accepts (REST `accept` or `call-accept`).
-    pub fn accept(&self, actor: &Actor, id: &CallId) -> Result<CallSession, SignalError> {
-        self.with_call(actor, id, |c, now| c.accept(actor.user(), actor.conn.as_ref(), now))
+    pub async fn accept(&self, actor: &Actor, id: &CallId) -> Result<CallSession, SignalError> {
+        self.with_call(actor, id, |c, now| c.accept(actor.user(), actor.conn.as_ref(), now)).await
     }
 
     /// `call-answer`: relays the SDP answer; a first answer also accepts.
-    pub fn answer(&self, actor: &Actor, id: &CallId, sdp: String) -> Result<CallSession, SignalError> {
-        self.with_call(actor, id, |c, now| c.answer(actor.user(), actor.conn.as_ref(), sdp, now))
+    pub async fn answer(&self, actor: &Actor, id: &CallId, sdp: String) -> Result<CallSession, SignalError> {
+        self.with_call(actor, id, |c, now| c.answer(actor.user(), actor.conn.as_ref(), sdp, now)).await
     }
 
     /// Relay a candidate to the other party: `candidate` as the sender wrote
     /// it (the parser checked it against SPEC 4).
-    pub fn ice_candidate(&self, actor: &Actor, id: &CallId, candidate: serde_json::Value) -> Result<(), SignalError> {
-        self.relay(actor, id, |call_id, from| ServerEvent::IceCandidate { call_id, from, candidate })
+    pub async fn ice_candidate(
+        &self,
+        actor: &Actor,
+        id: &CallId,
+        candidate: serde_json::Value,
+    ) -> Result<(), SignalError> {
+        self.relay(actor, id, |call_id, from| ServerEvent::IceCandidate { call_id, from, candidate }).await
     }
 
-    pub fn sdp_update(&self, actor: &Actor, id: &CallId, sdp: String, sdp_type: SdpType) -> Result<(), SignalError> {
-        self.relay(actor, id, |call_id, from| ServerEvent::CallSdpUpdate { call_id, from, sdp, sdp_type })
+    pub async fn sdp_update(
+        &self,
+        actor: &Actor,
+        id: &CallId,
+        sdp: String,
+        sdp_type: SdpType,
+    ) -> Result<(), SignalError> {
+        self.relay(actor, id, |call_id, from| ServerEvent::CallSdpUpdate { call_id, from, sdp, sdp_type }).await
     }
 
-    pub fn reject(&self, actor: &Actor, id: &CallId, why: Option<String>) -> Result<CallSession, SignalError> {
-        self.with_call(actor, id, |c, now| c.reject(actor.user(), actor.conn.as_ref(), why, now))
+    pub async fn reject(&self, actor: &Actor, id: &CallId, why: Option<String>) -> Result<CallSession, SignalError> {
+        self.with_call(actor, id, |c, now| c.reject(actor.user(), actor.conn.as_ref(), why, now)).await
     }
 
-    pub fn hangup(&self, actor: &Actor, id: &CallId) -> Result<CallSession, SignalError> {
-        self.with_call(actor, id, |c, now| c.hangup(actor.user(), actor.conn.as_ref(), now))
+    pub async fn hangup(&self, actor: &Actor, id: &CallId) -> Result<CallSession, SignalError> {
+        self.with_call(actor, id, |c, now| c.hangup(actor.user(), actor.conn.as_ref(), now)).await
     }
 
     /// Mute/unmute or camera switch: stored on the participant, pushed to the
     /// other party as `call-participant-updated`.
-    pub fn change_media(
+    pub async fn change_media(
         &self,
         actor: &Actor,
         id: &CallId,
         change: MediaChange,
     ) -> Result<CallParticipant, SignalError> {
-        let session = self.with_call(actor, id, |c, _| c.change_media(actor.user(), &change))?;
+        let session = self.with_call(actor, id, |c, _| c.change_media(actor.user(), &change)).await?;
         session.participant(actor.user()).cloned().ok_or_else(not_found)
     }
 
@@ -243,14 +258,20 @@ impl CallService {
     }
 
     /// `call-stats`: keep the party's latest client-side stats.
-    pub fn record_stats(&self, actor: &Actor, id: &CallId, stats: Vec<serde_json::Value>) -> Result<(), SignalError> {
-        let mut calls = self.live.lock();
-        let l = calls.get_mut(id).filter(|l| l.call.session.is_party(actor.user())).ok_or_else(not_found)?;
-        let slot = l.stats.entry(actor.user().clone()).or_default();
-        slot.1 = std::mem::replace(&mut slot.0, stats);
-        let summary = client_summary(l);
-        drop(calls);
-        self.out.store.put_analytics(&super::room_analytics::key_call(id), &summary)?;
+    pub async fn record_stats(
+        &self,
+        actor: &Actor,
+        id: &CallId,
+        stats: Vec<serde_json::Value>,
+    ) -> Result<(), SignalError> {
+        let summary = {
+            let mut calls = self.live.lock();
+            let l = calls.get_mut(id).filter(|l| l.call.session.is_party(actor.user())).ok_or_else(not_found)?;
+            let slot = l.stats.entry(actor.user().clone()).or_default();
+            slot.1 = std::mem::replace(&mut slot.0, stats);
+            client_summary(l)
+        };
+        self.out.store.put_analytics(&super::room_analytics::key_call(id), &summary).await?;
         Ok(())
     }
 
@@ -270,23 +291,23 @@ impl CallService {
     }
 
     /// One of the call timers fired (the others are not ours).
-    pub fn on_timer(&self, key: &TimerKey) {
+    pub async fn on_timer(&self, key: &TimerKey) {
         match key {
-            TimerKey::RingTimeout(id) => self.on_ring_timeout(id),
+            TimerKey::RingTimeout(id) => self.on_ring_timeout(id).await,
             // A fire may cross the cancel of a reconnect, hence the check.
             TimerKey::ReconnectGrace(user) if !self.out.hub.is_online(user) => {
-                self.end_calls_of(Some(user), reason::DISCONNECTED)
+                self.end_calls_of(Some(user), reason::DISCONNECTED).await
             }
             _ => {}
         }
     }
 
     /// End every live call (shutdown).
-    pub fn end_all(&self, why: &str) {
-        self.end_calls_of(None, why);
+    pub async fn end_all(&self, why: &str) {
+        self.end_calls_of(None, why).await;
     }
 
-    fn end_calls_of(&self, user: Option<&UserId>, why: &str) {
+    async fn end_calls_of(&self, user: Option<&UserId>, why: &str) {
         let ids: Vec<CallId> = self
             .live
             .lock()
@@ -295,27 +316,27 @@ impl CallService {
             .map(|l| l.call.session.id.clone())
             .collect();
         for id in ids {
-            self.server_transition(&id, why);
+            self.server_transition(&id, why).await;
         }
     }
 
-    fn on_ring_timeout(&self, id: &CallId) {
-        let _ = self.transition(id, None, |c, now| c.ring_timeout(now));
+    async fn on_ring_timeout(&self, id: &CallId) {
+        let _ = self.transition(id, None, |c, now| c.ring_timeout(now)).await;
     }
 
     /// A transition the server makes on its own: `call-ended` to both parties.
-    fn server_transition(&self, id: &CallId, why: &str) {
-        let _ = self.transition(id, None, |c, now| c.end(why, now));
+    async fn server_transition(&self, id: &CallId, why: &str) {
+        let _ = self.transition(id, None, |c, now| c.end(why, now)).await;
     }
 
     /// Run a party's action on a live call.
-    fn with_call(
+    async fn with_call(
         &self,
         actor: &Actor,
         id: &CallId,
         f: impl FnOnce(&mut Call, clock::Timestamp) -> Result<Vec<Effect>, CallError>,
     ) -> Result<CallSession, SignalError> {
-        self.transition(id, Some(actor), f)
+        self.transition(id, Some(actor), f).await
     }
 
     /// One action on a live call (by `party`, or by the server when `None`):
@@ -323,56 +344,56 @@ impl CallService {
     /// first; a failed write changes nothing), committed, then sent. Only the
     /// call's own gate is held throughout; the service lock is taken to read
     /// and to commit. A call that reached a final state is retired.
-    fn transition(
+    async fn transition(
         &self,
         id: &CallId,
         party: Option<&Actor>,
         f: impl FnOnce(&mut Call, clock::Timestamp) -> Result<Vec<Effect>, CallError>,
     ) -> Result<CallSession, SignalError> {
         let gate = self.live.lock().get(id).map(|l| Arc::clone(&l.gate));
-        let Some(gate) = gate else { return Err(self.not_live(party, id)) };
-        let _turn = gate.lock();
-        let mut call = match self.live.lock().get(id) {
-            Some(l) => l.call.clone(),
-            // Retired by the action we waited for.
-            None => return Err(self.not_live(party, id)),
-        };
+        let Some(gate) = gate else { return Err(self.not_live(party, id).await) };
+        let _turn = gate.lock().await;
+        let call = self.live.lock().get(id).map(|l| l.call.clone());
+        // None: retired by the action we waited for.
+        let Some(mut call) = call else { return Err(self.not_live(party, id).await) };
         if party.is_some_and(|a| !call.session.is_party(a.user())) {
             return Err(not_found());
         }
         let now = clock::now();
         let effects = f(&mut call, now)?;
         let session = call.session.as_of(now);
-        self.out.carry_out(effects, || {
-            let mut calls = self.live.lock();
-            if let Some(l) = calls.get_mut(id) {
-                l.call = call;
-            }
-            if session.status.is_final() {
-                self.retire(&mut calls, id);
-            }
-        })?;
+        self.out
+            .carry_out(effects, || {
+                let mut calls = self.live.lock();
+                if let Some(l) = calls.get_mut(id) {
+                    l.call = call;
+                }
+                if session.status.is_final() {
+                    self.retire(&mut calls, id);
+                }
+            })
+            .await?;
         Ok(session)
     }
 
     /// The error for an action on a call that is not live: a final call is
     /// 409 for its parties (and admins), anything else 404.
-    fn not_live(&self, party: Option<&Actor>, id: &CallId) -> SignalError {
+    async fn not_live(&self, party: Option<&Actor>, id: &CallId) -> SignalError {
         let Some(actor) = party else { return not_found() };
-        match self.out.store.get_call(id) {
+        match self.out.store.get_call(id).await {
             Ok(Some(c)) if c.is_party(actor.user()) || actor.is_admin() => CallError::Final(c.status.as_str()).into(),
             Ok(_) => not_found(),
             Err(e) => e.into(),
         }
     }
 
-    fn relay(
+    async fn relay(
         &self,
         actor: &Actor,
         id: &CallId,
         make: impl FnOnce(CallId, UserId) -> ServerEvent,
     ) -> Result<(), SignalError> {
-        self.with_call(actor, id, |c, _| c.relay(actor.user(), make)).map(|_| ())
+        self.with_call(actor, id, |c, _| c.relay(actor.user(), make)).await.map(|_| ())
     }
 
     fn retire(&self, calls: &mut HashMap<CallId, LiveCall>, id: &CallId) {

@@ -26,7 +26,7 @@ use super::timers::TimerKey;
 use super::{Actor, SignalError};
 use crate::clock;
 use crate::ids::{MessageId, PeerId, RoomId};
-use crate::model::{ChatMessage, ChatSender};
+use crate::model::{ChatMessage, ChatSender, Room};
 use std::time::{Duration, Instant};
 
 /// Messages a room keeps.
@@ -164,30 +164,47 @@ impl RoomService {
     }
 
     /// [`TimerKey::ChatPersist`] fired.
-    pub(super) fn on_chat_persist(&self, room_id: &RoomId) {
-        if let Some(s) = self.rooms.lock().get_mut(room_id) {
-            self.persist_history(s);
+    pub(super) async fn on_chat_persist(&self, room_id: &RoomId) {
+        let room = self.rooms.lock().get_mut(room_id).and_then(unsaved);
+        if let Some(room) = room {
+            self.persist_history(room).await;
         }
     }
 
     /// Shutdown: write every history not yet written.
-    pub fn persist_all_history(&self) {
-        for s in self.rooms.lock().values_mut() {
-            self.persist_history(s);
+    pub async fn persist_all_history(&self) {
+        let rooms: Vec<Room> = self.rooms.lock().values_mut().filter_map(unsaved).collect();
+        for room in rooms {
+            self.persist_history(room).await;
         }
     }
 
-    /// Written under the rooms lock, so a `DELETE` cannot fall between
-    /// reading the room and writing it back (which would bring it back).
-    fn persist_history(&self, s: &mut RoomState) {
-        if !std::mem::take(&mut s.chat_unsaved) {
+    /// Written from a copy taken under the rooms lock, with no lock held
+    /// across the store write. A `DELETE` that fell in between (it removes the
+    /// room from memory, then from the store) would be undone by this write:
+    /// if the room is gone from memory afterwards, it is deleted again.
+    async fn persist_history(&self, room: Room) {
+        if let Err(e) = self.store.put_room(&room).await {
+            // Delivered already; the next message tries again.
+            tracing::error!(error = %e, room = %room.id, "cannot persist the room's chat history");
+            if let Some(s) = self.rooms.lock().get_mut(&room.id) {
+                s.chat_unsaved = true;
+            }
             return;
         }
-        if let Err(e) = self.store.put_room(&s.room) {
-            // Delivered already; the next message tries again.
-            tracing::error!(error = %e, room = %s.room.id, "cannot persist the room's chat history");
+        let deleted = !self.rooms.lock().contains_key(&room.id);
+        if deleted {
+            if let Err(e) = self.store.delete_room(&room.id).await {
+                tracing::error!(error = %e, room = %room.id, "cannot delete a room deleted while its chat was written");
+            }
         }
     }
+}
+
+/// The room's record, when its history has a message not yet written (and it
+/// is now counted as written).
+fn unsaved(s: &mut RoomState) -> Option<Room> {
+    std::mem::take(&mut s.chat_unsaved).then(|| s.room.clone())
 }
 
 #[cfg(test)]

@@ -58,10 +58,10 @@ impl Outlets {
     /// Carry out one step's effects: the store writes first (a failure stops
     /// there: nothing is committed, sent or timed), then `commit` (the caller
     /// makes the new state visible), then notifications and timers in order.
-    pub fn carry_out(&self, effects: Vec<Effect>, commit: impl FnOnce()) -> Result<(), SignalError> {
+    pub async fn carry_out(&self, effects: Vec<Effect>, commit: impl FnOnce()) -> Result<(), SignalError> {
         for e in &effects {
             if let Effect::Persist(call) = e {
-                self.store.put_call(call)?;
+                self.store.put_call(call).await?;
             }
         }
         commit();

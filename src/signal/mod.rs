@@ -76,6 +76,7 @@ impl SignalError {
             Self::RoomFull => "room-full",
             Self::RateLimited(_) => "rate-limited",
             Self::NotImplemented(_) => "not-implemented",
+            Self::Store(StoreError::Unavailable(_)) => "unavailable",
             Self::Store(_) => "internal",
         }
     }
@@ -83,6 +84,9 @@ impl SignalError {
     /// The message a client may see (never internals).
     pub fn public_message(&self) -> String {
         match self {
+            Self::Store(StoreError::Unavailable(_)) => {
+                "the store this needs (the cluster's Redis) is unavailable; try again shortly".into()
+            }
             Self::Store(_) => "internal error; the server logged the details".into(),
             e => e.to_string(),
         }
@@ -112,33 +116,37 @@ pub struct Signaling {
 impl Signaling {
     /// Graceful shutdown, in SPEC 1's order: tell every client, end every live
     /// call with `server-shutdown`, then close every socket.
-    pub fn shutdown(&self) {
+    pub async fn shutdown(&self) {
         self.hub.broadcast(&messages::ServerEvent::ServerShutdown {});
-        self.calls.end_all(call::reason::SERVER_SHUTDOWN);
+        self.calls.end_all(call::reason::SERVER_SHUTDOWN).await;
         self.rooms.shutdown_media();
-        self.rooms.persist_all_history();
+        self.rooms.persist_all_history().await;
         self.hub.close_all(session::CLOSE_GOING_AWAY, "server shutdown");
     }
 
     /// A scheduler timer fired: the service that set it handles it.
-    pub fn on_timer(&self, key: timers::TimerKey) {
+    pub async fn on_timer(&self, key: timers::TimerKey) {
         use timers::TimerKey::*;
         match &key {
-            RingTimeout(_) | ReconnectGrace(_) => self.calls.on_timer(&key),
-            ReservationExpiry(..) | SeatGrace(..) | ChatPersist(_) => self.rooms.on_timer(&key),
+            RingTimeout(_) | ReconnectGrace(_) => self.calls.on_timer(&key).await,
+            ReservationExpiry(..) | SeatGrace(..) | ChatPersist(_) => self.rooms.on_timer(&key).await,
         }
     }
 
     /// `GET /calls/:id/analytics`: a `mode: "sfu"` call's room analytics
     /// (live, else persisted), or a P2P call's from its clients' `call-stats`.
-    pub fn call_analytics(&self, actor: &Actor, id: &crate::ids::CallId) -> Result<serde_json::Value, SignalError> {
-        let session = self.calls.get(actor, id)?;
+    pub async fn call_analytics(
+        &self,
+        actor: &Actor,
+        id: &crate::ids::CallId,
+    ) -> Result<serde_json::Value, SignalError> {
+        let session = self.calls.get(actor, id).await?;
         let live = (session.mode == crate::model::CallMode::Sfu)
             .then(|| self.rooms.call_analytics(&session.room_id))
             .flatten();
         let mut v = match live {
             Some(v) => v,
-            None => self.rooms.stored_analytics(&room_analytics::key_call(id))?,
+            None => self.rooms.stored_analytics(&room_analytics::key_call(id)).await?,
         };
         v["callId"] = serde_json::json!(session.id);
         v["status"] = serde_json::json!(session.status);
@@ -151,7 +159,7 @@ impl Signaling {
 
     /// The call mute routes: stored on the participant and pushed to the other
     /// party; in `mode: "sfu"` the SFU also stops forwarding that media.
-    pub fn mute_call(
+    pub async fn mute_call(
         &self,
         actor: &Actor,
         id: &crate::ids::CallId,
@@ -162,7 +170,7 @@ impl Signaling {
             crate::model::TrackKind::Audio => calls::MediaChange::Audio(mute),
             crate::model::TrackKind::Video => calls::MediaChange::Video(mute),
         };
-        self.calls.change_media(actor, id, change)?;
+        self.calls.change_media(actor, id, change).await?;
         if let Some(room) = self.calls.sfu_room_of(id) {
             self.rooms.call_mute(&room, actor.user(), kind, mute);
         }

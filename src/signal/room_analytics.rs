@@ -198,27 +198,25 @@ impl RoomService {
         }
     }
 
-    /// Persist the summary when a room's last participant has left.
-    pub(super) fn finish_analytics(&self, s: &mut RoomState) {
+    /// The summary to persist when a room's last participant has left
+    /// (written by the caller once the rooms lock is released).
+    pub(super) fn finish_analytics(&self, s: &mut RoomState) -> AnalyticsWrites {
         if s.has_joined() {
-            return;
+            return AnalyticsWrites::default();
         }
-        let Some(a) = s.analytics.take() else { return };
+        let Some(a) = s.analytics.take() else { return AnalyticsWrites::default() };
         let summary = a.summary(&s.room.id, false);
         let mut keys = vec![key_room(&s.room.id)];
         if let Some(call) = &a.call {
             keys.push(key_call(call));
         }
-        for k in keys {
-            if let Err(e) = self.store.put_analytics(&k, &summary) {
-                tracing::error!(error = %e, key = %k, "cannot persist analytics");
-            }
-        }
+        AnalyticsWrites(keys.into_iter().map(|k| (k, summary.clone())).collect())
     }
 
     /// `GET /rooms/:id/analytics`: live while the room has participants, then
     /// the persisted summary.
-    pub fn analytics(&self, actor: &super::Actor, id: &RoomId) -> Result<serde_json::Value, super::SignalError> {
+    pub async fn analytics(&self, actor: &super::Actor, id: &RoomId) -> Result<serde_json::Value, super::SignalError> {
+        self.load(id).await?;
         let exists = {
             let mut rooms = self.rooms.lock();
             match rooms.get_mut(id) {
@@ -232,7 +230,7 @@ impl RoomService {
                 None => false,
             }
         };
-        let v = self.stored_analytics(&key_room(id))?;
+        let v = self.stored_analytics(&key_room(id)).await?;
         // A deleted room's history is for its participants and admins only.
         let took_part =
             v["participants"].as_array().is_some_and(|ps| ps.iter().any(|p| p["userId"] == actor.user().as_str()));
@@ -248,8 +246,32 @@ impl RoomService {
         rooms.get(room).and_then(|s| s.analytics.as_ref().map(|a| a.summary(room, true)))
     }
 
-    pub fn stored_analytics(&self, key: &str) -> Result<serde_json::Value, super::SignalError> {
-        self.store.get_analytics(key)?.ok_or_else(|| super::SignalError::NotFound("no analytics recorded yet".into()))
+    pub async fn stored_analytics(&self, key: &str) -> Result<serde_json::Value, super::SignalError> {
+        self.store
+            .get_analytics(key)
+            .await?
+            .ok_or_else(|| super::SignalError::NotFound("no analytics recorded yet".into()))
+    }
+}
+
+/// Summaries taken under the rooms lock, to be written to the store after it
+/// is released (no lock is held across a store write).
+#[must_use = "write them once the rooms lock is released"]
+#[derive(Default)]
+pub(super) struct AnalyticsWrites(Vec<(String, serde_json::Value)>);
+
+impl AnalyticsWrites {
+    pub(super) fn add(&mut self, more: AnalyticsWrites) {
+        self.0.extend(more.0);
+    }
+
+    /// Write each summary; a failure is logged (nobody waits on a summary).
+    pub(super) async fn write(self, store: &dyn crate::store::Store) {
+        for (k, summary) in self.0 {
+            if let Err(e) = store.put_analytics(&k, &summary).await {
+                tracing::error!(error = %e, key = %k, "cannot persist analytics");
+            }
+        }
     }
 }
 

@@ -9,6 +9,7 @@
 
 use super::hub::{Hub, To};
 use super::messages::ServerEvent;
+use super::room_analytics::AnalyticsWrites;
 use super::rooms_live::Live;
 use super::timers::{TimerKey, Timers};
 use super::{Actor, SignalError};
@@ -162,14 +163,14 @@ pub struct RoomOptions {
 
 impl RoomService {
     /// Load the persisted rooms (empty) and start.
-    pub fn open(
+    pub async fn open(
         store: Arc<dyn Store>,
         hub: Arc<Hub>,
         metrics: Metrics,
         opts: RoomOptions,
     ) -> Result<Arc<Self>, SignalError> {
         let rooms: HashMap<RoomId, RoomState> =
-            store.rooms()?.into_iter().map(|r| (r.id.clone(), RoomState::new(r))).collect();
+            store.rooms().await?.into_iter().map(|r| (r.id.clone(), RoomState::new(r))).collect();
         metrics.rooms_active.set(rooms.len() as i64);
         Ok(Arc::new(Self {
             store,
@@ -186,7 +187,7 @@ impl RoomService {
         }))
     }
 
-    pub fn create(&self, actor: &Actor, req: NewRoom) -> Result<Room, SignalError> {
+    pub async fn create(&self, actor: &Actor, req: NewRoom) -> Result<Room, SignalError> {
         let name = req.name.trim();
         if name.is_empty() || name.len() > 128 || name.chars().any(char::is_control) {
             return Err(SignalError::BadRequest("name: 1 to 128 printable characters".into()));
@@ -208,16 +209,47 @@ impl RoomService {
             participants: Vec::new(),
             messages: Vec::new(),
         };
-        self.store.put_room(&room)?;
+        self.store.put_room(&room).await?;
         let mut rooms = self.rooms.lock();
         rooms.insert(room.id.clone(), RoomState::new(room.clone()));
         self.metrics.rooms_active.set(rooms.len() as i64);
         Ok(room)
     }
 
+    /// In a cluster, a room another node created is in the shared store but
+    /// not here yet: bring it in (empty, as after a restart). Nothing to do
+    /// with a store of one's own, where every room was loaded at start.
+    pub async fn load(&self, id: &RoomId) -> Result<(), SignalError> {
+        if !self.store.is_shared() || self.rooms.lock().contains_key(id) {
+            return Ok(());
+        }
+        if let Some(room) = self.store.get_room(id).await? {
+            self.adopt(vec![room]);
+        }
+        Ok(())
+    }
+
+    /// [`Self::load`] for every room of the shared store.
+    async fn load_all(&self) -> Result<(), SignalError> {
+        if self.store.is_shared() {
+            let stored = self.store.rooms().await?;
+            self.adopt(stored);
+        }
+        Ok(())
+    }
+
+    fn adopt(&self, stored: Vec<Room>) {
+        let mut rooms = self.rooms.lock();
+        for room in stored {
+            rooms.entry(room.id.clone()).or_insert_with(|| RoomState::new(room));
+        }
+        self.metrics.rooms_active.set(rooms.len() as i64);
+    }
+
     /// Public rooms plus the actor's own (created, joined, or listed in the
     /// token), newest first.
-    pub fn list(&self, actor: &Actor, limit: usize, offset: usize) -> (Vec<Room>, usize) {
+    pub async fn list(&self, actor: &Actor, limit: usize, offset: usize) -> Result<(Vec<Room>, usize), SignalError> {
+        self.load_all().await?;
         let now = Instant::now();
         let mut rooms = self.rooms.lock();
         let mut visible: Vec<Room> = rooms
@@ -230,10 +262,11 @@ impl RoomService {
             .collect();
         visible.sort_by(|a, b| b.created_at.cmp(&a.created_at).then_with(|| a.id.cmp(&b.id)));
         let total = visible.len();
-        (visible.into_iter().skip(offset).take(limit).collect(), total)
+        Ok((visible.into_iter().skip(offset).take(limit).collect(), total))
     }
 
-    pub fn get(&self, actor: &Actor, id: &RoomId) -> Result<Room, SignalError> {
+    pub async fn get(&self, actor: &Actor, id: &RoomId) -> Result<Room, SignalError> {
+        self.load(id).await?;
         let mut rooms = self.rooms.lock();
         let s = find(&mut rooms, id)?;
         check_access(actor, s)?;
@@ -242,7 +275,8 @@ impl RoomService {
     }
 
     /// Reserve a seat: `POST /rooms/:id/join`.
-    pub fn reserve(&self, actor: &Actor, id: &RoomId) -> Result<(Room, PeerId), SignalError> {
+    pub async fn reserve(&self, actor: &Actor, id: &RoomId) -> Result<(Room, PeerId), SignalError> {
+        self.load(id).await?;
         let now = Instant::now();
         let mut rooms = self.rooms.lock();
         let s = find(&mut rooms, id)?;
@@ -261,7 +295,7 @@ impl RoomService {
     }
 
     /// One of the room timers fired (the others are not ours).
-    pub fn on_timer(&self, key: &TimerKey) {
+    pub async fn on_timer(&self, key: &TimerKey) {
         match key {
             TimerKey::ReservationExpiry(room, peer) => {
                 let mut rooms = self.rooms.lock();
@@ -269,44 +303,59 @@ impl RoomService {
                 // Bound, given up or expired meanwhile: nothing left to do.
                 s.participants.retain(|p| p.peer() != peer || p.live().is_some());
             }
-            TimerKey::SeatGrace(room, peer) => self.on_seat_grace(room, peer),
-            TimerKey::ChatPersist(room) => self.on_chat_persist(room),
+            TimerKey::SeatGrace(room, peer) => self.on_seat_grace(room, peer).await,
+            TimerKey::ChatPersist(room) => self.on_chat_persist(room).await,
             _ => {}
         }
     }
 
     /// `POST /rooms/:id/leave`: the actor's seats in the room are given up.
-    pub fn leave(&self, actor: &Actor, id: &RoomId) -> Result<(), SignalError> {
-        let mut rooms = self.rooms.lock();
-        let s = find(&mut rooms, id)?;
-        check_access(actor, s)?;
-        let before = s.participants.len();
-        let live: Vec<PeerId> = s
-            .joined()
-            .filter(|(seat, _)| &seat.user_id == actor.user())
-            .map(|(seat, _)| seat.peer_id.clone())
-            .collect();
-        for p in live {
-            self.remove_live(s, &p);
-        }
-        s.participants.retain(|p| &p.seat.user_id != actor.user());
-        if s.participants.len() == before {
-            return Err(SignalError::NotFound("you are not a participant of this room".into()));
-        }
+    pub async fn leave(&self, actor: &Actor, id: &RoomId) -> Result<(), SignalError> {
+        let writes = {
+            let mut rooms = self.rooms.lock();
+            let s = find(&mut rooms, id)?;
+            check_access(actor, s)?;
+            let before = s.participants.len();
+            let live: Vec<PeerId> = s
+                .joined()
+                .filter(|(seat, _)| &seat.user_id == actor.user())
+                .map(|(seat, _)| seat.peer_id.clone())
+                .collect();
+            let mut writes = AnalyticsWrites::default();
+            for p in live {
+                writes.add(self.remove_live(s, &p));
+            }
+            s.participants.retain(|p| &p.seat.user_id != actor.user());
+            if s.participants.len() == before {
+                return Err(SignalError::NotFound("you are not a participant of this room".into()));
+            }
+            writes
+        };
+        writes.write(self.store.as_ref()).await;
         Ok(())
     }
 
     /// `DELETE /rooms/:id`: creator or admin; participants get `room-deleted`.
-    pub fn delete(&self, actor: &Actor, id: &RoomId) -> Result<(), SignalError> {
-        let mut rooms = self.rooms.lock();
-        let s = find(&mut rooms, id)?;
-        if &s.room.created_by != actor.user() && !actor.is_admin() {
-            return Err(SignalError::Forbidden("only the room's creator or an admin may delete it".into()));
+    pub async fn delete(&self, actor: &Actor, id: &RoomId) -> Result<(), SignalError> {
+        self.load(id).await?;
+        {
+            let mut rooms = self.rooms.lock();
+            let s = find(&mut rooms, id)?;
+            if &s.room.created_by != actor.user() && !actor.is_admin() {
+                return Err(SignalError::Forbidden("only the room's creator or an admin may delete it".into()));
+            }
         }
-        self.store.delete_room(id)?;
-        let mut s = rooms.remove(id).expect("found above");
-        self.metrics.rooms_active.set(rooms.len() as i64);
-        drop(rooms);
+        // The lock is not held across the write: the room stays (and may
+        // take joins) until the store has its deletion, then goes.
+        self.store.delete_room(id).await?;
+        let removed = {
+            let mut rooms = self.rooms.lock();
+            let removed = rooms.remove(id);
+            self.metrics.rooms_active.set(rooms.len() as i64);
+            removed
+        };
+        // Gone meanwhile: a concurrent delete finished first.
+        let Some(mut s) = removed else { return Ok(()) };
         let joined: Vec<PeerId> = s.joined().map(|(seat, _)| seat.peer_id.clone()).collect();
         for p in &joined {
             self.metrics.participants_active.dec();
@@ -318,7 +367,7 @@ impl RoomService {
             }
         }
         let seats: Vec<RoomParticipant> = s.participants.drain(..).map(|p| p.seat).collect();
-        self.finish_analytics(&mut s);
+        self.finish_analytics(&mut s).write(self.store.as_ref()).await;
         let ev = ServerEvent::RoomDeleted { room_id: id.clone() };
         let mut told = std::collections::HashSet::new();
         for p in &seats {

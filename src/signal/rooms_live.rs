@@ -9,6 +9,7 @@
 use super::hub::To;
 use super::messages::PcRole;
 use super::messages::{IceCandidate, ServerEvent, Speaker, TrackAnnouncement};
+use super::room_analytics::AnalyticsWrites;
 use super::rooms::{check_access, expire, find, Participant, Presence, RoomService, RoomState};
 use super::timers::TimerKey;
 use super::{Actor, SignalError};
@@ -264,19 +265,25 @@ impl RoomService {
     }
 
     /// `room-leave`.
-    pub fn leave_ws(&self, actor: &Actor, room_id: &RoomId) -> Result<(), SignalError> {
-        let mut rooms = self.rooms.lock();
-        let s = find(&mut rooms, room_id)?;
-        let (peer, _) = Self::my_peer(actor, s)?;
-        self.remove_live(s, &peer);
-        self.remove_if_finished_call(&mut rooms, room_id);
+    pub async fn leave_ws(&self, actor: &Actor, room_id: &RoomId) -> Result<(), SignalError> {
+        let writes = {
+            let mut rooms = self.rooms.lock();
+            let s = find(&mut rooms, room_id)?;
+            let (peer, _) = Self::my_peer(actor, s)?;
+            let writes = self.remove_live(s, &peer);
+            self.remove_if_finished_call(&mut rooms, room_id);
+            writes
+        };
+        writes.write(self.store.as_ref()).await;
         Ok(())
     }
 
     /// A joined participant leaves: the others hear `track-unpublished` for
-    /// each of its tracks and `participant-left`; its media stops.
-    pub(super) fn remove_live(&self, s: &mut RoomState, peer: &PeerId) {
-        let Some(p) = self.drop_live(s, peer) else { return };
+    /// each of its tracks and `participant-left`; its media stops. The
+    /// room's summary, if this was the last one, is for the caller to write
+    /// once the rooms lock is released.
+    pub(super) fn remove_live(&self, s: &mut RoomState, peer: &PeerId) -> AnalyticsWrites {
+        let Some(p) = self.drop_live(s, peer) else { return AnalyticsWrites::default() };
         if let Some(m) = &self.media {
             m.send(Command::Leave { peer: peer.clone() });
         }
@@ -289,7 +296,7 @@ impl RoomService {
         if let Some(a) = s.analytics.as_mut() {
             a.left(peer);
         }
-        self.finish_analytics(s);
+        self.finish_analytics(s)
     }
 
     /// Take a joined participant's seat out of the room (a reserved one stays).
@@ -320,14 +327,19 @@ impl RoomService {
     }
 
     /// A dropped participant's grace ran out: it leaves unless it rejoined.
-    pub(super) fn on_seat_grace(&self, room_id: &RoomId, peer: &PeerId) {
-        let mut rooms = self.rooms.lock();
-        let Some(s) = rooms.get_mut(room_id) else { return };
-        if s.seat(peer).and_then(Participant::live).is_some_and(|l| l.dropped) {
-            tracing::debug!(%room_id, %peer, "participant's WebSocket did not come back; leaving the room");
-            self.remove_live(s, peer);
-        }
-        self.remove_if_finished_call(&mut rooms, room_id);
+    pub(super) async fn on_seat_grace(&self, room_id: &RoomId, peer: &PeerId) {
+        let writes = {
+            let mut rooms = self.rooms.lock();
+            let Some(s) = rooms.get_mut(room_id) else { return };
+            let mut writes = AnalyticsWrites::default();
+            if s.seat(peer).and_then(Participant::live).is_some_and(|l| l.dropped) {
+                tracing::debug!(%room_id, %peer, "participant's WebSocket did not come back; leaving the room");
+                writes = self.remove_live(s, peer);
+            }
+            self.remove_if_finished_call(&mut rooms, room_id);
+            writes
+        };
+        writes.write(self.store.as_ref()).await;
     }
 
     /// A `mode: "sfu"` call's room: private, two seats, for its two parties.

@@ -101,7 +101,7 @@ where
                 last_seen = Instant::now();
                 match frame {
                     Frame::Text(text) => {
-                        let step = state.on_text(&text, signal, limits);
+                        let step = state.on_text(&text, signal, limits).await;
                         for ev in step.replies {
                             if sink.send(Frame::Text(ev.to_text())).await.is_err() {
                                 break;
@@ -196,7 +196,7 @@ struct Step {
 }
 
 impl State {
-    fn on_text(&mut self, text: &str, signal: &Signaling, limits: &Limits) -> Step {
+    async fn on_text(&mut self, text: &str, signal: &Signaling, limits: &Limits) -> Step {
         let mut step = Step::default();
         if text.len() > limits.max_message {
             self.oversized += 1;
@@ -233,7 +233,7 @@ impl State {
             }
         };
         let started = std::time::Instant::now();
-        match self.dispatch(msg, req_id.clone(), signal, &mut step) {
+        match self.dispatch(msg, req_id.clone(), signal, &mut step).await {
             Ok(Some(reply)) => step.replies.push(reply),
             Ok(None) => {}
             Err(e) => {
@@ -247,7 +247,7 @@ impl State {
         step
     }
 
-    fn dispatch(
+    async fn dispatch(
         &mut self,
         msg: ClientMessage,
         req_id: Option<Value>,
@@ -282,21 +282,24 @@ impl State {
                     mode: mode.unwrap_or_default(),
                     sdp,
                 };
-                let s = calls.create(a, req)?;
+                let s = calls.create(a, req).await?;
                 Some(ServerEvent::CallCreated { req_id, room_id: s.room_id.clone(), call_session: s })
             }
-            ClientMessage::CallAccept { call_id } => calls.accept(a, &call_id).map(|_| None)?,
-            ClientMessage::CallAnswer { call_id, sdp } => calls.answer(a, &call_id, sdp).map(|_| None)?,
+            ClientMessage::CallAccept { call_id } => calls.accept(a, &call_id).await.map(|_| None)?,
+            ClientMessage::CallAnswer { call_id, sdp } => calls.answer(a, &call_id, sdp).await.map(|_| None)?,
             ClientMessage::IceCandidate { call_id, as_sent, .. } => {
-                calls.ice_candidate(a, &call_id, as_sent).map(|_| None)?
+                calls.ice_candidate(a, &call_id, as_sent).await.map(|_| None)?
             }
             ClientMessage::CallSdpUpdate { call_id, sdp, sdp_type } => {
-                calls.sdp_update(a, &call_id, sdp, sdp_type).map(|_| None)?
+                calls.sdp_update(a, &call_id, sdp, sdp_type).await.map(|_| None)?
             }
-            ClientMessage::CallReject { call_id, reason } => calls.reject(a, &call_id, reason).map(|_| None)?,
-            ClientMessage::CallHangup { call_id } => calls.hangup(a, &call_id).map(|_| None)?,
-            ClientMessage::CallStats { call_id, stats } => calls.record_stats(a, &call_id, stats).map(|_| None)?,
+            ClientMessage::CallReject { call_id, reason } => calls.reject(a, &call_id, reason).await.map(|_| None)?,
+            ClientMessage::CallHangup { call_id } => calls.hangup(a, &call_id).await.map(|_| None)?,
+            ClientMessage::CallStats { call_id, stats } => {
+                calls.record_stats(a, &call_id, stats).await.map(|_| None)?
+            }
             ClientMessage::RoomJoin { room_id, peer_id } => {
+                signal.rooms.load(&room_id).await?;
                 if let Some((call, name, parties)) = calls.sfu_room(a, &room_id) {
                     signal.rooms.ensure_call_room(&room_id, &call, name.as_deref(), parties);
                 }
@@ -323,7 +326,7 @@ impl State {
                 let ceiling = quality.map(super::messages::Quality::ceiling);
                 signal.rooms.track_subscribe(a, &room_id, track_id, subscribe, ceiling).map(|_| None)?
             }
-            ClientMessage::RoomLeave { room_id } => signal.rooms.leave_ws(a, &room_id).map(|_| None)?,
+            ClientMessage::RoomLeave { room_id } => signal.rooms.leave_ws(a, &room_id).await.map(|_| None)?,
             ClientMessage::RoomMessage { room_id, text, to } => {
                 signal.rooms.send_message(a, &room_id, text, to).map(|_| None)?
             }

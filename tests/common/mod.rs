@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod netns;
+pub mod redis;
 pub mod simulcast_aiortc;
 
 use confer::app::Server;
