@@ -21,12 +21,13 @@ const axe = require('./axe');
     page.on('console', (m) => { if (m.type() === 'error') errors.push(`${name}: ${m.text()}`); });
     page.on('pageerror', (e) => errors.push(`${name}: ${e.message}`));
     await page.goto(`${base}/?name=${name}&room=${room}`);
-    await page.waitForFunction(() => window.confer?.peerId, null, { timeout: 15000 });
+    // Joining waits for the camera, the socket and room-joined: slow when other browser tests share the 2 cores.
+    await page.waitForFunction(() => window.confer?.peerId, null, { timeout: 45000 });
     return page;
   };
   const rows = (p) => p.evaluate(() => [...document.querySelectorAll('#people li')].map((li) => li.textContent));
   const log = (p) => p.evaluate(() => [...document.querySelectorAll('#chat-log .text')].map((t) => t.textContent));
-  const waitText = (p, text) => p.waitForFunction((t) => [...document.querySelectorAll('#chat-log .text')].some((e) => e.textContent === t), text, { timeout: 10000 });
+  const waitText = (p, text) => p.waitForFunction((t) => [...document.querySelectorAll('#chat-log .text')].some((e) => e.textContent === t), text, { timeout: 20000 });
 
   const alice = await join('Alice');
   const bob = await join('Bob');
