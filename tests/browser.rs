@@ -17,6 +17,7 @@ use std::time::Duration;
 
 #[test]
 fn two_browsers_hold_a_call_through_the_page() {
+    let _slot = common::heavy_slot();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser/call.js");
     let modules = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser/node_modules/playwright-core");
     assert!(std::path::Path::new(modules).exists(), "playwright-core is missing: run scripts/setup-test-deps.sh");
@@ -37,6 +38,7 @@ fn two_browsers_hold_a_call_through_the_page() {
 }
 
 fn browser_room(relay: bool) -> serde_json::Value {
+    let _slot = common::heavy_slot();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser/room.js");
     let dir = tempfile::tempdir().unwrap();
     // Relayed media reaches the SFU on 127.0.0.1: let TURN relay to loopback.
@@ -95,6 +97,7 @@ fn the_room_works_with_every_browser_forced_through_turn() {
 
 #[test]
 fn the_page_explains_a_full_room_a_denied_camera_and_an_expired_token() {
+    let _slot = common::heavy_slot();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser/messages.js");
     let dir = tempfile::tempdir().unwrap();
     let server = ChildServer::spawn(dir.path(), &[("CONFER_AUTH_ALLOW_GUESTS", "true")]);
@@ -117,6 +120,7 @@ fn the_page_explains_a_full_room_a_denied_camera_and_an_expired_token() {
 
 #[test]
 fn three_browsers_chat_send_a_direct_message_and_see_a_raised_hand() {
+    let _slot = common::heavy_slot();
     let dir = tempfile::tempdir().unwrap();
     let server = ChildServer::spawn(
         dir.path(),
@@ -153,6 +157,7 @@ fn three_browsers_chat_send_a_direct_message_and_see_a_raised_hand() {
 
 #[test]
 fn the_lobby_previews_the_devices_and_joins_with_the_remembered_choice() {
+    let _slot = common::heavy_slot();
     let dir = tempfile::tempdir().unwrap();
     let server = ChildServer::spawn(dir.path(), &[("CONFER_AUTH_ALLOW_GUESTS", "true")]);
     let s = common::run_node_summary("prejoin.js", &format!("http://{}", server.addr), Duration::from_secs(90));

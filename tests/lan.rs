@@ -15,6 +15,7 @@ use std::process::{Command, Stdio};
 
 #[test]
 fn lan_mode_serves_a_browser_call_at_the_printed_https_address() {
+    let _slot = common::heavy_slot();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser/lan.js");
     let modules = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser/node_modules/playwright-core");
     assert!(std::path::Path::new(modules).exists(), "playwright-core is missing: run scripts/setup-test-deps.sh");

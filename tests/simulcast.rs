@@ -46,6 +46,7 @@ fn has_update(updates: &Value, track: &Value, layer: &str, reason: Option<&str>)
 
 #[test]
 fn browser_subscribers_each_get_the_simulcast_layer_they_ask_for() {
+    let _slot = common::heavy_slot();
     let modules = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser/node_modules/playwright-core");
     assert!(std::path::Path::new(modules).exists(), "playwright-core is missing: run scripts/setup-test-deps.sh");
     assert!(std::path::Path::new("/usr/bin/chromium").exists(), "chromium is missing: run scripts/setup-test-deps.sh");

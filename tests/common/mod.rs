@@ -374,6 +374,31 @@ impl TestServer {
     }
 }
 
+/// One Chromium scenario at a time across every test thread and test binary
+/// (an exclusive `flock` on a file in the temp dir, held until the guard
+/// drops). Each scenario runs two to nine Chromium pages, some with aiortc
+/// decoding 720p beside them; four at once on a 2-core host (cargo's default
+/// threads) starved the pages until their own timeouts fired (CI, stop 20:
+/// a lobby that took over 10 s to show). Waiting here costs no test its
+/// timeouts: the scripts start their clocks after this returns.
+#[allow(dead_code)]
+pub fn heavy_slot() -> std::fs::File {
+    use std::os::fd::AsRawFd;
+    let path = std::env::temp_dir().join("confer-tests-heavy.lock");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    // SAFETY: flock on a descriptor this function owns; the lock goes with it.
+    while unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
+        let e = std::io::Error::last_os_error();
+        assert_eq!(e.kind(), std::io::ErrorKind::Interrupted, "flock {}: {e}", path.display());
+    }
+    f
+}
+
 /// An installed tool (coturn's, promtool...) by name; a missing one fails the
 /// test with what to run, never skips it.
 pub fn tool(name: &str) -> std::path::PathBuf {

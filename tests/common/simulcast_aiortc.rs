@@ -7,9 +7,6 @@ use super::{python, run_node_summary_with, ChildServer};
 use serde_json::Value;
 use std::time::Duration;
 
-/// One scenario at a time: each has a Chromium encoding three layers and Python
-/// decoding two 720p streams; two at once would starve a 2-core host.
-static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 /// The publisher stays this long; the subscriber script needs at most about 120 s.
 pub const PUBLISH_SECONDS: &str = "150";
 pub const PUBLISH_LIMIT: Duration = Duration::from_secs(200);
@@ -42,7 +39,7 @@ pub fn has_update(s: &Value, who: &str, layer: &str, reason: &str) -> bool {
 /// A server, a Chromium publisher in `room` and sfu_simulcast.py in `mode`:
 /// (the script's summary, the publisher's, the summary without samples for messages).
 pub fn run(room: &str, mode: &str, env: &[(&str, &str)]) -> (Value, Value, String) {
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = super::heavy_slot();
     let modules = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser/node_modules/playwright-core");
     assert!(std::path::Path::new(modules).exists(), "playwright-core is missing: run scripts/setup-test-deps.sh");
     assert!(std::path::Path::new("/usr/bin/chromium").exists(), "chromium is missing: run scripts/setup-test-deps.sh");
