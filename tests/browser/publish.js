@@ -13,7 +13,7 @@ const { chromium } = require('playwright-core');
 const [base, room, seconds] = process.argv.slice(2);
 if (!base || !room) { console.error('usage: node publish.js http://HOST:PORT ROOM SECONDS'); process.exit(2); }
 const T0 = Date.now();
-const summary = { base, room, joinedMs: null, errors: [], publishLayers: [], layers: null, crash: null, elapsedMs: 0 };
+const summary = { base, room, joinedMs: null, degradation: null, errors: [], publishLayers: [], layers: null, crash: null, elapsedMs: 0 };
 let browser = null;
 let page = null;
 let finished = false;
@@ -24,7 +24,7 @@ async function layers() {
     const pc = window.confer && window.confer.pub;
     if (!pc) return out;
     (await pc.getStats()).forEach((s) => {
-      if (s.type === 'outbound-rtp' && s.kind === 'video' && s.rid) out[s.rid] = { bytesSent: s.bytesSent, frameWidth: s.frameWidth ?? null };
+      if (s.type === 'outbound-rtp' && s.kind === 'video' && s.rid) out[s.rid] = { bytesSent: s.bytesSent, frameWidth: s.frameWidth ?? null, limitedBy: s.qualityLimitationReason ?? null };
     });
     return out;
   });
@@ -58,6 +58,21 @@ process.on('SIGTERM', () => finish(null));
   await page.click('#room-form button[type=submit]');
   await page.waitForSelector('#stage:not([hidden])', { timeout: 15000 });
   summary.joinedMs = Date.now() - T0;
+  // Chromium answers a busy CPU by scaling its camera input down, and at
+  // 640x360 libwebrtc encodes two simulcast layers, not three (f stops, q
+  // comes out 160 wide). These tests are about the SFU's choice among three
+  // layers, so on a busy test host the publisher keeps its resolution and
+  // gives up frame rate instead. (The two layers seen in CI, stop 20, had
+  // another cause: the lobby's preview held the camera at 640x480.)
+  summary.degradation = await page.waitForFunction(async () => {
+    const pc = window.confer && window.confer.pub;
+    const s = pc && pc.getSenders().find((x) => x.track && x.track.kind === 'video');
+    if (!s) return null;
+    const p = s.getParameters();
+    p.degradationPreference = 'maintain-resolution';
+    await s.setParameters(p);
+    return s.getParameters().degradationPreference ?? 'unsupported';
+  }, null, { timeout: 15000 }).then((h) => h.jsonValue());
   console.log('joined');
   await new Promise((r) => setTimeout(r, Number(seconds || 60) * 1000));
   await finish(null);

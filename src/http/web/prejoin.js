@@ -38,7 +38,11 @@ export async function start() {
   const c = choice();
   try {
     stream = await navigator.mediaDevices.getUserMedia({
-      video: c.camera ? { deviceId: { exact: c.camera } } : true,
+      // The size a room asks for (app.js getMedia): Chromium shares an open
+      // camera between its streams at the first opener's size, so a 640x480
+      // preview still closing when the room asks for 720p left the room
+      // 640x360, which libwebrtc encodes as two simulcast layers, not three.
+      video: { width: 1280, height: 720, ...(c.camera ? { deviceId: { exact: c.camera } } : {}) },
       audio: c.mic ? { deviceId: { exact: c.mic } } : true,
     });
   } catch (e) {
