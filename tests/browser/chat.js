@@ -64,7 +64,8 @@ const axe = require('./axe');
   }
   // Carol opens the chat: the count goes, the log was there all along.
   await carol.click('#toggle-chat');
-  const carolUnreadAfter = await carol.evaluate(() => document.getElementById('unread').hidden);
+  // Gone from the screen, not only marked hidden (a display rule once kept a red "0").
+  const carolUnreadAfter = await carol.evaluate(() => { const u = document.getElementById('unread'); return u.hidden && getComputedStyle(u).display === 'none'; });
 
   // Bob raises his hand (keyboard); Alice and Carol see it in their lists.
   await bob.focus('#raise-hand');
