@@ -383,7 +383,6 @@ impl TestServer {
 /// timeouts: the scripts start their clocks after this returns.
 #[allow(dead_code)]
 pub fn heavy_slot() -> std::fs::File {
-    use std::os::fd::AsRawFd;
     let path = std::env::temp_dir().join("confer-tests-heavy.lock");
     let f = std::fs::OpenOptions::new()
         .create(true)
@@ -391,11 +390,8 @@ pub fn heavy_slot() -> std::fs::File {
         .write(true)
         .open(&path)
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    // SAFETY: flock on a descriptor this function owns; the lock goes with it.
-    while unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
-        let e = std::io::Error::last_os_error();
-        assert_eq!(e.kind(), std::io::ErrorKind::Interrupted, "flock {}: {e}", path.display());
-    }
+    // An exclusive flock on this descriptor; it goes with the file.
+    f.lock().unwrap_or_else(|e| panic!("lock {}: {e}", path.display()));
     f
 }
 

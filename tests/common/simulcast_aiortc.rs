@@ -67,6 +67,9 @@ pub fn run(room: &str, mode: &str, env: &[(&str, &str)]) -> (Value, Value, Strin
     let p = publisher.join().expect("the publisher thread");
     drop(server);
     assert!(p["crash"].is_null() && p["errors"] == serde_json::json!([]), "publisher: {p}");
+    // Under CPU load libwebrtc would otherwise shrink the layers, and the
+    // subscribers would see a resolution the test did not ask for.
+    assert_eq!(p["degradation"], "maintain-resolution", "the publisher's degradationPreference: {p}");
     for rid in ["q", "h", "f"] {
         assert!(p["layers"][rid]["bytesSent"].as_u64().unwrap_or(0) > 0, "Chromium sent no {rid} layer: {p}");
     }
