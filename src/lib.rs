@@ -17,6 +17,8 @@
 //! - [`turn`]: the TURN server and TURN REST credentials.
 //! - [`loadtest`]: `confer loadtest`, webrtc-rs clients that load a running
 //!   server over its public interfaces (a client of the server, not part of it).
+//! - [`cluster`]: with `cluster.redis_url`, this node's heartbeats and where
+//!   rooms live (SPEC 13), on Redis; implements signaling's placement.
 //! - [`store`]: persistence behind the [`store::Store`] trait (sled on disk; Redis for a cluster).
 //! - [`metrics`]: the Prometheus registry and every metric confer exports.
 //! - [`analytics`]: pure call-quality calculators (RFC 3550 statistics, RTT,
@@ -30,6 +32,7 @@ pub mod analytics;
 pub mod app;
 pub mod auth;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod http;
 pub mod ids;

@@ -21,6 +21,8 @@ pub struct Metrics {
     pub http_request_duration_seconds: HistogramVec,
     pub signal_relay_seconds: Histogram,
     pub participants_active: IntGauge,
+    /// Live nodes of the cluster this node sees (itself included; 1 alone).
+    pub cluster_nodes: IntGauge,
     pub media: MediaMetrics,
     pub quality: QualityMetrics,
 }
@@ -61,6 +63,11 @@ impl Metrics {
                 "Participants joined to a room over /rtc (calls in sfu mode included)",
             )
             .unwrap(),
+            cluster_nodes: IntGauge::new(
+                "confer_cluster_nodes",
+                "Live nodes of the cluster, as of this node's last read of the heartbeats (1 without a cluster)",
+            )
+            .unwrap(),
             media: MediaMetrics::new(&registry),
             quality: QualityMetrics::new(&registry),
             registry,
@@ -74,6 +81,8 @@ impl Metrics {
         r.register(Box::new(m.http_request_duration_seconds.clone())).unwrap();
         r.register(Box::new(m.signal_relay_seconds.clone())).unwrap();
         r.register(Box::new(m.participants_active.clone())).unwrap();
+        r.register(Box::new(m.cluster_nodes.clone())).unwrap();
+        m.cluster_nodes.set(1);
         r.register(Box::new(CpuCollector::new())).unwrap();
         let build = IntGaugeVec::new(
             Opts::new("confer_build_info", "Always 1; its version label says which build of confer is running"),
@@ -303,6 +312,11 @@ impl MediaMetrics {
 
     pub fn forwarded(&self, kind: TrackKind) -> IntCounter {
         self.forwarded[kind_index(kind)].clone()
+    }
+
+    /// RTP packets forwarded so far, audio and video.
+    pub fn forwarded_packets(&self) -> u64 {
+        self.forwarded.iter().map(IntCounter::get).sum()
     }
 
     pub fn forwarded_bytes(&self, kind: TrackKind) -> IntCounter {

@@ -44,6 +44,8 @@ pub struct Server {
     state: AppState,
     signal: Arc<Signaling>,
     store: Arc<dyn Store>,
+    /// This node's membership, with `cluster.redis_url`.
+    cluster: Option<Arc<crate::cluster::Cluster>>,
     media_addr: SocketAddr,
     /// What a person can open: the HTTP address, or on a wildcard one per
     /// usable interface address.
@@ -175,6 +177,25 @@ impl Server {
         let media_addr = media.local_addr();
         tracing::info!(workers, ports = ?media.local_addrs(), "SFU workers");
 
+        let http_ips = crate::netif::advertised(http_addr.ip(), None);
+        let cluster = match &config.cluster.redis_url {
+            None => None,
+            Some(url) => {
+                let scheme = if tls.is_some() { "https" } else { "http" };
+                let me = crate::cluster::Identity {
+                    id: node_id(&config)?,
+                    region: config.cluster.region.clone(),
+                    http_url: format!("{scheme}://{}:{}/", url_host(http_ips[0]), http_addr.port()),
+                    media_addr: media_addr.to_string(),
+                };
+                let c = crate::cluster::Cluster::join(url, me, metrics.cluster_nodes.clone())
+                    .await
+                    .with_context(|| format!("cannot join the cluster at {}", without_password(url)))?;
+                tracing::info!(node = %c.id(), live_nodes = metrics.cluster_nodes.get(), "cluster: joined");
+                Some(c)
+            }
+        };
+
         let hub = Arc::new(Hub::new());
         let (timers, mut fired_timers) = Timers::spawn();
         let dyn_store = store.clone();
@@ -205,9 +226,13 @@ impl Server {
                 }),
                 grace: config.calls.reconnect_grace.0,
                 timers,
+                placement: cluster.clone().map(|c| c as Arc<dyn crate::signal::placement::Placement>),
             },
         )
         .await?;
+        if let Some(c) = &cluster {
+            c.start_heartbeats(load_reader(&rooms, &metrics));
+        }
         let pump_rooms = rooms.clone();
         tokio::spawn(async move {
             while let Some(ev) = media_events.recv().await {
@@ -247,8 +272,7 @@ impl Server {
             sockets_ready: Arc::new(AtomicBool::new(false)),
             cors_origins: config.http.cors_origins.clone().into(),
         };
-        let http_ips = crate::netif::advertised(http_addr.ip(), None);
-        Ok(Server { http, http_addr, tls, turn, state, signal, store, media_addr, http_ips, media_threads })
+        Ok(Server { http, http_addr, tls, turn, state, signal, store, cluster, media_addr, http_ips, media_threads })
     }
 
     pub fn http_addr(&self) -> SocketAddr {
@@ -276,7 +300,7 @@ impl Server {
 
     /// Serve until `shutdown` resolves, then shut down gracefully.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-        let Server { http, tls, turn, state, signal, store, media_threads, .. } = self;
+        let Server { http, tls, turn, state, signal, store, cluster, media_threads, .. } = self;
         let (turn_stop, turn_stopped) = tokio::sync::oneshot::channel::<()>();
         let turn_task = turn.map(|t| {
             tokio::spawn(t.run(async move {
@@ -288,10 +312,14 @@ impl Server {
 
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let signal_for_stop = signal.clone();
+        let cluster_for_stop = cluster.clone();
         let stopper = tokio::spawn(async move {
             shutdown.await;
             tracing::info!("shutting down: telling clients, ending calls, flushing the store");
             state.sockets_ready.store(false, Ordering::Release);
+            if let Some(c) = &cluster_for_stop {
+                c.drain().await;
+            }
             signal_for_stop.shutdown().await;
             let _ = stop_tx.send(());
         });
@@ -341,9 +369,36 @@ impl Server {
             let _ = tokio::task::spawn_blocking(move || t.join()).await;
         }
         store.flush().await.context("flushing the store")?;
+        if let Some(c) = &cluster {
+            c.leave().await;
+        }
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// What this node's heartbeats say of its load: occupied rooms and seats
+/// from the rooms, forwarded packets and CPU as rates since the last beat.
+fn load_reader(rooms: &Arc<RoomService>, metrics: &Metrics) -> crate::cluster::LoadFn {
+    let rooms = Arc::downgrade(rooms);
+    let media = metrics.media.clone();
+    let last = parking_lot::Mutex::new((
+        std::time::Instant::now(),
+        media.forwarded_packets(),
+        crate::metrics::process_cpu_seconds(),
+    ));
+    Arc::new(move || {
+        let (rooms, participants) = rooms.upgrade().map_or((0, 0), |r| r.occupancy());
+        let now = (std::time::Instant::now(), media.forwarded_packets(), crate::metrics::process_cpu_seconds());
+        let before = std::mem::replace(&mut *last.lock(), now);
+        let secs = now.0.duration_since(before.0).as_secs_f64().max(0.001);
+        crate::cluster::nodes::Load {
+            rooms,
+            participants,
+            packets_per_second: (now.1.saturating_sub(before.1) as f64 / secs) as u64,
+            cpu: ((now.2 - before.2).max(0.0) / secs * 100.0).round() / 100.0,
+        }
+    })
 }
 
 /// The store: sled in the data dir, or with `cluster.redis_url` the

@@ -17,6 +17,7 @@ pub mod chat;
 pub mod effects;
 pub mod hub;
 pub mod messages;
+pub mod placement;
 pub mod ratelimit;
 pub mod room_analytics;
 pub mod rooms;
@@ -61,6 +62,10 @@ pub enum SignalError {
     RateLimited(String),
     #[error("{0}")]
     NotImplemented(String),
+    /// In a cluster, the room's media is on another node, and this node does
+    /// not relay a room to it yet (SPEC 13): the client is told where to go.
+    #[error("room is served by cluster node {node} at {url}: join it there (this node does not relay rooms between nodes yet)")]
+    OnOtherNode { node: crate::ids::NodeId, url: String },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -76,6 +81,7 @@ impl SignalError {
             Self::RoomFull => "room-full",
             Self::RateLimited(_) => "rate-limited",
             Self::NotImplemented(_) => "not-implemented",
+            Self::OnOtherNode { .. } => "unavailable",
             Self::Store(StoreError::Unavailable(_)) => "unavailable",
             Self::Store(_) => "internal",
         }

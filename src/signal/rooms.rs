@@ -9,6 +9,7 @@
 
 use super::hub::{Hub, To};
 use super::messages::ServerEvent;
+use super::placement::{Placed, Placement};
 use super::room_analytics::AnalyticsWrites;
 use super::rooms_live::Live;
 use super::timers::{TimerKey, Timers};
@@ -147,6 +148,7 @@ pub struct RoomService {
     /// How long a joined participant whose WebSocket dropped keeps its seat.
     pub(super) grace: Duration,
     pub(super) timers: Timers,
+    placement: Option<Arc<dyn Placement>>,
 }
 
 /// What [`RoomService::open`] needs beyond the store, hub and metrics.
@@ -159,6 +161,8 @@ pub struct RoomOptions {
     pub ice_servers: IceServersFn,
     pub grace: Duration,
     pub timers: Timers,
+    /// In a cluster, where rooms go (SPEC 13); None on a single node.
+    pub placement: Option<Arc<dyn Placement>>,
 }
 
 impl RoomService {
@@ -184,6 +188,7 @@ impl RoomService {
             ice_servers: opts.ice_servers,
             grace: opts.grace,
             timers: opts.timers,
+            placement: opts.placement,
         }))
     }
 
@@ -274,9 +279,33 @@ impl RoomService {
         Ok(s.view())
     }
 
+    /// Before a seat is reserved or joined: bring the room in ([`Self::load`])
+    /// and, in a cluster, make sure its media is placed on this node. A room
+    /// placed on another live node is refused with where it is, since this
+    /// node does not relay a room to another yet (SPEC 13's relay is to come).
+    pub async fn claim(&self, id: &RoomId) -> Result<(), SignalError> {
+        self.load(id).await?;
+        let Some(placement) = &self.placement else { return Ok(()) };
+        if !self.rooms.lock().contains_key(id) {
+            return Ok(()); // not-found comes from the caller, as without a cluster
+        }
+        match placement.place(id).await? {
+            Placed::Here => Ok(()),
+            Placed::Elsewhere { node, url } => Err(SignalError::OnOtherNode { node, url }),
+        }
+    }
+
+    /// What this node holds, for its cluster heartbeat: rooms with anyone in
+    /// them, and their seats (reserved or joined).
+    pub fn occupancy(&self) -> (u32, u32) {
+        let rooms = self.rooms.lock();
+        let occupied = rooms.values().filter(|s| !s.participants.is_empty());
+        occupied.fold((0, 0), |(r, p), s| (r + 1, p + s.participants.len() as u32))
+    }
+
     /// Reserve a seat: `POST /rooms/:id/join`.
     pub async fn reserve(&self, actor: &Actor, id: &RoomId) -> Result<(Room, PeerId), SignalError> {
-        self.load(id).await?;
+        self.claim(id).await?;
         let now = Instant::now();
         let mut rooms = self.rooms.lock();
         let s = find(&mut rooms, id)?;
@@ -364,6 +393,12 @@ impl RoomService {
             }
             if let Some(a) = s.analytics.as_mut() {
                 a.left(p);
+            }
+        }
+        if let Some(placement) = &self.placement {
+            if let Err(e) = placement.forget(id).await {
+                // Harmless: the next room with this id does not exist (ids are random).
+                tracing::warn!(room = %id, error = %e, "could not remove a deleted room's placement");
             }
         }
         let seats: Vec<RoomParticipant> = s.participants.drain(..).map(|p| p.seat).collect();

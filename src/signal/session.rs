@@ -299,7 +299,7 @@ impl State {
                 calls.record_stats(a, &call_id, stats).await.map(|_| None)?
             }
             ClientMessage::RoomJoin { room_id, peer_id } => {
-                signal.rooms.load(&room_id).await?;
+                signal.rooms.claim(&room_id).await?;
                 if let Some((call, name, parties)) = calls.sfu_room(a, &room_id) {
                     signal.rooms.ensure_call_room(&room_id, &call, name.as_deref(), parties);
                 }

@@ -13,7 +13,7 @@
 //! stays synchronous: `/readyz` must answer at once, so an implementation
 //! answers from what it last saw.
 
-mod redis_store;
+pub(crate) mod redis_store;
 mod sled_store;
 
 pub use redis_store::RedisStore;

@@ -92,20 +92,26 @@ fn encode<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
     serde_json::to_vec(v).map_err(|e| StoreError::Backend(e.to_string()))
 }
 
+/// A reconnecting connection to `url` (`cluster.redis_url`), as the store
+/// and the cluster's heartbeats use it.
+pub(crate) async fn connect(url: &str) -> Result<ConnectionManager, StoreError> {
+    let client = redis::Client::open(url).map_err(|e| StoreError::Backend(format!("cluster.redis_url: {e}")))?;
+    // Fail a request within about a second while Redis is away (it then
+    // answers 503 `unavailable`) rather than queue it behind long retries.
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(1)))
+        .set_response_timeout(Some(Duration::from_secs(2)))
+        .set_number_of_retries(2)
+        .set_max_delay(Duration::from_millis(400));
+    ConnectionManager::new_with_config(client, config).await.map_err(redis_error)
+}
+
 impl RedisStore {
     /// Connect to `url` (`cluster.redis_url`) as `node`. Fails when the URL
     /// is not a Redis URL or Redis does not answer: a node does not start
     /// without its cluster's store (as LiveKit does not).
     pub async fn open(url: &str, node: NodeId) -> Result<Self, StoreError> {
-        let client = redis::Client::open(url).map_err(|e| StoreError::Backend(format!("cluster.redis_url: {e}")))?;
-        // Fail a request within about a second while Redis is away (it then
-        // answers 503 `unavailable`) rather than queue it behind long retries.
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(1)))
-            .set_response_timeout(Some(Duration::from_secs(2)))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_millis(400));
-        let con = ConnectionManager::new_with_config(client, config).await.map_err(redis_error)?;
+        let con = connect(url).await?;
         let healthy = Arc::new(AtomicBool::new(true));
         let pinger = tokio::spawn(ping_loop(con.clone(), healthy.clone()));
         Ok(Self { con, node, healthy, pinger })

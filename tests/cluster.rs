@@ -1,0 +1,225 @@
+//! Nodes and room placement in a cluster (SPEC 13): real `confer serve`
+//! processes on one real `redis-server`, talked to over loopback.
+
+mod common;
+
+use common::redis::RedisServer;
+use common::{child_client, ChildServer, TestServer};
+use redis::AsyncCommands;
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+fn node(redis: &RedisServer, id: &str) -> (ChildServer, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let n =
+        ChildServer::spawn(dir.path(), &[("CONFER_CLUSTER_REDIS_URL", &redis.url()), ("CONFER_CLUSTER_NODE_ID", id)]);
+    (n, dir)
+}
+
+async fn redis_con(redis: &RedisServer) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(redis.url()).unwrap().get_multiplexed_async_connection().await.unwrap()
+}
+
+/// Poll `check` every 100 ms until it is true; how long that took.
+async fn within(what: &str, limit: Duration, mut check: impl AsyncFnMut() -> bool) -> Duration {
+    let started = Instant::now();
+    while !check().await {
+        assert!(started.elapsed() < limit, "not {what} within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    started.elapsed()
+}
+
+async fn live_nodes(c: &TestServer) -> Option<f64> {
+    c.metric("confer_cluster_nodes").await
+}
+
+async fn new_room(c: &TestServer, max: u32) -> String {
+    let (st, b) = c.post("/rooms", "alice", json!({"name": "placed", "maxParticipants": max})).await;
+    assert_eq!(st, 201, "{b}");
+    b["room"]["id"].as_str().unwrap().to_owned()
+}
+
+async fn join(c: &TestServer, room: &str, user: &str) -> (u16, Value) {
+    c.call("POST", &format!("/rooms/{room}/join"), Some(user), None).await
+}
+
+/// A node's last heartbeat, as Redis holds it.
+async fn heartbeat(con: &mut redis::aio::MultiplexedConnection, id: &str) -> Option<Value> {
+    let v: Option<String> = con.get(format!("confer:node:{id}")).await.unwrap();
+    v.map(|v| serde_json::from_str(&v).unwrap())
+}
+
+#[tokio::test]
+async fn nodes_see_each_other_and_a_killed_node_is_dead_after_its_heartbeats_stop() {
+    let redis = RedisServer::start();
+    let (a, _da) = node(&redis, "node-a");
+    let (mut b, _db) = node(&redis, "node-b");
+    let (ca, cb) = (child_client(a.addr), child_client(b.addr));
+    within("both nodes seeing two", Duration::from_secs(5), async || {
+        live_nodes(&ca).await == Some(2.0) && live_nodes(&cb).await == Some(2.0)
+    })
+    .await;
+    let mut con = redis_con(&redis).await;
+    let hb = heartbeat(&mut con, "node-b").await.expect("node-b's heartbeat");
+    assert_eq!(hb["httpUrl"], format!("http://{}/", b.addr), "{hb}");
+    assert_eq!(hb["mediaAddr"], b.media.to_string(), "{hb}");
+    assert_eq!(hb["draining"], false, "{hb}");
+    for k in ["rooms", "participants", "packetsPerSecond", "cpu"] {
+        assert!(hb["load"][k].is_number(), "load.{k}: {hb}");
+    }
+
+    // kill -9: nothing removes its heartbeat, so it is dead once that is
+    // 6 s old: 4 to 6 s after the kill, plus up to a beat for a to read it.
+    b.kill9();
+    let took =
+        within("node-a counting node-b dead", Duration::from_secs(10), async || live_nodes(&ca).await == Some(1.0))
+            .await;
+    assert!(took >= Duration::from_millis(3500), "node-b dead after only {took:?}: not by its heartbeat's age");
+
+    // SIGTERM: the node removes its heartbeat as it stops, gone at a's next read.
+    let (c, _dc) = node(&redis, "node-c");
+    within("node-a seeing node-c", Duration::from_secs(5), async || live_nodes(&ca).await == Some(2.0)).await;
+    c.sigterm();
+    let took =
+        within("node-a seeing node-c gone", Duration::from_secs(10), async || live_nodes(&ca).await == Some(1.0)).await;
+    assert!(took < Duration::from_secs(4), "a stopped node stayed for {took:?}, as if killed");
+    assert!(heartbeat(&mut con, "node-c").await.is_none(), "node-c's heartbeat outlived it");
+    let members: Vec<String> = con.smembers("confer:nodes").await.unwrap();
+    assert!(!members.contains(&"node-c".to_string()), "{members:?}");
+}
+
+#[tokio::test]
+async fn two_nodes_placing_one_room_at_once_agree() {
+    let redis = RedisServer::start();
+    let (a, _da) = node(&redis, "node-a");
+    let (b, _db) = node(&redis, "node-b");
+    let (ca, cb) = (child_client(a.addr), child_client(b.addr));
+    within("both nodes live", Duration::from_secs(5), async || live_nodes(&ca).await == Some(2.0)).await;
+    let mut con = redis_con(&redis).await;
+    let mut placed_on = std::collections::HashMap::new();
+    for i in 0..12 {
+        // Created on each node in turn (the creator holds it in memory, the
+        // other reads it from Redis first), then both joins at once.
+        let room = new_room(if i % 2 == 0 { &ca } else { &cb }, 4).await;
+        let ((sa, ba), (sb, bb)) = if i % 2 == 0 {
+            tokio::join!(join(&ca, &room, "bob"), join(&cb, &room, "carol"))
+        } else {
+            let (b, a) = tokio::join!(join(&cb, &room, "carol"), join(&ca, &room, "bob"));
+            (a, b)
+        };
+        let held: String = con.get(format!("confer:room_node:{room}")).await.unwrap();
+        let (winner, loser_body, loser_status) = if sa == 200 { ("node-a", &bb, sb) } else { ("node-b", &ba, sa) };
+        assert_eq!(held, winner, "Redis holds {held} but {winner} took the join: a {sa} {ba}, b {sb} {bb}");
+        assert_eq!(loser_status, 503, "the other node must refuse: a {sa} {ba}, b {sb} {bb}");
+        assert_eq!(loser_body["error"]["code"], "unavailable", "{loser_body}");
+        let msg = loser_body["error"]["message"].as_str().unwrap();
+        let url = if winner == "node-a" { format!("http://{}/", a.addr) } else { format!("http://{}/", b.addr) };
+        assert!(msg.contains(winner) && msg.contains(&url), "the refusal must say where the room is: {msg}");
+        // And it stays there: a later join on the other node is refused too.
+        let late = if winner == "node-a" { join(&cb, &room, "dave").await } else { join(&ca, &room, "dave").await };
+        assert_eq!(late.0, 503, "{}", late.1);
+        *placed_on.entry(winner).or_insert(0) += 1;
+    }
+    eprintln!("placements: {placed_on:?}");
+    assert_eq!(placed_on.len(), 2, "one node won every race, so there was none: {placed_on:?}");
+}
+
+#[tokio::test]
+async fn a_room_goes_to_the_least_loaded_node_and_is_placed_again_when_its_node_dies() {
+    let redis = RedisServer::start();
+    let (a, _da) = node(&redis, "node-a");
+    let (mut b, _db) = node(&redis, "node-b");
+    let (ca, cb) = (child_client(a.addr), child_client(b.addr));
+    within("both nodes live", Duration::from_secs(5), async || live_nodes(&ca).await == Some(2.0)).await;
+    let mut con = redis_con(&redis).await;
+
+    // Three seats taken in a room on node-a, in its heartbeat within a beat.
+    let busy = new_room(&ca, 8).await;
+    for user in ["u1", "u2", "u3"] {
+        let (st, body) = join(&ca, &busy, user).await;
+        assert_eq!(st, 200, "{body}");
+    }
+    within("node-a's heartbeat counting 3 seats", Duration::from_secs(5), async || {
+        heartbeat(&mut con, "node-a").await.is_some_and(|h| h["load"]["participants"] == 3 && h["load"]["rooms"] == 1)
+    })
+    .await;
+
+    // A new room, asked for on the loaded node, goes to the idle one.
+    let fresh = new_room(&ca, 8).await;
+    let (st, body) = join(&ca, &fresh, "bob").await;
+    assert_eq!(st, 503, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("node-b"), "{body}");
+    let (st, body) = join(&cb, &fresh, "bob").await;
+    assert_eq!(st, 200, "{body}");
+    // The busy room stays on node-a: a WebSocket room-join on node-b is
+    // refused with where it is, as REST is.
+    let mut ws = cb.ws_ready("carol").await;
+    ws.send(json!({"type": "room-join", "roomId": busy, "reqId": 7})).await;
+    let err = ws.recv_type("error").await;
+    assert_eq!((err["code"].as_str(), err["reqId"].as_u64()), (Some("unavailable"), Some(7)), "{err}");
+    assert!(err["message"].as_str().unwrap().contains("node-a"), "{err}");
+    drop(ws);
+
+    // node-b dies: the next join of its room places it again, on node-a.
+    b.kill9();
+    let took =
+        within("the room placed again", Duration::from_secs(12), async || join(&ca, &fresh, "carol").await.0 == 200)
+            .await;
+    let held: String = con.get(format!("confer:room_node:{fresh}")).await.unwrap();
+    assert_eq!(held, "node-a");
+    eprintln!("placed again {took:?} after the kill");
+
+    // Deleting a room forgets its placement.
+    let (st, body) = ca.call("DELETE", &format!("/rooms/{busy}"), Some("alice"), None).await;
+    assert!((200..300).contains(&st), "{st} {body}");
+    let gone: Option<String> = con.get(format!("confer:room_node:{busy}")).await.unwrap();
+    assert_eq!(gone, None);
+}
+
+/// The compare-and-set itself, two nodes in this process placing the same
+/// rooms at once: each would take every room (both idle, each prefers
+/// itself), so every room where both reached the script is a real race.
+#[tokio::test]
+async fn a_race_to_place_a_room_has_one_winner_that_both_sides_name() {
+    use confer::cluster::{Cluster, Identity};
+    use confer::signal::placement::Placed;
+    let redis = RedisServer::start();
+    let ident = |id: &str| Identity {
+        id: id.into(),
+        region: None,
+        http_url: format!("http://{id}.invalid/"),
+        media_addr: "127.0.0.1:9".into(),
+    };
+    let gauge = || prometheus::IntGauge::new("g", "g").unwrap();
+    let x = Cluster::join(&redis.url(), ident("x"), gauge()).await.unwrap();
+    let y = Cluster::join(&redis.url(), ident("y"), gauge()).await.unwrap();
+    let mut con = redis_con(&redis).await;
+    let evals = async |con: &mut redis::aio::MultiplexedConnection| -> u64 {
+        let info: String = redis::cmd("INFO").arg("commandstats").query_async(con).await.unwrap();
+        info.lines().find_map(|l| l.strip_prefix("cmdstat_eval:calls=")?.split(',').next()?.parse().ok()).unwrap_or(0)
+    };
+    let before = evals(&mut con).await;
+    let rooms = 200;
+    let mut won = [0, 0];
+    for i in 0..rooms {
+        let room: confer::ids::RoomId = format!("room_race{i}").as_str().into();
+        let (px, py) = tokio::join!(x.place_room(&room), y.place_room(&room));
+        let (px, py) = (px.unwrap(), py.unwrap());
+        let held: String = con.get(format!("confer:room_node:{room}")).await.unwrap();
+        match (&px, &py) {
+            (Placed::Here, Placed::Elsewhere { node, url }) if node.as_str() == "x" && url == "http://x.invalid/" => {
+                assert_eq!(held, "x");
+                won[0] += 1;
+            }
+            (Placed::Elsewhere { node, url }, Placed::Here) if node.as_str() == "y" && url == "http://y.invalid/" => {
+                assert_eq!(held, "y");
+                won[1] += 1;
+            }
+            other => panic!("room {i}: the two sides disagree: {other:?} (Redis holds {held})"),
+        }
+    }
+    let races = evals(&mut con).await - before - rooms;
+    eprintln!("{rooms} rooms: x placed {}, y placed {}; both ran the compare-and-set for {races}", won[0], won[1]);
+    assert!(races > 0, "no room was raced for; the test proved nothing");
+}
