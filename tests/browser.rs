@@ -1,6 +1,7 @@
 //! The built-in web page in Debian's headless Chromium (driven by
 //! playwright-core, installed by scripts/setup-test-deps.sh): two browser
-//! contexts hold a 1:1 call through the page and each decodes the other's video;
+//! contexts hold a 1:1 call through the page and each decodes the other's video
+//! (their `call-stats` every 5 s give the call analytics, `source: "client"`);
 //! three contexts hold a group room through the SFU (a late joiner, a screen
 //! share, a camera turned off, a dropped connection that reconnects, a
 //! phone-width page, keyboard controls), and the
@@ -34,6 +35,16 @@ fn two_browsers_hold_a_call_through_the_page() {
     assert!(sw["cameras"].as_u64().unwrap() >= 2, "{summary}");
     assert_eq!(sw["recorded"], sw["chosen"], "switch-camera recorded the device: {summary}");
     assert_eq!(sw["sending"], sw["chosen"], "the call sends the new camera: {summary}");
+    // The pages' call-stats (every 5 s) are the P2P call's analytics.
+    let a = &summary["analytics"];
+    assert_eq!(a["source"], "client", "{summary}");
+    let parties = a["streams"].as_array().expect("analytics per participant");
+    assert_eq!(parties.len(), 2, "{summary}");
+    for p in parties {
+        let both = serde_json::json!(["audio", "video"]);
+        assert!(p["sent"] == both && p["received"] == both, "each side sends and receives audio and video: {summary}");
+        assert!(p["score"].is_number(), "a quality score from the stats: {summary}");
+    }
     assert_eq!(summary["errors"], serde_json::json!([]));
 }
 

@@ -1,7 +1,8 @@
 // Two headless Chromium contexts use confer's web page for a 1:1 call:
 // sign in as guests (--dev), alice calls bob, bob accepts, each decodes the
 // other's video (framesDecoded from getStats), alice switches camera (the
-// sender's track and the call record follow), alice hangs up. Exits 0 on
+// sender's track and the call record follow), both pages' call-stats give
+// the call analytics (source "client"), alice hangs up. Exits 0 on
 // success and prints a JSON summary; any console error fails the run.
 // usage: node call.js http://HOST:PORT
 const { chromium } = require('playwright-core');
@@ -57,10 +58,32 @@ const { chromium } = require('playwright-core');
     return t && t.readyState === 'live' ? t.getSettings().deviceId : null;
   });
   const switched = { cameras: cams.length, chosen: cams[cams.length - 1], recorded, sending };
+  // Both pages send call-stats every 5 s: the call's analytics come from
+  // them (source "client"), with what each side sends and receives.
+  // (Until the first call-stats the route answers 404, a console error.)
+  const statsSent = (p) => p.waitForFunction(() => (window.confer.callStatsSent || 0) > 0, null, { timeout: 10000 });
+  await statsSent(alice); await statsSent(bob);
+  let analytics = null;
+  for (let i = 0; i < 60; i++) {
+    analytics = await alice.evaluate(async () => {
+      const r = await fetch(`/calls/${window.confer.call.id}/analytics`, { headers: { Authorization: `Bearer ${window.confer.token}` } });
+      const a = (await r.json()).analytics;
+      if (!a) return null;
+      const streams = (a.participants || []).map((p) => ({
+        userId: p.userId,
+        sent: ['audio', 'video'].filter((k) => p.publish?.[k]?.packets > 0),
+        received: ['audio', 'video'].filter((k) => p.subscribe?.[k]?.packets > 0),
+        score: p.quality?.score ?? null,
+      }));
+      return { source: a.source, status: a.status, streams, statsSent: window.confer.callStatsSent || 0 };
+    });
+    if (analytics?.source === 'client' && analytics.streams.length === 2 && analytics.streams.every((p) => p.sent.length === 2 && p.received.length === 2)) break;
+    await alice.waitForTimeout(250);
+  }
   if (process.env.SCREENSHOT) await alice.screenshot({ path: process.env.SCREENSHOT });
   await alice.click('#leave');
   await bob.waitForSelector('#lobby:not([hidden])', { timeout: 10000 });
-  console.log(JSON.stringify({ aliceFrames: a, bobFrames: b, switched, errors }));
+  console.log(JSON.stringify({ aliceFrames: a, bobFrames: b, switched, analytics, errors }));
   await browser.close();
   const switchOk = switched.cameras >= 2 && switched.recorded === switched.chosen && switched.sending === switched.chosen;
   process.exit(a > 10 && b > 10 && switchOk && errors.length === 0 ? 0 : 1);

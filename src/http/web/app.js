@@ -598,7 +598,36 @@ function callPc(callId) {
     t.stream.addTrack(e.track);
   };
   pc.onconnectionstatechange = () => { if (pc.connectionState === 'failed') status('The call\'s media connection failed.', true); };
+  const call = S.call;
+  call.statsTimer = setInterval(() => sendCallStats(call), CALL_STATS_EVERY_MS);
   return pc;
+}
+// P2P calls have no SFU to measure them: each side sends its getStats()
+// every 5 s as call-stats (SPEC 4, 8), trimmed to the types and fields the
+// server reads, so the call gets analytics (source "client") as rooms do.
+const CALL_STATS_EVERY_MS = 5000;
+const STAT_FIELDS = {
+  'inbound-rtp': ['kind', 'packetsReceived', 'packetsLost', 'jitter', 'bytesReceived', 'nackCount', 'pliCount', 'firCount', 'framesPerSecond', 'frameWidth', 'frameHeight'],
+  'outbound-rtp': ['kind', 'packetsSent', 'bytesSent', 'nackCount', 'pliCount', 'firCount', 'framesPerSecond', 'frameWidth', 'frameHeight'],
+  'remote-inbound-rtp': ['kind', 'packetsLost', 'fractionLost', 'jitter', 'roundTripTime'],
+  'candidate-pair': ['nominated', 'state', 'currentRoundTripTime'],
+};
+async function sendCallStats(call) {
+  if (!call.id || call.pc?.connectionState !== 'connected') return;
+  const report = await call.pc.getStats().catch(() => null);
+  if (!report || S.call !== call) return;
+  const stats = [];
+  for (const s of report.values()) {
+    const fields = STAT_FIELDS[s.type];
+    if (!fields || (s.type === 'candidate-pair' && !s.nominated)) continue;
+    const kept = { type: s.type, id: s.id, timestamp: s.timestamp };
+    for (const f of fields) if (s[f] !== undefined) kept[f] = s[f];
+    stats.push(kept);
+  }
+  const msg = { type: 'call-stats', callId: call.id, stats };
+  // The server takes at most 64 KiB a message; a call's few streams are ~2 KiB.
+  if (JSON.stringify(msg).length < 60 * 1024) send(msg);
+  S.callStatsSent = (S.callStatsSent || 0) + 1;
 }
 // Candidates can arrive while the call still rings, before this side has a
 // PeerConnection with a remote description: keep them until it does.
@@ -688,6 +717,7 @@ function endCall(tell) {
   if (!S.call) return;
   if (tell && S.call.id) send({ type: 'call-hangup', callId: S.call.id });
   S.early.delete(S.call.id);
+  clearInterval(S.call.statsTimer);
   S.call.pc?.close(); S.call = null;
   stopLocal();
   for (const id of [...S.tiles.keys()]) removeTile(id);
