@@ -189,3 +189,34 @@ fn the_lobby_previews_the_devices_and_joins_with_the_remembered_choice() {
     assert_eq!(s["labelled"], true, "{s}");
     assert_eq!(s["axeLobby"], serde_json::json!([]), "axe-core: serious or critical violations in the lobby: {s}");
 }
+
+#[test]
+fn the_speaker_view_follows_the_active_speaker_pins_and_shows_a_screen_share_large() {
+    let _slot = common::heavy_slot();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser/layout.js");
+    let dir = tempfile::tempdir().unwrap();
+    // As in browser_room: the estimator off, so no tile is paused for CPU
+    // starvation read as congestion.
+    let server = ChildServer::spawn(
+        dir.path(),
+        &[("CONFER_AUTH_ALLOW_GUESTS", "true"), ("CONFER_MEDIA_BANDWIDTH_ESTIMATION", "false")],
+    );
+    let mut cmd = Command::new("node");
+    cmd.arg(script).arg(format!("http://{}", server.addr));
+    let out = cmd.output().expect("node runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "browser layout failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let s: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(s["togglePressed"], "true", "{s}");
+    assert_eq!(s["speakerAtBob"], true, "the audible participant is the active speaker: {s}");
+    let widths = s["widths"].as_array().unwrap();
+    let width = |alice: bool| widths.iter().filter(|w| w["alice"] == alice).map(|w| w["width"].as_u64().unwrap()).max();
+    assert!(width(true).unwrap() > 2 * width(false).unwrap(), "the speaker's tile is the large one: {s}");
+    assert_eq!((s["pinPressed"].as_str(), s["pinHeld"].as_bool()), (Some("true"), Some(true)), "{s}");
+    assert_eq!(s["volume"].as_f64(), Some(0.3), "{s}");
+    assert_eq!(s["ownTileHasVolume"], false, "{s}");
+    assert_eq!(s["fullscreen"], true, "{s}");
+    assert_eq!(s["speakerPicker"], true, "{s}");
+    assert_eq!((s["carolBefore"].as_str(), s["carolAfter"].as_str()), (Some("grid"), Some("grid")), "{s}");
+    assert_eq!(s["errors"], serde_json::json!([]), "{s}");
+}

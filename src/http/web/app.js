@@ -1,7 +1,9 @@
 // confer's built-in web client: rooms through the SFU and 1:1 P2P calls,
 // speaking the /rtc protocol of SPEC.md section 4. No framework, no build
 // step: ES modules the browser loads as they are (panel.js: participants,
-// chat, raised hands; prejoin.js: the lobby's preview and device choice).
+// chat, raised hands; prejoin.js: the lobby's preview and device choice;
+// layout.js: grid and speaker views, pin, fullscreen, volume).
+import * as layout from './layout.js';
 import * as panel from './panel.js';
 import * as prejoin from './prejoin.js';
 
@@ -207,6 +209,11 @@ async function fillDevices() {
     sel.replaceChildren(...devs.filter((d) => d.kind === kind).map((d, i) => new Option(d.label || `${kind} ${i + 1}`, d.deviceId)));
     if (cur) sel.value = cur;
   }
+  // The speaker the lobby chose, changeable in the call (setSinkId).
+  const out = $('speaker-select');
+  out.replaceChildren(new Option('System default', ''), ...devs.filter((d) => d.kind === 'audiooutput' && d.deviceId !== 'default').map((d, i) => new Option(d.label || `speaker ${i + 1}`, d.deviceId)));
+  out.value = prejoin.choice().speaker;
+  if (out.selectedIndex < 0) out.value = '';
 }
 async function switchDevice(kind) {
   if (!S.local) return;
@@ -252,12 +259,14 @@ function addTile(peerId, name) {
   tileOfVideo.set(video, t);
   video.srcObject = peerId === 'me' ? S.local : t.stream;
   S.tiles.set(peerId, t);
+  layout.decorate(t, peerId, name || peerId);
   return t;
 }
 function removeTile(peerId) {
   const t = S.tiles.get(peerId); if (!t) return;
   sizes?.unobserve(t.video);
   t.el.remove(); S.tiles.delete(peerId);
+  layout.removed(peerId);
   for (const [id, tr] of S.tracks) if (tr.peerId === peerId) S.tracks.delete(id);
 }
 function setMutedBadge(t, audio, video) {
@@ -430,6 +439,7 @@ function onParticipantUpdated(p) {
 }
 function onSpeakers(speakers) {
   const now = new Set(speakers.map((s) => s.peerId));
+  layout.speakers(speakers.map((s) => (s.peerId === S.peerId ? 'me' : s.peerId)));
   for (const [id, t] of S.tiles) t.el.classList.toggle('speaking', now.has(id) || (id === 'me' && now.has(S.peerId)));
 }
 function onQuality(updates) {
@@ -755,6 +765,13 @@ $('mute-video').onclick = () => toggleMute('video');
 $('share').onclick = toggleShare;
 $('camera-select').onchange = () => switchDevice('video');
 $('mic-select').onchange = () => switchDevice('audio');
+$('speaker-select').onchange = () => {
+  prejoin.setSpeaker($('speaker-select').value);
+  for (const t of S.tiles.values()) if (t.video !== S.tiles.get('me')?.video) prejoin.route(t.video, true);
+};
+$('speaker-field').hidden = !('setSinkId' in HTMLMediaElement.prototype);
+layout.init(S.tiles);
+S.layout = layout.state;
 $('copy-link').onclick = () => {
   const url = `${location.origin}/?room=${encodeURIComponent(S.roomName || '')}`;
   navigator.clipboard?.writeText(url).then(() => status(`Link copied: ${url}`), () => status(url));

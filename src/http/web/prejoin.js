@@ -95,8 +95,14 @@ async function devices() {
   }
 }
 
-// Plays a tile's audio on the chosen speaker, where the browser allows it.
-export function route(video) {
+// Plays a tile's audio on the chosen speaker, where the browser allows it
+// (`always`: also the system default, when the choice changed back to it).
+export function route(video, always) {
   const id = choice().speaker;
-  if (id && video.setSinkId) video.setSinkId(id).catch(() => {});
+  if ((id || always) && video.setSinkId) video.setSinkId(id).catch(() => {});
+}
+
+// The speaker chosen in the call: remembered as the lobby's choice.
+export function setSpeaker(id) {
+  localStorage.setItem(KEY, JSON.stringify({ ...choice(), speaker: id }));
 }
