@@ -6,7 +6,8 @@
 // he unpins: Alice again. Bob sets Alice's volume; shows her tile full
 // screen. Alice shares her screen: Carol's grid turns into the speaker view
 // with the share large, and back when it stops. The speaker picker is there
-// (setSinkId). Exits 0 on success and prints a JSON summary; any console
+// (setSinkId). A poor connection of his own is said in words, another's
+// marked on the tile. Exits 0 on success and prints a JSON summary; any console
 // error fails it. With SCREENSHOTS=dir, saves page-desktop.png (Bob, speaker
 // view) and page-phone.png (Carol at phone width) there.
 // usage: node layout.js http://HOST:PORT
@@ -94,6 +95,25 @@ function silentWav() {
 
     // The speaker picker (setSinkId), with the system default chosen.
     summary.speakerPicker = await bob.evaluate(() => !document.getElementById('speaker-field').hidden && document.getElementById('speaker-select').value === '');
+
+    // connection-quality (SPEC 4) saying Bob's own link is poor and Carol's
+    // bad: Bob's page says so in words, and marks Carol's tile.
+    // (Dispatched and read in one evaluate: handlers run synchronously, so
+    // no real connection-quality can land in between.)
+    const bobPeer = await bob.evaluate(() => window.confer.peerId);
+    summary.weak = await bob.evaluate(([me, c]) => {
+      const say = (updates) => window.confer.ws.dispatchEvent(new MessageEvent('message', { data: JSON.stringify({ type: 'connection-quality', updates }) }));
+      const own = () => (document.getElementById('own-quality').hidden ? null : document.getElementById('own-quality').textContent);
+      say([{ peerId: me, score: 3.2, rating: 'poor' }, { peerId: c, score: 2.0, rating: 'bad' }]);
+      const out = {
+        own: own(),
+        carolTile: document.querySelector(`#tiles .tile[data-peer="${c}"]`).classList.contains('weak'),
+        carolBadge: document.querySelector(`#tiles .tile[data-peer="${c}"] .badge`).title,
+      };
+      say([{ peerId: me, score: 4.4, rating: 'excellent' }]);
+      out.ownAfterRecovery = own() === null;
+      return out;
+    }, [bobPeer, carolPeer]);
 
     if (shots) {
       await bob.waitForTimeout(1000);

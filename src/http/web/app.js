@@ -447,10 +447,20 @@ function onQuality(updates) {
     const t = S.tiles.get(u.peerId === S.peerId ? 'me' : u.peerId);
     if (!t) continue;
     t.badge.hidden = false; t.badge.textContent = u.rating; t.badge.className = `badge ${u.rating}`;
-    t.badge.title = `quality ${u.score}`;
+    const weak = u.rating === 'poor' || u.rating === 'bad';
+    const who = u.peerId === S.peerId ? 'Your' : `${t.label.textContent}'s`;
+    t.badge.title = weak ? `${who} connection is ${u.rating} (quality ${u.score})` : `quality ${u.score}`;
+    t.el.classList.toggle('weak', weak);
+    // One's own weak connection is said in words, with what helps.
+    if (u.peerId === S.peerId) {
+      const note = $('own-quality');
+      note.hidden = !weak;
+      note.textContent = weak ? `Your connection is ${u.rating}: others may see you frozen or hear you break up. Stopping your camera, closing other downloads or moving closer to the Wi-Fi helps.` : '';
+    }
   }
 }
 function closePcs() {
+  $('own-quality').hidden = true;
   S.pub?.close(); S.sub?.close(); S.pub = S.sub = null;
   S.midToTrack.clear(); S.layers.clear(); S.answered.clear();
 }
