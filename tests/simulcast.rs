@@ -1,6 +1,6 @@
 //! Simulcast through the SFU with real browsers (SPEC 5.1): Debian's headless
 //! Chromium, driven by playwright-core from tests/browser/simulcast.js, publishes
-//! its fake 1280x720 camera as three VP8 layers (rids q, h, f) into a room of
+//! its fake 1280x720 camera as three layers (rids q, h, f), VP8 and again H.264, into a room of
 //! the built binary; two subscriber pages decode it. With no `track-subscribe`
 //! both decode the full layer; `quality: "low"` from one brings it the ¼ layer
 //! (and a `subscription-update`) while the other stays at full; `high` brings it
@@ -15,7 +15,7 @@
 
 mod common;
 
-use common::{all_at, run_node_summary, ChildServer};
+use common::{all_at, run_node_summary_with, ChildServer};
 use serde_json::Value;
 use std::time::Duration;
 
@@ -46,6 +46,20 @@ fn has_update(updates: &Value, track: &Value, layer: &str, reason: Option<&str>)
 
 #[test]
 fn browser_subscribers_each_get_the_simulcast_layer_they_ask_for() {
+    simulcast_in_chromium("vp8");
+}
+
+/// The same with H.264 (OpenH264 in Chromium, packetization mode 1): the
+/// keyframes a switch waits for are IDR/SPS NAL units, not VP8's, and no
+/// payload is rewritten.
+#[test]
+fn browser_subscribers_get_their_layers_of_h264_simulcast_too() {
+    simulcast_in_chromium("h264");
+}
+
+/// A Chromium publisher preferring `codec` (`vp8`, `h264`), two Chromium
+/// subscribers, every phase of tests/browser/simulcast.js, and what it saw judged.
+fn simulcast_in_chromium(codec: &str) {
     let _slot = common::heavy_slot();
     let modules = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser/node_modules/playwright-core");
     assert!(std::path::Path::new(modules).exists(), "playwright-core is missing: run scripts/setup-test-deps.sh");
@@ -58,8 +72,16 @@ fn browser_subscribers_each_get_the_simulcast_layer_they_ask_for() {
         // estimate would move layers too (tests/bandwidth.rs tests that).
         &[("CONFER_AUTH_ALLOW_GUESTS", "true"), ("CONFER_MEDIA_BANDWIDTH_ESTIMATION", "false")],
     );
-    let s = run_node_summary("simulcast.js", &format!("http://{}", server.addr), SCRIPT_LIMIT);
+    let s = run_node_summary_with("simulcast.js", &[&format!("http://{}", server.addr), codec], SCRIPT_LIMIT);
     let all = s.to_string();
+    // Every layer sent and every layer decoded in the codec asked for.
+    let mime = format!("video/{}", if codec == "h264" { "H264" } else { "VP8" });
+    for (rid, l) in s["publisherLayersEnd"].as_object().into_iter().flatten() {
+        assert_eq!(l["codec"].as_str(), Some(mime.as_str()), "the publisher's {rid} layer\nsummary: {all}");
+    }
+    for who in ["A", "B"] {
+        assert_eq!(s["subs"][who]["codecs"], serde_json::json!([mime]), "subscriber {who} decoded\nsummary: {all}");
+    }
     // What the room's analytics and the metrics kept of it (SPEC 5.1, 8, 9).
     let (analytics, switches) = tokio::runtime::Runtime::new().unwrap().block_on(async {
         let c = common::child_client(server.addr);

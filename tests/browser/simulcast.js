@@ -22,11 +22,13 @@
 // tests/simulcast.rs judges it. `failures` lists what this script itself
 // thinks went wrong, for a human reading the line; exit code 0 when empty,
 // 1 when not, 2 when the run crashed.
-// usage: node simulcast.js http://HOST:PORT
+// usage: node simulcast.js http://HOST:PORT [vp8|h264]
 'use strict';
 const { chromium } = require('playwright-core');
 
 const base = process.argv[2];
+// A second argument (or SIMULCAST_CODEC) h264: the publisher prefers H.264 (the default is VP8).
+const CODEC = (process.argv[3] || process.env.SIMULCAST_CODEC || 'vp8').toLowerCase() === 'h264' ? 'H264' : 'VP8';
 if (!base) { console.error('usage: node simulcast.js http://HOST:PORT'); process.exit(2); }
 const T0 = Date.now();
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
@@ -43,7 +45,7 @@ const DYN_SETTLE = 1000; // packets in flight after setParameters
 const DYN_GAP = 1000; // between bytesSent samples
 
 const summary = {
-  base, crash: null, failures: [], timeouts: [], errors: [], elapsedMs: 0,
+  base, codec: CODEC, crash: null, failures: [], timeouts: [], errors: [], elapsedMs: 0,
   roomId: null, trackId: null,
   publisher: null, publisherLayers: null, publisherLayersOverTime: [], widths: null,
   phases: {}, subs: {}, dynacast: null, publishLayersAll: [],
@@ -199,18 +201,19 @@ function installHarness({ name }) {
     const out = []; let video = false;
     for (const l of sdp.split(/\r?\n/)) {
       if (l.startsWith('m=')) { video = l.startsWith('m=video'); if (video) out.push(l); continue; }
-      if (video && /^a=(simulcast|rid|ssrc-group|mid|extmap:\d+ .*(rtp-stream-id|repaired-rtp-stream-id|sdes:mid))|^a=rtpmap:\d+ (VP8|rtx)|^a=fmtp:/i.test(l)) out.push(l);
+      if (video && /^a=(simulcast|rid|ssrc-group|mid|extmap:\d+ .*(rtp-stream-id|repaired-rtp-stream-id|sdes:mid))|^a=rtpmap:\d+ (VP8|H264|rtx)|^a=fmtp:/i.test(l)) out.push(l);
     }
     return out;
   };
-  // Add `extra` to the fmtp of every VP8 payload type in the video sections.
-  const munge = (sdp, extra) => {
+  // Add `extra` to the fmtp of every payload type of `codec` (VP8, H264) in the video sections.
+  const munge = (sdp, extra, codec) => {
+    const rtpmap = new RegExp(`^a=rtpmap:(\\d+) ${codec}\\/90000`, 'i');
     const eol = sdp.includes('\r\n') ? '\r\n' : '\n';
     const lines = sdp.split(/\r?\n/);
     const vp8 = new Set(); let video = false;
     for (const l of lines) {
       if (l.startsWith('m=')) video = l.startsWith('m=video');
-      const mm = video && /^a=rtpmap:(\d+) VP8\/90000/i.exec(l);
+      const mm = video && rtpmap.exec(l);
       if (mm) vp8.add(mm[1]);
     }
     const hasFmtp = new Set();
@@ -220,7 +223,7 @@ function installHarness({ name }) {
       const f = /^a=fmtp:(\d+) (.*)$/.exec(l);
       if (f && vp8.has(f[1])) { out.push(`a=fmtp:${f[1]} ${f[2]};${extra}`); continue; }
       out.push(l);
-      const r = /^a=rtpmap:(\d+) VP8\/90000/i.exec(l);
+      const r = rtpmap.exec(l);
       if (r && !hasFmtp.has(r[1])) out.push(`a=fmtp:${r[1]} ${extra}`);
     }
     return out.join(eol);
@@ -241,7 +244,7 @@ function installHarness({ name }) {
     rec.tookMs = now() - t;
     rec.encodings = Object.fromEntries(H.vsender.getParameters().encodings.map((e) => [e.rid, e.active]));
   };
-  H.publish = async ({ width, height, fmtp }) => {
+  H.publish = async ({ width, height, fmtp, codec }) => {
     const stream = await navigator.mediaDevices.getUserMedia({ audio: true, video: { width: { ideal: width }, height: { ideal: height } } });
     const vt = stream.getVideoTracks()[0], at = stream.getAudioTracks()[0];
     H.pub = newPc('publisher');
@@ -255,6 +258,14 @@ function installHarness({ name }) {
     });
     const atx = H.pub.addTransceiver(at, { direction: 'sendonly', streams: [stream] });
     H.vsender = vtx.sender;
+    // The codec first in the offer: H264 as browsers send it (packetization
+    // mode 1, constrained baseline 42e01f), else Chromium's default VP8.
+    if (codec === 'H264') {
+      const all = RTCRtpSender.getCapabilities('video').codecs;
+      const first = all.filter((c) => c.mimeType === 'video/H264' && /packetization-mode=1/.test(c.sdpFmtpLine || '') && /profile-level-id=42e01f/.test(c.sdpFmtpLine || ''));
+      if (!first.length) throw new Error('this Chromium cannot send H264 (packetization-mode=1, 42e01f)');
+      vtx.setCodecPreferences([...first, ...all.filter((c) => !first.includes(c))]);
+    }
     // Keep the resolution when the machine is busy: layers must stay at their size.
     let degradation = null;
     try {
@@ -272,7 +283,7 @@ function installHarness({ name }) {
     });
     const m = await answered;
     if (m.type === 'error') throw new Error(`publish-offer: ${m.code} ${m.message}`);
-    const sdp = fmtp ? munge(m.sdp, fmtp) : m.sdp;
+    const sdp = fmtp ? munge(m.sdp, fmtp, codec) : m.sdp;
     await H.pub.setRemoteDescription({ type: 'answer', sdp });
     flush('publisher');
     H.sdp.offer = offer; H.sdp.answer = m.sdp; H.sdp.munged = sdp;
@@ -290,6 +301,7 @@ function installHarness({ name }) {
     rep.forEach((s) => {
       if (s.type === 'outbound-rtp' && s.kind === 'video') {
         out.layers[s.rid || `ssrc${s.ssrc}`] = {
+          codec: rep.get(s.codecId)?.mimeType || null,
           ssrc: s.ssrc, frameWidth: s.frameWidth || 0, frameHeight: s.frameHeight || 0, framesPerSecond: s.framesPerSecond || 0,
           bytesSent: s.bytesSent || 0, framesEncoded: s.framesEncoded || 0, keyFramesEncoded: s.keyFramesEncoded || 0,
           pliCount: s.pliCount || 0, nackCount: s.nackCount || 0, active: s.active, targetBitrate: s.targetBitrate,
@@ -312,7 +324,7 @@ function installHarness({ name }) {
       const trackId = ids.track || r.trackIdentifier;
       if (H.cameraTrackId && trackId !== H.cameraTrackId && s.video) return;
       s.video = {
-        trackId, ssrc: r.ssrc, frameWidth: r.frameWidth || 0, frameHeight: r.frameHeight || 0,
+        trackId, ssrc: r.ssrc, codec: rep.get(r.codecId)?.mimeType || null, frameWidth: r.frameWidth || 0, frameHeight: r.frameHeight || 0,
         framesDecoded: r.framesDecoded || 0, framesReceived: r.framesReceived || 0, framesDropped: r.framesDropped || 0,
         keyFramesDecoded: r.keyFramesDecoded || 0, packetsLost: r.packetsLost || 0, packetsReceived: r.packetsReceived || 0,
         bytesReceived: r.bytesReceived || 0, pliCount: r.pliCount || 0, nackCount: r.nackCount || 0, firCount: r.firCount || 0,
@@ -386,7 +398,7 @@ async function main() {
 
   // SIMULCAST_NO_MUNGE=1 leaves the answer as the server wrote it (to see what Chromium does unaided).
   const fmtp = process.env.SIMULCAST_NO_MUNGE ? null : 'x-google-min-bitrate=1500;x-google-start-bitrate=2000';
-  summary.publisher = await pub.evaluate((o) => H.publish(o), { width: 1280, height: 720, fmtp });
+  summary.publisher = await pub.evaluate((o) => H.publish(o), { width: 1280, height: 720, fmtp, codec: CODEC });
   await pub.evaluate(() => H.startSampling('pub', 500));
 
   // The camera's server track id, as each subscriber learns it.
@@ -632,6 +644,7 @@ async function collect() {
       framesDecoded: last.framesDecoded ?? 0, framesDropped: last.framesDropped ?? 0, keyFramesDecoded: last.keyFramesDecoded ?? 0,
       pliCount: last.pliCount ?? 0, nackCount: last.nackCount ?? 0, firCount: last.firCount ?? 0, freezeCount: last.freezeCount ?? 0,
       ssrcs: [...new Set(samples.map((s) => s.video.ssrc))],
+      codecs: [...new Set(samples.map((s) => s.video.codec).filter(Boolean))],
       widthsSeen: [...new Set(samples.map((s) => s.video.frameWidth))],
       subscriptionUpdates: rep.subUpdates.map((u) => ({ ...u, atMs: u.t - T0 })),
       phases, counts: rep.counts, wsErrors: rep.wsErrors, errors: rep.errors, pcStates: rep.pcStates.map((s) => ({ ...s, atMs: s.t - T0 })), offers: rep.offers, closed: rep.closed,
