@@ -221,6 +221,8 @@ fn the_speaker_view_follows_the_active_speaker_pins_and_shows_a_screen_share_lar
     assert!(weak["own"].as_str().is_some_and(|t| t.contains("Your connection is poor")), "{s}");
     assert_eq!((weak["carolTile"].as_bool(), weak["ownAfterRecovery"].as_bool()), (Some(true), Some(true)), "{s}");
     assert!(weak["carolBadge"].as_str().is_some_and(|t| t.contains("Carol's connection is bad")), "{s}");
+    assert_eq!(s["paused"]["paused"], "Paused: low bandwidth", "{s}");
+    assert!(s["paused"]["resumed"].is_null(), "{s}");
     assert_eq!((s["carolBefore"].as_str(), s["carolAfter"].as_str()), (Some("grid"), Some("grid")), "{s}");
     assert_eq!(s["errors"], serde_json::json!([]), "{s}");
 }

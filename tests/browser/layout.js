@@ -7,7 +7,7 @@
 // screen. Alice shares her screen: Carol's grid turns into the speaker view
 // with the share large, and back when it stops. The speaker picker is there
 // (setSinkId). A poor connection of his own is said in words, another's
-// marked on the tile. Exits 0 on success and prints a JSON summary; any console
+// marked on the tile; a track paused for bandwidth is shown as such. Exits 0 on success and prints a JSON summary; any console
 // error fails it. With SCREENSHOTS=dir, saves page-desktop.png (Bob, speaker
 // view) and page-phone.png (Carol at phone width) there.
 // usage: node layout.js http://HOST:PORT
@@ -120,6 +120,20 @@ function silentWav() {
       await bob.screenshot({ path: path.join(shots, 'page-desktop.png') });
       await carol.screenshot({ path: path.join(shots, 'page-phone.png') });
     }
+
+    // subscription-update (SPEC 5.1): Alice's camera paused for bandwidth at
+    // Bob shows as such on her tile, and a layer again clears it (one
+    // evaluate: no real update lands in between).
+    summary.paused = await bob.evaluate((a) => {
+      const t = window.confer.tiles.get(a);
+      const trackId = t.want?.trackId;
+      if (!trackId) return { trackId: null };
+      const say = (layer) => window.confer.ws.dispatchEvent(new MessageEvent('message', { data: JSON.stringify({ type: 'subscription-update', roomId: window.confer.roomId, trackId, layer, reason: 'bandwidth' }) }));
+      const shown = () => (t.paused.hidden ? null : t.paused.textContent);
+      say(null); const paused = shown();
+      say('f'); const resumed = shown();
+      return { trackId, paused, resumed };
+    }, alicePeer);
 
     // A screen share turns Carol's grid into the speaker view, the share large.
     summary.carolBefore = (await carol.evaluate(() => window.confer.layout())).mode;
