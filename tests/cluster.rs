@@ -223,3 +223,19 @@ async fn a_race_to_place_a_room_has_one_winner_that_both_sides_name() {
     eprintln!("{rooms} rooms: x placed {}, y placed {}; both ran the compare-and-set for {races}", won[0], won[1]);
     assert!(races > 0, "no room was raced for; the test proved nothing");
 }
+
+#[tokio::test]
+async fn a_node_stopping_in_a_cluster_tells_its_clients_to_reconnect() {
+    let redis = RedisServer::start();
+    let (mut a, _da) = node(&redis, "node-a");
+    let (_b, _db) = node(&redis, "node-b");
+    let ca = child_client(a.addr);
+    let mut ws = ca.ws_ready("alice").await;
+    let t0 = Instant::now();
+    a.sigterm();
+    let m = ws.recv_type("server-shutdown").await;
+    assert_eq!(m["reconnect"], true, "{m}");
+    let status = a.wait_exit(Duration::from_secs(12)).await.expect("node-a exits within the shutdown deadline");
+    assert!(status.success(), "{status:?}");
+    assert!(t0.elapsed() < Duration::from_secs(11), "took {:?}", t0.elapsed());
+}

@@ -49,6 +49,7 @@ async fn sigterm_tells_clients_ends_calls_and_exits_zero() {
         let (msgs, code) = drain_until_closed(w).await;
         let types: Vec<&str> = msgs.iter().map(|m| m["type"].as_str().unwrap_or("?")).collect();
         assert_eq!(types, ["server-shutdown", "call-ended"], "{who}: {msgs:?}");
+        assert!(msgs[0].get("reconnect").is_none(), "a single node has nowhere to send clients: {msgs:?}");
         let ended = &msgs[1];
         assert_eq!(ended["callId"], active.as_str(), "{who}: {ended}");
         assert_eq!(ended["status"], "ended", "{who}: {ended}");

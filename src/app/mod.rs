@@ -320,7 +320,8 @@ impl Server {
             if let Some(c) = &cluster_for_stop {
                 c.drain().await;
             }
-            signal_for_stop.shutdown().await;
+            // In a cluster the clients have other nodes to go to.
+            signal_for_stop.shutdown(cluster_for_stop.is_some()).await;
             let _ = stop_tx.send(());
         });
         let served = match tls {

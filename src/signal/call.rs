@@ -585,7 +585,7 @@ mod tests {
             let fx = c.relay(&alice(), |call_id, _| ServerEvent::CallAnsweredElsewhere { call_id }).unwrap();
             assert_eq!(shape(&fx), ["bob device b1 call-answered-elsewhere"]);
             assert_eq!(
-                c.relay(&"mallory".into(), |_, _| ServerEvent::ServerShutdown {}).unwrap_err(),
+                c.relay(&"mallory".into(), |_, _| ServerEvent::ServerShutdown { reconnect: None }).unwrap_err(),
                 CallError::NotFound
             );
         }

@@ -178,7 +178,7 @@ mod tests {
         let hub = Hub::new();
         let u: UserId = "u".into();
         let _rx = hub.register(&u, "c".into());
-        let ev = ServerEvent::ServerShutdown {};
+        let ev = ServerEvent::ServerShutdown { reconnect: None };
         for _ in 0..QUEUE_DEPTH {
             assert_eq!(hub.send(&u, To::All, &ev), 1);
         }

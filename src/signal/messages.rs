@@ -405,7 +405,12 @@ pub enum ServerEvent {
     },
     /// SPEC 4 chat: `{roomId, id, from, text, to?, at}`.
     RoomMessage(ChatMessage),
-    ServerShutdown {},
+    /// `reconnect: true` in a cluster (SPEC 13): other nodes serve the same
+    /// service, so the client should connect again at once.
+    ServerShutdown {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reconnect: Option<bool>,
+    },
 }
 
 impl ServerEvent {

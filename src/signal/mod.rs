@@ -120,10 +120,11 @@ pub struct Signaling {
 }
 
 impl Signaling {
-    /// Graceful shutdown, in SPEC 1's order: tell every client, end every live
-    /// call with `server-shutdown`, then close every socket.
-    pub async fn shutdown(&self) {
-        self.hub.broadcast(&messages::ServerEvent::ServerShutdown {});
+    /// Graceful shutdown, in SPEC 1's order: tell every client (to reconnect,
+    /// in a cluster: `reconnect`), end every live call with `server-shutdown`,
+    /// then close every socket.
+    pub async fn shutdown(&self, reconnect: bool) {
+        self.hub.broadcast(&messages::ServerEvent::ServerShutdown { reconnect: reconnect.then_some(true) });
         self.calls.end_all(call::reason::SERVER_SHUTDOWN).await;
         self.rooms.shutdown_media();
         self.rooms.persist_all_history().await;
