@@ -64,15 +64,16 @@ process.on('SIGTERM', () => finish(null));
   // layers, so on a busy test host the publisher keeps its resolution and
   // gives up frame rate instead. (The two layers seen in CI, stop 20, had
   // another cause: the lobby's preview held the camera at 640x480.)
-  summary.degradation = await page.waitForFunction(async () => {
-    const pc = window.confer && window.confer.pub;
-    const s = pc && pc.getSenders().find((x) => x.track && x.track.kind === 'video');
-    if (!s) return null;
+  // (waitForFunction does not await an async predicate, so it waits for the
+  // sender and one evaluate, which does await, sets it.)
+  await page.waitForFunction(() => window.confer?.pub?.getSenders().some((x) => x.track?.kind === 'video'), null, { timeout: 15000 });
+  summary.degradation = await page.evaluate(async () => {
+    const s = window.confer.pub.getSenders().find((x) => x.track?.kind === 'video');
     const p = s.getParameters();
     p.degradationPreference = 'maintain-resolution';
     await s.setParameters(p);
     return s.getParameters().degradationPreference ?? 'unsupported';
-  }, null, { timeout: 15000 }).then((h) => h.jsonValue());
+  });
   console.log('joined');
   await new Promise((r) => setTimeout(r, Number(seconds || 60) * 1000));
   await finish(null);
