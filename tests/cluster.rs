@@ -239,3 +239,30 @@ async fn a_node_stopping_in_a_cluster_tells_its_clients_to_reconnect() {
     assert!(status.success(), "{status:?}");
     assert!(t0.elapsed() < Duration::from_secs(11), "took {:?}", t0.elapsed());
 }
+
+/// Rooms placed faster than heartbeats come (here: no heartbeat after the
+/// first) still spread: each placement counts on its node until that node's
+/// next heartbeat shows it.
+#[tokio::test]
+async fn rooms_placed_in_a_burst_spread_over_idle_nodes() {
+    use confer::cluster::{Cluster, Identity};
+    use confer::signal::placement::Placed;
+    let redis = RedisServer::start();
+    let ident = |id: &str| Identity {
+        id: id.into(),
+        region: None,
+        http_url: format!("http://{id}.invalid/"),
+        media_addr: "127.0.0.1:9".into(),
+    };
+    let gauge = || prometheus::IntGauge::new("g", "g").unwrap();
+    let x = Cluster::join(&redis.url(), ident("x"), gauge()).await.unwrap();
+    let _y = Cluster::join(&redis.url(), ident("y"), gauge()).await.unwrap();
+    let mut here = 0;
+    for i in 0..10 {
+        let room: confer::ids::RoomId = format!("room_burst{i}").as_str().into();
+        if x.place_room(&room).await.unwrap() == Placed::Here {
+            here += 1;
+        }
+    }
+    assert_eq!(here, 5, "10 rooms asked for on x in a burst: {here} on x, the rest on y");
+}

@@ -8,6 +8,9 @@
 //!   clears away nodes that are long gone.
 //! - `confer:nodes`: set of node ids, so a reader needs no `SCAN`; an id whose
 //!   heartbeat key has expired is removed by whoever reads it.
+//! - `confer:placed`: hash, node id → rooms placed on it since its last
+//!   heartbeat, which the placement adds to that heartbeat's load so that
+//!   rooms placed within one heartbeat do not all go to one node.
 //! - `confer:room_node:{room}`: the id of the node a room's media lives on
 //!   (LiveKit's `room_node_map`). Written only by compare-and-set in one Lua
 //!   script, so of two nodes placing one room at once, the second reads the
@@ -35,6 +38,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 const NODES: &str = "confer:nodes";
+/// Hash, node id → rooms placed on it since its last heartbeat.
+const PLACED: &str = "confer:placed";
 /// How long Redis keeps a heartbeat nobody renews (garbage collection only).
 const HEARTBEAT_TTL_MS: u64 = 30_000;
 /// Placement attempts before giving up on a room whose placement keeps
@@ -42,13 +47,15 @@ const HEARTBEAT_TTL_MS: u64 = 30_000;
 /// usual most).
 const PLACE_ATTEMPTS: usize = 3;
 
-/// `SET KEYS[1] ARGV[2]` if it holds `ARGV[1]` (`""`: if it is unset);
-/// returns what it holds afterwards (nil when it was unset and was expected
-/// to hold something: the room was forgotten meanwhile).
+/// `SET KEYS[1] ARGV[2]` if it holds `ARGV[1]` (`""`: if it is unset), and
+/// then count the placement in the hash `KEYS[2]`; returns what `KEYS[1]`
+/// holds afterwards (nil when it was unset and was expected to hold
+/// something: the room was forgotten meanwhile).
 const COMPARE_AND_SET: &str = r"
 local cur = redis.call('GET', KEYS[1])
 if (cur == false and ARGV[1] == '') or cur == ARGV[1] then
   redis.call('SET', KEYS[1], ARGV[2])
+  redis.call('HINCRBY', KEYS[2], ARGV[2], 1)
   return ARGV[2]
 end
 return cur
@@ -168,6 +175,11 @@ impl Cluster {
         )
         .ignore()
         .sadd(NODES, self.me.id.as_str())
+        .ignore()
+        // The load just written shows the rooms placed here so far (one placed
+        // between the load's reading and this goes uncounted for a beat: a
+        // hint, not a ledger).
+        .hdel(PLACED, self.me.id.as_str())
         .ignore();
         p.exec_async(&mut self.con.clone()).await.map_err(unavailable)
     }
@@ -195,7 +207,9 @@ impl Cluster {
         if !gone.is_empty() {
             let _: Result<(), _> = con.srem(NODES, &gone).await;
         }
-        Ok(Snapshot { nodes })
+        let placed: std::collections::HashMap<String, u32> = con.hgetall(PLACED).await.map_err(unavailable)?;
+        let placed_since_beat = placed.into_iter().map(|(k, v)| (NodeId::from(k), v)).collect();
+        Ok(Snapshot { nodes, placed_since_beat })
     }
 
     async fn refresh_gauge(&self) -> Result<(), StoreError> {
@@ -224,8 +238,9 @@ impl Cluster {
                     // placement is once per room, the script a few bytes.
                     let held: Option<String> = redis::cmd("EVAL")
                         .arg(COMPARE_AND_SET)
-                        .arg(1)
+                        .arg(2)
                         .arg(&key)
+                        .arg(PLACED)
                         .arg(expected)
                         .arg(to.as_str())
                         .query_async(&mut con)

@@ -58,10 +58,12 @@ impl Load {
     }
 }
 
-/// Every heartbeat read at one moment.
+/// Every heartbeat read at one moment, and the rooms placed on each node
+/// since its last heartbeat (which that heartbeat's load cannot show yet).
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
     pub nodes: Vec<NodeInfo>,
+    pub placed_since_beat: std::collections::HashMap<NodeId, u32>,
 }
 
 impl Snapshot {
@@ -80,16 +82,24 @@ impl Snapshot {
         self.nodes.iter().filter(move |n| is_fresh(n, now_ms))
     }
 
+    /// A node's load counting the rooms placed on it since its heartbeat,
+    /// each as a room with one seat: without them, every room placed within
+    /// one heartbeat period would go to the same node.
+    pub fn load_of(&self, n: &NodeInfo) -> Load {
+        let pending = self.placed_since_beat.get(&n.id).copied().unwrap_or(0);
+        Load { rooms: n.load.rooms + pending, participants: n.load.participants + pending, ..n.load }
+    }
+
     /// Where a new room goes: the live, not draining node with the least
-    /// [`Load`]. Ties go to `asking` (the node that received the join, which
-    /// then needs no relay), then to the smallest id, so the answer depends
-    /// on nothing but the snapshot.
+    /// [`Load`] ([`Self::load_of`]). Ties go to `asking` (the node that
+    /// received the join, which then needs no relay), then to the smallest
+    /// id, so the answer depends on nothing but the snapshot.
     pub fn least_loaded(&self, asking: &NodeId, now_ms: u64) -> Option<&NodeId> {
         self.live(now_ms)
             .filter(|n| !n.draining)
             .min_by(|a, b| {
-                a.load
-                    .cmp_for_placement(&b.load)
+                self.load_of(a)
+                    .cmp_for_placement(&self.load_of(b))
                     .then_with(|| (&b.id == asking).cmp(&(&a.id == asking)))
                     .then_with(|| a.id.as_str().cmp(b.id.as_str()))
             })
@@ -143,7 +153,7 @@ mod tests {
     }
 
     fn snap(nodes: Vec<NodeInfo>) -> Snapshot {
-        Snapshot { nodes }
+        Snapshot { nodes, ..Snapshot::default() }
     }
 
     fn id(s: &str) -> NodeId {
@@ -184,6 +194,20 @@ mod tests {
         let mut reversed = s.clone();
         reversed.nodes.reverse();
         assert_eq!(reversed.least_loaded(&id("z"), 0), Some(&id("a")));
+    }
+
+    #[test]
+    fn rooms_placed_since_a_heartbeat_count_as_load() {
+        let mut s = snap(vec![node("a", 0, 0, 0), node("b", 1, 1, 0)]);
+        assert_eq!(s.least_loaded(&id("a"), 0), Some(&id("a")));
+        // Two rooms went to a since its heartbeat: b, with one seat, is lighter.
+        s.placed_since_beat.insert(id("a"), 2);
+        assert_eq!(s.least_loaded(&id("a"), 0), Some(&id("b")));
+        assert_eq!((s.load_of(&s.nodes[0]).rooms, s.load_of(&s.nodes[0]).participants), (2, 2));
+        // One: a room and a seat each, a tie, which goes to the asking node.
+        s.placed_since_beat.insert(id("a"), 1);
+        assert_eq!(s.least_loaded(&id("a"), 0), Some(&id("a")));
+        assert_eq!(s.least_loaded(&id("b"), 0), Some(&id("b")));
     }
 
     #[test]
