@@ -23,6 +23,9 @@ pub struct Metrics {
     pub participants_active: IntGauge,
     /// Live nodes of the cluster this node sees (itself included; 1 alone).
     pub cluster_nodes: IntGauge,
+    /// One room message relayed between cluster nodes, from the client's node
+    /// sending it to the room's node taking it (SPEC 13).
+    pub cluster_relay_seconds: Histogram,
     pub media: MediaMetrics,
     pub quality: QualityMetrics,
 }
@@ -68,6 +71,14 @@ impl Metrics {
                 "Live nodes of the cluster, as of this node's last read of the heartbeats (1 without a cluster)",
             )
             .unwrap(),
+            cluster_relay_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "confer_cluster_relay_seconds",
+                    "Time from a node relaying a client's room message to the room's node taking it up (cluster only)",
+                )
+                .buckets(vec![0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1]),
+            )
+            .unwrap(),
             media: MediaMetrics::new(&registry),
             quality: QualityMetrics::new(&registry),
             registry,
@@ -83,6 +94,7 @@ impl Metrics {
         r.register(Box::new(m.participants_active.clone())).unwrap();
         r.register(Box::new(m.cluster_nodes.clone())).unwrap();
         m.cluster_nodes.set(1);
+        r.register(Box::new(m.cluster_relay_seconds.clone())).unwrap();
         r.register(Box::new(CpuCollector::new())).unwrap();
         let build = IntGaugeVec::new(
             Opts::new("confer_build_info", "Always 1; its version label says which build of confer is running"),

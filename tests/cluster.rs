@@ -153,12 +153,14 @@ async fn a_room_goes_to_the_least_loaded_node_and_is_placed_again_when_its_node_
     let (st, body) = join(&cb, &fresh, "bob").await;
     assert_eq!(st, 200, "{body}");
     // The busy room stays on node-a: a WebSocket room-join on node-b is
-    // refused with where it is, as REST is.
+    // relayed there, into the same room (the REST reservation on B is not).
     let mut ws = cb.ws_ready("carol").await;
     ws.send(json!({"type": "room-join", "roomId": busy, "reqId": 7})).await;
-    let err = ws.recv_type("error").await;
-    assert_eq!((err["code"].as_str(), err["reqId"].as_u64()), (Some("unavailable"), Some(7)), "{err}");
-    assert!(err["message"].as_str().unwrap().contains("node-a"), "{err}");
+    let joined = ws.recv_type("room-joined").await;
+    assert_eq!(joined["reqId"], 7, "{joined}");
+    assert_eq!(joined["room"]["participants"].as_array().unwrap().len(), 4, "{joined}");
+    let held: String = con.get(format!("confer:room_node:{busy}")).await.unwrap();
+    assert_eq!(held, "node-a");
     drop(ws);
 
     // node-b dies: the next join of its room places it again, on node-a.
@@ -265,4 +267,138 @@ async fn rooms_placed_in_a_burst_spread_over_idle_nodes() {
         }
     }
     assert_eq!(here, 5, "10 rooms asked for on x in a burst: {here} on x, the rest on y");
+}
+
+/// SPEC 13 "any node, same protocol": alice on node A, bob on node B, one
+/// room (placed on A by alice's first join). Bob's room messages go through
+/// B to A and A's answers and events come back; his media goes straight to A.
+/// The peers are aiortc (tests/interop/sfu_cluster.py says what it checks).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_on_one_node_is_in_a_room_on_another_through_the_relay() {
+    let redis = RedisServer::start();
+    let one_worker = |id: &'static str| {
+        let dir = tempfile::tempdir().unwrap();
+        let env = [
+            ("CONFER_CLUSTER_REDIS_URL", redis.url()),
+            ("CONFER_CLUSTER_NODE_ID", id.into()),
+            ("CONFER_MEDIA_WORKERS", "1".into()),
+        ];
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        (ChildServer::spawn(dir.path(), &env), dir)
+    };
+    let (a, _da) = one_worker("node-a");
+    let (b, _db) = one_worker("node-b");
+    let (ca, cb) = (child_client(a.addr), child_client(b.addr));
+    within("both nodes seeing two", Duration::from_secs(5), async || {
+        live_nodes(&ca).await == Some(2.0) && live_nodes(&cb).await == Some(2.0)
+    })
+    .await;
+    let args =
+        vec![a.addr.to_string(), b.addr.to_string(), a.media.port().to_string(), ca.token("alice"), cb.token("bob")];
+    let summary = tokio::task::spawn_blocking(move || common::run_interop("sfu_cluster.py", &args)).await.unwrap();
+    assert_eq!(summary["ok"], true, "{summary}");
+    assert!(summary["framesAtBob"].as_u64().unwrap() >= 60, "{summary}");
+    assert!(summary["framesAtAlice"].as_u64().unwrap() >= 30, "{summary}");
+
+    let room = summary["roomId"].as_str().unwrap();
+    let placed: Option<String> = redis_con(&redis).await.get(format!("confer:room_node:{room}")).await.unwrap();
+    assert_eq!(placed.as_deref(), Some("node-a"), "the room's media is on A, where alice joined first");
+    let relayed = ca.metric("confer_cluster_relay_seconds_count").await.unwrap_or(0.0);
+    assert!(relayed >= 5.0, "A took bob's relayed messages: {relayed}");
+    assert_eq!(cb.metric("confer_cluster_relay_seconds_count").await, Some(0.0), "nothing was relayed to B");
+    // Bob's seat was on A, and is gone with his room-leave; B held none.
+    assert_eq!(cb.metric("confer_participants_active").await, Some(0.0));
+    let (st, r) = cb.get(&format!("/rooms/{room}"), "alice").await;
+    assert_eq!(st, 200, "{r}");
+    println!("relay: {summary}");
+}
+
+/// The relay keeps the single-node protocol for a client on another node:
+/// the reply to its room-join comes first with its reqId, errors from the
+/// room's node come back with theirs, events flow both ways; `DELETE` on any
+/// node ends the room for participants on every node; when a room's node
+/// dies, the client relayed to it is told `unavailable` and, once the node is
+/// dead to the cluster, its next room-join places the room on its own node.
+#[tokio::test]
+async fn relayed_signaling_keeps_the_protocol_and_a_delete_anywhere_ends_the_room() {
+    let redis = RedisServer::start();
+    let (mut a, _da) = node(&redis, "node-a");
+    let (mut b, _db) = node(&redis, "node-b");
+    let (ca, cb) = (child_client(a.addr), child_client(b.addr));
+    within("both nodes seeing two", Duration::from_secs(5), async || {
+        live_nodes(&ca).await == Some(2.0) && live_nodes(&cb).await == Some(2.0)
+    })
+    .await;
+    let room = new_room(&cb, 8).await;
+    let mut alice = ca.ws_ready("alice").await;
+    alice.send(json!({"type": "room-join", "roomId": room, "reqId": "a1"})).await;
+    let joined = alice.recv_type("room-joined").await;
+    let alice_peer = joined["peerId"].as_str().unwrap().to_owned();
+
+    let mut bob = cb.ws_ready("bob").await;
+    bob.send(json!({"type": "room-join", "roomId": room, "reqId": "b1"})).await;
+    let joined = bob.recv().await;
+    assert_eq!((joined["type"].as_str(), joined["reqId"].as_str()), (Some("room-joined"), Some("b1")), "{joined}");
+    let listed: Vec<&str> =
+        joined["room"]["participants"].as_array().unwrap().iter().filter_map(|p| p["peerId"].as_str()).collect();
+    assert!(listed.contains(&alice_peer.as_str()), "{joined}");
+    let bob_peer = joined["peerId"].as_str().unwrap().to_owned();
+    let ev = alice.recv_type("participant-joined").await;
+    assert_eq!(ev["participant"]["peerId"], bob_peer.as_str(), "{ev}");
+
+    bob.send(json!({"type": "track-mute", "roomId": room, "trackId": "nope", "muted": true, "reqId": "b2"})).await;
+    let err = bob.recv_type("error").await;
+    assert_eq!((err["code"].as_str(), err["reqId"].as_str()), (Some("not-found"), Some("b2")), "{err}");
+    bob.send(json!({"type": "room-message", "roomId": room, "text": "<b>from B</b>"})).await;
+    let m = alice.recv_type("room-message").await;
+    assert_eq!((m["text"].as_str(), m["from"]["peerId"].as_str()), (Some("<b>from B</b>"), Some(bob_peer.as_str())));
+    let m = bob.recv_type("room-message").await;
+    assert_eq!(m["text"], "<b>from B</b>", "the sender gets its own message, as on one node: {m}");
+    bob.send(json!({"type": "participant-state", "roomId": room, "handRaised": true})).await;
+    let up = alice.recv_type("participant-updated").await;
+    assert_eq!(up["participant"]["handRaised"], true, "{up}");
+
+    let (st, body) = cb.call("DELETE", &format!("/rooms/{room}"), Some("alice"), None).await;
+    assert_eq!(st, 200, "{body}");
+    assert_eq!(alice.recv_type("room-deleted").await["roomId"], room.as_str());
+    assert_eq!(bob.recv_type("room-deleted").await["roomId"], room.as_str());
+    for c in [&ca, &cb] {
+        assert_eq!(c.get(&format!("/rooms/{room}"), "alice").await.0, 404);
+    }
+
+    // A second room; its node dies under the client relayed to it.
+    let room = new_room(&ca, 8).await;
+    alice.send(json!({"type": "room-join", "roomId": room})).await;
+    alice.recv_type("room-joined").await;
+    bob.send(json!({"type": "room-join", "roomId": room})).await;
+    bob.recv_type("room-joined").await;
+    let placed: Option<String> = redis_con(&redis).await.get(format!("confer:room_node:{room}")).await.unwrap();
+    let (dead, survivor, relayed) = match placed.as_deref() {
+        Some("node-a") => ("node-a", "node-b", &mut bob),
+        Some("node-b") => ("node-b", "node-a", &mut alice),
+        other => panic!("room placed on {other:?}"),
+    };
+    if dead == "node-a" {
+        a.kill9()
+    } else {
+        b.kill9()
+    }
+    relayed.send(json!({"type": "room-message", "roomId": room, "text": "anyone?", "reqId": "r3"})).await;
+    let err = relayed.recv_type("error").await;
+    assert_eq!((err["code"].as_str(), err["reqId"].as_str()), (Some("unavailable"), Some("r3")), "{err}");
+    assert!(err["message"].as_str().unwrap().contains(dead), "{err}");
+    let t0 = Instant::now();
+    loop {
+        relayed.send(json!({"type": "room-join", "roomId": room, "reqId": "again"})).await;
+        let m = relayed.recv().await;
+        if m["type"] == "room-joined" {
+            break;
+        }
+        assert_eq!(m["code"], "unavailable", "{m}");
+        assert!(t0.elapsed() < Duration::from_secs(10), "room not placed again on {survivor}: {m}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let placed: Option<String> = redis_con(&redis).await.get(format!("confer:room_node:{room}")).await.unwrap();
+    assert_eq!(placed.as_deref(), Some(survivor));
+    println!("re-placed on {survivor} {:?} after {dead} was killed", t0.elapsed());
 }

@@ -8,22 +8,9 @@
 
 mod common;
 
-use common::{child_client, python, ChildServer, TestServer};
+use common::{child_client, run_interop as run_script, ChildServer, TestServer};
 use serde_json::{json, Value};
-use std::process::Command;
 use std::time::Duration;
-
-fn run_script(file: &str, args: &[String]) -> Value {
-    let out = Command::new(python())
-        .arg(format!("{}/tests/interop/{file}", env!("CARGO_MANIFEST_DIR")))
-        .args(args)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{file} failed:\n{stdout}\n{stderr}");
-    serde_json::from_str(stdout.lines().last().unwrap()).unwrap()
-}
 
 /// Poll a metric until it has `want` (gauges settle after the engine runs).
 async fn settle(c: &TestServer, name: &str, want: f64) {

@@ -178,12 +178,25 @@ impl Server {
         tracing::info!(workers, ports = ?media.local_addrs(), "SFU workers");
 
         let http_ips = crate::netif::advertised(http_addr.ip(), None);
+        // Relayed room messages (SPEC 13) arrive from the moment this node is
+        // subscribed, before signaling exists: they wait here, in order.
+        let (relayed_tx, mut relayed_rx) = tokio::sync::mpsc::unbounded_channel();
         let cluster = match &config.cluster.redis_url {
             None => None,
             Some(url) => {
                 let scheme = if tls.is_some() { "https" } else { "http" };
+                let id = node_id(&config)?;
+                crate::cluster::relay::RedisRelay::listen(
+                    url,
+                    &id,
+                    Arc::new(move |m| {
+                        let _ = relayed_tx.send(m);
+                    }),
+                )
+                .await
+                .with_context(|| format!("cannot subscribe to the cluster's relay at {}", without_password(url)))?;
                 let me = crate::cluster::Identity {
-                    id: node_id(&config)?,
+                    id,
                     region: config.cluster.region.clone(),
                     http_url: format!("{scheme}://{}:{}/", url_host(http_ips[0]), http_addr.port()),
                     media_addr: media_addr.to_string(),
@@ -245,6 +258,15 @@ impl Server {
             hub,
             keys: TokenKeys::new(auth_secret.as_bytes()),
             metrics: metrics.clone(),
+            relay: cluster.as_ref().map(|c| Arc::new(c.relay_link()) as Arc<dyn crate::signal::relay::RelayLink>),
+            remote: Default::default(),
+        });
+        let relay_signal = Arc::downgrade(&signal);
+        tokio::spawn(async move {
+            while let Some(m) = relayed_rx.recv().await {
+                let Some(signal) = relay_signal.upgrade() else { break };
+                signal.on_relayed(m);
+            }
         });
         // Weak: the services hold the scheduler, which must not hold them back.
         let timer_signal = Arc::downgrade(&signal);

@@ -24,6 +24,7 @@
 //! The connection is the `redis` crate's `ConnectionManager`, as the store's.
 
 pub mod nodes;
+pub mod relay;
 
 use crate::ids::{NodeId, RoomId};
 use crate::signal::placement::{Placed, Placement};
@@ -119,6 +120,11 @@ impl Cluster {
 
     pub fn id(&self) -> &NodeId {
         &self.me.id
+    }
+
+    /// The link room signaling is relayed to other nodes over.
+    pub fn relay_link(&self) -> relay::RedisRelay {
+        relay::RedisRelay::new(self.con.clone(), self.me.id.clone())
     }
 
     /// Heartbeats every 2 s from now on, with the load `load` reads.

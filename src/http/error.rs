@@ -65,7 +65,7 @@ impl From<SignalError> for ApiError {
             SignalError::Forbidden(_) => StatusCode::FORBIDDEN,
             SignalError::Conflict(_) | SignalError::RoomFull => StatusCode::CONFLICT,
             SignalError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
-            SignalError::OnOtherNode { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            SignalError::OnOtherNode { .. } | SignalError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             SignalError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             SignalError::Store(inner @ crate::store::StoreError::Unavailable(_)) => {
                 tracing::warn!(error = %inner, "store unavailable");

@@ -196,6 +196,6 @@ async fn delete_room(
     AuthUser(actor): AuthUser,
     Path(id): Path<String>,
 ) -> Result<Json<MessageBody>, ApiError> {
-    st.signal.rooms.delete(&actor, &RoomId::from(id)).await?;
+    st.signal.delete_room(&actor, &RoomId::from(id)).await?;
     Ok(message("Room deleted"))
 }

@@ -8,6 +8,12 @@
 //! [`Hub::notify`] is where the services' notifications
 //! ([`super::effects::Effect::Notify`]) are delivered: to this process's
 //! sessions today; delivery to a user's sessions on other nodes plugs in there.
+//!
+//! In a cluster the hub also holds *remote* connections: clients of other
+//! nodes in rooms placed here ([`super::relay`]). Room events
+//! ([`Hub::send`]) and shutdown notices reach them like local ones; call
+//! notifications do not (they are the user's own node's business), and a
+//! remote connection does not make its user online here.
 
 use super::messages::ServerEvent;
 use crate::ids::{ConnId, UserId};
@@ -34,6 +40,8 @@ struct Conn {
 #[derive(Default)]
 pub struct Hub {
     users: Mutex<HashMap<UserId, Vec<Conn>>>,
+    /// Other nodes' clients in rooms placed here, by user.
+    remote: Mutex<HashMap<UserId, Vec<Conn>>>,
 }
 
 /// Which of a user's connections an event goes to.
@@ -54,6 +62,29 @@ impl Hub {
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         self.users.lock().entry(user.clone()).or_default().push(Conn { id, tx });
         rx
+    }
+
+    /// A remote connection (another node's client, SPEC 13) for `user`.
+    pub fn register_remote(&self, user: &UserId, id: ConnId) -> mpsc::Receiver<Outbound> {
+        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        self.remote.lock().entry(user.clone()).or_default().push(Conn { id, tx });
+        rx
+    }
+
+    pub fn unregister_remote(&self, user: &UserId, id: &ConnId) {
+        let mut remote = self.remote.lock();
+        if let Some(conns) = remote.get_mut(user) {
+            conns.retain(|c| &c.id != id);
+            if conns.is_empty() {
+                remote.remove(user);
+            }
+        }
+    }
+
+    /// Hand `out` to the local connection `id` of `user` (what a room's node
+    /// sent a client of this one); false when it is gone.
+    pub fn deliver(&self, user: &UserId, id: &ConnId, out: Outbound) -> bool {
+        send_to(&self.users, user, To::Only(id), &out) > 0
     }
 
     /// Remove a connection. Returns true when it was the user's last one.
@@ -91,44 +122,19 @@ impl Hub {
             Via::Device(Some(c)) if self.has_conn(user, c) => To::Only(c),
             Via::Device(_) => To::All,
         };
-        self.send(user, to, event)
-    }
-
-    /// Send `event` to some of `user`'s connections; returns how many got it.
-    pub fn send(&self, user: &UserId, to: To<'_>, event: &ServerEvent) -> usize {
         let text: Arc<str> = event.to_text().into();
-        self.send_raw(user, to, Outbound::Text(text))
+        send_to(&self.users, user, to, &Outbound::Text(text))
     }
 
-    fn send_raw(&self, user: &UserId, to: To<'_>, out: Outbound) -> usize {
-        let mut users = self.users.lock();
-        let Some(conns) = users.get_mut(user) else { return 0 };
-        let mut sent = 0;
-        conns.retain(|c| {
-            let wanted = match to {
-                To::All => true,
-                To::Only(id) => &c.id == id,
-                To::AllExcept(ex) => Some(&c.id) != ex,
-            };
-            if !wanted {
-                return true;
-            }
-            match c.tx.try_send(out.clone()) {
-                Ok(()) => {
-                    sent += 1;
-                    true
-                }
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    tracing::warn!(user = %user, conn = %c.id, "client is not reading its WebSocket; dropping it");
-                    false
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => false,
-            }
-        });
-        if conns.is_empty() {
-            users.remove(user);
+    /// Send a room event to some of `user`'s connections, remote ones
+    /// included; returns how many got it.
+    pub fn send(&self, user: &UserId, to: To<'_>, event: &ServerEvent) -> usize {
+        let out = Outbound::Text(event.to_text().into());
+        let local = send_to(&self.users, user, to, &out);
+        if local > 0 && matches!(to, To::Only(_)) {
+            return local;
         }
-        sent
+        local + send_to(&self.remote, user, to, &out)
     }
 
     /// Send to every connection (shutdown notices).
@@ -143,11 +149,45 @@ impl Hub {
     }
 
     fn broadcast_raw(&self, out: Outbound) {
-        let users = self.users.lock();
-        for c in users.values().flatten() {
-            let _ = c.tx.try_send(out.clone());
+        for map in [&self.users, &self.remote] {
+            for c in map.lock().values().flatten() {
+                let _ = c.tx.try_send(out.clone());
+            }
         }
     }
+}
+
+/// Queue `out` for `to` among `user`'s connections in `map`; a connection
+/// whose queue is full or closed is dropped. Returns how many got it.
+fn send_to(map: &Mutex<HashMap<UserId, Vec<Conn>>>, user: &UserId, to: To<'_>, out: &Outbound) -> usize {
+    let mut users = map.lock();
+    let Some(conns) = users.get_mut(user) else { return 0 };
+    let mut sent = 0;
+    conns.retain(|c| {
+        let wanted = match to {
+            To::All => true,
+            To::Only(id) => &c.id == id,
+            To::AllExcept(ex) => Some(&c.id) != ex,
+        };
+        if !wanted {
+            return true;
+        }
+        match c.tx.try_send(out.clone()) {
+            Ok(()) => {
+                sent += 1;
+                true
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                tracing::warn!(user = %user, conn = %c.id, "client is not reading its WebSocket; dropping it");
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    });
+    if conns.is_empty() {
+        users.remove(user);
+    }
+    sent
 }
 
 #[cfg(test)]
@@ -171,6 +211,26 @@ mod tests {
         assert!(!hub.unregister(&alice, &a1));
         assert!(hub.unregister(&alice, &a2));
         assert!(!hub.is_online(&alice));
+    }
+
+    #[test]
+    fn remote_connections_get_room_events_but_not_call_notifications() {
+        use crate::signal::effects::Via;
+        let hub = Hub::new();
+        let bob: UserId = "bob".into();
+        let (local, remote) = (ConnId::from("here"), ConnId::from("there"));
+        let mut rl = hub.register(&bob, local.clone());
+        let mut rr = hub.register_remote(&bob, remote.clone());
+        let ev = ServerEvent::RoomDeleted { room_id: "r".into() };
+        assert_eq!(hub.send(&bob, To::Only(&remote), &ev), 1, "a room event to the remote connection");
+        assert!(rr.try_recv().is_ok() && rl.try_recv().is_err());
+        assert_eq!(hub.send(&bob, To::All, &ev), 2, "room-deleted to every connection of the user");
+        assert_eq!(hub.notify(&bob, &Via::All, &ev), 1, "call notifications stay on the user's own node");
+        assert!(hub.deliver(&bob, &local, Outbound::Close(1001, "x")));
+        assert!(!hub.deliver(&bob, &remote, Outbound::Close(1001, "x")), "deliver is for local sockets");
+        hub.unregister_remote(&bob, &remote);
+        assert_eq!(hub.send(&bob, To::Only(&remote), &ev), 0);
+        assert!(hub.unregister(&bob, &local), "the remote one never counted as online");
     }
 
     #[test]

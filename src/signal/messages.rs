@@ -153,6 +153,26 @@ pub enum ClientMessage {
     },
 }
 
+impl ClientMessage {
+    /// The room a room message is about (what a cluster relays to the room's
+    /// node, SPEC 13); `None` for the others.
+    pub fn room_id(&self) -> Option<&RoomId> {
+        use ClientMessage::*;
+        match self {
+            RoomJoin { room_id, .. }
+            | PublishOffer { room_id, .. }
+            | SubscribeAnswer { room_id, .. }
+            | RoomIceCandidate { room_id, .. }
+            | TrackMute { room_id, .. }
+            | TrackSubscribe { room_id, .. }
+            | RoomLeave { room_id }
+            | RoomMessage { room_id, .. }
+            | ParticipantState { room_id, .. } => Some(room_id),
+            _ => None,
+        }
+    }
+}
+
 /// One entry of `publish-offer.tracks`.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

@@ -19,6 +19,7 @@ pub mod hub;
 pub mod messages;
 pub mod placement;
 pub mod ratelimit;
+pub mod relay;
 pub mod room_analytics;
 pub mod rooms;
 pub mod rooms_live;
@@ -62,10 +63,14 @@ pub enum SignalError {
     RateLimited(String),
     #[error("{0}")]
     NotImplemented(String),
-    /// In a cluster, the room's media is on another node, and this node does
-    /// not relay a room to it yet (SPEC 13): the client is told where to go.
-    #[error("room is served by cluster node {node} at {url}: join it there (this node does not relay rooms between nodes yet)")]
+    /// In a cluster, the room's media is on another node. A `room-join` is
+    /// relayed there ([`relay`]); a REST seat reservation is not yet, and
+    /// is told where to go.
+    #[error("room is served by cluster node {node} at {url}: reserve the seat there, or send room-join over /rtc to any node")]
     OnOtherNode { node: crate::ids::NodeId, url: String },
+    /// Something this needs in the cluster does not answer (SPEC 13).
+    #[error("{0}")]
+    Unavailable(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -81,7 +86,7 @@ impl SignalError {
             Self::RoomFull => "room-full",
             Self::RateLimited(_) => "rate-limited",
             Self::NotImplemented(_) => "not-implemented",
-            Self::OnOtherNode { .. } => "unavailable",
+            Self::OnOtherNode { .. } | Self::Unavailable(_) => "unavailable",
             Self::Store(StoreError::Unavailable(_)) => "unavailable",
             Self::Store(_) => "internal",
         }
@@ -117,6 +122,10 @@ pub struct Signaling {
     pub hub: std::sync::Arc<hub::Hub>,
     pub keys: crate::auth::TokenKeys,
     pub metrics: crate::metrics::Metrics,
+    /// In a cluster: how room messages reach the node a room is on.
+    pub relay: Option<std::sync::Arc<dyn relay::RelayLink>>,
+    /// Other nodes' clients in rooms placed here.
+    pub remote: relay::RemoteConns,
 }
 
 impl Signaling {

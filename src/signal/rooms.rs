@@ -377,6 +377,20 @@ impl RoomService {
         // The lock is not held across the write: the room stays (and may
         // take joins) until the store has its deletion, then goes.
         self.store.delete_room(id).await?;
+        self.deleted(id).await;
+        if let Some(placement) = &self.placement {
+            if let Err(e) = placement.forget(id).await {
+                // Harmless: the next room with this id does not exist (ids are random).
+                tracing::warn!(room = %id, error = %e, "could not remove a deleted room's placement");
+            }
+        }
+        Ok(())
+    }
+
+    /// A room the store no longer has (deleted here or, in a cluster, on
+    /// another node): it goes from memory and the media plane, and its
+    /// participants get `room-deleted`.
+    pub async fn deleted(&self, id: &RoomId) {
         let removed = {
             let mut rooms = self.rooms.lock();
             let removed = rooms.remove(id);
@@ -384,7 +398,7 @@ impl RoomService {
             removed
         };
         // Gone meanwhile: a concurrent delete finished first.
-        let Some(mut s) = removed else { return Ok(()) };
+        let Some(mut s) = removed else { return };
         let joined: Vec<PeerId> = s.joined().map(|(seat, _)| seat.peer_id.clone()).collect();
         for p in &joined {
             self.metrics.participants_active.dec();
@@ -393,12 +407,6 @@ impl RoomService {
             }
             if let Some(a) = s.analytics.as_mut() {
                 a.left(p);
-            }
-        }
-        if let Some(placement) = &self.placement {
-            if let Err(e) = placement.forget(id).await {
-                // Harmless: the next room with this id does not exist (ids are random).
-                tracing::warn!(room = %id, error = %e, "could not remove a deleted room's placement");
             }
         }
         let seats: Vec<RoomParticipant> = s.participants.drain(..).map(|p| p.seat).collect();
@@ -410,7 +418,6 @@ impl RoomService {
                 self.hub.send(&p.user_id, To::All, &ev);
             }
         }
-        Ok(())
     }
 }
 

@@ -9,9 +9,10 @@ use super::calls::NewCall;
 use super::hub::Outbound;
 use super::messages::{self, ClientMessage, ServerEvent};
 use super::ratelimit::TokenBucket;
+use super::relay::Relayed;
 use super::{Actor, SignalError, Signaling};
 use crate::auth::{self, AuthError, Claims};
-use crate::ids::ConnId;
+use crate::ids::{ConnId, NodeId};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use serde_json::Value;
 use std::time::Duration;
@@ -82,12 +83,7 @@ where
     tracing::debug!(%user, %conn, "websocket open");
 
     let (mut sink, mut stream) = socket.split();
-    let mut state = State {
-        actor: Actor { claims, conn: Some(conn.clone()) },
-        bucket: TokenBucket::new(limits.rate_per_sec, limits.burst, std::time::Instant::now()),
-        oversized: 0,
-        rate_limited: 0,
-    };
+    let mut state = State::new(Actor { claims, conn: Some(conn.clone()) }, limits, signal.relay.is_some());
     let mut ping = interval_at(Instant::now() + limits.ping_interval, limits.ping_interval);
     ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut last_seen = Instant::now();
@@ -160,6 +156,9 @@ where
         signal.calls.user_offline(&user);
     }
     signal.rooms.conn_closed(&conn);
+    if let Some(link) = &signal.relay {
+        std::mem::take(&mut state.relaying).closed(link.as_ref(), &conn).await;
+    }
     tracing::debug!(%user, %conn, ?close, "websocket closed");
 
     if let Some((code, why)) = close {
@@ -179,24 +178,46 @@ where
     let _ = sink.close().await;
 }
 
-struct State {
-    actor: Actor,
+/// One connection's state between frames: a local session's, or a remote
+/// connection's on a room's node ([`super::relay`]).
+pub(super) struct State {
+    pub(super) actor: Actor,
     bucket: TokenBucket,
     oversized: u32,
     rate_limited: u32,
+    /// Whether room messages may be relayed to another node (a local session
+    /// in a cluster; never a remote connection, so nothing is relayed twice).
+    may_relay: bool,
+    pub(super) relaying: super::relay::Relaying,
 }
 
 /// What one client frame led to.
 #[derive(Default)]
-struct Step {
-    replies: Vec<ServerEvent>,
+pub(super) struct Step {
+    pub(super) replies: Vec<ServerEvent>,
     close: Option<(u16, &'static str)>,
     /// New token expiry after a successful `refresh`.
     refreshed: Option<u64>,
 }
 
 impl State {
-    async fn on_text(&mut self, text: &str, signal: &Signaling, limits: &Limits) -> Step {
+    fn new(actor: Actor, limits: &Limits, may_relay: bool) -> Self {
+        State {
+            actor,
+            bucket: TokenBucket::new(limits.rate_per_sec, limits.burst, std::time::Instant::now()),
+            oversized: 0,
+            rate_limited: 0,
+            may_relay,
+            relaying: Default::default(),
+        }
+    }
+
+    /// A remote connection's state (its node already limited its rate).
+    pub(super) fn remote(actor: Actor) -> Self {
+        Self::new(actor, &Limits::default(), false)
+    }
+
+    pub(super) async fn on_text(&mut self, text: &str, signal: &Signaling, limits: &Limits) -> Step {
         let mut step = Step::default();
         if text.len() > limits.max_message {
             self.oversized += 1;
@@ -233,7 +254,7 @@ impl State {
             }
         };
         let started = std::time::Instant::now();
-        match self.dispatch(msg, req_id.clone(), signal, &mut step).await {
+        match self.dispatch(msg, text, req_id.clone(), signal, &mut step).await {
             Ok(Some(reply)) => step.replies.push(reply),
             Ok(None) => {}
             Err(e) => {
@@ -247,13 +268,42 @@ impl State {
         step
     }
 
+    /// Send the client's `text` about `room` to the room's `node`.
+    async fn relay(&self, signal: &Signaling, node: &NodeId, text: &str) -> Result<(), SignalError> {
+        let Some(link) = &signal.relay else { return Err(SignalError::Unavailable("no cluster".into())) };
+        let msg = Relayed::Up {
+            from: link.node().clone(),
+            conn: self.actor.conn.clone().unwrap_or_else(ConnId::random),
+            claims: self.actor.claims.clone(),
+            text: text.to_owned(),
+            sent_at_us: super::relay::unix_micros(),
+        };
+        link.send(node, &msg).await.map_err(|e| {
+            tracing::warn!(%node, error = %e, "cluster: cannot relay to a room's node");
+            SignalError::Unavailable(format!(
+                "the cluster node serving this room ({node}) does not answer; send room-join again to be placed anew"
+            ))
+        })
+    }
+
     async fn dispatch(
         &mut self,
         msg: ClientMessage,
+        text: &str,
         req_id: Option<Value>,
         signal: &Signaling,
         step: &mut Step,
     ) -> Result<Option<ServerEvent>, SignalError> {
+        // A room on another node (SPEC 13): its node answers, through us.
+        if let Some(room) = msg.room_id().filter(|_| !matches!(msg, ClientMessage::RoomJoin { .. })) {
+            if let Some(node) = self.relaying.node_of(room).cloned() {
+                self.relay(signal, &node, text).await?;
+                if matches!(msg, ClientMessage::RoomLeave { .. }) {
+                    self.relaying.stop(room);
+                }
+                return Ok(None);
+            }
+        }
         let calls = &signal.calls;
         let a = &self.actor;
         Ok(match msg {
@@ -299,7 +349,16 @@ impl State {
                 calls.record_stats(a, &call_id, stats).await.map(|_| None)?
             }
             ClientMessage::RoomJoin { room_id, peer_id } => {
-                signal.rooms.claim(&room_id).await?;
+                match signal.rooms.claim(&room_id).await {
+                    Err(SignalError::OnOtherNode { node, .. }) if self.may_relay => {
+                        self.relay(signal, &node, text).await?;
+                        self.relaying.start(room_id, node);
+                        return Ok(None);
+                    }
+                    placed => placed?,
+                }
+                self.relaying.stop(&room_id);
+                let a = &self.actor;
                 if let Some((call, name, parties)) = calls.sfu_room(a, &room_id) {
                     signal.rooms.ensure_call_room(&room_id, &call, name.as_deref(), parties);
                 }

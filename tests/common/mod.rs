@@ -418,6 +418,20 @@ pub fn python() -> std::path::PathBuf {
     p
 }
 
+/// Run `tests/interop/{file}` with the test venv's Python; its last stdout
+/// line (a JSON summary). Panics, with both outputs, when it fails.
+pub fn run_interop(file: &str, args: &[String]) -> Value {
+    let out = std::process::Command::new(python())
+        .arg(format!("{}/tests/interop/{file}", env!("CARGO_MANIFEST_DIR")))
+        .args(args)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{file} failed:\n{stdout}\n{stderr}");
+    serde_json::from_str(stdout.lines().last().unwrap()).unwrap()
+}
+
 /// Run the node `script` (under tests/browser/) against `base`, killing it and
 /// its Chromium after `limit`; its JSON summary (the last line on stdout).
 pub fn run_node_summary(script: &str, base: &str, limit: std::time::Duration) -> Value {
