@@ -10,10 +10,15 @@ use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
 fn node(redis: &RedisServer, id: &str) -> (ChildServer, tempfile::TempDir) {
+    node_with(redis, id, &[])
+}
+
+fn node_with(redis: &RedisServer, id: &str, env: &[(&str, &str)]) -> (ChildServer, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let n =
-        ChildServer::spawn(dir.path(), &[("CONFER_CLUSTER_REDIS_URL", &redis.url()), ("CONFER_CLUSTER_NODE_ID", id)]);
-    (n, dir)
+    let url = redis.url();
+    let mut all = vec![("CONFER_CLUSTER_REDIS_URL", url.as_str()), ("CONFER_CLUSTER_NODE_ID", id)];
+    all.extend_from_slice(env);
+    (ChildServer::spawn(dir.path(), &all), dir)
 }
 
 async fn redis_con(redis: &RedisServer) -> redis::aio::MultiplexedConnection {
@@ -276,18 +281,8 @@ async fn rooms_placed_in_a_burst_spread_over_idle_nodes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_on_one_node_is_in_a_room_on_another_through_the_relay() {
     let redis = RedisServer::start();
-    let one_worker = |id: &'static str| {
-        let dir = tempfile::tempdir().unwrap();
-        let env = [
-            ("CONFER_CLUSTER_REDIS_URL", redis.url()),
-            ("CONFER_CLUSTER_NODE_ID", id.into()),
-            ("CONFER_MEDIA_WORKERS", "1".into()),
-        ];
-        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        (ChildServer::spawn(dir.path(), &env), dir)
-    };
-    let (a, _da) = one_worker("node-a");
-    let (b, _db) = one_worker("node-b");
+    let (a, _da) = node_with(&redis, "node-a", &[("CONFER_MEDIA_WORKERS", "1")]);
+    let (b, _db) = node_with(&redis, "node-b", &[("CONFER_MEDIA_WORKERS", "1")]);
     let (ca, cb) = (child_client(a.addr), child_client(b.addr));
     within("both nodes seeing two", Duration::from_secs(5), async || {
         live_nodes(&ca).await == Some(2.0) && live_nodes(&cb).await == Some(2.0)
@@ -401,4 +396,100 @@ async fn relayed_signaling_keeps_the_protocol_and_a_delete_anywhere_ends_the_roo
     let placed: Option<String> = redis_con(&redis).await.get(format!("confer:room_node:{room}")).await.unwrap();
     assert_eq!(placed.as_deref(), Some(survivor));
     println!("re-placed on {survivor} {:?} after {dead} was killed", t0.elapsed());
+}
+
+const SDP_OFFER: &str = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\n";
+
+/// SPEC 13 "call events reach every socket of a user on any node": alice on
+/// node A calls bob, who has devices on B (bob1, bob2) and on A (bob3). The
+/// call is held by A; bob1's actions on B are relayed to A, A's events reach
+/// bob's sockets on both nodes, `call-answered-elsewhere` included, and what
+/// is for bob1's device reaches it alone. Then a call nobody answers is
+/// missed once, by the node holding it, for a callee on the other node.
+#[tokio::test]
+async fn a_call_between_users_on_different_nodes_gets_every_event() {
+    let redis = RedisServer::start();
+    let ring = [("CONFER_CALLS_RING_TIMEOUT", "2s")];
+    let (a, _da) = node_with(&redis, "node-a", &ring);
+    let (b, _db) = node_with(&redis, "node-b", &ring);
+    let (ca, cb) = (child_client(a.addr), child_client(b.addr));
+    within("both nodes seeing two", Duration::from_secs(5), async || {
+        live_nodes(&ca).await == Some(2.0) && live_nodes(&cb).await == Some(2.0)
+    })
+    .await;
+    let mut alice = ca.ws_ready("alice").await;
+    let (mut bob1, mut bob2, mut bob3) = (cb.ws_ready("bob").await, cb.ws_ready("bob").await, ca.ws_ready("bob").await);
+
+    alice
+        .send(json!({"type": "call-initiate", "calleeId": "bob", "callType": "video", "sdp": SDP_OFFER, "reqId": 1}))
+        .await;
+    let created = alice.recv_type("call-created").await;
+    assert_eq!(created["reqId"], 1, "{created}");
+    let id = created["callSession"]["id"].as_str().unwrap().to_owned();
+    for bob in [&mut bob1, &mut bob2, &mut bob3] {
+        let m = bob.recv_type("call-initiate").await;
+        assert_eq!(
+            (m["callId"].as_str(), m["from"].as_str(), m["sdp"].as_str()),
+            (Some(id.as_str()), Some("alice"), Some(SDP_OFFER)),
+            "{m}"
+        );
+    }
+    let held: Option<String> = redis_con(&redis).await.get(format!("confer:call_node:{id}")).await.unwrap();
+    assert_eq!(held.as_deref(), Some("node-a"));
+
+    // bob1, on B, accepts: relayed to A.
+    bob1.send(json!({"type": "call-accept", "callId": id})).await;
+    let m = alice.recv_type("call-accept").await;
+    assert_eq!((m["from"].as_str(), m["callSession"]["status"].as_str()), (Some("bob"), Some("active")), "{m}");
+    for other in [&mut bob2, &mut bob3] {
+        let m = other.recv_type("call-answered-elsewhere").await;
+        assert_eq!(m["callId"], id.as_str(), "{m}");
+    }
+
+    // alice's candidate and renegotiation go to bob1's device only.
+    let cand = json!({"candidate": "candidate:1 1 udp 2130706431 127.0.0.1 50000 typ host", "sdpMid": "0", "sdpMLineIndex": 0});
+    alice.send(json!({"type": "ice-candidate", "callId": id, "candidate": cand})).await;
+    let m = bob1.recv_type("ice-candidate").await;
+    assert_eq!((&m["from"], &m["candidate"]), (&json!("alice"), &cand), "{m}");
+    alice.send(json!({"type": "call-sdp-update", "callId": id, "sdp": "v=0 again", "sdpType": "offer"})).await;
+    let m = bob1.recv_type("call-sdp-update").await;
+    assert_eq!((m["sdp"].as_str(), m["sdpType"].as_str()), (Some("v=0 again"), Some("offer")), "{m}");
+    bob2.expect_silence(Duration::from_millis(300)).await;
+    bob3.expect_silence(Duration::from_millis(100)).await;
+
+    // bob1's answer and candidate come back through B.
+    bob1.send(json!({"type": "call-answer", "callId": id, "sdp": "v=0 answer"})).await;
+    let m = alice.recv_type("call-answer").await;
+    assert_eq!((m["from"].as_str(), m["sdp"].as_str()), (Some("bob"), Some("v=0 answer")), "{m}");
+    bob1.send(json!({"type": "ice-candidate", "callId": id, "candidate": cand})).await;
+    assert_eq!(alice.recv_type("ice-candidate").await["from"], "bob");
+
+    // bob1 hangs up over /rtc on B: alice gets call-hangup, the store ended it.
+    bob1.send(json!({"type": "call-hangup", "callId": id})).await;
+    let m = alice.recv_type("call-hangup").await;
+    assert_eq!((m["from"].as_str(), m["reason"].as_str()), (Some("bob"), Some("hangup")), "{m}");
+    let (st, cs) = cb.get(&format!("/calls/{id}"), "bob").await;
+    let cs = &cs["callSession"];
+    assert_eq!((st, cs["status"].as_str(), cs["endReason"].as_str()), (200, Some("ended"), Some("hangup")), "{cs}");
+    bob1.send(json!({"type": "call-hangup", "callId": id, "reqId": "again"})).await;
+    let m = bob1.recv_type("error").await;
+    assert_eq!((m["code"].as_str(), m["reqId"].as_str()), (Some("conflict"), Some("again")), "{m}");
+
+    // A call held by B that nobody answers: missed once, for both.
+    let mut carol = ca.ws_ready("carol").await;
+    let mut caller = cb.ws_ready("alice").await;
+    caller.send(json!({"type": "call-initiate", "calleeId": "carol", "callType": "audio"})).await;
+    let id = caller.recv_type("call-created").await["callSession"]["id"].as_str().unwrap().to_owned();
+    carol.recv_type("call-initiate").await;
+    for w in [&mut caller, &mut carol] {
+        let m = w.recv_type("call-ended").await;
+        assert_eq!(
+            (m["callId"].as_str(), m["status"].as_str(), m["endReason"].as_str()),
+            (Some(id.as_str()), Some("missed"), Some("timeout")),
+            "{m}"
+        );
+    }
+    carol.expect_silence(Duration::from_millis(1500)).await;
+    let (st, cs) = ca.get(&format!("/calls/{id}"), "carol").await;
+    assert_eq!((st, cs["callSession"]["status"].as_str()), (200, Some("missed")), "{cs}");
 }

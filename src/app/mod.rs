@@ -219,6 +219,7 @@ impl Server {
             config.calls.ring_timeout.0,
             config.calls.reconnect_grace.0,
             timers.clone(),
+            cluster.clone().map(|c| c as Arc<dyn crate::signal::placement::Placement>),
         );
         let settled = calls.recover().await?;
         if settled > 0 {
@@ -261,6 +262,27 @@ impl Server {
             relay: cluster.as_ref().map(|c| Arc::new(c.relay_link()) as Arc<dyn crate::signal::relay::RelayLink>),
             remote: Default::default(),
         });
+        if let Some(link) = signal.relay.clone() {
+            // Call notifications for users' connections on the other nodes,
+            // in order, from one task (SPEC 13).
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+            signal.hub.set_fanout(tx);
+            tokio::spawn(async move {
+                let mut failing = false;
+                while let Some((user, via, text)) = rx.recv().await {
+                    let text = std::sync::Arc::<str>::as_ref(&text).to_owned();
+                    let msg = crate::signal::relay::Relayed::Notify { from: link.node().clone(), user, via, text };
+                    match link.broadcast(&msg).await {
+                        Ok(()) => failing = false,
+                        Err(e) if !failing => {
+                            failing = true;
+                            tracing::warn!(error = %e, "cluster: cannot send call events to the other nodes");
+                        }
+                        Err(_) => {}
+                    }
+                }
+            });
+        }
         let relay_signal = Arc::downgrade(&signal);
         tokio::spawn(async move {
             while let Some(m) = relayed_rx.recv().await {

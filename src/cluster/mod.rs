@@ -11,6 +11,8 @@
 //! - `confer:placed`: hash, node id → rooms placed on it since its last
 //!   heartbeat, which the placement adds to that heartbeat's load so that
 //!   rooms placed within one heartbeat do not all go to one node.
+//! - `confer:call_node:{call}`: the node holding a live call (its creator),
+//!   where the parties' actions on it are relayed; kept a day.
 //! - `confer:room_node:{room}`: the id of the node a room's media lives on
 //!   (LiveKit's `room_node_map`). Written only by compare-and-set in one Lua
 //!   script, so of two nodes placing one room at once, the second reads the
@@ -26,7 +28,7 @@
 pub mod nodes;
 pub mod relay;
 
-use crate::ids::{NodeId, RoomId};
+use crate::ids::{CallId, NodeId, RoomId};
 use crate::signal::placement::{Placed, Placement};
 use crate::store::StoreError;
 use futures_util::future::BoxFuture;
@@ -69,6 +71,14 @@ fn node_key(id: &NodeId) -> String {
 fn room_key(id: &RoomId) -> String {
     format!("confer:room_node:{id}")
 }
+
+fn call_key(id: &CallId) -> String {
+    format!("confer:call_node:{id}")
+}
+
+/// How long the record of a call's node outlives its creation (a ringing or
+/// active call; a call that ended answers `conflict` wherever it is asked).
+const CALL_OWNER_TTL_SECS: u64 = 24 * 3600;
 
 fn unavailable(e: redis::RedisError) -> StoreError {
     StoreError::Unavailable(format!("Redis (cluster): {e}"))
@@ -305,6 +315,25 @@ impl Placement for Cluster {
         Box::pin(async move {
             let _: () = self.con.clone().del(room_key(room)).await.map_err(unavailable)?;
             Ok(())
+        })
+    }
+
+    fn own_call<'a>(&'a self, call: &'a CallId) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let _: () = self
+                .con
+                .clone()
+                .set_ex(call_key(call), self.me.id.as_str(), CALL_OWNER_TTL_SECS)
+                .await
+                .map_err(unavailable)?;
+            Ok(())
+        })
+    }
+
+    fn call_owner<'a>(&'a self, call: &'a CallId) -> BoxFuture<'a, Result<Option<NodeId>, StoreError>> {
+        Box::pin(async move {
+            let node: Option<String> = self.con.clone().get(call_key(call)).await.map_err(unavailable)?;
+            Ok(node.map(NodeId::from))
         })
     }
 }

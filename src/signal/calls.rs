@@ -69,6 +69,9 @@ pub struct CallService {
     /// The service lock: held only to read or commit a call, never across a
     /// store write or a send.
     live: Mutex<HashMap<CallId, LiveCall>>,
+    /// In a cluster: where each live call is held (this node, for the calls
+    /// it creates), so the other nodes relay their parties' actions here.
+    placement: Option<Arc<dyn super::placement::Placement>>,
 }
 
 pub const MAX_ID_LEN: usize = 128;
@@ -81,6 +84,7 @@ impl CallService {
         ring_timeout: Duration,
         reconnect_grace: Duration,
         timers: Timers,
+        placement: Option<Arc<dyn super::placement::Placement>>,
     ) -> Arc<Self> {
         Arc::new(Self {
             out: Outlets { store, hub, timers },
@@ -88,7 +92,19 @@ impl CallService {
             ring_timeout,
             reconnect_grace,
             live: Mutex::new(HashMap::new()),
+            placement,
         })
+    }
+
+    /// In a cluster, the node holding `id` when it is not this one (`None`
+    /// here, alone, or when no node holds it: the action then fails here as
+    /// for any call that is not live).
+    pub async fn held_elsewhere(&self, id: &CallId) -> Result<Option<crate::ids::NodeId>, SignalError> {
+        let Some(placement) = &self.placement else { return Ok(None) };
+        if self.live.lock().contains_key(id) {
+            return Ok(None);
+        }
+        Ok(placement.call_owner(id).await?)
     }
 
     /// Settle calls that were live when the previous process died: their media
@@ -140,6 +156,11 @@ impl CallService {
             if self.out.hub.is_online(u) {
                 live.seen_online.insert(u.clone());
             }
+        }
+        // Recorded before anyone hears of the call, so that a party on
+        // another node who answers at once finds it.
+        if let Some(placement) = &self.placement {
+            placement.own_call(&session.id).await?;
         }
         self.out
             .carry_out(effects, || {

@@ -20,7 +20,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// Which of a user's connections a notification goes to.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Via {
     /// Every connection of the user.
     All,

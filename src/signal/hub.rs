@@ -9,6 +9,13 @@
 //! ([`super::effects::Effect::Notify`]) are delivered: to this process's
 //! sessions today; delivery to a user's sessions on other nodes plugs in there.
 //!
+//! In a cluster a notification also goes to the user's connections on the
+//! other nodes: the hub queues it for the fan-out ([`Hub::set_fanout`]),
+//! whose one task publishes it, in order, to every node, and each node
+//! delivers it to its own connections of that user ([`Hub::notify_from_peer`]).
+//! A notification for one device (`Via::Device`) that is a connection of
+//! this node is not sent further.
+//!
 //! In a cluster the hub also holds *remote* connections: clients of other
 //! nodes in rooms placed here ([`super::relay`]). Room events
 //! ([`Hub::send`]) and shutdown notices reach them like local ones; call
@@ -37,9 +44,14 @@ struct Conn {
     tx: mpsc::Sender<Outbound>,
 }
 
+/// A notification for the other nodes: the user, which connections, the text.
+pub type Fanout = mpsc::UnboundedSender<(UserId, super::effects::Via, Arc<str>)>;
+
 #[derive(Default)]
 pub struct Hub {
     users: Mutex<HashMap<UserId, Vec<Conn>>>,
+    /// In a cluster: where notifications for other nodes' connections go.
+    fanout: std::sync::OnceLock<Fanout>,
     /// Other nodes' clients in rooms placed here, by user.
     remote: Mutex<HashMap<UserId, Vec<Conn>>>,
 }
@@ -47,6 +59,7 @@ pub struct Hub {
 /// Which of a user's connections an event goes to.
 #[derive(Clone, Copy, Debug)]
 pub enum To<'a> {
+    Nobody,
     All,
     Only(&'a ConnId),
     AllExcept(Option<&'a ConnId>),
@@ -112,17 +125,42 @@ impl Hub {
         self.users.lock().values().map(Vec::len).sum()
     }
 
-    /// Deliver a notification: `via` picked among `user`'s connections.
-    /// Returns how many connections got it.
+    /// In a cluster: send notifications on to the other nodes through `tx`.
+    pub fn set_fanout(&self, tx: Fanout) {
+        let _ = self.fanout.set(tx);
+    }
+
+    /// Deliver a notification: `via` picked among `user`'s connections, on
+    /// this node and (in a cluster) the others. Returns how many connections
+    /// of this node got it.
     pub fn notify(&self, user: &UserId, via: &super::effects::Via, event: &ServerEvent) -> usize {
         use super::effects::Via;
+        let text: Arc<str> = event.to_text().into();
         let to = match via {
             Via::All => To::All,
             Via::AllExcept(conn) => To::AllExcept(conn.as_ref()),
-            Via::Device(Some(c)) if self.has_conn(user, c) => To::Only(c),
+            Via::Device(Some(c)) if self.has_conn(user, c) => {
+                return send_to(&self.users, user, To::Only(c), &Outbound::Text(text));
+            }
+            // The device is on another node (or gone): the fan-out finds it.
+            Via::Device(Some(_)) if self.fanout.get().is_some() => To::Nobody,
             Via::Device(_) => To::All,
         };
-        let text: Arc<str> = event.to_text().into();
+        if let Some(tx) = self.fanout.get() {
+            let _ = tx.send((user.clone(), via.clone(), text.clone()));
+        }
+        send_to(&self.users, user, to, &Outbound::Text(text))
+    }
+
+    /// A notification another node fanned out: to this node's connections
+    /// of `user` that `via` picks (a device only if it is one of them).
+    pub fn notify_from_peer(&self, user: &UserId, via: &super::effects::Via, text: Arc<str>) -> usize {
+        use super::effects::Via;
+        let to = match via {
+            Via::All | Via::Device(None) => To::All,
+            Via::AllExcept(conn) => To::AllExcept(conn.as_ref()),
+            Via::Device(Some(c)) => To::Only(c),
+        };
         send_to(&self.users, user, to, &Outbound::Text(text))
     }
 
@@ -165,6 +203,7 @@ fn send_to(map: &Mutex<HashMap<UserId, Vec<Conn>>>, user: &UserId, to: To<'_>, o
     let mut sent = 0;
     conns.retain(|c| {
         let wanted = match to {
+            To::Nobody => false,
             To::All => true,
             To::Only(id) => &c.id == id,
             To::AllExcept(ex) => Some(&c.id) != ex,

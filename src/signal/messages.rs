@@ -154,6 +154,22 @@ pub enum ClientMessage {
 }
 
 impl ClientMessage {
+    /// The call a call message is about (what a cluster relays to the node
+    /// holding the call, SPEC 13); `None` for the others.
+    pub fn call_id(&self) -> Option<&CallId> {
+        use ClientMessage::*;
+        match self {
+            CallAccept { call_id }
+            | CallAnswer { call_id, .. }
+            | IceCandidate { call_id, .. }
+            | CallSdpUpdate { call_id, .. }
+            | CallReject { call_id, .. }
+            | CallHangup { call_id }
+            | CallStats { call_id, .. } => Some(call_id),
+            _ => None,
+        }
+    }
+
     /// The room a room message is about (what a cluster relays to the room's
     /// node, SPEC 13); `None` for the others.
     pub fn room_id(&self) -> Option<&RoomId> {

@@ -48,6 +48,9 @@ pub enum Relayed {
     Down { conn: ConnId, user: UserId, out: DownFrame },
     /// The client `conn` of node `from` closed its socket.
     Closed { from: NodeId, conn: ConnId },
+    /// To every node: a call notification for `user`'s connections there
+    /// ([`super::hub::Hub::notify_from_peer`]).
+    Notify { from: NodeId, user: UserId, via: super::effects::Via, text: String },
     /// To every node: node `from` deleted `room` (`DELETE /rooms/:id`), so
     /// whoever holds it ends it for its participants and forgets it.
     RoomDeleted { from: NodeId, room: crate::ids::RoomId },
@@ -121,6 +124,11 @@ impl Signaling {
             Relayed::Closed { conn, .. } => {
                 self.remote.conns.lock().remove(&conn);
             }
+            Relayed::Notify { from, user, via, text } => {
+                if &from != link.node() {
+                    self.hub.notify_from_peer(&user, &via, text.into());
+                }
+            }
             Relayed::RoomDeleted { from, room } => {
                 if &from != link.node() {
                     let signal = self.clone();
@@ -192,6 +200,8 @@ async fn serve_remote(
 pub(super) struct Relaying {
     /// Room → the node it is relayed to.
     rooms: HashMap<crate::ids::RoomId, NodeId>,
+    /// Call → the node holding it.
+    calls: HashMap<crate::ids::CallId, NodeId>,
     /// Every node this connection relayed to (each is told when it closes).
     nodes: Vec<NodeId>,
 }
@@ -210,6 +220,17 @@ impl Relaying {
 
     pub(super) fn stop(&mut self, room: &crate::ids::RoomId) {
         self.rooms.remove(room);
+    }
+
+    pub(super) fn call_node(&self, call: &crate::ids::CallId) -> Option<&NodeId> {
+        self.calls.get(call)
+    }
+
+    pub(super) fn start_call(&mut self, call: crate::ids::CallId, node: NodeId) {
+        if !self.nodes.contains(&node) {
+            self.nodes.push(node.clone());
+        }
+        self.calls.insert(call, node);
     }
 
     /// The socket closed: tell every node it relayed to.
@@ -250,6 +271,12 @@ mod tests {
             Relayed::Down { conn: "conn_1".into(), user: "bob".into(), out: DownFrame::Close(1001) },
             Relayed::Closed { from: "node-a".into(), conn: "conn_1".into() },
             Relayed::RoomDeleted { from: "node-a".into(), room: "room_1".into() },
+            Relayed::Notify {
+                from: "node-a".into(),
+                user: "bob".into(),
+                via: crate::signal::effects::Via::AllExcept(Some("conn_2".into())),
+                text: "{}".into(),
+            },
         ] {
             let text = serde_json::to_string(&msg).unwrap();
             assert_eq!(serde_json::from_str::<Relayed>(&text).unwrap(), msg, "{text}");

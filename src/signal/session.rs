@@ -304,6 +304,18 @@ impl State {
                 return Ok(None);
             }
         }
+        // A call held by another node: its node decides, through us.
+        if let Some(call) = msg.call_id().filter(|_| self.may_relay) {
+            let node = match self.relaying.call_node(call) {
+                Some(n) => Some(n.clone()),
+                None => signal.calls.held_elsewhere(call).await?,
+            };
+            if let Some(node) = node.filter(|n| signal.relay.as_ref().is_some_and(|l| l.node() != n)) {
+                self.relay(signal, &node, text).await?;
+                self.relaying.start_call(call.clone(), node);
+                return Ok(None);
+            }
+        }
         let calls = &signal.calls;
         let a = &self.actor;
         Ok(match msg {
