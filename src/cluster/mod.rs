@@ -318,6 +318,13 @@ impl Placement for Cluster {
         })
     }
 
+    fn room_elsewhere<'a>(&'a self, room: &'a RoomId) -> BoxFuture<'a, Result<Option<NodeId>, StoreError>> {
+        Box::pin(async move {
+            let node: Option<String> = self.con.clone().get(room_key(room)).await.map_err(unavailable)?;
+            Ok(node.map(NodeId::from).filter(|n| n != &self.me.id))
+        })
+    }
+
     fn own_call<'a>(&'a self, call: &'a CallId) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
             let _: () = self

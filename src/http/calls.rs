@@ -7,7 +7,7 @@ use super::extract::query_number;
 use super::{AppState, AuthUser};
 use crate::ids::{CallId, RoomId, UserId};
 use crate::model::{CallMode, CallSession, CallStatus, CallType, FacingMode};
-use crate::signal::calls::{MediaChange, NewCall};
+use crate::signal::calls::NewCall;
 use crate::store::HistoryQuery;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -190,7 +190,7 @@ async fn accept_call(
     AuthUser(actor): AuthUser,
     Path(id): Path<String>,
 ) -> Result<Json<CallSessionBody>, ApiError> {
-    let call_session = st.signal.calls.accept(&actor, &CallId::from(id)).await?;
+    let call_session = st.signal.accept_call(&actor, &CallId::from(id)).await?;
     Ok(Json(CallSessionBody { call_session }))
 }
 
@@ -209,7 +209,7 @@ async fn reject_call(
     if reason.as_ref().is_some_and(|r| r.len() > 256) {
         return Err(ApiError::bad_request("reason: at most 256 characters"));
     }
-    st.signal.calls.reject(&actor, &CallId::from(id), reason).await?;
+    st.signal.reject_call(&actor, &CallId::from(id), reason).await?;
     Ok(message("Call rejected"))
 }
 
@@ -223,7 +223,7 @@ async fn hangup_call(
     AuthUser(actor): AuthUser,
     Path(id): Path<String>,
 ) -> Result<Json<MessageBody>, ApiError> {
-    st.signal.calls.hangup(&actor, &CallId::from(id)).await?;
+    st.signal.hangup_call(&actor, &CallId::from(id)).await?;
     Ok(message("Call ended"))
 }
 
@@ -272,7 +272,7 @@ async fn switch_camera(
     if device_id.as_ref().is_some_and(|d| d.len() > 256) {
         return Err(ApiError::bad_request("deviceId: at most 256 characters"));
     }
-    st.signal.calls.change_media(&actor, &CallId::from(id), MediaChange::Camera { device_id, facing_mode }).await?;
+    st.signal.switch_camera(&actor, &CallId::from(id), device_id, facing_mode).await?;
     Ok(message("Camera switched"))
 }
 

@@ -111,7 +111,7 @@ async fn get_room(
     AuthUser(actor): AuthUser,
     Path(id): Path<String>,
 ) -> Result<Json<RoomBody>, ApiError> {
-    let room = st.signal.rooms.get(&actor, &RoomId::from(id)).await?;
+    let room = st.signal.get_room(&actor, &RoomId::from(id)).await?;
     Ok(Json(RoomBody { room }))
 }
 
@@ -132,7 +132,7 @@ async fn room_analytics(
     AuthUser(actor): AuthUser,
     Path(id): Path<String>,
 ) -> Result<Json<AnalyticsBody>, ApiError> {
-    let analytics = st.signal.rooms.analytics(&actor, &RoomId::from(id)).await?;
+    let analytics = st.signal.room_analytics(&actor, &RoomId::from(id)).await?;
     Ok(Json(AnalyticsBody { analytics }))
 }
 
@@ -156,7 +156,7 @@ async fn room_messages(
     AuthUser(actor): AuthUser,
     Path(id): Path<String>,
 ) -> Result<Json<MessagesBody>, ApiError> {
-    let messages = st.signal.rooms.messages(&actor, &RoomId::from(id))?;
+    let messages = st.signal.room_messages(&actor, &RoomId::from(id)).await?;
     Ok(Json(MessagesBody { messages }))
 }
 
@@ -170,7 +170,7 @@ async fn join_room(
     AuthUser(actor): AuthUser,
     Path(id): Path<String>,
 ) -> Result<Json<JoinBody>, ApiError> {
-    let (room, peer_id) = st.signal.rooms.reserve(&actor, &RoomId::from(id)).await?;
+    let (room, peer_id) = st.signal.reserve_seat(&actor, &RoomId::from(id)).await?;
     Ok(Json(JoinBody { room, peer_id }))
 }
 
@@ -183,7 +183,7 @@ async fn leave_room(
     AuthUser(actor): AuthUser,
     Path(id): Path<String>,
 ) -> Result<Json<MessageBody>, ApiError> {
-    st.signal.rooms.leave(&actor, &RoomId::from(id)).await?;
+    st.signal.leave_room(&actor, &RoomId::from(id)).await?;
     Ok(message("Left room"))
 }
 

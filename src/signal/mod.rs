@@ -11,6 +11,7 @@
 //! Nothing here touches a socket or knows an HTTP status code; [`SignalError`]
 //! carries the SPEC's error codes and `http` maps them to statuses.
 
+pub mod ask;
 pub mod call;
 pub mod calls;
 pub mod chat;
@@ -173,9 +174,10 @@ impl Signaling {
         Ok(v)
     }
 
-    /// The call mute routes: stored on the participant and pushed to the other
-    /// party; in `mode: "sfu"` the SFU also stops forwarding that media.
-    pub async fn mute_call(
+    /// The call mute routes, on the node holding the call: stored on the
+    /// participant and pushed to the other party; in `mode: "sfu"` the SFU
+    /// also stops forwarding that media.
+    pub(crate) async fn mute_call_here(
         &self,
         actor: &Actor,
         id: &crate::ids::CallId,

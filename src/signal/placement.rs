@@ -27,6 +27,10 @@ pub trait Placement: Send + Sync {
     /// `room` is gone (deleted): forget its placement.
     fn forget<'a>(&'a self, room: &'a RoomId) -> BoxFuture<'a, Result<(), StoreError>>;
 
+    /// The node `room` is placed on when that is another node than this one
+    /// (`None`: here, or not placed); nothing is placed.
+    fn room_elsewhere<'a>(&'a self, room: &'a RoomId) -> BoxFuture<'a, Result<Option<NodeId>, StoreError>>;
+
     /// This node holds `call` (it created it): the others send its parties'
     /// actions here.
     fn own_call<'a>(&'a self, call: &'a CallId) -> BoxFuture<'a, Result<(), StoreError>>;

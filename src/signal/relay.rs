@@ -45,15 +45,43 @@ pub enum Relayed {
         sent_at_us: u64,
     },
     /// What the receiving node's client `conn` is to be sent.
-    Down { conn: ConnId, user: UserId, out: DownFrame },
+    Down {
+        conn: ConnId,
+        user: UserId,
+        out: DownFrame,
+    },
     /// The client `conn` of node `from` closed its socket.
-    Closed { from: NodeId, conn: ConnId },
+    Closed {
+        from: NodeId,
+        conn: ConnId,
+    },
+    /// A REST action for the receiving node ([`super::ask`]); answered by
+    /// [`Relayed::Answer`] with the same `id`.
+    Ask {
+        from: NodeId,
+        id: u64,
+        claims: Claims,
+        ask: super::ask::Ask,
+        sent_at_us: u64,
+    },
+    Answer {
+        id: u64,
+        result: Result<serde_json::Value, super::ask::Refusal>,
+    },
     /// To every node: a call notification for `user`'s connections there
     /// ([`super::hub::Hub::notify_from_peer`]).
-    Notify { from: NodeId, user: UserId, via: super::effects::Via, text: String },
+    Notify {
+        from: NodeId,
+        user: UserId,
+        via: super::effects::Via,
+        text: String,
+    },
     /// To every node: node `from` deleted `room` (`DELETE /rooms/:id`), so
     /// whoever holds it ends it for its participants and forgets it.
-    RoomDeleted { from: NodeId, room: crate::ids::RoomId },
+    RoomDeleted {
+        from: NodeId,
+        room: crate::ids::RoomId,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -82,6 +110,25 @@ pub trait RelayLink: Send + Sync {
 #[derive(Default)]
 pub struct RemoteConns {
     conns: Mutex<HashMap<ConnId, mpsc::Sender<Up>>>,
+    /// Asks of other nodes waiting for their answer, by id.
+    asks: Mutex<HashMap<u64, tokio::sync::oneshot::Sender<Answer>>>,
+    next_ask: std::sync::atomic::AtomicU64,
+}
+
+type Answer = Result<serde_json::Value, super::ask::Refusal>;
+
+impl RemoteConns {
+    /// A new ask's id and where its answer will come.
+    pub(super) fn expect_answer(&self) -> (u64, tokio::sync::oneshot::Receiver<Answer>) {
+        let id = self.next_ask.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.asks.lock().insert(id, tx);
+        (id, rx)
+    }
+
+    pub(super) fn forget_answer(&self, id: u64) {
+        self.asks.lock().remove(&id);
+    }
 }
 
 /// What a remote connection's task takes: the claims, the text, when sent.
@@ -123,6 +170,12 @@ impl Signaling {
             }
             Relayed::Closed { conn, .. } => {
                 self.remote.conns.lock().remove(&conn);
+            }
+            Relayed::Ask { from, id, claims, ask, sent_at_us } => self.on_ask(from, id, claims, ask, sent_at_us),
+            Relayed::Answer { id, result } => {
+                if let Some(tx) = self.remote.asks.lock().remove(&id) {
+                    let _ = tx.send(result);
+                }
             }
             Relayed::Notify { from, user, via, text } => {
                 if &from != link.node() {
@@ -264,13 +317,25 @@ mod tests {
             Relayed::Up {
                 from: "node-a".into(),
                 conn: "conn_1".into(),
-                claims,
+                claims: claims.clone(),
                 text: r#"{"type":"room-join","roomId":"r"}"#.into(),
                 sent_at_us: 7,
             },
             Relayed::Down { conn: "conn_1".into(), user: "bob".into(), out: DownFrame::Close(1001) },
             Relayed::Closed { from: "node-a".into(), conn: "conn_1".into() },
             Relayed::RoomDeleted { from: "node-a".into(), room: "room_1".into() },
+            Relayed::Ask {
+                from: "node-a".into(),
+                id: 3,
+                claims: claims.clone(),
+                ask: crate::signal::ask::Ask::CallReject { call: "call_1".into(), reason: Some("busy".into()) },
+                sent_at_us: 9,
+            },
+            Relayed::Answer {
+                id: 3,
+                result: Err(crate::signal::ask::Refusal { code: "conflict".into(), message: "call is ended".into() }),
+            },
+            Relayed::Answer { id: 4, result: Ok(serde_json::json!({"peerId": "peer_1"})) },
             Relayed::Notify {
                 from: "node-a".into(),
                 user: "bob".into(),

@@ -295,6 +295,14 @@ impl RoomService {
         }
     }
 
+    /// In a cluster, the node `id` is placed on when it is not this one.
+    pub async fn held_elsewhere(&self, id: &RoomId) -> Result<Option<crate::ids::NodeId>, SignalError> {
+        match &self.placement {
+            Some(p) => Ok(p.room_elsewhere(id).await?),
+            None => Ok(None),
+        }
+    }
+
     /// What this node holds, for its cluster heartbeat: rooms with anyone in
     /// them, and their seats (reserved or joined).
     pub fn occupancy(&self) -> (u32, u32) {
