@@ -5,6 +5,9 @@
 //! ```sh
 //! cargo bench --bench signaling -- idle-ws 19000      # connections held, server RSS per connection
 //! cargo bench --bench signaling -- relay 1000 10      # call set-ups/s for N s: relay latency p50/p99
+//! cargo bench --bench signaling -- relay 1000 10 2    # the same on a cluster of 2 nodes on one
+//!                                                      # redis-server, each call between two nodes
+//!                                                      # (1: one node on Redis); + Redis commands per set-up
 //! cargo bench --bench signaling -- get-call 64 10     # GET /calls/:id with 64 clients for N s
 //! ```
 
@@ -18,6 +21,17 @@ use tokio_tungstenite::tungstenite::Message;
 
 const SECRET: &str = "bench-secret-0123456789abcdef-0123456789";
 
+#[path = "../tests/common/redis.rs"]
+#[allow(dead_code)]
+mod redis_server;
+
+/// Where the test setup installs a tool (`redis-server`), as the tests find it.
+fn tool(name: &str) -> std::path::PathBuf {
+    let found =
+        std::env::var_os("PATH").and_then(|p| std::env::split_paths(&p).map(|d| d.join(name)).find(|p| p.exists()));
+    found.unwrap_or_else(|| panic!("{name} is not installed: run scripts/setup-test-deps.sh"))
+}
+
 struct Server {
     child: std::process::Child,
     addr: SocketAddr,
@@ -26,16 +40,24 @@ struct Server {
 
 impl Server {
     fn start() -> Server {
+        Self::start_with(&[])
+    }
+
+    fn start_with(env: &[(&str, String)]) -> Server {
         let dir = tempfile::tempdir().unwrap();
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_confer"))
-            .args(["serve", "--http", "127.0.0.1:0", "--data"])
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_confer"));
+        cmd.args(["serve", "--http", "127.0.0.1:0", "--data"])
             .arg(dir.path())
             .env("CONFER_AUTH_SECRET", SECRET)
             .env("CONFER_CALLS_RING_TIMEOUT", "1h")
+            .env("CONFER_MEDIA_LISTEN", "127.0.0.1:0")
+            .env("CONFER_TURN_LISTEN", "127.0.0.1:0")
             .env("RUST_LOG", "warn")
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .expect("start confer");
+            .stdout(std::process::Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("start confer");
         let mut line = String::new();
         std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
         let addr = line.split_whitespace().find_map(|kv| kv.strip_prefix("http=")).unwrap().parse().unwrap();
@@ -132,20 +154,48 @@ async fn next_of(ws: &mut Ws, ty: &str) -> (Value, Instant) {
     }
 }
 
-async fn relay(rate: usize, secs: u64) -> Value {
-    let server = Server::start();
+/// Redis's `total_commands_processed`.
+async fn redis_commands(url: &str) -> u64 {
+    let mut con = redis::Client::open(url).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let info: String = redis::cmd("INFO").arg("stats").query_async(&mut con).await.unwrap();
+    info.lines().find_map(|l| l.strip_prefix("total_commands_processed:")).unwrap().trim().parse().unwrap()
+}
+
+/// Call set-ups at `rate`/s for `secs`: on one node alone (`nodes` None), or
+/// on a cluster of `nodes` on one redis-server with each caller on node
+/// `p % nodes` and its callee on the next node.
+async fn relay(rate: usize, secs: u64, nodes: Option<usize>) -> Value {
+    let redis = nodes.map(|_| redis_server::RedisServer::start());
+    let servers: Vec<Server> = match (&redis, nodes) {
+        (Some(r), Some(n)) => (0..n)
+            .map(|i| {
+                Server::start_with(&[
+                    ("CONFER_CLUSTER_REDIS_URL", r.url()),
+                    ("CONFER_CLUSTER_NODE_ID", format!("bench-{i}")),
+                ])
+            })
+            .collect(),
+        _ => vec![Server::start()],
+    };
+    // Let every node see the others' heartbeats.
+    tokio::time::sleep(Duration::from_millis(if servers.len() > 1 { 2500 } else { 0 })).await;
+    let commands0 = match &redis {
+        Some(r) => redis_commands(&r.url()).await,
+        None => 0,
+    };
     // Each pair does 5 set-ups/s: 10 messages/s from the caller, 5 from the callee.
     let pairs = (rate / 5).max(1);
     let mut tasks = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(secs) + Duration::from_secs(2);
-    let cpu0 = server.cpu_secs();
+    let cpu = || servers.iter().map(Server::cpu_secs).sum::<f64>();
+    let cpu0 = cpu();
     let t0 = Instant::now() + Duration::from_secs(2);
     for p in 0..pairs {
-        let addr = server.addr;
+        let (here, there) = (servers[p % servers.len()].addr, servers[(p + 1) % servers.len()].addr);
         tasks.push(tokio::spawn(async move {
             let (a, b) = (format!("a{p}"), format!("b{p}"));
-            let mut alice = connect(addr, &a, 2).await;
-            let mut bob = connect(addr, &b, 3).await;
+            let mut alice = connect(here, &a, 2).await;
+            let mut bob = connect(there, &b, 3).await;
             let mut hops = Vec::new();
             let mut full = Vec::new();
             let period = Duration::from_millis(200);
@@ -180,9 +230,15 @@ async fn relay(rate: usize, secs: u64) -> Value {
         full.extend(f);
     }
     let elapsed = secs as f64;
-    let cpu = server.cpu_secs() - cpu0;
+    let cpu = cpu() - cpu0;
     let n = full.len();
-    json!({"bench": "relay", "machine": machine(), "pairs": pairs, "setups": n, "setupsPerSec": (n as f64 / elapsed).round(),
+    let redis_per_setup = match &redis {
+        Some(r) => json!(((redis_commands(&r.url()).await - commands0) as f64 / n as f64 * 10.0).round() / 10.0),
+        None => Value::Null,
+    };
+    let nodes = nodes.map_or(json!("alone (sled)"), |n| json!(n));
+    json!({"bench": "relay", "machine": machine(), "nodes": nodes, "pairs": pairs, "setups": n,
+           "setupsPerSec": (n as f64 / elapsed).round(), "redisCommandsPerSetup": redis_per_setup,
            "hopP50Ms": percentile(&mut hops, 0.5) * 1e3, "hopP99Ms": percentile(&mut hops, 0.99) * 1e3,
            "setupP50Ms": percentile(&mut full, 0.5) * 1e3, "setupP99Ms": percentile(&mut full, 0.99) * 1e3,
            "serverCpuUsPerSetup": cpu * 1e6 / n as f64})
@@ -237,10 +293,13 @@ fn main() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let out = match args.first().map(String::as_str) {
         Some("idle-ws") => rt.block_on(idle_ws(num(1, 10_000) as usize)),
-        Some("relay") => rt.block_on(relay(num(1, 1000) as usize, num(2, 10))),
+        Some("relay") => {
+            let nodes = args.get(3).map(|n| n.parse().expect("NODES: a number"));
+            rt.block_on(relay(num(1, 1000) as usize, num(2, 10), nodes))
+        }
         Some("get-call") => rt.block_on(get_call(num(1, 64) as usize, num(2, 10))),
         _ => {
-            eprintln!("usage: cargo bench --bench signaling -- idle-ws [N] | relay [SETUPS_PER_SEC] [SECS] | get-call [CONC] [SECS]");
+            eprintln!("usage: cargo bench --bench signaling -- idle-ws [N] | relay [SETUPS_PER_SEC] [SECS] [NODES] | get-call [CONC] [SECS]");
             return;
         }
     };

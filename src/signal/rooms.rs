@@ -280,9 +280,9 @@ impl RoomService {
     }
 
     /// Before a seat is reserved or joined: bring the room in ([`Self::load`])
-    /// and, in a cluster, make sure its media is placed on this node. A room
-    /// placed on another live node is refused with where it is, since this
-    /// node does not relay a room to another yet (SPEC 13's relay is to come).
+    /// and, in a cluster, place its media if it is not on a live node. A room
+    /// on another node is [`SignalError::OnOtherNode`], which the caller
+    /// relays to that node ([`super::relay`], [`super::ask`]).
     pub async fn claim(&self, id: &RoomId) -> Result<(), SignalError> {
         self.load(id).await?;
         let Some(placement) = &self.placement else { return Ok(()) };
