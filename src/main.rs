@@ -101,7 +101,8 @@ fn loadtest(args: confer::app::cli::LoadtestArgs) -> anyhow::Result<()> {
     let config = load_quietly(&args.common)?;
     let keys = app::token_keys(&config)?;
     let opts = confer::loadtest::LoadOpts {
-        url: args.url.trim_end_matches('/').to_owned(),
+        url: args.url.first().map(|u| u.trim_end_matches('/').to_owned()).unwrap_or_default(),
+        urls: args.url.iter().map(|u| u.trim_end_matches('/').to_owned()).collect(),
         rooms: args.rooms.max(1),
         publishers: args.publishers.max(1),
         subscribers: args.subscribers,

@@ -530,3 +530,35 @@ async fn a_call_between_users_on_different_nodes_gets_every_event() {
     let (st, cs) = ca.get(&format!("/calls/{id}"), "carol").await;
     assert_eq!((st, cs["callSession"]["status"].as_str()), (200, Some("missed")), "{cs}");
 }
+
+/// `confer loadtest --url A,B` spreads its clients over the nodes: the run
+/// is whole (every track at every subscriber) with the room on one node and
+/// half the clients relayed to it from the other.
+#[test]
+fn loadtest_spreads_its_clients_over_the_nodes() {
+    let redis = RedisServer::start();
+    let (a, da) = node_with(&redis, "node-a", &[("CONFER_MEDIA_WORKERS", "1")]);
+    let (b, _db) = node_with(&redis, "node-b", &[("CONFER_MEDIA_WORKERS", "1")]);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_confer"))
+        .args(["loadtest", "--subscribers", "3", "--seconds", "3", "--video-kbps", "300", "--url"])
+        .arg(format!("http://{},http://{}", a.addr, b.addr))
+        .arg("--data")
+        .arg(da.path())
+        .env("CONFER_AUTH_SECRET", common::SECRET)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "loadtest failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let r: Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!((r["tracksExpected"].as_u64(), r["tracksReceived"].as_u64()), (Some(6), Some(6)), "{r}");
+    assert!(r["loss"].as_f64().unwrap() < 0.05 && r["packetsForwarded"].as_f64().unwrap() > 0.0, "{r}");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let relayed: f64 = rt.block_on(async {
+        let mut n = 0.0;
+        for c in [child_client(a.addr), child_client(b.addr)] {
+            n += c.metric("confer_cluster_relay_seconds_count").await.unwrap_or(0.0);
+        }
+        n
+    });
+    assert!(relayed >= 4.0, "the clients on the room's other node were relayed: {relayed} messages");
+}

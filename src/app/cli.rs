@@ -74,9 +74,11 @@ pub enum Command {
 pub struct LoadtestArgs {
     #[command(flatten)]
     pub common: ConfigArgs,
-    /// The server's base URL.
-    #[arg(long, default_value = "http://127.0.0.1:8080")]
-    pub url: String,
+    /// The server's base URL; for a cluster, several, comma-separated: the
+    /// clients are spread over them in turn (the rooms are created on the
+    /// first), and the server figures add up every node's.
+    #[arg(long, default_value = "http://127.0.0.1:8080", value_delimiter = ',', value_name = "URL[,URL...]")]
+    pub url: Vec<String>,
     /// Rooms to create.
     #[arg(long, default_value_t = 1)]
     pub rooms: usize,

@@ -29,7 +29,11 @@ use tokio_tungstenite::tungstenite::Message;
 /// What to load the server with.
 #[derive(Clone, Debug)]
 pub struct LoadOpts {
+    /// The node this client talks to (the first of `urls` for the run).
     pub url: String,
+    /// Every node of the server (a cluster: several); clients are spread
+    /// over them in turn.
+    pub urls: Vec<String>,
     pub rooms: usize,
     pub publishers: usize,
     pub subscribers: usize,
@@ -65,6 +69,24 @@ pub const SIMULCAST_SHARE: [f64; 3] = [0.1, 0.3, 1.0];
 const RIDS: [&str; 3] = ["q", "h", "f"];
 
 impl LoadOpts {
+    /// The options for the `n`th client: its node is `urls[n % len]`.
+    fn for_client(&self, n: usize) -> LoadOpts {
+        let mut o = self.clone();
+        if !self.urls.is_empty() {
+            o.url = self.urls[n % self.urls.len()].clone();
+        }
+        o
+    }
+
+    /// Every node to read server figures from.
+    fn nodes(&self) -> Vec<&str> {
+        if self.urls.is_empty() {
+            vec![self.url.as_str()]
+        } else {
+            self.urls.iter().map(String::as_str).collect()
+        }
+    }
+
     /// The server the clients' media goes to.
     fn target(&self) -> &str {
         self.janus.as_deref().unwrap_or(&self.url)
@@ -782,12 +804,22 @@ async fn measure(http: &reqwest::Client, opts: &LoadOpts) -> anyhow::Result<(f64
     let mut m = match opts.server_pid {
         Some(pid) => proc_usage(pid)?,
         None if opts.janus.is_some() => anyhow::bail!("--janus needs --server-pid (Janus has no /metrics)"),
-        None => server_metrics(http, &opts.url).await?,
+        None => nodes_metrics(http, opts).await?,
     };
     if opts.janus.is_none() && opts.server_pid.is_some() {
-        m.2 = server_metrics(http, &opts.url).await?.2;
+        m.2 = nodes_metrics(http, opts).await?.2;
     }
     Ok(m)
+}
+
+/// [`server_metrics`] summed over every node.
+async fn nodes_metrics(http: &reqwest::Client, opts: &LoadOpts) -> anyhow::Result<(f64, f64, f64)> {
+    let mut sum = (0.0, 0.0, 0.0);
+    for url in opts.nodes() {
+        let m = server_metrics(http, url).await?;
+        sum = (sum.0 + m.0, sum.1 + m.1, sum.2 + m.2);
+    }
+    Ok(sum)
 }
 
 /// (CPU seconds, RSS bytes, 0) of a process, from `/proc/<pid>/stat` and `status`.
@@ -840,6 +872,20 @@ async fn forward_delay_buckets(http: &reqwest::Client, url: &str) -> Vec<(f64, f
             Some((le, rest.trim().parse().ok()?))
         })
         .collect()
+}
+
+/// [`forward_delay_buckets`] summed over every node (each has the same bounds).
+async fn nodes_delay_buckets(http: &reqwest::Client, opts: &LoadOpts) -> Vec<(f64, f64)> {
+    let mut sum: Vec<(f64, f64)> = Vec::new();
+    for url in opts.nodes() {
+        for (le, n) in forward_delay_buckets(http, url).await {
+            match sum.iter_mut().find(|(b, _)| *b == le) {
+                Some(slot) => slot.1 += n,
+                None => sum.push((le, n)),
+            }
+        }
+    }
+    sum
 }
 
 /// The `q` quantile (ms) of what a histogram counted between two scrapes:
@@ -925,14 +971,16 @@ pub async fn run(opts: LoadOpts, keys: &TokenKeys) -> anyhow::Result<Value> {
         let room = resp["room"]["id"].as_str().unwrap_or_default().to_owned();
         rooms.push((room.clone(), owner.clone()));
         for i in 0..opts.subscribers {
-            let (o, t, room, c) = (opts.clone(), token(&format!("load-sub-{r}-{i}")), room.clone(), counters.clone());
+            let o = opts.for_client(r * (opts.publishers + opts.subscribers) + opts.publishers + i);
+            let (t, room, c) = (token(&format!("load-sub-{r}-{i}")), room.clone(), counters.clone());
             let ceiling = (!opts.ceilings.is_empty()).then(|| opts.ceilings[i % opts.ceilings.len()].clone());
             let cap = (i == 0 && opts.cap_kbps.is_some()).then(|| Arc::new(peer::Cap::default()));
             counters.caps.lock().unwrap_or_else(|e| e.into_inner()).extend(cap.clone());
             subs.push(tokio::spawn(subscriber(o, t, room, c, epoch, stop, None, Role { ceiling, cap })));
         }
         for i in 0..opts.publishers {
-            let (o, t, room, c) = (opts.clone(), token(&format!("load-pub-{r}-{i}")), room.clone(), counters.clone());
+            let o = opts.for_client(r * (opts.publishers + opts.subscribers) + i);
+            let (t, room, c) = (token(&format!("load-pub-{r}-{i}")), room.clone(), counters.clone());
             tasks.push(tokio::spawn(publisher(o, t, room, c, epoch, stop, None)));
         }
     }
@@ -967,7 +1015,7 @@ pub async fn run(opts: LoadOpts, keys: &TokenKeys) -> anyhow::Result<Value> {
     });
     tokio::time::sleep_until((epoch + Duration::from_micros(from)).into()).await;
     let m0 = measure(&http, &opts).await?;
-    let d0 = forward_delay_buckets(&http, &opts.url).await;
+    let d0 = nodes_delay_buckets(&http, &opts).await;
     let started = Instant::now();
     let end = epoch + Duration::from_micros(until);
     while Instant::now() < end {
@@ -983,7 +1031,7 @@ pub async fn run(opts: LoadOpts, keys: &TokenKeys) -> anyhow::Result<Value> {
         );
     }
     let m1 = measure(&http, &opts).await?;
-    let d1 = forward_delay_buckets(&http, &opts.url).await;
+    let d1 = nodes_delay_buckets(&http, &opts).await;
     let secs = started.elapsed().as_secs_f64();
     // What left inside the window and is still in flight is counted when it
     // arrives; what does not arrive by now is lost.
