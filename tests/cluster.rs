@@ -562,3 +562,87 @@ fn loadtest_spreads_its_clients_over_the_nodes() {
     });
     assert!(relayed >= 4.0, "the clients on the room's other node were relayed: {relayed} messages");
 }
+
+/// SPEC 13 "timers fire once ... if that node dies, another takes over": the
+/// calls of a node killed with -9 (one ringing, one active) are taken over
+/// by the node left; the ringing one is missed on time, once, and the active
+/// one goes on and ends with its hang-up. A node stopped with SIGTERM does
+/// not end its live calls: they are taken over as well.
+#[tokio::test]
+async fn the_calls_of_a_node_that_is_gone_are_taken_over() {
+    let redis = RedisServer::start();
+    let ring = [("CONFER_CALLS_RING_TIMEOUT", "10s")];
+    let (mut a, _da) = node_with(&redis, "node-a", &ring);
+    let (b, _db) = node_with(&redis, "node-b", &ring);
+    let (ca, cb) = (child_client(a.addr), child_client(b.addr));
+    within("both nodes seeing two", Duration::from_secs(5), async || {
+        live_nodes(&ca).await == Some(2.0) && live_nodes(&cb).await == Some(2.0)
+    })
+    .await;
+    let (mut alice, mut dave) = (ca.ws_ready("alice").await, ca.ws_ready("dave").await);
+    let (mut carol, mut bob) = (cb.ws_ready("carol").await, cb.ws_ready("bob").await);
+    let t0 = Instant::now();
+    alice.send(json!({"type": "call-initiate", "calleeId": "carol", "callType": "audio"})).await;
+    let ringing = alice.recv_type("call-created").await["callSession"]["id"].as_str().unwrap().to_owned();
+    carol.recv_type("call-initiate").await;
+    dave.send(json!({"type": "call-initiate", "calleeId": "bob", "callType": "video"})).await;
+    let active = dave.recv_type("call-created").await["callSession"]["id"].as_str().unwrap().to_owned();
+    bob.recv_type("call-initiate").await;
+    bob.send(json!({"type": "call-accept", "callId": active})).await;
+    dave.recv_type("call-accept").await;
+    a.kill9();
+
+    let m = carol.try_recv(Duration::from_secs(15)).await.expect("call-ended for the ringing call");
+    let at = t0.elapsed();
+    assert_eq!(
+        (m["type"].as_str(), m["callId"].as_str(), m["status"].as_str()),
+        (Some("call-ended"), Some(ringing.as_str()), Some("missed")),
+        "{m}"
+    );
+    assert!(
+        at > Duration::from_millis(9_500) && at < Duration::from_secs(13),
+        "missed {at:?} after the call began, for a 10 s ring timeout"
+    );
+    carol.expect_silence(Duration::from_secs(1)).await;
+    let held: Option<String> = redis_con(&redis).await.get(format!("confer:call_node:{active}")).await.unwrap();
+    assert_eq!(held.as_deref(), Some("node-b"), "the active call is held by the node left");
+    let (st, cs) = cb.get(&format!("/calls/{active}"), "bob").await;
+    assert_eq!((st, cs["callSession"]["status"].as_str()), (200, Some("active")), "{cs}");
+    bob.send(json!({"type": "call-hangup", "callId": active, "reqId": "bye"})).await;
+    bob.expect_silence(Duration::from_millis(500)).await;
+    let (_, cs) = cb.get(&format!("/calls/{active}"), "bob").await;
+    assert_eq!(
+        (cs["callSession"]["status"].as_str(), cs["callSession"]["endReason"].as_str()),
+        (Some("ended"), Some("hangup")),
+        "{cs}"
+    );
+    println!("ringing call missed {at:?} after it began; node-a killed at once");
+
+    // A node that drains (SIGTERM) leaves its calls live, and they move.
+    let (mut c, _dc) = node_with(&redis, "node-c", &ring);
+    let cc = child_client(c.addr);
+    within("node-c live", Duration::from_secs(5), async || live_nodes(&cc).await == Some(2.0)).await;
+    let mut eve = cc.ws_ready("eve").await;
+    eve.send(json!({"type": "call-initiate", "calleeId": "bob", "callType": "video"})).await;
+    let moving = eve.recv_type("call-created").await["callSession"]["id"].as_str().unwrap().to_owned();
+    bob.recv_type("call-initiate").await;
+    bob.send(json!({"type": "call-accept", "callId": moving})).await;
+    eve.recv_type("call-accept").await;
+    c.sigterm();
+    assert_eq!(eve.recv_type("server-shutdown").await["reconnect"], true);
+    // bob's socket is on B; only his call was on C: he is not told to go.
+    assert!(c.wait_exit(Duration::from_secs(12)).await.is_some_and(|s| s.success()), "node-c exits");
+    within("node-b holding the drained node's call", Duration::from_secs(5), async || {
+        let held: Option<String> = redis_con(&redis).await.get(format!("confer:call_node:{moving}")).await.unwrap();
+        held.as_deref() == Some("node-b")
+    })
+    .await;
+    let (_, cs) = cb.get(&format!("/calls/{moving}"), "bob").await;
+    assert_eq!(cs["callSession"]["status"], "active", "a drain does not end calls: {cs}");
+    bob.send(json!({"type": "call-hangup", "callId": moving})).await;
+    bob.expect_silence(Duration::from_millis(300)).await;
+    within("the moved call ended by its hang-up", Duration::from_secs(3), async || {
+        cb.get(&format!("/calls/{moving}"), "bob").await.1["callSession"]["endReason"] == "hangup"
+    })
+    .await;
+}

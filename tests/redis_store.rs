@@ -264,7 +264,8 @@ async fn wait_ready(c: &TestServer, want: u16, limit: Duration) -> Duration {
 }
 
 /// A call made on node A outlives A's `kill -9`: node B, with a data dir of
-/// its own, serves it from Redis (history and the call itself).
+/// its own, serves it from Redis (history and the call itself) and takes the
+/// live one over; A, restarted, leaves it to B.
 #[tokio::test]
 async fn a_call_outlives_its_node() {
     let redis = RedisServer::start();
@@ -291,19 +292,37 @@ async fn a_call_outlives_its_node() {
     let c = ok(&cb, "GET", &format!("/calls/{ended}"), "bob", None).await;
     assert_eq!(c["callSession"]["status"], "ended", "{c}");
     assert_eq!(c["callSession"]["endReason"], "hangup", "{c}");
-    // B is not the node that ran it: the ringing call is A's to settle.
+    // The ringing call lives on: B, the node left, takes it over at its
+    // next heartbeat (A is gone).
     let c = ok(&cb, "GET", &format!("/calls/{ringing}"), "carol", None).await;
     assert_eq!(c["callSession"]["status"], "ringing", "{c}");
     let r = ok(&cb, "GET", &format!("/rooms/{room_id}"), "bob", None).await;
     assert_eq!(r["room"]["name"], "standup", "{r}");
+    let mut con = redis::Client::open(redis.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    wait_for_async("node-b holding the ringing call", Duration::from_secs(6), async || {
+        let held: Option<String> =
+            redis::AsyncCommands::get(&mut con, format!("confer:call_node:{ringing}")).await.unwrap();
+        held.as_deref() == Some("node-b")
+    })
+    .await;
 
-    // A back on its own data dir (its node id): it settles its own live call.
+    // A back on its own data dir (its node id) settles nothing of it: the
+    // call is B's now, and carol's reject on A is carried out there.
     let a = node(dir_a.path(), &redis, "node-a");
     let ca = child_client(a.addr);
     let c = ok(&ca, "GET", &format!("/calls/{ringing}"), "alice", None).await;
-    assert_eq!(c["callSession"]["endReason"], "server-restart", "{c}");
+    assert_eq!(c["callSession"]["status"], "ringing", "{c}");
+    ok(&ca, "PUT", &format!("/calls/{ringing}/reject"), "carol", None).await;
     let c = ok(&cb, "GET", &format!("/calls/{ringing}"), "alice", None).await;
-    assert_eq!(c["callSession"]["status"], "ended", "B reads what A settled: {c}");
+    assert_eq!(c["callSession"]["status"], "rejected", "{c}");
+}
+
+async fn wait_for_async(what: &str, limit: Duration, mut ok: impl AsyncFnMut() -> bool) {
+    let started = std::time::Instant::now();
+    while !ok().await {
+        assert!(started.elapsed() < limit, "not {what} within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Two nodes on one Redis at once: a room created on A is on B (get, list,

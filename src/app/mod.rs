@@ -245,7 +245,12 @@ impl Server {
         )
         .await?;
         if let Some(c) = &cluster {
-            c.start_heartbeats(load_reader(&rooms, &metrics));
+            let adopter = calls.clone();
+            let taken: crate::cluster::TakenFn = Arc::new(move |ids| {
+                let calls = adopter.clone();
+                tokio::spawn(async move { calls.adopt(ids).await });
+            });
+            c.start_heartbeats(load_reader(&rooms, &metrics), taken);
         }
         let pump_rooms = rooms.clone();
         tokio::spawn(async move {

@@ -11,8 +11,13 @@
 //! - `confer:placed`: hash, node id → rooms placed on it since its last
 //!   heartbeat, which the placement adds to that heartbeat's load so that
 //!   rooms placed within one heartbeat do not all go to one node.
-//! - `confer:call_node:{call}`: the node holding a live call (its creator),
-//!   where the parties' actions on it are relayed; kept a day.
+//! - `confer:call_node:{call}`: the node holding a live call (its creator,
+//!   or the node that took it over), where the parties' actions on it are
+//!   relayed; kept a day. A node that is gone (its heartbeat is 6 s old, or
+//!   it stopped) has its live calls taken over by the first live node whose
+//!   heartbeat comes next: one script moves the store's `confer:calls:live`
+//!   entries and these records to it, and that node holds the calls and
+//!   their timers from then on.
 //! - `confer:room_node:{room}`: the id of the node a room's media lives on
 //!   (LiveKit's `room_node_map`). Written only by compare-and-set in one Lua
 //!   script, so of two nodes placing one room at once, the second reads the
@@ -64,6 +69,30 @@ end
 return cur
 ";
 
+/// Take every live call whose node is not live (`ARGV[3..]`; this node,
+/// `ARGV[1]`, among them): the store's live-calls hash (`KEYS[1]`, call id →
+/// node) and the call's node record name this node from now on. Returns the
+/// calls taken. One script, so of two nodes taking over at once each call
+/// goes to one.
+const TAKE_OVER: &str = r"
+local live = {}
+for i = 3, #ARGV do live[ARGV[i]] = true end
+local taken = {}
+local all = redis.call('HGETALL', KEYS[1])
+for i = 1, #all, 2 do
+  if not live[all[i + 1]] then
+    redis.call('HSET', KEYS[1], all[i], ARGV[1])
+    redis.call('SET', 'confer:call_node:' .. all[i], ARGV[1], 'EX', ARGV[2])
+    taken[#taken + 1] = all[i]
+  end
+end
+return taken
+";
+
+/// The store's hash of live calls (`store/redis_store.rs`), which a takeover
+/// rewrites.
+const LIVE_CALLS: &str = "confer:calls:live";
+
 fn node_key(id: &NodeId) -> String {
     format!("confer:node:{id}")
 }
@@ -98,6 +127,9 @@ pub struct Identity {
 
 /// Reads this node's load when a heartbeat is due.
 pub type LoadFn = Arc<dyn Fn() -> Load + Send + Sync>;
+
+/// Given the calls this node took over from nodes that are gone.
+pub type TakenFn = Arc<dyn Fn(Vec<CallId>) + Send + Sync>;
 
 /// This node's membership of the cluster.
 pub struct Cluster {
@@ -137,8 +169,11 @@ impl Cluster {
         relay::RedisRelay::new(self.con.clone(), self.me.id.clone())
     }
 
-    /// Heartbeats every 2 s from now on, with the load `load` reads.
-    pub fn start_heartbeats(self: &Arc<Self>, load: LoadFn) {
+    /// Heartbeats every 2 s from now on, with the load `load` reads; after
+    /// each, the live calls of nodes that are gone (dead, or stopped) are
+    /// taken over and handed to `taken` (SPEC 13: timers fire once, and a
+    /// ringing call still goes missed on time).
+    pub fn start_heartbeats(self: &Arc<Self>, load: LoadFn, taken: TakenFn) {
         *self.load.lock() = Some(load.clone());
         let me = Arc::downgrade(self);
         let task = tokio::spawn(async move {
@@ -151,7 +186,13 @@ impl Cluster {
                 let Some(me) = me.upgrade() else { break };
                 let result = async {
                     me.beat(load()).await?;
-                    me.refresh_gauge().await
+                    let snapshot = me.refresh_gauge().await?;
+                    let calls = me.take_over(&snapshot).await?;
+                    if !calls.is_empty() {
+                        tracing::info!(node = %me.me.id, calls = calls.len(), "cluster: took over the live calls of nodes that are gone");
+                        taken(calls);
+                    }
+                    Ok::<(), StoreError>(())
                 }
                 .await;
                 match result {
@@ -228,10 +269,24 @@ impl Cluster {
         Ok(Snapshot { nodes, placed_since_beat })
     }
 
-    async fn refresh_gauge(&self) -> Result<(), StoreError> {
+    async fn refresh_gauge(&self) -> Result<Snapshot, StoreError> {
         let s = self.snapshot().await?;
         self.live_nodes.set(s.live(now_ms()).count() as i64);
-        Ok(())
+        Ok(s)
+    }
+
+    /// Take over the live calls of every node that `snapshot` does not show
+    /// live (this node counts as live whatever it says).
+    pub async fn take_over(&self, snapshot: &Snapshot) -> Result<Vec<CallId>, StoreError> {
+        let now = now_ms();
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(TAKE_OVER).arg(1).arg(LIVE_CALLS).arg(self.me.id.as_str()).arg(CALL_OWNER_TTL_SECS);
+        cmd.arg(self.me.id.as_str());
+        for n in snapshot.live(now) {
+            cmd.arg(n.id.as_str());
+        }
+        let taken: Vec<String> = cmd.query_async(&mut self.con.clone()).await.map_err(unavailable)?;
+        Ok(taken.into_iter().map(CallId::from).collect())
     }
 
     /// Where `room` is, placing it first if it is not on a live node.

@@ -296,6 +296,50 @@ impl CallService {
         Ok(())
     }
 
+    /// Hold calls another node held until it went away (SPEC 13): read from
+    /// the store, live here from now on, a ringing one's timeout set for what
+    /// was left of it (at once, when that has passed). Their parties'
+    /// sockets were on the node that went; they find the call here through
+    /// its node record when they act on it.
+    pub async fn adopt(&self, ids: Vec<CallId>) {
+        for id in ids {
+            let session = match self.out.store.get_call(&id).await {
+                Ok(Some(s)) if !s.status.is_final() => s,
+                Ok(_) => continue,
+                Err(e) => {
+                    tracing::warn!(call = %id, error = %e, "cluster: could not read a call taken over");
+                    continue;
+                }
+            };
+            let ringing_left = (session.status == crate::model::CallStatus::Ringing).then(|| {
+                let rang = clock::seconds_between(session.created_at, clock::now()).max(0.0);
+                self.ring_timeout.saturating_sub(Duration::from_secs_f64(rang))
+            });
+            {
+                let mut calls = self.live.lock();
+                if calls.contains_key(&id) {
+                    continue;
+                }
+                calls.insert(
+                    id.clone(),
+                    LiveCall {
+                        call: Call { session, devices: HashMap::new() },
+                        gate: Arc::default(),
+                        seen_online: HashSet::new(),
+                        stats: HashMap::new(),
+                        samples: Default::default(),
+                        last_sample: None,
+                    },
+                );
+                self.metrics.calls_active.set(calls.len() as i64);
+            }
+            if let Some(left) = ringing_left {
+                self.out.timers.start(TimerKey::RingTimeout(id.clone()), left);
+            }
+            tracing::info!(call = %id, "cluster: holding a call whose node is gone");
+        }
+    }
+
     /// A user's connection opened: a reconnect grace running for them stops.
     pub fn user_online(&self, user: &UserId) {
         self.out.timers.cancel(TimerKey::ReconnectGrace(user.clone()));

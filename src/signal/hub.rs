@@ -18,8 +18,9 @@
 //!
 //! In a cluster the hub also holds *remote* connections: clients of other
 //! nodes in rooms placed here ([`super::relay`]). Room events
-//! ([`Hub::send`]) and shutdown notices reach them like local ones; call
-//! notifications do not (they are the user's own node's business), and a
+//! ([`Hub::send`]) reach them like local ones; call notifications do not
+//! (they are the user's own node's business), nor do broadcasts (shutdown:
+//! only the ones in a room here are told, [`Hub::send_remote`]), and a
 //! remote connection does not make its user online here.
 
 use super::messages::ServerEvent;
@@ -92,6 +93,12 @@ impl Hub {
                 remote.remove(user);
             }
         }
+    }
+
+    /// Queue `out` for the remote connection `id` of `user`; false when it
+    /// is not one.
+    pub fn send_remote(&self, user: &UserId, id: &ConnId, out: Outbound) -> bool {
+        send_to(&self.remote, user, To::Only(id), &out) > 0
     }
 
     /// Hand `out` to the local connection `id` of `user` (what a room's node
@@ -187,10 +194,8 @@ impl Hub {
     }
 
     fn broadcast_raw(&self, out: Outbound) {
-        for map in [&self.users, &self.remote] {
-            for c in map.lock().values().flatten() {
-                let _ = c.tx.try_send(out.clone());
-            }
+        for c in self.users.lock().values().flatten() {
+            let _ = c.tx.try_send(out.clone());
         }
     }
 }

@@ -131,14 +131,31 @@ pub struct Signaling {
 
 impl Signaling {
     /// Graceful shutdown, in SPEC 1's order: tell every client (to reconnect,
-    /// in a cluster: `reconnect`), end every live call with `server-shutdown`,
-    /// then close every socket.
+    /// in a cluster: `reconnect`), end every live call with `server-shutdown`
+    /// (alone; in a cluster another node takes them over, SPEC 13), then
+    /// close every socket.
     pub async fn shutdown(&self, reconnect: bool) {
-        self.hub.broadcast(&messages::ServerEvent::ServerShutdown { reconnect: reconnect.then_some(true) });
-        self.calls.end_all(call::reason::SERVER_SHUTDOWN).await;
+        let notice = messages::ServerEvent::ServerShutdown { reconnect: reconnect.then_some(true) };
+        self.hub.broadcast(&notice);
+        // Other nodes' clients in a room here lose the room: they are told
+        // and their sockets closed, so they reconnect and rejoin (the room
+        // is placed again). Those here only for a call are not: the call
+        // moves to another node.
+        let relayed_in_rooms: Vec<_> = self
+            .rooms
+            .joined_conns()
+            .into_iter()
+            .filter(|(u, c)| self.hub.send_remote(u, c, hub::Outbound::Text(notice.to_text().into())))
+            .collect();
+        if !reconnect {
+            self.calls.end_all(call::reason::SERVER_SHUTDOWN).await;
+        }
         self.rooms.shutdown_media();
         self.rooms.persist_all_history().await;
         self.hub.close_all(session::CLOSE_GOING_AWAY, "server shutdown");
+        for (u, c) in &relayed_in_rooms {
+            self.hub.send_remote(u, c, hub::Outbound::Close(session::CLOSE_GOING_AWAY, "server shutdown"));
+        }
     }
 
     /// A scheduler timer fired: the service that set it handles it.

@@ -253,8 +253,6 @@ async fn serve_remote(
 pub(super) struct Relaying {
     /// Room → the node it is relayed to.
     rooms: HashMap<crate::ids::RoomId, NodeId>,
-    /// Call → the node holding it.
-    calls: HashMap<crate::ids::CallId, NodeId>,
     /// Every node this connection relayed to (each is told when it closes).
     nodes: Vec<NodeId>,
 }
@@ -275,15 +273,11 @@ impl Relaying {
         self.rooms.remove(room);
     }
 
-    pub(super) fn call_node(&self, call: &crate::ids::CallId) -> Option<&NodeId> {
-        self.calls.get(call)
-    }
-
-    pub(super) fn start_call(&mut self, call: crate::ids::CallId, node: NodeId) {
+    /// A call message went to `node` (it is told when the socket closes).
+    pub(super) fn used(&mut self, node: NodeId) {
         if !self.nodes.contains(&node) {
-            self.nodes.push(node.clone());
+            self.nodes.push(node);
         }
-        self.calls.insert(call, node);
     }
 
     /// The socket closed: tell every node it relayed to.

@@ -458,6 +458,12 @@ impl RoomService {
     }
 
     /// Shutdown: the media plane closes every PeerConnection.
+    /// Every joined participant's (user, connection), in every room here.
+    pub fn joined_conns(&self) -> Vec<(UserId, ConnId)> {
+        let rooms = self.rooms.lock();
+        rooms.values().flat_map(|s| s.joined().map(|(seat, l)| (seat.user_id.clone(), l.conn.clone()))).collect()
+    }
+
     pub fn shutdown_media(&self) {
         if let Some(m) = &self.media {
             m.send(Command::Shutdown);

@@ -306,13 +306,12 @@ impl State {
         }
         // A call held by another node: its node decides, through us.
         if let Some(call) = msg.call_id().filter(|_| self.may_relay) {
-            let node = match self.relaying.call_node(call) {
-                Some(n) => Some(n.clone()),
-                None => signal.calls.held_elsewhere(call).await?,
-            };
+            // Asked every time, not remembered: a call moves when its node
+            // goes away and another takes it over.
+            let node = signal.calls.held_elsewhere(call).await?;
             if let Some(node) = node.filter(|n| signal.relay.as_ref().is_some_and(|l| l.node() != n)) {
                 self.relay(signal, &node, text).await?;
-                self.relaying.start_call(call.clone(), node);
+                self.relaying.used(node);
                 return Ok(None);
             }
         }
