@@ -8,7 +8,9 @@
 //! same room again with every page forced through confer's TURN server; three
 //! contexts chat (to everyone, a direct message, markup shown as text) and see
 //! a raised hand in their participant lists; the lobby previews camera and
-//! microphone and joins with the devices and on/off choice remembered.
+//! microphone and joins with the devices and on/off choice remembered; on a
+//! two-node cluster, the pages move to the node left when the room's node is
+//! killed.
 
 mod common;
 
@@ -225,4 +227,45 @@ fn the_speaker_view_follows_the_active_speaker_pins_and_shows_a_screen_share_lar
     assert!(s["paused"]["resumed"].is_null(), "{s}");
     assert_eq!((s["carolBefore"].as_str(), s["carolAfter"].as_str()), (Some("grid"), Some("grid")), "{s}");
     assert_eq!(s["errors"], serde_json::json!([]), "{s}");
+}
+
+/// SPEC 13: the page given several servers moves to the next when its node
+/// goes away. Alice's page on node A, Bob's on node B, one room (on A); A is
+/// killed, and both pages are back in the room, placed again on B, decoding
+/// each other (tests/browser/failover.js says how).
+#[test]
+fn the_page_moves_to_another_node_when_its_node_dies() {
+    let _slot = common::heavy_slot();
+    let redis = common::redis::RedisServer::start();
+    let node = |id: &str| {
+        let dir = tempfile::tempdir().unwrap();
+        let url = redis.url();
+        let env = [
+            ("CONFER_CLUSTER_REDIS_URL", url.as_str()),
+            ("CONFER_CLUSTER_NODE_ID", id),
+            ("CONFER_AUTH_ALLOW_GUESTS", "true"),
+            ("CONFER_MEDIA_BANDWIDTH_ESTIMATION", "false"),
+        ];
+        (ChildServer::spawn(dir.path(), &env), dir)
+    };
+    let (a, _da) = node("node-a");
+    let (b, _db) = node("node-b");
+    std::thread::sleep(Duration::from_millis(2500)); // each sees the other's heartbeat
+    let (base_a, base_b, pid_a) =
+        (format!("http://{}", a.addr), format!("http://{}", b.addr), a.child.id().to_string());
+    let s = common::run_node_summary_with("failover.js", &[&base_a, &base_b, &pid_a], Duration::from_secs(150));
+    assert_eq!(s["errors"], serde_json::json!([]), "{s}");
+    assert_eq!(s["before"], serde_json::json!({"alice": true, "bob": true}), "both decode before the kill: {s}");
+    let (host_a, host_b) = (a.addr.to_string(), b.addr.to_string());
+    assert_eq!(
+        (s["serversBefore"]["alice"].as_str(), s["serversBefore"]["bob"].as_str()),
+        (Some(host_a.as_str()), Some(host_b.as_str())),
+        "{s}"
+    );
+    for who in ["aliceBack", "bobBack"] {
+        assert_eq!(s[who]["ok"], true, "{who} decodes again after the kill: {s}");
+        assert!(s[who]["seconds"].as_f64().unwrap() < 40.0, "{s}");
+    }
+    assert_eq!(s["serversAfter"]["alice"], host_b.as_str(), "Alice's page moved to B: {s}");
+    println!("failover: {s}");
 }

@@ -646,3 +646,49 @@ async fn the_calls_of_a_node_that_is_gone_are_taken_over() {
     })
     .await;
 }
+
+/// The reconnect grace across nodes (SPEC 12, 13): a party's sockets count
+/// wherever they are. Bob, on node B, in a call held by node A: his socket
+/// closing ends the call after the grace; Dave's socket closing on B and a
+/// new one opening on A within the grace keeps his call.
+#[tokio::test]
+async fn the_reconnect_grace_counts_a_partys_sockets_on_every_node() {
+    let redis = RedisServer::start();
+    let grace = [("CONFER_CALLS_RECONNECT_GRACE", "2s")];
+    let (a, _da) = node_with(&redis, "node-a", &grace);
+    let (b, _db) = node_with(&redis, "node-b", &grace);
+    let (ca, cb) = (child_client(a.addr), child_client(b.addr));
+    within("both nodes seeing two", Duration::from_secs(5), async || {
+        live_nodes(&ca).await == Some(2.0) && live_nodes(&cb).await == Some(2.0)
+    })
+    .await;
+    let mut alice = ca.ws_ready("alice").await;
+    let (mut bob, mut dave) = (cb.ws_ready("bob").await, cb.ws_ready("dave").await);
+    let mut calls = Vec::new();
+    for (callee, ws) in [("bob", &mut bob), ("dave", &mut dave)] {
+        alice.send(json!({"type": "call-initiate", "calleeId": callee, "callType": "audio"})).await;
+        let id = alice.recv_type("call-created").await["callSession"]["id"].as_str().unwrap().to_owned();
+        ws.recv_type("call-initiate").await;
+        ws.send(json!({"type": "call-accept", "callId": id})).await;
+        alice.recv_type("call-accept").await;
+        calls.push(id);
+    }
+    let (bobs, daves) = (calls[0].clone(), calls[1].clone());
+
+    // Dave moves from B to A within the grace; bob just goes.
+    let t0 = Instant::now();
+    drop(dave);
+    drop(bob);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let _dave_again = ca.ws_ready("dave").await;
+    let m = alice.recv_type("call-ended").await;
+    let took = t0.elapsed();
+    assert_eq!((m["callId"].as_str(), m["endReason"].as_str()), (Some(bobs.as_str()), Some("disconnected")), "{m}");
+    assert!(
+        took >= Duration::from_millis(1900) && took < Duration::from_secs(5),
+        "ended {took:?} after bob's socket closed"
+    );
+    alice.expect_silence(Duration::from_secs(2)).await;
+    let (_, cs) = cb.get(&format!("/calls/{daves}"), "dave").await;
+    assert_eq!(cs["callSession"]["status"], "active", "dave came back on another node within the grace: {cs}");
+}

@@ -245,12 +245,18 @@ impl Server {
         )
         .await?;
         if let Some(c) = &cluster {
-            let adopter = calls.clone();
-            let taken: crate::cluster::TakenFn = Arc::new(move |ids| {
-                let calls = adopter.clone();
-                tokio::spawn(async move { calls.adopt(ids).await });
+            let (adopter, presence) = (calls.clone(), hub.clone());
+            let news: crate::cluster::BeatFn = Arc::new(move |live, taken| {
+                // Sockets on nodes that are gone are gone: their users' reconnect grace starts.
+                for user in presence.keep_presence_of(&live) {
+                    adopter.user_offline(&user);
+                }
+                if !taken.is_empty() {
+                    let calls = adopter.clone();
+                    tokio::spawn(async move { calls.adopt(taken).await });
+                }
             });
-            c.start_heartbeats(load_reader(&rooms, &metrics), taken);
+            c.start_heartbeats(load_reader(&rooms, &metrics), news);
         }
         let pump_rooms = rooms.clone();
         tokio::spawn(async move {
@@ -274,9 +280,20 @@ impl Server {
             signal.hub.set_fanout(tx);
             tokio::spawn(async move {
                 let mut failing = false;
-                while let Some((user, via, text)) = rx.recv().await {
-                    let text = std::sync::Arc::<str>::as_ref(&text).to_owned();
-                    let msg = crate::signal::relay::Relayed::Notify { from: link.node().clone(), user, via, text };
+                use crate::signal::hub::Fanned;
+                use crate::signal::relay::Relayed;
+                let presence = Relayed::PresenceQuery { from: link.node().clone() };
+                if let Err(e) = link.broadcast(&presence).await {
+                    tracing::warn!(error = %e, "cluster: cannot ask the other nodes who is online there");
+                }
+                while let Some(what) = rx.recv().await {
+                    let from = link.node().clone();
+                    let msg = match what {
+                        Fanned::Notify(user, via, text) => {
+                            Relayed::Notify { from, user, via, text: text.as_ref().to_owned() }
+                        }
+                        Fanned::Presence(user, online) => Relayed::Presence { from, user, online },
+                    };
                     match link.broadcast(&msg).await {
                         Ok(()) => failing = false,
                         Err(e) if !failing => {

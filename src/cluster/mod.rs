@@ -128,8 +128,9 @@ pub struct Identity {
 /// Reads this node's load when a heartbeat is due.
 pub type LoadFn = Arc<dyn Fn() -> Load + Send + Sync>;
 
-/// Given the calls this node took over from nodes that are gone.
-pub type TakenFn = Arc<dyn Fn(Vec<CallId>) + Send + Sync>;
+/// Told after each heartbeat: the live nodes (this one included) and the
+/// calls this node took over from nodes that are gone.
+pub type BeatFn = Arc<dyn Fn(Vec<NodeId>, Vec<CallId>) + Send + Sync>;
 
 /// This node's membership of the cluster.
 pub struct Cluster {
@@ -171,9 +172,9 @@ impl Cluster {
 
     /// Heartbeats every 2 s from now on, with the load `load` reads; after
     /// each, the live calls of nodes that are gone (dead, or stopped) are
-    /// taken over and handed to `taken` (SPEC 13: timers fire once, and a
-    /// ringing call still goes missed on time).
-    pub fn start_heartbeats(self: &Arc<Self>, load: LoadFn, taken: TakenFn) {
+    /// taken over, and `news` is told them with the live nodes (SPEC 13:
+    /// timers fire once, and a ringing call still goes missed on time).
+    pub fn start_heartbeats(self: &Arc<Self>, load: LoadFn, news: BeatFn) {
         *self.load.lock() = Some(load.clone());
         let me = Arc::downgrade(self);
         let task = tokio::spawn(async move {
@@ -190,8 +191,12 @@ impl Cluster {
                     let calls = me.take_over(&snapshot).await?;
                     if !calls.is_empty() {
                         tracing::info!(node = %me.me.id, calls = calls.len(), "cluster: took over the live calls of nodes that are gone");
-                        taken(calls);
                     }
+                    let mut live: Vec<NodeId> = snapshot.live(now_ms()).map(|n| n.id.clone()).collect();
+                    if !live.contains(&me.me.id) {
+                        live.push(me.me.id.clone());
+                    }
+                    news(live, calls);
                     Ok::<(), StoreError>(())
                 }
                 .await;

@@ -320,12 +320,20 @@ impl CallService {
                 if calls.contains_key(&id) {
                     continue;
                 }
+                // The reconnect grace applies to the parties with a socket
+                // now; those whose sockets were on the node that went come
+                // under it when they are back (user_online).
+                let seen_online = [&session.caller_id, &session.callee_id]
+                    .into_iter()
+                    .filter(|u| self.out.hub.is_online(u))
+                    .cloned()
+                    .collect();
                 calls.insert(
                     id.clone(),
                     LiveCall {
                         call: Call { session, devices: HashMap::new() },
                         gate: Arc::default(),
-                        seen_online: HashSet::new(),
+                        seen_online,
                         stats: HashMap::new(),
                         samples: Default::default(),
                         last_sample: None,

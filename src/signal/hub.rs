@@ -45,8 +45,16 @@ struct Conn {
     tx: mpsc::Sender<Outbound>,
 }
 
-/// A notification for the other nodes: the user, which connections, the text.
-pub type Fanout = mpsc::UnboundedSender<(UserId, super::effects::Via, Arc<str>)>;
+/// What the other nodes hear from this hub, in order.
+#[derive(Debug)]
+pub enum Fanned {
+    /// A notification: the user, which connections, the text.
+    Notify(UserId, super::effects::Via, Arc<str>),
+    /// `user` has sockets on this node from now on (true), or none (false).
+    Presence(UserId, bool),
+}
+
+pub type Fanout = mpsc::UnboundedSender<Fanned>;
 
 #[derive(Default)]
 pub struct Hub {
@@ -55,6 +63,8 @@ pub struct Hub {
     fanout: std::sync::OnceLock<Fanout>,
     /// Other nodes' clients in rooms placed here, by user.
     remote: Mutex<HashMap<UserId, Vec<Conn>>>,
+    /// In a cluster: users with sockets on other nodes, and which nodes.
+    elsewhere: Mutex<HashMap<UserId, std::collections::HashSet<crate::ids::NodeId>>>,
 }
 
 /// Which of a user's connections an event goes to.
@@ -74,8 +84,59 @@ impl Hub {
     /// A new connection for `user`; returns the receiving end of its queue.
     pub fn register(&self, user: &UserId, id: ConnId) -> mpsc::Receiver<Outbound> {
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
-        self.users.lock().entry(user.clone()).or_default().push(Conn { id, tx });
+        let mut users = self.users.lock();
+        let conns = users.entry(user.clone()).or_default();
+        if conns.is_empty() {
+            self.fan(Fanned::Presence(user.clone(), true));
+        }
+        conns.push(Conn { id, tx });
         rx
+    }
+
+    /// Queue `what` for the other nodes (in a cluster).
+    fn fan(&self, what: Fanned) {
+        if let Some(tx) = self.fanout.get() {
+            let _ = tx.send(what);
+        }
+    }
+
+    /// Another node says whether `user` has sockets there. Returns true
+    /// when, after it, the user has a socket nowhere.
+    pub fn presence_elsewhere(&self, user: &UserId, node: &crate::ids::NodeId, online: bool) -> bool {
+        {
+            let mut elsewhere = self.elsewhere.lock();
+            if online {
+                elsewhere.entry(user.clone()).or_default().insert(node.clone());
+                return false;
+            }
+            if let Some(nodes) = elsewhere.get_mut(user) {
+                nodes.remove(node);
+                if nodes.is_empty() {
+                    elsewhere.remove(user);
+                }
+            }
+        }
+        !self.is_online(user)
+    }
+
+    /// Forget what nodes not in `live` said (they are gone); the users who
+    /// then have a socket nowhere.
+    pub fn keep_presence_of(&self, live: &[crate::ids::NodeId]) -> Vec<UserId> {
+        let mut gone = Vec::new();
+        self.elsewhere.lock().retain(|user, nodes| {
+            nodes.retain(|n| live.contains(n));
+            if nodes.is_empty() {
+                gone.push(user.clone());
+            }
+            !nodes.is_empty()
+        });
+        gone.retain(|u| !self.is_online_here(u));
+        gone
+    }
+
+    /// The users with sockets on this node.
+    pub fn local_users(&self) -> Vec<UserId> {
+        self.users.lock().keys().cloned().collect()
     }
 
     /// A remote connection (another node's client, SPEC 13) for `user`.
@@ -110,17 +171,26 @@ impl Hub {
     /// Remove a connection. Returns true when it was the user's last one.
     pub fn unregister(&self, user: &UserId, id: &ConnId) -> bool {
         let mut users = self.users.lock();
-        let Some(conns) = users.get_mut(user) else { return true };
-        conns.retain(|c| &c.id != id);
-        if conns.is_empty() {
+        let last = match users.get_mut(user) {
+            None => true, // dropped as too slow meanwhile
+            Some(conns) => {
+                conns.retain(|c| &c.id != id);
+                conns.is_empty()
+            }
+        };
+        if last {
             users.remove(user);
-            true
-        } else {
-            false
+            self.fan(Fanned::Presence(user.clone(), false));
         }
+        last
     }
 
+    /// Whether `user` has a socket on this node or (in a cluster) another.
     pub fn is_online(&self, user: &UserId) -> bool {
+        self.is_online_here(user) || self.elsewhere.lock().contains_key(user)
+    }
+
+    pub fn is_online_here(&self, user: &UserId) -> bool {
         self.users.lock().contains_key(user)
     }
 
@@ -153,9 +223,7 @@ impl Hub {
             Via::Device(Some(_)) if self.fanout.get().is_some() => To::Nobody,
             Via::Device(_) => To::All,
         };
-        if let Some(tx) = self.fanout.get() {
-            let _ = tx.send((user.clone(), via.clone(), text.clone()));
-        }
+        self.fan(Fanned::Notify(user.clone(), via.clone(), text.clone()));
         send_to(&self.users, user, to, &Outbound::Text(text))
     }
 

@@ -76,6 +76,17 @@ pub enum Relayed {
         via: super::effects::Via,
         text: String,
     },
+    /// To every node: `user` has sockets on `from` from now on, or none.
+    Presence {
+        from: NodeId,
+        user: UserId,
+        online: bool,
+    },
+    /// To every node: `from` has just started; each tells it which users
+    /// have sockets there ([`Relayed::Presence`]).
+    PresenceQuery {
+        from: NodeId,
+    },
     /// To every node: node `from` deleted `room` (`DELETE /rooms/:id`), so
     /// whoever holds it ends it for its participants and forgets it.
     RoomDeleted {
@@ -181,6 +192,31 @@ impl Signaling {
                 if &from != link.node() {
                     self.hub.notify_from_peer(&user, &via, text.into());
                 }
+            }
+            Relayed::Presence { from, user, online } => {
+                if &from == link.node() {
+                    return;
+                }
+                if online {
+                    self.hub.presence_elsewhere(&user, &from, true);
+                    self.calls.user_online(&user);
+                } else if self.hub.presence_elsewhere(&user, &from, false) {
+                    self.calls.user_offline(&user);
+                }
+            }
+            Relayed::PresenceQuery { from } => {
+                if &from == link.node() {
+                    return;
+                }
+                let users = self.hub.local_users();
+                tokio::spawn(async move {
+                    for user in users {
+                        let msg = Relayed::Presence { from: link.node().clone(), user, online: true };
+                        if link.send(&from, &msg).await.is_err() {
+                            break;
+                        }
+                    }
+                });
             }
             Relayed::RoomDeleted { from, room } => {
                 if &from != link.node() {
@@ -318,6 +354,8 @@ mod tests {
             Relayed::Down { conn: "conn_1".into(), user: "bob".into(), out: DownFrame::Close(1001) },
             Relayed::Closed { from: "node-a".into(), conn: "conn_1".into() },
             Relayed::RoomDeleted { from: "node-a".into(), room: "room_1".into() },
+            Relayed::Presence { from: "node-a".into(), user: "bob".into(), online: false },
+            Relayed::PresenceQuery { from: "node-b".into() },
             Relayed::Ask {
                 from: "node-a".into(),
                 id: 3,

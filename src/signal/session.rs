@@ -152,7 +152,7 @@ where
         }
     };
     signal.metrics.ws_connections.dec();
-    if signal.hub.unregister(&user, &conn) {
+    if signal.hub.unregister(&user, &conn) && !signal.hub.is_online(&user) {
         signal.calls.user_offline(&user);
     }
     signal.rooms.conn_closed(&conn);

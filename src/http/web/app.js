@@ -10,9 +10,17 @@ import * as prejoin from './prejoin.js';
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
 
+// The nodes this page may use (SPEC 13): this one first, then those of
+// `?servers=host:port,...`. A lost connection is retried on the next one.
+const SERVERS = [location.host, ...(params.get('servers') || '').split(',')
+  .map((s) => s.trim().replace(/^[a-z]+:\/\//, '').replace(/\/.*$/, '')).filter(Boolean)]
+  .filter((h, i, all) => all.indexOf(h) === i);
+
 const S = {
   token: null, userId: null, name: null, guestName: null,
   ws: null, wsWanted: false, backoff: 500, seq: 0,
+  server: 0, // index in SERVERS of the node the socket goes to
+  rejoinReq: null, // reqId of the last room-join sent to get back in
   iceServers: [],
   // room
   roomId: null, roomName: null, peerId: null, pub: null, sub: null,
@@ -99,7 +107,7 @@ function send(msg) {
 function connect() {
   S.wsWanted = true;
   const proto = location.protocol === 'https:' ? 'wss' : 'ws';
-  const ws = new WebSocket(`${proto}://${location.host}/rtc?token=${encodeURIComponent(S.token)}`);
+  const ws = new WebSocket(`${proto}://${SERVERS[S.server]}/rtc?token=${encodeURIComponent(S.token)}`);
   S.ws = ws;
   ws.onopen = () => {
     S.backoff = 500;
@@ -111,7 +119,9 @@ function connect() {
     if (ev.code === 4001) { status('Your access token expired. Sign in again.', true); return signOut(); }
     if (!S.wsWanted) return;
     S.lost = true;
-    status('Connection lost — reconnecting…', true);
+    // Another node, if the page has some: this one may be gone for good.
+    S.server = (S.server + 1) % SERVERS.length;
+    status(SERVERS.length > 1 ? 'Connection lost — reconnecting to another server…' : 'Connection lost — reconnecting…', true);
     setTimeout(connect, S.backoff);
     S.backoff = Math.min(S.backoff * 2, 8000);
   };
@@ -164,6 +174,7 @@ async function onError(m) {
   // A size change can ask for a track that was unpublished a moment ago:
   // nothing the user has to know about.
   if (S.quiet.delete(m.reqId)) return;
+  if (rejoinRefused(m)) return;
   if (panel.refused(m)) return;
   if (m.code === 'token-expired') {
     if (S.guestName) {
@@ -287,7 +298,7 @@ async function joinRoom(name) {
     if (!room) room = (await api('POST', '/rooms', { name })).room;
   } catch (e) { return status(`Cannot open the room: ${e.message}`, true); }
   S.roomId = room.id; S.roomName = room.name; S.peerId = null;
-  history.replaceState(null, '', `?room=${encodeURIComponent(room.name)}`);
+  history.replaceState(null, '', `?room=${encodeURIComponent(room.name)}${params.get('servers') ? `&servers=${encodeURIComponent(params.get('servers'))}` : ''}`);
   show('stage');
   S.local = await getMedia('video');
   addTile('me', `${S.name} (you)`);
@@ -299,7 +310,37 @@ async function joinRoom(name) {
 function rejoin() {
   closePcs();
   for (const id of [...S.tiles.keys()]) if (id !== 'me') removeTile(id);
-  send({ type: 'room-join', roomId: S.roomId, peerId: S.peerId || undefined, reqId: ++S.seq });
+  S.rejoinReq = ++S.seq;
+  send({ type: 'room-join', roomId: S.roomId, peerId: S.peerId || undefined, reqId: S.rejoinReq });
+}
+// A rejoin the server could not take: the seat was on a node that is gone
+// (take a new one), or the room's node does not answer yet (it is placed
+// again once the cluster counts that node dead): try again.
+function rejoinRefused(m) {
+  if (!S.roomId || m.reqId == null || m.reqId !== S.rejoinReq) return false;
+  if (m.code === 'not-found' && S.peerId && /peerId/.test(m.message)) { S.peerId = null; rejoin(); return true; }
+  if (m.code === 'unavailable') {
+    status('The room\'s server is gone — moving the room…', true);
+    setTimeout(() => { if (S.roomId && S.ws?.readyState === WebSocket.OPEN) rejoin(); }, 1000);
+    return true;
+  }
+  return false;
+}
+// The room's media stopped (its node went away while our socket stayed up):
+// join again, which places the room on a node that is there.
+function watchRoomPc(pc) {
+  let timer = null;
+  pc.onconnectionstatechange = () => {
+    clearTimeout(timer);
+    if (pc.connectionState === 'failed' || pc.connectionState === 'disconnected') {
+      timer = setTimeout(() => {
+        if ((S.sub === pc || S.pub === pc) && ['failed', 'disconnected'].includes(pc.connectionState)) {
+          status('The room\'s media connection was lost — joining again…', true);
+          rejoin();
+        }
+      }, pc.connectionState === 'failed' ? 0 : 3000);
+    }
+  };
 }
 function newPc() {
   return new RTCPeerConnection({ iceServers: S.iceServers, iceTransportPolicy: params.get('relay') ? 'relay' : 'all' });
@@ -320,6 +361,7 @@ async function onRoomJoined(m) {
   S.sub = newPc();
   S.sub.onicecandidate = (e) => e.candidate && send({ type: 'room-ice-candidate', roomId: S.roomId, pc: 'subscriber', candidate: e.candidate.toJSON() });
   S.sub.ontrack = (e) => onRemoteTrack(e);
+  watchRoomPc(S.sub);
   S.pub = newPc();
   S.pub.onicecandidate = (e) => e.candidate && send({ type: 'room-ice-candidate', roomId: S.roomId, pc: 'publisher', candidate: e.candidate.toJSON() });
   S.myTracks.clear(); S.layersWanted.clear();
