@@ -217,3 +217,69 @@ pub fn parse_every_body(bytes: &[u8]) -> Vec<Result<(), ApiError>> {
         parse_json::<misc::GuestRequest>(bytes).map(drop),
     ]
 }
+
+/// The app as a tower service, called with `oneshot` (no socket): routing,
+/// auth and error bodies against the real services.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::http::StatusCode;
+    use tower::ServiceExt;
+
+    async fn app_on(dir: &std::path::Path) -> (Router, crate::auth::TokenKeys) {
+        let (signal, store) = crate::signal::testing::services(dir).await;
+        let state = AppState {
+            signal,
+            store,
+            metrics: Metrics::new(),
+            ice: Arc::new(IceSettings {
+                turn_host: None,
+                turn_port: 0,
+                turns_port: None,
+                secret: b"turn".to_vec(),
+                ttl: std::time::Duration::from_secs(3600),
+            }),
+            allow_guests: false,
+            metrics_token: None,
+            ws_limits: Arc::new(Limits::default()),
+            sockets_ready: Arc::new(AtomicBool::new(true)),
+            cors_origins: Arc::from(Vec::<String>::new()),
+        };
+        (app(state), crate::auth::TokenKeys::new(crate::signal::testing::SECRET))
+    }
+
+    async fn call(app: &Router, req: Request<Body>) -> (StatusCode, serde_json::Value) {
+        let resp = app.clone().oneshot(req).await.unwrap();
+        let status = resp.status();
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap();
+        (status, serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null))
+    }
+
+    #[tokio::test]
+    async fn routes_answer_through_oneshot_with_auth_and_named_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let (app, keys) = app_on(dir.path()).await;
+        let token = keys.sign(&crate::auth::Claims::new("alice".into(), std::time::Duration::from_secs(600)));
+        let post = |body: &str, auth: bool| {
+            let mut r = Request::post("/calls").header("content-type", "application/json");
+            if auth {
+                r = r.header("authorization", format!("Bearer {token}"));
+            }
+            r.body(Body::from(body.to_owned())).unwrap()
+        };
+        let (st, body) = call(&app, post(r#"{"callerId":"alice","calleeId":"bob","callType":"video"}"#, false)).await;
+        assert_eq!((st, body["error"]["code"].as_str()), (StatusCode::UNAUTHORIZED, Some("unauthorized")), "{body}");
+        let (st, body) = call(&app, post(r#"{"callerId":"alice","calleeId":"bob","callType":5}"#, true)).await;
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{body}");
+        assert!(body["error"]["message"].as_str().unwrap().contains("callType"), "{body}");
+        let (st, body) = call(&app, post(r#"{"callerId":"alice","calleeId":"bob","callType":"video"}"#, true)).await;
+        assert_eq!((st, body["callSession"]["status"].as_str()), (StatusCode::CREATED, Some("ringing")), "{body}");
+        let id = body["callSession"]["id"].as_str().unwrap();
+        let get = Request::get(format!("/calls/{id}")).header("authorization", format!("Bearer {token}"));
+        let (st, body) = call(&app, get.body(Body::empty()).unwrap()).await;
+        assert_eq!((st, body["callSession"]["id"].as_str()), (StatusCode::OK, Some(id)), "{body}");
+        let (st, _) = call(&app, Request::get("/healthz").body(Body::empty()).unwrap()).await;
+        assert_eq!(st, StatusCode::OK);
+    }
+}

@@ -25,6 +25,8 @@ pub mod room_analytics;
 pub mod rooms;
 pub mod rooms_live;
 pub mod session;
+#[cfg(test)]
+pub(crate) mod testing;
 pub mod timers;
 
 use crate::auth::Claims;

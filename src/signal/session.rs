@@ -406,3 +406,145 @@ impl State {
         })
     }
 }
+
+/// The session driven over channels (no socket, no HTTP): a client is a pair
+/// of queues of [`Frame`]s, and the services are the real ones on a sled
+/// store in a temp dir.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::Claims;
+    use serde_json::{json, Value};
+    use std::pin::Pin;
+    use std::sync::Arc;
+    use std::task::{Context, Poll};
+    use tokio::sync::mpsc;
+
+    /// The session's side of a client: frames in, frames out.
+    struct Pipe {
+        from_client: mpsc::UnboundedReceiver<Frame>,
+        to_client: mpsc::UnboundedSender<Frame>,
+    }
+
+    impl Stream for Pipe {
+        type Item = Result<Frame, ()>;
+        fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+            self.from_client.poll_recv(cx).map(|f| f.map(Ok))
+        }
+    }
+
+    impl Sink<Frame> for Pipe {
+        type Error = ();
+        fn poll_ready(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), ()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn start_send(self: Pin<&mut Self>, f: Frame) -> Result<(), ()> {
+            self.to_client.send(f).map_err(drop)
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), ()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), ()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// A client: what it sends, what it receives, and its session's task.
+    struct Client {
+        tx: mpsc::UnboundedSender<Frame>,
+        rx: mpsc::UnboundedReceiver<Frame>,
+        session: tokio::task::JoinHandle<()>,
+    }
+
+    impl Client {
+        fn send(&self, v: Value) {
+            self.tx.send(Frame::Text(v.to_string())).unwrap();
+        }
+
+        /// The next text frame, as JSON.
+        async fn recv(&mut self) -> Value {
+            loop {
+                let f = tokio::time::timeout(Duration::from_secs(5), self.rx.recv()).await.unwrap().unwrap();
+                if let Frame::Text(t) = f {
+                    return serde_json::from_str(&t).unwrap();
+                }
+            }
+        }
+    }
+
+    fn connect(signal: &Arc<Signaling>, user: &str) -> Client {
+        let (tx, from_client) = mpsc::unbounded_channel();
+        let (to_client, rx) = mpsc::unbounded_channel();
+        let signal = signal.clone();
+        let claims = Claims::new(user.into(), Duration::from_secs(3600));
+        let session = tokio::spawn(async move {
+            run(Pipe { from_client, to_client }, claims, &signal, &Limits::default()).await;
+        });
+        Client { tx, rx, session }
+    }
+
+    #[tokio::test]
+    async fn replies_carry_the_req_id_and_bad_frames_get_errors_naming_what_is_wrong() {
+        let dir = tempfile::tempdir().unwrap();
+        let signal = crate::signal::testing::signaling(dir.path()).await;
+        let mut c = connect(&signal, "alice");
+        c.send(json!({"type": "ping", "reqId": 7}));
+        assert_eq!(c.recv().await, json!({"type": "pong", "reqId": 7}));
+        c.tx.send(Frame::Text("{not json".into())).unwrap();
+        let e = c.recv().await;
+        assert_eq!((e["type"].as_str(), e["code"].as_str()), (Some("error"), Some("bad-request")), "{e}");
+        c.send(json!({"type": "call-accept", "reqId": "m"}));
+        let e = c.recv().await;
+        assert!(e["reqId"] == "m" && e["message"].as_str().unwrap().contains("callId"), "{e}");
+        c.tx.send(Frame::Binary(vec![1, 2, 3])).unwrap();
+        assert!(c.recv().await["message"].as_str().unwrap().contains("binary"));
+        c.tx.send(Frame::Text("x".repeat(Limits::default().max_message + 1))).unwrap();
+        assert_eq!(c.recv().await["code"], "too-large");
+        // The client's close ends the session and its connection.
+        c.tx.send(Frame::Close(None)).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), c.session).await.unwrap().unwrap();
+        assert!(!signal.hub.is_online(&"alice".into()));
+    }
+
+    #[tokio::test]
+    async fn a_call_between_two_sessions_reaches_the_callee_through_the_hub() {
+        let dir = tempfile::tempdir().unwrap();
+        let signal = crate::signal::testing::signaling(dir.path()).await;
+        let (mut alice, mut bob) = (connect(&signal, "alice"), connect(&signal, "bob"));
+        // Both registered (a ping answered means the session is running).
+        for c in [&mut alice, &mut bob] {
+            c.send(json!({"type": "ping"}));
+            c.recv().await;
+        }
+        alice.send(json!({"type": "call-initiate", "calleeId": "bob", "callType": "audio", "reqId": 1}));
+        let created = alice.recv().await;
+        assert_eq!((created["type"].as_str(), created["reqId"].as_i64()), (Some("call-created"), Some(1)), "{created}");
+        let id = created["callSession"]["id"].as_str().unwrap().to_owned();
+        let ring = bob.recv().await;
+        assert_eq!(
+            (ring["type"].as_str(), ring["callId"].as_str()),
+            (Some("call-initiate"), Some(id.as_str())),
+            "{ring}"
+        );
+        bob.send(json!({"type": "call-accept", "callId": id}));
+        let m = alice.recv().await;
+        assert_eq!(
+            (m["type"].as_str(), m["callSession"]["status"].as_str()),
+            (Some("call-accept"), Some("active")),
+            "{m}"
+        );
+        // The hub closing every socket ends both sessions with a close frame.
+        signal.hub.close_all(CLOSE_GOING_AWAY, "server shutdown");
+        for c in [&mut alice, &mut bob] {
+            let f = loop {
+                match tokio::time::timeout(Duration::from_secs(5), c.rx.recv()).await.unwrap() {
+                    Some(Frame::Close(f)) => break f,
+                    Some(_) => continue,
+                    None => panic!("no close frame"),
+                }
+            };
+            assert_eq!(f.map(|(code, _)| code), Some(CLOSE_GOING_AWAY));
+            c.tx.send(Frame::Close(None)).unwrap();
+        }
+    }
+}
