@@ -6,7 +6,7 @@ use super::score::{self, Rating};
 use serde::{Deserialize, Serialize};
 
 /// SPEC 8 `Stream`.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StreamReport {
     pub packets: u64,
@@ -50,7 +50,7 @@ pub struct StreamReport {
 }
 
 /// `{audio?, video?}` of one direction.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Directional {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub audio: Option<StreamReport>,
@@ -59,7 +59,7 @@ pub struct Directional {
 }
 
 /// `{score, rating}`.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Quality {
     pub score: f64,
     pub rating: Rating,
@@ -110,7 +110,7 @@ pub fn participant_quality(publish: &Directional, subscribe: &Directional) -> Op
 }
 
 /// One 5-second point of `samples`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Sample {
     pub at: String,
@@ -122,6 +122,73 @@ pub struct Sample {
 }
 
 /// SPEC 8 keeps at most this many samples (an hour at one per 5 s).
+/// Who measured a call or room: the SFU, or the call's clients (`call-stats`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    Sfu,
+    Client,
+}
+
+/// One participant of [`Analytics`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ParticipantReport {
+    pub user_id: crate::ids::UserId,
+    /// The room seat (`null` for a P2P call's party).
+    pub peer_id: Option<crate::ids::PeerId>,
+    /// RFC 3339.
+    #[serde(default)]
+    pub joined_at: Option<String>,
+    #[serde(default)]
+    pub left_at: Option<String>,
+    pub quality: Option<Quality>,
+    pub publish: Directional,
+    pub subscribe: Directional,
+    /// The server's estimate of this participant's downstream (SPEC 5.1),
+    /// once it receives anything.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bandwidth_estimate_kbps: Option<f64>,
+}
+
+/// SPEC 8's `{analytics}` of a room or a call.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Analytics {
+    #[serde(default)]
+    pub call_id: Option<crate::ids::CallId>,
+    pub room_id: crate::ids::RoomId,
+    pub source: Source,
+    /// A room's `live` or `ended`; a call's status.
+    pub status: String,
+    /// RFC 3339; rooms (SFU) only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+    /// Seconds.
+    pub duration: f64,
+    /// From `call-initiate` to active; calls only.
+    #[serde(default)]
+    pub setup_time_ms: Option<f64>,
+    /// The whole call's or room's (`null` until something was measured).
+    pub quality: Option<Quality>,
+    pub participants: Vec<ParticipantReport>,
+    /// Every 5 s, at most [`MAX_SAMPLES`].
+    pub samples: Vec<Sample>,
+}
+
+impl Analytics {
+    /// As the store keeps it.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::to_value(self).unwrap_or_default()
+    }
+
+    /// From the store (a summary another version wrote may lack a field:
+    /// those are optional).
+    pub fn from_json(v: serde_json::Value) -> Result<Self, serde_json::Error> {
+        serde_json::from_value(v)
+    }
+}
+
 pub const MAX_SAMPLES: usize = 720;
 
 /// A sample across participants: total published bitrate, mean interval loss,

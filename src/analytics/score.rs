@@ -84,7 +84,7 @@ pub fn min_video_kbps(width: u32, height: u32) -> f64 {
 }
 
 /// SPEC 8's rating names.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Rating {
     Excellent,

@@ -282,4 +282,38 @@ mod tests {
         let (st, _) = call(&app, Request::get("/healthz").body(Body::empty()).unwrap()).await;
         assert_eq!(st, StatusCode::OK);
     }
+
+    /// SPEC 8's analytics are typed end to end: the document shows their schema.
+    #[tokio::test]
+    async fn openapi_shows_the_analytics_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        let (app, _) = app_on(dir.path()).await;
+        let (st, doc) = call(&app, Request::get("/openapi.json").body(Body::empty()).unwrap()).await;
+        assert_eq!(st, StatusCode::OK);
+        let schemas = &doc["components"]["schemas"];
+        let props = |name: &str| schemas[name]["properties"].as_object().map(|o| o.keys().cloned().collect::<Vec<_>>());
+        let analytics = props("Analytics").unwrap_or_default();
+        for k in
+            ["callId", "roomId", "source", "status", "duration", "setupTimeMs", "quality", "participants", "samples"]
+        {
+            assert!(analytics.iter().any(|p| p == k), "Analytics.{k}: {analytics:?}");
+        }
+        let stream = props("StreamReport").unwrap_or_default();
+        for k in [
+            "packets",
+            "packetsLost",
+            "packetLoss",
+            "jitterMs",
+            "rttMs",
+            "bitrateKbps",
+            "nackCount",
+            "pliCount",
+            "firCount",
+        ] {
+            assert!(stream.iter().any(|p| p == k), "StreamReport.{k}: {stream:?}");
+        }
+        assert!(!stream.iter().any(|p| p == "intervalLoss"), "an internal field is not in the API: {stream:?}");
+        let body = &schemas["AnalyticsBody"]["properties"]["analytics"];
+        assert_eq!(body["$ref"], "#/components/schemas/Analytics", "{body}");
+    }
 }

@@ -118,8 +118,7 @@ async fn get_room(
 /// `{analytics}` of SPEC 8.
 #[derive(Serialize, ToSchema)]
 pub struct AnalyticsBody {
-    #[schema(value_type = Object)]
-    pub analytics: serde_json::Value,
+    pub analytics: crate::analytics::report::Analytics,
 }
 
 /// Call-quality analytics of the room (SPEC 8): live while it has

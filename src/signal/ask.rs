@@ -144,7 +144,7 @@ impl Signaling {
             Ask::RoomLeave { room } => self.rooms.leave(actor, &room).await.map(|()| Value::Null),
             Ask::RoomGet { room } => to_value(self.rooms.get(actor, &room).await?),
             Ask::RoomMessages { room } => to_value(self.rooms.messages(actor, &room)?),
-            Ask::RoomAnalytics { room } => self.rooms.analytics(actor, &room).await,
+            Ask::RoomAnalytics { room } => to_value(self.rooms.analytics(actor, &room).await?),
             Ask::CallAccept { call } => to_value(self.calls.accept(actor, &call).await?),
             Ask::CallReject { call, reason } => to_value(self.calls.reject(actor, &call, reason).await?),
             Ask::CallHangup { call } => to_value(self.calls.hangup(actor, &call).await?),
@@ -209,9 +209,13 @@ impl Signaling {
     }
 
     /// `GET /rooms/:id/analytics` on any node.
-    pub async fn room_analytics(&self, actor: &Actor, room: &RoomId) -> Result<Value, SignalError> {
+    pub async fn room_analytics(
+        &self,
+        actor: &Actor,
+        room: &RoomId,
+    ) -> Result<crate::analytics::report::Analytics, SignalError> {
         match self.room_read(actor, room, Ask::RoomAnalytics { room: room.clone() }).await? {
-            Some(v) => Ok(v),
+            Some(v) => from_value(v),
             None => self.rooms.analytics(actor, room).await,
         }
     }

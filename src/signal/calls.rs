@@ -292,7 +292,7 @@ impl CallService {
             slot.1 = std::mem::replace(&mut slot.0, stats);
             client_summary(l)
         };
-        self.out.store.put_analytics(&super::room_analytics::key_call(id), &summary).await?;
+        self.out.store.put_analytics(&super::room_analytics::key_call(id), &summary.to_json()).await?;
         Ok(())
     }
 
@@ -499,8 +499,10 @@ pub fn validate_user_id(field: &str, id: &UserId) -> Result<(), SignalError> {
 
 /// SPEC 8 analytics of a P2P call from its parties' `call-stats`
 /// (`source: "client"`); a sample at most every 4 s.
-fn client_summary(l: &mut LiveCall) -> serde_json::Value {
-    use crate::analytics::report::{self, Quality, MAX_SAMPLES};
+fn client_summary(l: &mut LiveCall) -> crate::analytics::report::Analytics {
+    use crate::analytics::report::{self, Analytics, ParticipantReport, Quality, Source, MAX_SAMPLES};
+    let at =
+        |t: Option<clock::Timestamp>| t.and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok());
     let mut participants = Vec::new();
     let mut scores = Vec::new();
     let mut dirs = Vec::new();
@@ -511,9 +513,17 @@ fn client_summary(l: &mut LiveCall) -> serde_json::Value {
         if let Some(q) = quality {
             scores.push(q.score);
         }
-        participants.push(serde_json::json!({
-            "userId": user, "peerId": null, "quality": quality, "publish": publish, "subscribe": subscribe,
-        }));
+        let party = l.call.session.participant(user);
+        participants.push(ParticipantReport {
+            user_id: user.clone(),
+            peer_id: None,
+            joined_at: at(party.and_then(|p| p.joined_at)),
+            left_at: at(party.and_then(|p| p.left_at)),
+            quality,
+            publish: publish.clone(),
+            subscribe: subscribe.clone(),
+            bandwidth_estimate_kbps: None,
+        });
         dirs.push((publish, subscribe));
     }
     let score = crate::analytics::score::call_score(&scores);
@@ -530,15 +540,16 @@ fn client_summary(l: &mut LiveCall) -> serde_json::Value {
         }
     }
     let s = &l.call.session;
-    serde_json::json!({
-        "callId": s.id,
-        "roomId": s.room_id,
-        "source": "client",
-        "status": s.status,
-        "duration": s.duration,
-        "setupTimeMs": s.answered_at.map(|a| clock::seconds_between(s.created_at, a) * 1000.0),
-        "quality": score.map(Quality::of),
-        "participants": participants,
-        "samples": l.samples,
-    })
+    Analytics {
+        call_id: Some(s.id.clone()),
+        room_id: s.room_id.clone(),
+        source: Source::Client,
+        status: s.status.as_str().into(),
+        started_at: None,
+        duration: s.duration,
+        setup_time_ms: s.answered_at.map(|a| clock::seconds_between(s.created_at, a) * 1000.0),
+        quality: score.map(Quality::of),
+        participants,
+        samples: l.samples.iter().cloned().collect(),
+    }
 }

@@ -175,7 +175,7 @@ impl Signaling {
         &self,
         actor: &Actor,
         id: &crate::ids::CallId,
-    ) -> Result<serde_json::Value, SignalError> {
+    ) -> Result<crate::analytics::report::Analytics, SignalError> {
         let session = self.calls.get(actor, id).await?;
         let live = (session.mode == crate::model::CallMode::Sfu)
             .then(|| self.rooms.call_analytics(&session.room_id))
@@ -184,12 +184,10 @@ impl Signaling {
             Some(v) => v,
             None => self.rooms.stored_analytics(&room_analytics::key_call(id)).await?,
         };
-        v["callId"] = serde_json::json!(session.id);
-        v["status"] = serde_json::json!(session.status);
-        v["duration"] = serde_json::json!(session.duration);
-        v["setupTimeMs"] = serde_json::json!(session
-            .answered_at
-            .map(|a| crate::clock::seconds_between(session.created_at, a) * 1000.0));
+        v.call_id = Some(session.id.clone());
+        v.status = session.status.as_str().into();
+        v.duration = session.duration;
+        v.setup_time_ms = session.answered_at.map(|a| crate::clock::seconds_between(session.created_at, a) * 1000.0);
         Ok(v)
     }
 

@@ -6,31 +6,47 @@
 
 use super::messages::{QualityUpdate, ServerEvent};
 use super::rooms::{RoomService, RoomState};
-use crate::analytics::report::{self, Directional, Quality, Sample, StreamReport, MAX_SAMPLES};
+use crate::analytics::report::{
+    self, Analytics, Directional, ParticipantReport, Quality, Sample, Source, StreamReport, MAX_SAMPLES,
+};
 use crate::analytics::score::{self, Rating};
 use crate::clock::{self, Timestamp};
 use crate::ids::{CallId, PeerId, RoomId, UserId};
 use crate::media::{PeerStats, StreamSample, Streams};
-use serde::Serialize;
 use std::collections::{HashMap, VecDeque};
 
 /// One participant's part of the summary.
-#[derive(Clone, Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Clone, Debug)]
 pub struct ParticipantAnalytics {
     pub user_id: UserId,
     pub peer_id: PeerId,
-    #[serde(with = "time::serde::rfc3339")]
     pub joined_at: Timestamp,
-    #[serde(with = "time::serde::rfc3339::option")]
     pub left_at: Option<Timestamp>,
     pub quality: Option<Quality>,
     pub publish: Directional,
     pub subscribe: Directional,
     /// The server's estimate of this participant's downstream (SPEC 5.1),
     /// once it receives anything.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub bandwidth_estimate_kbps: Option<f64>,
+}
+
+fn rfc3339(t: Timestamp) -> String {
+    t.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
+}
+
+impl ParticipantAnalytics {
+    fn report(&self) -> ParticipantReport {
+        ParticipantReport {
+            user_id: self.user_id.clone(),
+            peer_id: Some(self.peer_id.clone()),
+            joined_at: Some(rfc3339(self.joined_at)),
+            left_at: self.left_at.map(rfc3339),
+            quality: self.quality,
+            publish: self.publish.clone(),
+            subscribe: self.subscribe.clone(),
+            bandwidth_estimate_kbps: self.bandwidth_estimate_kbps,
+        }
+    }
 }
 
 /// A room's analytics while it has participants.
@@ -122,20 +138,19 @@ impl RoomAnalytics {
     }
 
     /// The SPEC 8 `{analytics}` object.
-    pub fn summary(&self, room: &RoomId, live: bool) -> serde_json::Value {
-        let now = clock::now();
-        serde_json::json!({
-            "callId": self.call,
-            "roomId": room,
-            "source": "sfu",
-            "status": if live { "live" } else { "ended" },
-            "startedAt": self.started_at.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
-            "duration": clock::seconds_between(self.started_at, now),
-            "setupTimeMs": serde_json::Value::Null,
-            "quality": self.quality,
-            "participants": self.participants,
-            "samples": self.samples,
-        })
+    pub fn summary(&self, room: &RoomId, live: bool) -> Analytics {
+        Analytics {
+            call_id: self.call.clone(),
+            room_id: room.clone(),
+            source: Source::Sfu,
+            status: if live { "live" } else { "ended" }.into(),
+            started_at: Some(rfc3339(self.started_at)),
+            duration: clock::seconds_between(self.started_at, clock::now()),
+            setup_time_ms: None,
+            quality: self.quality,
+            participants: self.participants.iter().map(ParticipantAnalytics::report).collect(),
+            samples: self.samples.iter().cloned().collect(),
+        }
     }
 }
 
@@ -215,7 +230,7 @@ impl RoomService {
 
     /// `GET /rooms/:id/analytics`: live while the room has participants, then
     /// the persisted summary.
-    pub async fn analytics(&self, actor: &super::Actor, id: &RoomId) -> Result<serde_json::Value, super::SignalError> {
+    pub async fn analytics(&self, actor: &super::Actor, id: &RoomId) -> Result<Analytics, super::SignalError> {
         self.load(id).await?;
         let exists = {
             let mut rooms = self.rooms.lock();
@@ -232,8 +247,7 @@ impl RoomService {
         };
         let v = self.stored_analytics(&key_room(id)).await?;
         // A deleted room's history is for its participants and admins only.
-        let took_part =
-            v["participants"].as_array().is_some_and(|ps| ps.iter().any(|p| p["userId"] == actor.user().as_str()));
+        let took_part = v.participants.iter().any(|p| &p.user_id == actor.user());
         if !exists && !took_part && !actor.is_admin() {
             return Err(super::SignalError::NotFound("no analytics recorded yet".into()));
         }
@@ -241,16 +255,20 @@ impl RoomService {
     }
 
     /// The live analytics of a call's room (`mode: "sfu"`), if it is live.
-    pub fn call_analytics(&self, room: &RoomId) -> Option<serde_json::Value> {
+    pub fn call_analytics(&self, room: &RoomId) -> Option<Analytics> {
         let rooms = self.rooms.lock();
         rooms.get(room).and_then(|s| s.analytics.as_ref().map(|a| a.summary(room, true)))
     }
 
-    pub async fn stored_analytics(&self, key: &str) -> Result<serde_json::Value, super::SignalError> {
-        self.store
+    pub async fn stored_analytics(&self, key: &str) -> Result<Analytics, super::SignalError> {
+        let v = self
+            .store
             .get_analytics(key)
             .await?
-            .ok_or_else(|| super::SignalError::NotFound("no analytics recorded yet".into()))
+            .ok_or_else(|| super::SignalError::NotFound("no analytics recorded yet".into()))?;
+        Analytics::from_json(v).map_err(|e| {
+            super::SignalError::Store(crate::store::StoreError::Corrupt { key: key.into(), reason: e.to_string() })
+        })
     }
 }
 
@@ -258,7 +276,7 @@ impl RoomService {
 /// is released (no lock is held across a store write).
 #[must_use = "write them once the rooms lock is released"]
 #[derive(Default)]
-pub(super) struct AnalyticsWrites(Vec<(String, serde_json::Value)>);
+pub(super) struct AnalyticsWrites(Vec<(String, Analytics)>);
 
 impl AnalyticsWrites {
     pub(super) fn add(&mut self, more: AnalyticsWrites) {
@@ -268,7 +286,7 @@ impl AnalyticsWrites {
     /// Write each summary; a failure is logged (nobody waits on a summary).
     pub(super) async fn write(self, store: &dyn crate::store::Store) {
         for (k, summary) in self.0 {
-            if let Err(e) = store.put_analytics(&k, &summary).await {
+            if let Err(e) = store.put_analytics(&k, &summary.to_json()).await {
                 tracing::error!(error = %e, key = %k, "cannot persist analytics");
             }
         }
@@ -303,7 +321,7 @@ mod tests {
             },
         ];
         a.update(report, &metrics);
-        let v = a.summary(&RoomId::from("r"), true);
+        let v = a.summary(&RoomId::from("r"), true).to_json();
         let ps = v["participants"].as_array().unwrap();
         for kind in ["audio", "video"] {
             let s = ps[0]["publish"][kind].as_object().unwrap();
@@ -332,7 +350,7 @@ mod tests {
             }]
         };
         assert_eq!(a.update(report(0, 0.0), &metrics), vec![], "nothing measured, nothing said");
-        let v = a.summary(&RoomId::from("r"), true);
+        let v = a.summary(&RoomId::from("r"), true).to_json();
         assert_eq!(v["quality"], serde_json::Value::Null, "{v}");
         assert_eq!(v["participants"][0]["quality"], serde_json::Value::Null, "{v}");
         assert_eq!(v["samples"].as_array().map(Vec::len), Some(0), "{v}");
