@@ -95,6 +95,7 @@ impl Metrics {
         r.register(Box::new(m.cluster_nodes.clone())).unwrap();
         m.cluster_nodes.set(1);
         r.register(Box::new(m.cluster_relay_seconds.clone())).unwrap();
+        r.register(Box::new(crate::store::redis_store::REDIS_ERRORS.clone())).unwrap();
         r.register(Box::new(CpuCollector::new())).unwrap();
         let build = IntGaugeVec::new(
             Opts::new("confer_build_info", "Always 1; its version label says which build of confer is running"),

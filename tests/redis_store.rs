@@ -382,6 +382,8 @@ async fn a_node_rides_out_a_redis_restart() {
     let (st, b) = c.get("/calls/history", "alice").await;
     assert_eq!((st, b["error"]["code"].as_str()), (503, Some("unavailable")), "{b}");
     assert_eq!(c.get("/healthz", "alice").await.0, 200, "the process itself is fine");
+    let errors = c.metric("confer_redis_errors_total{part=\"store\"}").await.unwrap_or(0.0);
+    assert!(errors >= 1.0, "the failed store commands are counted: {errors}");
 
     redis.restart();
     let took = wait_ready(&c, 200, Duration::from_secs(10)).await;

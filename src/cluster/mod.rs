@@ -110,6 +110,7 @@ fn call_key(id: &CallId) -> String {
 const CALL_OWNER_TTL_SECS: u64 = 24 * 3600;
 
 fn unavailable(e: redis::RedisError) -> StoreError {
+    crate::store::redis_store::count_error("cluster");
     StoreError::Unavailable(format!("Redis (cluster): {e}"))
 }
 
@@ -148,6 +149,10 @@ impl Cluster {
     /// so it is live (and can take rooms) before it serves anything.
     pub async fn join(url: &str, me: Identity, live_nodes: IntGauge) -> Result<Arc<Cluster>, StoreError> {
         let con = crate::store::redis_store::connect(url).await?;
+        for part in ["store", "cluster", "relay"] {
+            // Exported at 0 from the start, so a rate over it has a series.
+            crate::store::redis_store::REDIS_ERRORS.with_label_values(&[part]);
+        }
         let cluster = Arc::new(Cluster {
             con,
             me,

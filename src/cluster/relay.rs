@@ -81,7 +81,10 @@ impl RedisRelay {
 }
 
 async fn subscribe(client: &redis::Client, name: &[String; 2]) -> Result<redis::aio::PubSub, StoreError> {
-    let unavailable = |e: redis::RedisError| StoreError::Unavailable(format!("Redis (relay): {e}"));
+    let unavailable = |e: redis::RedisError| {
+        crate::store::redis_store::count_error("relay");
+        StoreError::Unavailable(format!("Redis (relay): {e}"))
+    };
     let mut p = client.get_async_pubsub().await.map_err(unavailable)?;
     p.subscribe(name).await.map_err(unavailable)?;
     Ok(p)
@@ -91,12 +94,10 @@ impl RedisRelay {
     /// `PUBLISH`; how many subscribers took it.
     async fn publish(&self, channel: &str, msg: &Relayed) -> Result<i64, StoreError> {
         let text = serde_json::to_string(msg).map_err(|e| StoreError::Backend(e.to_string()))?;
-        redis::cmd("PUBLISH")
-            .arg(channel)
-            .arg(text)
-            .query_async(&mut self.con.clone())
-            .await
-            .map_err(|e| StoreError::Unavailable(format!("Redis (relay): {e}")))
+        redis::cmd("PUBLISH").arg(channel).arg(text).query_async(&mut self.con.clone()).await.map_err(|e| {
+            crate::store::redis_store::count_error("relay");
+            StoreError::Unavailable(format!("Redis (relay): {e}"))
+        })
     }
 }
 

@@ -74,9 +74,26 @@ fn id_of_member(member: &str) -> CallId {
     CallId::from(member.get(3..).unwrap_or_default())
 }
 
+/// `confer_redis_errors_total{part}`: Redis commands that failed, by the part
+/// of confer that sent them (`store`, `cluster`, `relay`). One counter for
+/// the process, registered by every [`crate::metrics::Metrics`].
+pub static REDIS_ERRORS: std::sync::LazyLock<prometheus::IntCounterVec> = std::sync::LazyLock::new(|| {
+    prometheus::IntCounterVec::new(
+        prometheus::Opts::new("confer_redis_errors_total", "Redis commands that failed (cluster only), by part"),
+        &["part"],
+    )
+    .expect("a valid metric")
+});
+
+/// Count a failed Redis command of `part`.
+pub(crate) fn count_error(part: &str) {
+    REDIS_ERRORS.with_label_values(&[part]).inc();
+}
+
 /// A connection lost or refused is worth retrying (`unavailable`); anything
 /// else Redis said is a fault.
 fn redis_error(e: RedisError) -> StoreError {
+    count_error("store");
     if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal() {
         StoreError::Unavailable(format!("Redis: {e}"))
     } else {
