@@ -14,7 +14,10 @@
 //! never passes A: B's answers carry B's media address.
 //!
 //! The link is a [`RelayLink`]; the cluster's is Redis pub/sub (`app` wires
-//! it), so nothing here knows Redis. A remote connection ends when A says the
+//! it), so nothing here knows Redis. Nodes trust what comes over it (the
+//! claims of an `Up` or an `Ask` are not verified again): whoever can publish
+//! on the cluster's Redis can act as any user, as whoever can write to it can
+//! rewrite any call. Keep it on a private network, with a password. A remote connection ends when A says the
 //! client's socket closed ([`Relayed::Closed`]), as a local one does on
 //! close: the seat is kept for the reconnect grace.
 
