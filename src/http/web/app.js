@@ -104,6 +104,14 @@ async function signIn(name, token) {
 function send(msg) {
   if (S.ws?.readyState === WebSocket.OPEN) S.ws.send(JSON.stringify(msg));
 }
+// Resolves once the socket is open. Joining right after signing in must wait
+// for it: send() drops what it cannot send, and a room-join dropped that way
+// left the page waiting forever. (A socket that fails instead reconnects, and
+// the reconnect joins the room: S.roomId is set by then.)
+function opened() {
+  if (S.ws?.readyState === WebSocket.OPEN) return Promise.resolve();
+  return new Promise((resolve) => S.ws.addEventListener('open', resolve, { once: true }));
+}
 function connect() {
   S.wsWanted = true;
   const proto = location.protocol === 'https:' ? 'wss' : 'ws';
@@ -305,6 +313,8 @@ async function joinRoom(name) {
   const c = prejoin.choice();
   if (c.cameraOff) toggleMute('video');
   if (c.micOff) toggleMute('audio');
+  await opened();
+  if (S.roomId !== room.id || S.peerId) return; // left meanwhile, or a reconnect already joined
   send({ type: 'room-join', roomId: room.id, reqId: ++S.seq });
 }
 function rejoin() {
