@@ -39,6 +39,25 @@ async fn live_nodes(c: &TestServer) -> Option<f64> {
     c.metric("confer_cluster_nodes").await
 }
 
+/// Wait until each of two nodes sees both live.
+async fn both_live(a: &TestServer, b: &TestServer) {
+    within("both nodes seeing two", Duration::from_secs(5), async || {
+        live_nodes(a).await == Some(2.0) && live_nodes(b).await == Some(2.0)
+    })
+    .await;
+}
+
+/// A cluster member in this process (no server): placement only.
+async fn member(redis: &RedisServer, id: &str) -> std::sync::Arc<confer::cluster::Cluster> {
+    let me = confer::cluster::Identity {
+        id: id.into(),
+        region: None,
+        http_url: format!("http://{id}.invalid/"),
+        media_addr: "127.0.0.1:9".into(),
+    };
+    confer::cluster::Cluster::join(&redis.url(), me, prometheus::IntGauge::new("g", "g").unwrap()).await.unwrap()
+}
+
 async fn new_room(c: &TestServer, max: u32) -> String {
     let (st, b) = c.post("/rooms", "alice", json!({"name": "placed", "maxParticipants": max})).await;
     assert_eq!(st, 201, "{b}");
@@ -61,10 +80,7 @@ async fn nodes_see_each_other_and_a_killed_node_is_dead_after_its_heartbeats_sto
     let (a, _da) = node(&redis, "node-a");
     let (mut b, _db) = node(&redis, "node-b");
     let (ca, cb) = (child_client(a.addr), child_client(b.addr));
-    within("both nodes seeing two", Duration::from_secs(5), async || {
-        live_nodes(&ca).await == Some(2.0) && live_nodes(&cb).await == Some(2.0)
-    })
-    .await;
+    both_live(&ca, &cb).await;
     let mut con = redis_con(&redis).await;
     let hb = heartbeat(&mut con, "node-b").await.expect("node-b's heartbeat");
     assert_eq!(hb["httpUrl"], format!("http://{}/", b.addr), "{hb}");
@@ -196,18 +212,10 @@ async fn a_room_goes_to_the_least_loaded_node_and_is_placed_again_when_its_node_
 /// itself), so every room where both reached the script is a real race.
 #[tokio::test]
 async fn a_race_to_place_a_room_has_one_winner_that_both_sides_name() {
-    use confer::cluster::{Cluster, Identity};
     use confer::signal::placement::Placed;
     let redis = RedisServer::start();
-    let ident = |id: &str| Identity {
-        id: id.into(),
-        region: None,
-        http_url: format!("http://{id}.invalid/"),
-        media_addr: "127.0.0.1:9".into(),
-    };
-    let gauge = || prometheus::IntGauge::new("g", "g").unwrap();
-    let x = Cluster::join(&redis.url(), ident("x"), gauge()).await.unwrap();
-    let y = Cluster::join(&redis.url(), ident("y"), gauge()).await.unwrap();
+    let x = member(&redis, "x").await;
+    let y = member(&redis, "y").await;
     let mut con = redis_con(&redis).await;
     let evals = async |con: &mut redis::aio::MultiplexedConnection| -> u64 {
         let info: String = redis::cmd("INFO").arg("commandstats").query_async(con).await.unwrap();
@@ -259,18 +267,10 @@ async fn a_node_stopping_in_a_cluster_tells_its_clients_to_reconnect() {
 /// next heartbeat shows it.
 #[tokio::test]
 async fn rooms_placed_in_a_burst_spread_over_idle_nodes() {
-    use confer::cluster::{Cluster, Identity};
     use confer::signal::placement::Placed;
     let redis = RedisServer::start();
-    let ident = |id: &str| Identity {
-        id: id.into(),
-        region: None,
-        http_url: format!("http://{id}.invalid/"),
-        media_addr: "127.0.0.1:9".into(),
-    };
-    let gauge = || prometheus::IntGauge::new("g", "g").unwrap();
-    let x = Cluster::join(&redis.url(), ident("x"), gauge()).await.unwrap();
-    let _y = Cluster::join(&redis.url(), ident("y"), gauge()).await.unwrap();
+    let x = member(&redis, "x").await;
+    let _y = member(&redis, "y").await;
     let mut here = 0;
     for i in 0..10 {
         let room: confer::ids::RoomId = format!("room_burst{i}").as_str().into();
@@ -291,10 +291,7 @@ async fn a_client_on_one_node_is_in_a_room_on_another_through_the_relay() {
     let (a, _da) = node_with(&redis, "node-a", &[("CONFER_MEDIA_WORKERS", "1")]);
     let (b, _db) = node_with(&redis, "node-b", &[("CONFER_MEDIA_WORKERS", "1")]);
     let (ca, cb) = (child_client(a.addr), child_client(b.addr));
-    within("both nodes seeing two", Duration::from_secs(5), async || {
-        live_nodes(&ca).await == Some(2.0) && live_nodes(&cb).await == Some(2.0)
-    })
-    .await;
+    both_live(&ca, &cb).await;
     let args =
         vec![a.addr.to_string(), b.addr.to_string(), a.media.port().to_string(), ca.token("alice"), cb.token("bob")];
     let summary = tokio::task::spawn_blocking(move || common::run_interop("sfu_cluster.py", &args)).await.unwrap();
@@ -327,10 +324,7 @@ async fn relayed_signaling_keeps_the_protocol_and_a_delete_anywhere_ends_the_roo
     let (mut a, _da) = node(&redis, "node-a");
     let (mut b, _db) = node(&redis, "node-b");
     let (ca, cb) = (child_client(a.addr), child_client(b.addr));
-    within("both nodes seeing two", Duration::from_secs(5), async || {
-        live_nodes(&ca).await == Some(2.0) && live_nodes(&cb).await == Some(2.0)
-    })
-    .await;
+    both_live(&ca, &cb).await;
     let room = new_room(&cb, 8).await;
     let mut alice = ca.ws_ready("alice").await;
     alice.send(json!({"type": "room-join", "roomId": room, "reqId": "a1"})).await;
@@ -429,10 +423,7 @@ async fn a_call_between_users_on_different_nodes_gets_every_event() {
     let (a, _da) = node_with(&redis, "node-a", &ring);
     let (b, _db) = node_with(&redis, "node-b", &ring);
     let (ca, cb) = (child_client(a.addr), child_client(b.addr));
-    within("both nodes seeing two", Duration::from_secs(5), async || {
-        live_nodes(&ca).await == Some(2.0) && live_nodes(&cb).await == Some(2.0)
-    })
-    .await;
+    both_live(&ca, &cb).await;
     let mut alice = ca.ws_ready("alice").await;
     let (mut bob1, mut bob2, mut bob3) = (cb.ws_ready("bob").await, cb.ws_ready("bob").await, ca.ws_ready("bob").await);
 
@@ -575,10 +566,7 @@ async fn the_calls_of_a_node_that_is_gone_are_taken_over() {
     let (mut a, _da) = node_with(&redis, "node-a", &ring);
     let (b, _db) = node_with(&redis, "node-b", &ring);
     let (ca, cb) = (child_client(a.addr), child_client(b.addr));
-    within("both nodes seeing two", Duration::from_secs(5), async || {
-        live_nodes(&ca).await == Some(2.0) && live_nodes(&cb).await == Some(2.0)
-    })
-    .await;
+    both_live(&ca, &cb).await;
     let (mut alice, mut dave) = (ca.ws_ready("alice").await, ca.ws_ready("dave").await);
     let (mut carol, mut bob) = (cb.ws_ready("carol").await, cb.ws_ready("bob").await);
     let t0 = Instant::now();
@@ -658,10 +646,7 @@ async fn the_reconnect_grace_counts_a_partys_sockets_on_every_node() {
     let (a, _da) = node_with(&redis, "node-a", &grace);
     let (b, _db) = node_with(&redis, "node-b", &grace);
     let (ca, cb) = (child_client(a.addr), child_client(b.addr));
-    within("both nodes seeing two", Duration::from_secs(5), async || {
-        live_nodes(&ca).await == Some(2.0) && live_nodes(&cb).await == Some(2.0)
-    })
-    .await;
+    both_live(&ca, &cb).await;
     let mut alice = ca.ws_ready("alice").await;
     let (mut bob, mut dave) = (cb.ws_ready("bob").await, cb.ws_ready("dave").await);
     let mut calls = Vec::new();
