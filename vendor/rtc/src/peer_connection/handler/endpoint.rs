@@ -340,13 +340,19 @@ impl<'a> EndpointHandler<'a> {
         // a forwarded stream. Surface it tagged with the sender's track id so the
         // application (an SFU) can relay the feedback upstream to the publisher. RTP media
         // is never inbound on a sender, so this branch is RTCP-only.
+        //
+        // confer patch (see `CONFER-PATCH.md`): a sender's RTX SSRC counts as its own.
+        // Receivers address transport-wide feedback to the SSRC of the last packet they got,
+        // which after a padding-only bandwidth probe is the RTX SSRC; dropping that feedback
+        // here left the probe unreported.
         if rtp_header.is_none()
             && let Some(track_id) = self.rtp_transceivers.iter().find_map(|transceiver| {
                 transceiver.sender().as_ref().and_then(|sender| {
                     let track = sender.track();
-                    track
-                        .ssrcs()
-                        .any(|track_ssrc| track_ssrc == ssrc)
+                    let rtx = |coding: &crate::rtp_transceiver::rtp_sender::RTCRtpEncodingParameters| {
+                        coding.rtp_coding_parameters.rtx.as_ref().is_some_and(|r| r.ssrc == ssrc)
+                    };
+                    (track.ssrcs().any(|track_ssrc| track_ssrc == ssrc) || track.codings().iter().any(rtx))
                         .then(|| track.track_id().clone())
                 })
             })
