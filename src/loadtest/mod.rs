@@ -108,7 +108,8 @@ struct Counters {
     /// Packets sent inside the window per layer (q, h, f or single-layer,
     /// audio).
     sent_by_layer: [AtomicU64; 4],
-    /// What subscribers received, by their ceiling (see [`Reception`]).
+    /// What subscribers received, by their ceiling ("none" without one;
+    /// a capped subscriber under "<ceiling> capped"; see [`Reception`]).
     by_ceiling: std::sync::Mutex<std::collections::BTreeMap<String, Reception>>,
     /// The capped subscribers' links, and what each of them saw.
     caps: std::sync::Mutex<Vec<Arc<peer::Cap>>>,
@@ -791,7 +792,10 @@ async fn count_as(
         let (u, s) = during_cap.unique_and_span();
         (capped.unique, capped.span) = (capped.unique + u, capped.span + s);
     }
-    let group = role.ceiling.clone().unwrap_or_else(|| "none".into());
+    // A capped subscriber is its own group, so the report shows what the
+    // uncapped ones at the same ceiling kept.
+    let ceiling = role.ceiling.clone().unwrap_or_else(|| "none".into());
+    let group = if role.cap.is_some() { format!("{ceiling} capped") } else { ceiling };
     c.by_ceiling.lock().unwrap_or_else(|e| e.into_inner()).entry(group).or_default().add(&mine);
     let run = CappedRun { capped, audio_gap_us: audio_gap, ..Default::default() };
     (latencies, Some(run))
@@ -1139,7 +1143,15 @@ fn cap_report(kbps: u32, runs: &[CappedRun], from: u64, until: u64) -> Value {
         .filter_map(|r| r.updates.iter().rfind(|(t, _)| (from..until).contains(t)))
         .map(|(t, l)| (ms(t - from), l.clone()))
         .collect();
-    let up_h: Vec<f64> = runs.iter().filter_map(|r| after(r, until, &|l| matches!(l, Some("h" | "f")))).collect();
+    // Already at h or above when the cap lifts is back at once.
+    let at_least_h = |l: Option<&str>| matches!(l, Some("h" | "f"));
+    let up_h: Vec<f64> = runs
+        .iter()
+        .filter_map(|r| match r.updates.iter().rfind(|(t, _)| *t < until) {
+            Some((_, l)) if at_least_h(l.as_deref()) => Some(0.0),
+            _ => after(r, until, &at_least_h),
+        })
+        .collect();
     let up_f: Vec<f64> = runs.iter().filter_map(|r| after(r, until, &|l| l == Some("f"))).collect();
     let mut during = Reception::default();
     runs.iter().for_each(|r| during.add(&r.capped));

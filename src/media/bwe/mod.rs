@@ -25,7 +25,8 @@
 //! - **probing**: the delay-based estimate never grows above 1.5 × what arrives, so once the
 //!   allocator has moved a subscriber down (or paused its video) the media alone cannot lift it
 //!   back. When the allocator wants more than the estimate and the link looks clean,
-//!   [`Estimator::start_probe`] opens a probe cluster: for [`PROBE_DURATION`] the caller sends at
+//!   [`Estimator::start_probe`] opens a probe cluster: for [`PROBE_DURATION`] (or
+//!   [`PROBE_DURATION_PAST_CONGESTION`], past a rate where the link congested before) the caller sends at
 //!   the probe's target (padding on top of media), and every packet sent meanwhile belongs to the
 //!   cluster. From the cluster's feedback the rate that got through is libwebrtc's
 //!   ProbeBitrateEstimator's: the lower of the send and the receive rate, and 95 % of the receive
@@ -114,6 +115,13 @@ const TWCC_FRESH: Duration = Duration::from_secs(5);
 
 /// How long a probe cluster sends at its target.
 pub const PROBE_DURATION: Duration = Duration::from_millis(60);
+/// How long a probe cluster sends when it goes past a rate the link congested at before (its
+/// memory over): a policer's bucket lets a short probe through at once, so a 60 ms probe at
+/// 2.5 × a 600 kbit/s policer with a 15 kB bucket looks clean, and the media it lets through
+/// then congests the link again. Over 250 ms such a bucket and a 60 ms queue add at most their
+/// depth / 250 ms to what the probe measures (about 600 kbit/s here, short of the 1.5 Mbit/s
+/// that looked clean), and what the probe sends past that is lost: longer costs more media.
+pub const PROBE_DURATION_PAST_CONGESTION: Duration = Duration::from_millis(250);
 /// Probes are at least this far apart (end of one to start of the next).
 pub const PROBE_GAP: Duration = Duration::from_millis(300);
 /// The longest gap after probes that failed in a row.
@@ -501,7 +509,7 @@ impl Estimator {
         {
             let target = self.clamp((desired_bps as f64).min(0.85 * before));
             if target > self.target() * 1.05 {
-                return Some(self.open_cluster(target, now));
+                return Some(self.open_cluster(target, now, PROBE_DURATION));
             }
         }
         if self.next_probe.is_some_and(|t| now < t) {
@@ -516,10 +524,11 @@ impl Estimator {
         if target <= self.target() * 1.05 {
             return None;
         }
-        Some(self.open_cluster(target, now))
+        let past = self.congested.is_some_and(|(rate, _)| target > 1.1 * rate);
+        Some(self.open_cluster(target, now, if past { PROBE_DURATION_PAST_CONGESTION } else { PROBE_DURATION }))
     }
 
-    fn open_cluster(&mut self, target: f64, now: Instant) -> u64 {
+    fn open_cluster(&mut self, target: f64, now: Instant, duration: Duration) -> u64 {
         let id = self.next_cluster_id;
         self.next_cluster_id = id.checked_add(1).unwrap_or(1);
         self.cluster = Some(Cluster {
@@ -527,7 +536,7 @@ impl Estimator {
             target,
             from: self.target(),
             start: now,
-            end: now + PROBE_DURATION,
+            end: now + duration,
             sent: Span::default(),
             received: Span::default(),
             lost: 0,

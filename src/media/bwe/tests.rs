@@ -35,6 +35,13 @@ struct Net {
     credit: f64,
     flight: VecDeque<(u16, Option<i64>, i64)>,
     reports: VecDeque<(i64, Vec<Arrival>)>,
+    /// A policer in front of the queue: a token bucket this deep (bits) lets packets through
+    /// at once while it holds tokens, refilling at `cap_bps` while the queue is empty; 0: none.
+    burst_bits: f64,
+    tokens: f64,
+    tokens_at_us: f64,
+    /// The queue's length in time at the cap; 0: [`QUEUE_US`].
+    queue_us: f64,
     /// A receiver short of CPU from this µs: what it reads is late by half the time since,
     /// for 300 ms, and then catches up as fast.
     stall_from: Option<i64>,
@@ -106,7 +113,21 @@ impl Sim {
         self.est.on_sent(SentPacket { transport_seq: self.net.seq, size: PKT, at: self.instant() });
         let (now, lost) = (self.net.now_us, self.rand() < self.net.loss);
         let queued = (self.net.link_free_us - now as f64).max(0.0);
-        let arrival = (!lost && queued <= QUEUE_US).then(|| {
+        if self.net.burst_bits > 0.0 && queued == 0.0 && !lost {
+            let net = &mut self.net;
+            let since = now as f64 - net.tokens_at_us.max(net.link_free_us);
+            net.tokens = (net.tokens + since.max(0.0) * net.cap_bps / 1e6).min(net.burst_bits);
+            net.tokens_at_us = now as f64;
+            if net.tokens >= (PKT * 8) as f64 {
+                net.tokens -= (PKT * 8) as f64;
+                let at = now + PROP_US + (self.rand() * 1000.0) as i64;
+                self.net.flight.push_back((self.net.seq, Some(at), at));
+                self.net.seq = self.net.seq.wrapping_add(1);
+                return;
+            }
+        }
+        let queue_us = if self.net.queue_us > 0.0 { self.net.queue_us } else { QUEUE_US };
+        let arrival = (!lost && queued <= queue_us).then(|| {
             let net = &mut self.net;
             net.link_free_us = net.link_free_us.max(now as f64) + (PKT * 8) as f64 * 1e6 / net.cap_bps;
             let at = net.link_free_us as i64;
@@ -266,6 +287,36 @@ fn a_link_that_shrinks_under_the_media_is_congestion_not_a_drop_to_probe_back_fr
         "probed far past where the link congested: {:?}",
         sim.probes
     );
+}
+
+/// A subscriber at `h` (450 kbit/s) behind a policer of 600 kbit/s whose bucket holds 15 kB,
+/// with 60 ms of queue behind it, as the load tool caps a link: after `f` (1.5 Mbit/s) congested
+/// it, no probe over the next 40 s lifts the estimate to where `f` would be sent again. A short
+/// probe (60 ms at 1.5 × the estimate) fits in the bucket and looks as if it got through.
+#[test]
+fn a_policers_burst_does_not_fool_probes_into_sending_f_again() {
+    let mut sim = Sim::new(2_000_000, 600e3);
+    (sim.net.burst_bits, sim.net.queue_us) = (15_000.0 * 8.0, 60_000.0);
+    sim.net.tokens = sim.net.burst_bits;
+    // f while it fits, h once the estimate is under it: what the allocator does.
+    let (f, h, wanted) = (1.5e6, 450e3, 1.55e6);
+    let (mut f_ms, mut highest) = (0, 0.0f64);
+    for ms in 0..45_000 {
+        let media = if sim.est() >= wanted { f } else { h };
+        if ms >= 5_000 {
+            f_ms += u32::from(media == f);
+            highest = highest.max(sim.est());
+        }
+        sim.step_with(media, Some(wanted));
+    }
+    assert_eq!(f_ms, 0, "f was sent again for {f_ms} ms: {:?}", sim.probes);
+    // Fooled by the bucket by no more than its depth over a long probe: short of f.
+    assert!(highest < 1.3e6, "the estimate reached {highest} on a 600 kbit/s link: {:?}", sim.probes);
+    assert!(!sim.probes.is_empty(), "it kept probing");
+    // Once the policer is gone, it gets back to f.
+    (sim.net.cap_bps, sim.net.burst_bits) = (10e6, 0.0);
+    let back = sim.run_with(25_000, f, Some(wanted), |s| s.est() >= wanted);
+    assert!(back.is_some(), "estimate {} 25 s after the cap lifted: {:?}", sim.est(), sim.probes);
 }
 
 #[test]
