@@ -77,16 +77,19 @@ class Sub(Client):
         gives every SSRC of a receiver the same inbound-rtp id, so its report
         holds only the SSRC seen last, which is the RTX one (retransmissions,
         padding) once any arrives. Read the receiver's per-SSRC statistics
-        and skip the SSRCs it knows as RTX."""
-        received, lost = 0, 0
+        of the one that carries the camera: of the SSRCs it does not know as
+        RTX, the one with the most packets (an RTX SSRC it has not yet learnt
+        as such holds a few, and summing it in made the counts go down once it
+        was learnt)."""
+        streams = []
         for r in self.sub.getReceivers():
             if r.track and r.track.kind == "video":
                 rtx = r._RTCRtpReceiver__rtx_ssrc
-                for ssrc, stream in r._RTCRtpReceiver__remote_streams.items():
-                    if ssrc not in rtx:
-                        received += stream.packets_received
-                        lost += stream.packets_lost
-        return received, lost
+                streams += [s for ssrc, s in r._RTCRtpReceiver__remote_streams.items() if ssrc not in rtx]
+        if not streams:
+            return 0, 0
+        camera = max(streams, key=lambda s: s.packets_received)
+        return camera.packets_received, max(camera.packets_lost, 0)
 
 
 class CappedProxy(asyncio.DatagramProtocol):
