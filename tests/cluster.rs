@@ -677,3 +677,39 @@ async fn the_reconnect_grace_counts_a_partys_sockets_on_every_node() {
     let (_, cs) = cb.get(&format!("/calls/{daves}"), "dave").await;
     assert_eq!(cs["callSession"]["status"], "active", "dave came back on another node within the grace: {cs}");
 }
+
+/// SPEC 12's reconnect grace for a call taken over (SPEC 13): both parties'
+/// sockets were on the node that held their accepted call, and that node is
+/// killed. The node left takes the call over and, since neither party has a
+/// socket anywhere, ends it "disconnected" once the grace is over, instead
+/// of holding a call nobody is in for ever. A party who comes back within
+/// the grace keeps their call (the grace test above).
+#[tokio::test]
+async fn a_call_whose_parties_were_all_on_a_dead_node_ends_after_the_grace() {
+    let redis = RedisServer::start();
+    let grace = [("CONFER_CALLS_RECONNECT_GRACE", "2s")];
+    let (mut a, _da) = node_with(&redis, "node-a", &grace);
+    let (b, _db) = node_with(&redis, "node-b", &grace);
+    let (ca, cb) = (child_client(a.addr), child_client(b.addr));
+    both_live(&ca, &cb).await;
+    let (mut alice, mut bob) = (ca.ws_ready("alice").await, ca.ws_ready("bob").await);
+    alice.send(json!({"type": "call-initiate", "calleeId": "bob", "callType": "audio"})).await;
+    let id = alice.recv_type("call-created").await["callSession"]["id"].as_str().unwrap().to_owned();
+    bob.recv_type("call-initiate").await;
+    bob.send(json!({"type": "call-accept", "callId": id})).await;
+    alice.recv_type("call-accept").await;
+    let t0 = Instant::now();
+    a.kill9();
+    // Dead after 6 s, taken over at B's next heartbeat, then the 2 s grace.
+    within("the call ended by the grace on the node left", Duration::from_secs(20), async || {
+        cb.get(&format!("/calls/{id}"), "bob").await.1["callSession"]["status"] == "ended"
+    })
+    .await;
+    let took = t0.elapsed();
+    let (_, cs) = cb.get(&format!("/calls/{id}"), "alice").await;
+    assert_eq!(cs["callSession"]["endReason"], "disconnected", "{cs}");
+    assert!(took >= Duration::from_secs(7), "ended {took:?} after the kill: before its node was even dead?");
+    let held: Option<String> = redis_con(&redis).await.get(format!("confer:call_node:{id}")).await.unwrap();
+    assert!(held.as_deref().is_none_or(|n| n == "node-b"), "held by {held:?}");
+    println!("a call with both parties on the killed node ended {took:?} after the kill");
+}

@@ -315,17 +315,23 @@ impl CallService {
                 let rang = clock::seconds_between(session.created_at, clock::now()).max(0.0);
                 self.ring_timeout.saturating_sub(Duration::from_secs_f64(rang))
             });
+            let gone: Vec<UserId>;
             {
                 let mut calls = self.live.lock();
                 if calls.contains_key(&id) {
                     continue;
                 }
                 // The reconnect grace applies to the parties with a socket
-                // now; those whose sockets were on the node that went come
-                // under it when they are back (user_online).
-                let seen_online = [&session.caller_id, &session.callee_id]
+                // now, and to both parties of an accepted call: one with no
+                // socket anywhere had them on the node that went (its grace
+                // starts below). A ringing callee never seen online is left
+                // to the ring timeout.
+                let parties = [&session.caller_id, &session.callee_id];
+                let accepted = session.status == crate::model::CallStatus::Active;
+                gone = parties.into_iter().filter(|u| accepted && !self.out.hub.is_online(u)).cloned().collect();
+                let seen_online = parties
                     .into_iter()
-                    .filter(|u| self.out.hub.is_online(u))
+                    .filter(|u| self.out.hub.is_online(u) || gone.contains(*u))
                     .cloned()
                     .collect();
                 calls.insert(
@@ -343,6 +349,9 @@ impl CallService {
             }
             if let Some(left) = ringing_left {
                 self.out.timers.start(TimerKey::RingTimeout(id.clone()), left);
+            }
+            for user in &gone {
+                self.user_offline(user);
             }
             tracing::info!(call = %id, "cluster: holding a call whose node is gone");
         }
