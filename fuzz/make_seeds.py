@@ -262,7 +262,7 @@ RTP_RTCP = {
 FP = ":".join(f"{b:02X}" for b in hashlib.sha256(b"seed").digest())
 
 
-def chromium_offer(video_codecs, simulcast=True, audio=True):
+def chromium_offer(video_codecs, simulcast=True, audio=True, sim_group=False):
     """An offer shaped like Chromium's for a publisher (`addTransceiver(track, {sendEncodings: [...]})`)."""
     mids = (["0"] if audio else []) + ["1"]
     s = [
@@ -330,7 +330,14 @@ def chromium_offer(video_codecs, simulcast=True, audio=True):
                   f"a=rtcp-fb:{pt} nack", f"a=rtcp-fb:{pt} nack pli"]
         if fmtp:
             s.append(f"a=fmtp:{pt} {fmtp}")
-    if simulcast:
+    if sim_group:
+        # Legacy simulcast: three SSRCs, lowest first, each with its RTX.
+        layers = [(11, 21), (12, 22), (13, 23)]
+        for media, rtx in layers:
+            s += [f"a=ssrc-group:FID {media} {rtx}"]
+        s += ["a=ssrc-group:SIM " + " ".join(str(m) for m, _ in layers)]
+        s += [f"a=ssrc:{x} cname:Ue1WJmQ3CnuXn7Sb" for pair in layers for x in pair]
+    elif simulcast:
         s += ["a=rid:q send", "a=rid:h send", "a=rid:f send", "a=simulcast:send q;h;f"]
     else:
         s += ["a=ssrc-group:FID 1538316113 3094431201", "a=ssrc:1538316113 cname:Ue1WJmQ3CnuXn7Sb",
@@ -348,6 +355,7 @@ SDP = {
     "chromium_simulcast_vp8": chromium_offer(VP8_CODECS + H264_CODECS + [(45, "AV1", "level-idx=5;profile=0;tier=0")]),
     "chromium_h264_no_simulcast": chromium_offer(H264_CODECS, simulcast=False),
     "video_only_vp8": chromium_offer(VP8_CODECS, simulcast=False, audio=False),
+    "legacy_sim_group_vp8": chromium_offer(VP8_CODECS, sim_group=True),
     "minimal": "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0\r\n"
     "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\na=mid:0\r\na=sendonly\r\na=ice-ufrag:abcd\r\n"
     "a=ice-pwd:abcdefghijklmnopqrstuvwx\r\na=fingerprint:sha-256 " + FP + "\r\na=setup:actpass\r\n"

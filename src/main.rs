@@ -115,6 +115,7 @@ fn loadtest(args: confer::app::cli::LoadtestArgs) -> anyhow::Result<()> {
         janus: args.janus.clone(),
         server_pid: args.server_pid,
         simulcast: args.simulcast,
+        sim_group: args.sim_group,
         ceilings: args.ceilings.clone(),
         cap_kbps: args.cap_kbps.map(|k| k.max(50)),
     };

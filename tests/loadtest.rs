@@ -77,6 +77,21 @@ fn a_meeting_load_has_every_publisher_receive_the_others() {
 #[test]
 fn a_simulcast_load_gives_each_ceiling_its_layer() {
     let (r, _) = loadtest(&["--subscribers", "3", "--seconds", "4", "--simulcast", "--ceilings", "high,medium,low"]);
+    each_ceiling_got_its_layer(&r);
+}
+
+/// The same with the layers named the legacy way (SPEC 5.1): the offer has
+/// `a=ssrc-group:SIM` (lowest first) and no rids, and no packet carries a
+/// rid header extension, as Jitsi-style clients publish.
+#[test]
+fn a_simulcast_load_named_by_an_ssrc_group_gives_each_ceiling_its_layer() {
+    let args = ["--subscribers", "3", "--seconds", "4", "--simulcast", "--sim-group", "--ceilings", "high,medium,low"];
+    let (r, _) = loadtest(&args);
+    assert_eq!(r["simGroup"], true, "{r}");
+    each_ceiling_got_its_layer(&r);
+}
+
+fn each_ceiling_got_its_layer(r: &Value) {
     for layer in ["q", "h", "f"] {
         assert!(r["packetsSentByLayer"][layer].as_u64().unwrap() > 20, "the publisher sends {layer}: {r}");
     }

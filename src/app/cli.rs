@@ -123,6 +123,11 @@ pub struct LoadtestArgs {
     /// and 100 % of --video-kbps), as browsers do with LiveKit-style clients.
     #[arg(long)]
     pub simulcast: bool,
+    /// With --simulcast: name the layers by `a=ssrc-group:SIM` in the offer
+    /// and send no rid header extension (legacy simulcast, as Jitsi and
+    /// munged-SDP clients send it).
+    #[arg(long, requires = "simulcast")]
+    pub sim_group: bool,
     /// Ceilings the subscribers ask for with track-subscribe, one each in
     /// turn (e.g. `high,medium,low`); none: no track-subscribe (full layer).
     #[arg(long, value_delimiter = ',', value_name = "QUALITY", value_parser = ["low", "medium", "high"])]

@@ -54,6 +54,9 @@ pub struct LoadOpts {
     /// Publishers send their video as simulcast (SPEC 5.1): rids `q`, `h`
     /// and `f` at [`SIMULCAST_SHARE`] of `video_kbps` each.
     pub simulcast: bool,
+    /// The simulcast layers are named by `a=ssrc-group:SIM` in the offer
+    /// (lowest first), not by rids: no rid header extension is sent.
+    pub sim_group: bool,
     /// Subscriber `i` of each room asks for `ceilings[i % len]` ("low",
     /// "medium" or "high") on every video track; none: no `track-subscribe`.
     pub ceilings: Vec<String>,
@@ -225,7 +228,7 @@ async fn publisher(
     janus: Option<(Arc<janus::Janus>, tokio::sync::watch::Sender<Option<u64>>)>,
 ) -> anyhow::Result<Latencies> {
     let (video_ssrcs, audio_ssrc) = (rand::random::<[u32; 3]>(), rand::random::<u32>());
-    let (audio, simulcast) = (opts.audio, opts.simulcast);
+    let (audio, simulcast, sim_group) = (opts.audio, opts.simulcast, opts.simulcast && opts.sim_group);
     let offer_with = move |pc: &mut rtc::peer_connection::RTCPeerConnection, now| -> anyhow::Result<_> {
         let track = if simulcast {
             peer::simulcast_track("video", video_ssrcs)
@@ -244,7 +247,9 @@ async fn publisher(
             .zip(sources)
             .map(|(m, s)| json!({"mid": m, "source": s, "simulcast": simulcast && s == "camera"}))
             .collect();
-        Ok((offer.sdp, tracks, (v, a, mids.first().cloned().unwrap_or_default())))
+        let video_mid = mids.first().cloned().unwrap_or_default();
+        let sdp = if sim_group { sim_group_offer(&offer.sdp, &video_mid, video_ssrcs) } else { offer.sdp };
+        Ok((sdp, tracks, (v, a, video_mid)))
     };
     let (ws, mut p, senders) = match &janus {
         Some((j, feed)) => {
@@ -309,7 +314,7 @@ async fn publisher(
     // A simulcast layer is named by its rid (and its m-line by the mid) in
     // every packet, as libwebrtc does until the SSRCs are known.
     let rid_exts = match ext_ids {
-        _ if !simulcast => None,
+        _ if !simulcast || sim_group => None,
         (Some(mid), Some(rid)) => Some((mid, rid, bytes::Bytes::from(video_mid.into_bytes()))),
         _ => anyhow::bail!("simulcast needs the mid and rid header extensions, and the server did not negotiate them"),
     };
@@ -469,6 +474,35 @@ const AUDIO_LAYER: u8 = 0xff;
 /// The start of a synthetic VP8 frame: a payload descriptor with S set,
 /// then the frame tag, and for a keyframe the start code and the frame size
 /// (what the SFU's analytics read; RFC 7741, RFC 6386 9.1).
+/// `sdp` with the video section `mid`'s simulcast named the legacy way:
+/// its `a=rid`, `a=simulcast` and any `a=ssrc` lines replaced by an `a=ssrc`
+/// line per layer and `a=ssrc-group:SIM` (lowest layer first).
+fn sim_group_offer(sdp: &str, mid: &str, ssrcs: [u32; 3]) -> String {
+    let mut sections: Vec<Vec<&str>> = vec![Vec::new()];
+    for l in sdp.lines() {
+        if l.starts_with("m=") {
+            sections.push(Vec::new());
+        }
+        sections.last_mut().expect("never empty").push(l);
+    }
+    let legacy = |l: &&str| ["a=rid:", "a=simulcast:", "a=ssrc:", "a=ssrc-group:"].iter().any(|p| l.starts_with(p));
+    let mut out = String::with_capacity(sdp.len() + 200);
+    for section in sections {
+        let video = section.iter().any(|l| l.strip_prefix("a=mid:") == Some(mid));
+        for l in section.iter().filter(|l| !(video && legacy(l))) {
+            out.push_str(l);
+            out.push_str("\r\n");
+        }
+        if video {
+            for s in ssrcs {
+                out.push_str(&format!("a=ssrc:{s} cname:confer-load\r\n"));
+            }
+            out.push_str(&format!("a=ssrc-group:SIM {} {} {}\r\n", ssrcs[0], ssrcs[1], ssrcs[2]));
+        }
+    }
+    out
+}
+
 fn vp8_frame_start(key: bool, (w, h): (u16, u16)) -> Vec<u8> {
     if key {
         let (w, h) = (w.to_le_bytes(), h.to_le_bytes());
@@ -1102,6 +1136,7 @@ pub async fn run(opts: LoadOpts, keys: &TokenKeys) -> anyhow::Result<Value> {
         "forwardedPerSecond": (forwarded / secs).round(),
         "loss": (loss * 1e5).round() / 1e5,
         "simulcast": opts.simulcast,
+        "simGroup": opts.simulcast && opts.sim_group,
         "packetsSentByLayer": if opts.simulcast {
             json!({"q": per_layer[0], "h": per_layer[1], "f": per_layer[2], "audio": per_layer[3]})
         } else {
@@ -1223,6 +1258,18 @@ mod tests {
 
     /// Loss from sequence numbers: gaps count, duplicates (retransmissions)
     /// and reordering do not, and a wrap is not a gap.
+    #[test]
+    fn a_sim_group_offer_names_the_layers_by_ssrc_and_drops_the_rids() {
+        let sdp = "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=rid:q send\r\na=mid:0\r\n\
+a=simulcast:send q;h;f\r\na=ssrc:9 cname:x\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:1\r\na=ssrc:5 cname:x\r\n";
+        let out = super::sim_group_offer(sdp, "0", [1, 2, 3]);
+        let video = &out[..out.find("m=audio").unwrap()];
+        assert!(!video.contains("a=rid") && !video.contains("a=simulcast") && !video.contains("a=ssrc:9"), "{out}");
+        assert!(video.ends_with("a=ssrc:3 cname:confer-load\r\na=ssrc-group:SIM 1 2 3\r\n"), "{out}");
+        assert!(out.ends_with("a=mid:1\r\na=ssrc:5 cname:x\r\n"), "audio untouched: {out}");
+        assert_eq!(crate::media::sdp::simulcast_groups(&out), [("0".to_owned(), vec![1, 2, 3])]);
+    }
+
     #[test]
     fn seq_spans_count_gaps_across_a_wrap() {
         let mut s = super::SeqSpan::default();

@@ -197,6 +197,8 @@ pub fn fuzz_datagram(data: &[u8]) -> usize {
 
 /// Set `sdp` as a remote offer and answer it, as `publish-offer` does.
 pub fn fuzz_offer(sdp: &str) {
+    // What the router reads of the offer itself (`a=ssrc-group:SIM`).
+    let _ = super::sdp::simulcast_groups(sdp);
     let now = Instant::now();
     let local: SocketAddr = "127.0.0.1:7882".parse().expect("literal");
     // A harness whose own setup failed would pass having fed nothing: panic.

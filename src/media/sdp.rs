@@ -1,6 +1,7 @@
-//! Small, safe edits to the SDP the SFU sends. Hand-written because it only
-//! copies lines: every m-section gets the server's candidates and
-//! `a=end-of-candidates`. webrtc-rs writes the candidates into the first
+//! Small, safe edits to the SDP the SFU sends, and one read of the SDP a
+//! publisher sends. Hand-written because both only scan lines (webrtc-rs
+//! parses the SDP itself; these are the two things it does not do): every
+//! m-section gets the server's candidates and `a=end-of-candidates`. webrtc-rs writes the candidates into the first
 //! m-section only, which JSEP allows under BUNDLE, but some stacks (aiortc)
 //! read the candidates of one bundled section and not another; an ICE-lite
 //! server has all its candidates up front, so saying so everywhere is true.
@@ -46,9 +47,50 @@ pub fn candidates_everywhere(sdp: &str) -> String {
     out
 }
 
+/// The `a=ssrc-group:SIM` of each media section that has one: (its mid, its
+/// SSRCs as listed, lowest layer first). A section without a mid, a group with
+/// fewer than two SSRCs, and anything that does not parse are left out.
+pub fn simulcast_groups(sdp: &str) -> Vec<(String, Vec<u32>)> {
+    let mut out = Vec::new();
+    let mut section: Option<(Option<&str>, Option<Vec<u32>>)> = None;
+    let close = |s: Option<(Option<&str>, Option<Vec<u32>>)>, out: &mut Vec<(String, Vec<u32>)>| {
+        if let Some((Some(mid), Some(ssrcs))) = s {
+            out.push((mid.to_owned(), ssrcs));
+        }
+    };
+    for l in sdp.lines() {
+        if l.starts_with("m=") {
+            close(section.take(), &mut out);
+            section = Some((None, None));
+        } else if let Some((mid, group)) = section.as_mut() {
+            if let Some(m) = l.strip_prefix("a=mid:") {
+                *mid = Some(m.trim());
+            } else if let Some(g) = l.strip_prefix("a=ssrc-group:SIM ") {
+                let ssrcs: Option<Vec<u32>> = g.split_whitespace().map(|s| s.parse().ok()).collect();
+                if group.is_none() {
+                    *group = ssrcs.filter(|s| s.len() >= 2);
+                }
+            }
+        }
+    }
+    close(section, &mut out);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sim_groups_are_read_per_media_section() {
+        let sdp = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\na=ssrc:5 cname:x\r\n\
+m=video 9 UDP/TLS/RTP/SAVPF 96 97\r\na=mid:1\r\na=ssrc-group:FID 10 11\r\na=ssrc-group:SIM 10 20 30\r\n\
+a=ssrc:10 cname:x\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:2\r\na=ssrc-group:SIM 40\r\n\
+m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=ssrc-group:SIM 1 2\r\nm=video 9 RTP 96\r\na=mid:4\r\na=ssrc-group:SIM 1 x\r\n";
+        assert_eq!(simulcast_groups(sdp), [("1".to_owned(), vec![10, 20, 30])]);
+        assert!(simulcast_groups("").is_empty());
+        assert!(simulcast_groups("a=ssrc-group:SIM 1 2\nm=video\n").is_empty());
+    }
 
     const OFFER: &str = "v=0\r\no=- 1 2 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0 1\r\n\
 m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:0\r\na=candidate:1 1 udp 2130706431 127.0.0.1 7882 typ host\r\n\

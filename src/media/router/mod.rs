@@ -36,6 +36,9 @@ struct Participant {
     subscriber: Option<LegId>,
     /// Announced in `publish-offer`, by mid.
     announced: HashMap<String, PublishTrack>,
+    /// The layer of each SSRC of an `a=ssrc-group:SIM` in the publisher's
+    /// offer (SPEC 5.1: what the rids say, for publishers that do not send them).
+    simulcast_ssrcs: HashMap<u32, Layer>,
 }
 
 pub struct Router {
@@ -111,7 +114,13 @@ impl Router {
     /// A participant joins: it gets everything already published, unless
     /// it may not subscribe.
     pub fn join(&mut self, peer: &PeerId, may_subscribe: bool, io: &mut Io, now: Instant) {
-        let p = Participant { may_subscribe, publisher: None, subscriber: None, announced: HashMap::new() };
+        let p = Participant {
+            may_subscribe,
+            publisher: None,
+            subscriber: None,
+            announced: HashMap::new(),
+            simulcast_ssrcs: HashMap::new(),
+        };
         self.participants.insert(peer.clone(), p);
         // Video first: aiortc fails to route video on a bundle whose first
         // m-section is audio (seen as a late joiner never decoding).

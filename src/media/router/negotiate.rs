@@ -83,6 +83,9 @@ impl Router {
         for t in tracks {
             peer.announced.insert(t.mid.clone(), t);
         }
+        for (_, ssrcs) in crate::media::sdp::simulcast_groups(&sdp) {
+            peer.simulcast_ssrcs.extend(sim_layers(&ssrcs));
+        }
         let Some(leg) = self.transports.get_mut(&leg_id) else { return };
         let answer = RTCSessionDescription::offer(sdp)
             .and_then(|offer| leg.pc.set_remote_description(now, offer))
@@ -395,7 +398,9 @@ impl Router {
         let ssrc = Ssrc(ssrc);
         // SPEC 5.1: rids q, h, f name the layers; another rid (or none) is
         // a single-layer track.
-        let layer = rid.as_deref().and_then(Layer::from_rid).filter(|_| kind == TrackKind::Video);
+        // A publisher without rids may name them by `a=ssrc-group:SIM` instead.
+        let sim = self.participants.get(&peer_id).and_then(|p| p.simulcast_ssrcs.get(&ssrc.0).copied());
+        let layer = rid.as_deref().and_then(Layer::from_rid).or(sim).filter(|_| kind == TrackKind::Video);
         // webrtc-rs opens existing tracks again after a renegotiation, and
         // each simulcast layer once.
         if let Some(p) = self.producers.get_mut(&announced.id) {
@@ -444,5 +449,28 @@ fn trickle(io: &Io, peer: &PeerId, role: Role, sdp: &str) {
         }
         io.event(MediaEvent::LocalCandidate { peer: peer.clone(), role, candidate: line.to_owned(), mid: mid.clone() });
         break;
+    }
+}
+
+/// The layers of one `a=ssrc-group:SIM` (its SSRCs lowest first): the top
+/// one is `f`, the one under it `h`, then `q`; a group of two is `h` and `f`,
+/// as two layers of a browser's simulcast are. SSRCs under the third from the
+/// top get no layer (SPEC 5.1 names three).
+fn sim_layers(ssrcs: &[u32]) -> impl Iterator<Item = (u32, Layer)> + '_ {
+    ssrcs.iter().rev().zip([Layer::F, Layer::H, Layer::Q]).map(|(&s, l)| (s, l))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sim_group_names_its_layers_from_the_top() {
+        let got: Vec<_> = sim_layers(&[1, 2, 3]).collect();
+        assert_eq!(got, [(3, Layer::F), (2, Layer::H), (1, Layer::Q)]);
+        let got: Vec<_> = sim_layers(&[7, 8]).collect();
+        assert_eq!(got, [(8, Layer::F), (7, Layer::H)]);
+        let got: Vec<_> = sim_layers(&[1, 2, 3, 4]).collect();
+        assert_eq!(got, [(4, Layer::F), (3, Layer::H), (2, Layer::Q)], "a fourth, lowest layer is left out");
     }
 }

@@ -884,6 +884,32 @@ impl RTCPeerConnection {
                         incoming_track.kind,
                         codings,
                     ));
+                } else if !incoming_track.simulcast_ssrcs.is_empty() {
+                    // confer patch (see `CONFER-PATCH.md`): an `a=ssrc-group:SIM` track, one
+                    // declared coding per layer, lowest first. Each SSRC opens (`OnTrack`) on
+                    // its first packet, as a lone declared SSRC does.
+                    let mut codings = vec![];
+                    for &(ssrc, rtx_ssrc) in &incoming_track.simulcast_ssrcs {
+                        let rtp_coding_parameters = RTCRtpCodingParameters {
+                            rid: "".to_string(),
+                            ssrc: Some(ssrc),
+                            rtx: rtx_ssrc.map(|ssrc| RTCRtpRtxParameters { ssrc }),
+                            fec: None,
+                        };
+                        receive_codings.push(rtp_coding_parameters.clone());
+                        codings.push(RTCRtpEncodingParameters {
+                            rtp_coding_parameters,
+                            codec: Default::default(),
+                            ..Default::default()
+                        });
+                    }
+                    receiver.set_track(MediaStreamTrack::new(
+                        incoming_track.stream_id,
+                        incoming_track.track_id,
+                        format!("remote-{}-{}", incoming_track.kind, math_rand_alpha(16)), //TODO:// Label
+                        incoming_track.kind,
+                        codings,
+                    ));
                 } else if let Some(ssrc) = incoming_track.ssrc {
                     let rtp_coding_parameters = RTCRtpCodingParameters {
                         rid: "".to_string(),

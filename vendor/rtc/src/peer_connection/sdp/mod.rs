@@ -197,6 +197,9 @@ pub(crate) struct TrackDetails {
     pub(crate) rtx_ssrc: Option<SSRC>,
     pub(crate) fec_ssrc: Option<SSRC>,
     pub(crate) rids: Vec<String>,
+    /// confer patch (see `CONFER-PATCH.md`): the layers of an `a=ssrc-group:SIM`, lowest
+    /// first, each with its RTX SSRC (`a=ssrc-group:FID`); empty without such a group.
+    pub(crate) simulcast_ssrcs: Vec<(SSRC, Option<SSRC>)>,
 }
 
 pub(crate) fn track_details_for_ssrc(
@@ -228,6 +231,9 @@ pub(crate) fn track_details_from_sdp(s: &SessionDescription) -> Vec<TrackDetails
         let mut tracks_in_media_section = vec![];
         let mut rtx_repair_flows = HashMap::new();
         let mut fec_repair_flows = HashMap::new();
+        // confer patch: `a=ssrc-group:SIM <low> ... <high>` (legacy simulcast, RFC 5576
+        // grouping): its SSRCs are the layers of one track, not tracks of their own.
+        let mut simulcast_group: Vec<SSRC> = vec![];
 
         let mut stream_id = "";
         let mut track_id = "";
@@ -291,6 +297,11 @@ pub(crate) fn track_details_from_sdp(s: &SessionDescription) -> Vec<TrackDetails
                                     }
                                 });
                             }
+                        } else if split[0] == "SIM" && simulcast_group.is_empty() {
+                            simulcast_group = split[1..]
+                                .iter()
+                                .filter_map(|s| s.parse::<u32>().ok())
+                                .collect();
                         } else if split[0] == SEMANTIC_TOKEN_FORWARD_ERROR_CORRECTION_FRAMEWORK {
                             // Similar to above, lines like `a=ssrc-group:FEC-FR aaaaa bbbbb`
                             // means for video ssrc aaaaa, there's a FEC track bbbbb
@@ -409,6 +420,30 @@ pub(crate) fn track_details_from_sdp(s: &SessionDescription) -> Vec<TrackDetails
                 if track.ssrc == Some(base_ssrc) {
                     track.fec_ssrc = Some(repair_ssrc);
                 }
+            }
+        }
+
+        // confer patch: the SSRCs of a SIM group become one track with a layer each, under
+        // the first one's details (an SSRC the group names but no `a=ssrc` line declares is
+        // left out).
+        if simulcast_group.len() > 1 {
+            let layers: Vec<(SSRC, Option<SSRC>)> = simulcast_group
+                .iter()
+                .filter_map(|ssrc| {
+                    let t = tracks_in_media_section.iter().find(|t| t.ssrc == Some(*ssrc))?;
+                    Some((*ssrc, t.rtx_ssrc))
+                })
+                .collect();
+            if let Some(first) = tracks_in_media_section
+                .iter()
+                .position(|t| t.ssrc.is_some_and(|s| simulcast_group.contains(&s)))
+                .filter(|_| layers.len() > 1)
+            {
+                let mut track = tracks_in_media_section[first].clone();
+                track.simulcast_ssrcs = layers;
+                tracks_in_media_section
+                    .retain(|t| !t.ssrc.is_some_and(|s| simulcast_group.contains(&s)));
+                tracks_in_media_section.insert(first.min(tracks_in_media_section.len()), track);
             }
         }
 
