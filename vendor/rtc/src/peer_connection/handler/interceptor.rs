@@ -9,7 +9,9 @@ use crate::peer_connection::message::internal::{
 };
 use crate::rtp_transceiver::rtp_receiver::internal::RTCRtpReceiverInternal;
 use crate::rtp_transceiver::rtp_sender::rtp_codec::{find_fec_payload_type, find_rtx_payload_type};
-use crate::rtp_transceiver::rtp_sender::rtp_coding_parameters::RTCRtpCodingParameters;
+use crate::peer_connection::configuration::media_engine::MIME_TYPE_RTX;
+use crate::rtp_transceiver::rtp_sender::rtp_codec::parse_rtx_apt;
+use crate::rtp_transceiver::rtp_sender::rtp_coding_parameters::{RTCRtpCodingParameters, RTCRtpRtxParameters};
 use crate::rtp_transceiver::rtp_sender::rtp_header_extension_capability::RTCRtpHeaderExtensionCapability;
 use crate::rtp_transceiver::{
     PayloadType, RTCRtpReceiverId, SSRC, internal::RTCRtpTransceiverInternal,
@@ -508,8 +510,8 @@ impl<'a> InterceptorHandler<'a> {
             return false;
         }
         if !rrid.is_empty() {
-            //TODO: Add support of handling repair rtp stream id (rrid) #12
-            return false;
+            // confer patch (see `CONFER-PATCH.md`): upstream's TODO #12.
+            return self.bind_repair_by_rrid(ssrc, payload_type, &mid, &rrid);
         }
 
         // If rtp header extension has valid mid, find receiver based on mid, instead of rid,
@@ -636,6 +638,58 @@ impl<'a> InterceptorHandler<'a> {
             .get_or_create_inbound_rtp_streams(ssrc, kind, &track_id, &mid, rtx_ssrc, fec_ssrc, id);
 
         self.emit_on_open(now, id, track_id, stream_id, ssrc, Some(rid));
+        true
+    }
+
+    /// confer patch (see `CONFER-PATCH.md`): a simulcast layer's retransmission flow, named by
+    /// the repaired-rtp-stream-id header extension (RFC 8852) rather than an `a=ssrc-group:FID`.
+    /// Once the layer `rrid` has its own SSRC, `ssrc` becomes that layer's RTX SSRC: bound to the
+    /// interceptors as a declared repair flow is, and de-encapsulated by the endpoint handler into
+    /// the layer's stream from then on. Before the layer's first packet its repairs are dropped.
+    fn bind_repair_by_rrid(&mut self, ssrc: SSRC, payload_type: PayloadType, mid: &str, rrid: &str) -> bool {
+        let Some(transceiver) =
+            self.rtp_transceivers.iter_mut().find(|t| t.mid().as_deref().is_some_and(|m| m == mid))
+        else {
+            return false;
+        };
+        let Some(receiver) = transceiver.receiver_mut() else {
+            return false;
+        };
+        // Only an RTX payload type repairs, and only the stream its `apt=` names.
+        let Some(primary) = receiver.get_codec_preferences().iter().find_map(|c| {
+            (c.payload_type == payload_type && c.rtp_codec.mime_type.eq_ignore_ascii_case(MIME_TYPE_RTX))
+                .then(|| parse_rtx_apt(&c.rtp_codec.sdp_fmtp_line))
+                .flatten()
+        }) else {
+            return false;
+        };
+        let Some(codec) = receiver.get_codec_preferences().iter().find(|c| c.payload_type == primary).cloned()
+        else {
+            return false;
+        };
+        match receiver.get_coding_parameter_mut_by_rid(rrid) {
+            // The layer itself (a packet already resolved to it), or its repair flow, known.
+            Some(coding) if coding.ssrc == Some(ssrc) || coding.rtx.as_ref().is_some_and(|r| r.ssrc == ssrc) => {
+                return true;
+            }
+            Some(coding) if coding.ssrc.is_some() && coding.rtx.is_none() => {
+                coding.rtx = Some(RTCRtpRtxParameters { ssrc });
+            }
+            _ => return false,
+        }
+        let parameters = receiver.get_parameters(self.media_engine);
+        RTCRtpReceiverInternal::interceptor_remote_stream_op(
+            self.interceptor,
+            true,
+            ssrc,
+            None,
+            None,
+            payload_type,
+            None,
+            None,
+            &codec.rtp_codec,
+            &parameters.rtp_parameters.header_extensions,
+        );
         true
     }
 
@@ -1544,5 +1598,99 @@ mod stream_binding_tests {
             recorder.bound_ssrcs(),
             "the layer and its retransmission stream are both real streams"
         );
+    }
+
+    /// confer patch: a simulcast layer's retransmissions named by repaired-rtp-stream-id (no
+    /// `a=ssrc-group:FID`, as Chromium sends them) are bound as that layer's repair flow once the
+    /// layer itself has arrived, and resolve to it; before the layer they are not bound.
+    #[test]
+    fn a_repair_flow_named_by_rrid_becomes_its_layers_rtx() {
+        let (ssrc, payload_type) = (1000u32, 96u8);
+        let (rtx_ssrc, rtx_payload_type) = (2000u32, 97u8);
+        let mut media_engine = media_engine_with_rtx();
+        let uris =
+            [::sdp::extmap::SDES_MID_URI, ::sdp::extmap::SDES_RTP_STREAM_ID_URI, ::sdp::extmap::SDES_REPAIR_RTP_STREAM_ID_URI];
+        for (i, uri) in uris.iter().enumerate() {
+            let cap = RTCRtpHeaderExtensionCapability { uri: uri.to_string() };
+            media_engine.register_header_extension(cap, RtpCodecKind::Video, None).expect("extension");
+            media_engine.update_header_extension(i as u16 + 1, uri, RtpCodecKind::Video).expect("negotiate");
+        }
+        let id = |uri: &str| {
+            media_engine.get_header_extension_id(RTCRtpHeaderExtensionCapability { uri: uri.to_owned() }).0 as u8
+        };
+        let (mid_id, rid_id, rrid_id) = (id(uris[0]), id(uris[1]), id(uris[2]));
+        let layer = RTCRtpCodingParameters { rid: "h".to_owned(), ssrc: None, rtx: None, fec: None };
+        let mut transceiver = RTCRtpTransceiverInternal::new(
+            RtpCodecKind::Video,
+            None,
+            RTCRtpTransceiverInit {
+                direction: RTCRtpTransceiverDirection::Recvonly,
+                streams: vec![],
+                send_encodings: vec![],
+            },
+        );
+        transceiver.set_mid("0".to_owned()).expect("mid");
+        {
+            let receiver = transceiver.receiver_mut().as_mut().unwrap();
+            receiver.set_coding_parameters(vec![layer.clone()]);
+            receiver.set_codec_preferences(vec![
+                codec(payload_type, "video/VP8", ""),
+                codec(rtx_payload_type, MIME_TYPE_RTX, &format!("apt={payload_type}")),
+            ]);
+            receiver.set_track(MediaStreamTrack::new(
+                "stream".to_string(),
+                "track".to_string(),
+                "label".to_string(),
+                RtpCodecKind::Video,
+                vec![RTCRtpEncodingParameters {
+                    rtp_coding_parameters: layer,
+                    active: true,
+                    codec: RTCRtpCodec::default(),
+                    max_bitrate: 0,
+                    max_framerate: None,
+                    scale_resolution_down_by: None,
+                }],
+            ));
+        }
+        let mut transceivers = vec![transceiver];
+        let recorder = Recorder::default();
+        let mut interceptor = recorder.clone();
+        let mut stats = RTCStatsAccumulator::new();
+        let mut ctx = InterceptorHandlerContext { is_dtls_handshake_complete: true, ..Default::default() };
+        let packet = |ssrc: u32, payload_type: u8, rid_ext: u8, rid: &'static [u8]| {
+            let mut header = rtp::Header {
+                extension: true,
+                extension_profile: 0xBEDE,
+                payload_type,
+                sequence_number: 1,
+                timestamp: 12_345,
+                ssrc,
+                ..Default::default()
+            };
+            header.set_extension(mid_id, Bytes::from_static(b"0")).expect("mid extension");
+            header.set_extension(rid_ext, Bytes::from_static(rid)).expect("rid extension");
+            TaggedRTCMessageInternal {
+                now: Instant::now(),
+                transport: TransportContext::default(),
+                message: RTCMessageInternal::Rtp(RTPMessage::Packet(Packet::Rtp(rtp::Packet {
+                    header,
+                    payload: Bytes::from_static(&[0x00, 0x01, 0xDE, 0xAD]),
+                }))),
+            }
+        };
+        let mut handler =
+            InterceptorHandler::new(&mut ctx, &mut transceivers, &media_engine, &mut interceptor, &mut stats);
+        // A repair before its layer: nothing to repair yet.
+        handler.handle_read(packet(rtx_ssrc, rtx_payload_type, rrid_id, b"h")).expect("handle_read");
+        assert_eq!(recorder.bound_ssrcs(), Vec::<u32>::new(), "a repair flow bound before its layer");
+        handler.handle_read(packet(ssrc, payload_type, rid_id, b"h")).expect("handle_read");
+        handler.handle_read(packet(rtx_ssrc, rtx_payload_type, rrid_id, b"h")).expect("handle_read");
+        handler.handle_read(packet(rtx_ssrc, rtx_payload_type, rrid_id, b"h")).expect("handle_read");
+        assert_eq!(recorder.bound_ssrcs(), vec![ssrc, rtx_ssrc], "the layer, then its repair flow, once each");
+        assert_eq!(handler.rtx_primary_for(rtx_ssrc, rtx_payload_type), Some((ssrc, payload_type)));
+        // Another rid's repair, or a media payload type under rrid, binds nothing.
+        handler.handle_read(packet(3000, rtx_payload_type, rrid_id, b"f")).expect("handle_read");
+        handler.handle_read(packet(3001, payload_type, rrid_id, b"h")).expect("handle_read");
+        assert_eq!(recorder.bound_ssrcs(), vec![ssrc, rtx_ssrc]);
     }
 }

@@ -1576,3 +1576,29 @@ pub(crate) fn has_ice_trickle_option(desc: &SessionDescription) -> bool {
 
     false
 }
+
+/// confer patch (see `CONFER-PATCH.md`).
+#[cfg(test)]
+mod simulcast_group_tests {
+    use super::*;
+    use crate::peer_connection::sdp::session_description::RTCSessionDescription;
+
+    #[test]
+    fn a_sim_group_is_one_track_with_a_layer_per_ssrc() {
+        let sdp = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 1\r\n\
+m=video 9 UDP/TLS/RTP/SAVPF 96 97\r\nc=IN IP4 0.0.0.0\r\na=mid:1\r\na=sendonly\r\n\
+a=msid:stream track\r\na=rtpmap:96 VP8/90000\r\na=rtpmap:97 rtx/90000\r\na=fmtp:97 apt=96\r\n\
+a=ssrc-group:FID 11 21\r\na=ssrc-group:FID 12 22\r\na=ssrc-group:FID 13 23\r\na=ssrc-group:SIM 11 12 13\r\n\
+a=ssrc:11 cname:c\r\na=ssrc:21 cname:c\r\na=ssrc:12 cname:c\r\na=ssrc:22 cname:c\r\n\
+a=ssrc:13 cname:c\r\na=ssrc:23 cname:c\r\n";
+        let parsed = RTCSessionDescription::offer(sdp.to_owned()).unwrap().unmarshal().unwrap();
+        let tracks = track_details_from_sdp(&parsed);
+        assert_eq!(tracks.len(), 1, "{tracks:?}");
+        assert_eq!(tracks[0].simulcast_ssrcs, vec![(11, Some(21)), (12, Some(22)), (13, Some(23))]);
+        // Without the group, each SSRC is a track of its own, as before.
+        let plain = sdp.replace("a=ssrc-group:SIM 11 12 13\r\n", "");
+        let parsed = RTCSessionDescription::offer(plain).unwrap().unmarshal().unwrap();
+        let tracks = track_details_from_sdp(&parsed);
+        assert!(tracks.len() == 3 && tracks.iter().all(|t| t.simulcast_ssrcs.is_empty()), "{tracks:?}");
+    }
+}
