@@ -173,6 +173,12 @@ impl Router {
             }
         }
         let Some(layer) = p.layer_of(Ssrc(pkt.header.ssrc)) else { return };
+        // A packet already forwarded: a retransmission of one that was not
+        // lost, or RTX sent as padding (libwebrtc probes with old packets);
+        // webrtc-rs hands both over as the original. Subscribers get it once.
+        if p.history[layer as usize].get(pkt.header.sequence_number).is_some() {
+            return;
+        }
         let simulcast = p.is_simulcast();
         p.last_seen[layer as usize] = Some(now);
         p.layer_bytes[layer as usize] += (pkt.payload.len() + 12) as u64;
