@@ -119,7 +119,17 @@ fn each_ceiling_got_its_layer(r: &Value) {
 /// within the 20 s after the cap lifts; the uncapped one keeps `f`.
 #[test]
 fn a_capped_subscriber_moves_down_keeps_audio_and_climbs_back() {
-    let (r, _) = loadtest(&["--subscribers", "2", "--seconds", "60", "--simulcast", "--cap-kbps", "600", "--video-kbps", "1500"]);
+    let (r, _) = loadtest(&[
+        "--subscribers",
+        "2",
+        "--seconds",
+        "60",
+        "--simulcast",
+        "--cap-kbps",
+        "600",
+        "--video-kbps",
+        "1500",
+    ]);
     let cap = &r["cap"];
     eprintln!("cap: {cap}");
     assert_eq!(cap["subscribers"], 1, "{r}");

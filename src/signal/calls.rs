@@ -329,11 +329,8 @@ impl CallService {
                 let parties = [&session.caller_id, &session.callee_id];
                 let accepted = session.status == crate::model::CallStatus::Active;
                 gone = parties.into_iter().filter(|u| accepted && !self.out.hub.is_online(u)).cloned().collect();
-                let seen_online = parties
-                    .into_iter()
-                    .filter(|u| self.out.hub.is_online(u) || gone.contains(*u))
-                    .cloned()
-                    .collect();
+                let seen_online =
+                    parties.into_iter().filter(|u| self.out.hub.is_online(u) || gone.contains(*u)).cloned().collect();
                 calls.insert(
                     id.clone(),
                     LiveCall {
