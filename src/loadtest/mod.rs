@@ -22,11 +22,7 @@ use crate::auth::{Claims, TokenKeys};
 use futures_util::{SinkExt, StreamExt};
 use peer::{RtcPeer, Seen};
 use publish::publisher;
-#[cfg(test)]
-use publish::sim_group_offer;
 use rtc::peer_connection::sdp::RTCSessionDescription;
-#[cfg(test)]
-use scrape::proc_usage;
 use scrape::{bucket_quantile, measure, nodes_delay_buckets, server_analytics};
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -790,7 +786,7 @@ mod tests {
     fn a_sim_group_offer_names_the_layers_by_ssrc_and_drops_the_rids() {
         let sdp = "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=rid:q send\r\na=mid:0\r\n\
 a=simulcast:send q;h;f\r\na=ssrc:9 cname:x\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:1\r\na=ssrc:5 cname:x\r\n";
-        let out = super::sim_group_offer(sdp, "0", [1, 2, 3]);
+        let out = super::publish::sim_group_offer(sdp, "0", [1, 2, 3]);
         let video = &out[..out.find("m=audio").unwrap()];
         assert!(!video.contains("a=rid") && !video.contains("a=simulcast") && !video.contains("a=ssrc:9"), "{out}");
         assert!(video.ends_with("a=ssrc:3 cname:confer-load\r\na=ssrc-group:SIM 1 2 3\r\n"), "{out}");
@@ -842,8 +838,8 @@ a=simulcast:send q;h;f\r\na=ssrc:9 cname:x\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\
         while spin.elapsed() < std::time::Duration::from_millis(50) {
             x = x.wrapping_add(std::hint::black_box(1));
         }
-        let (cpu, rss, _) = super::proc_usage(std::process::id()).unwrap();
+        let (cpu, rss, _) = super::scrape::proc_usage(std::process::id()).unwrap();
         assert!(cpu >= 0.03 && rss > 1e6, "cpu {cpu} s, rss {rss} B ({x})");
-        assert!(super::proc_usage(u32::MAX).is_err(), "no such process");
+        assert!(super::scrape::proc_usage(u32::MAX).is_err(), "no such process");
     }
 }
