@@ -11,6 +11,11 @@
 #                                               one thread per handle)
 #   KEEP=results.jsonl ...                      (keep every report, one JSON per line;
 #                                               benches/fanout_table.py prints the table again)
+#   CONFER_BIN=path/to/confer ...               (that build instead of building the release one)
+#   LOADTEST_ARGS="--simulcast --switch" ...    (more `confer loadtest` options for both: here a
+#                                               simulcast publisher, every subscriber asking for
+#                                               the low layer a third in and the high one two
+#                                               thirds in; the report's `switch` times each)
 #
 # Packets forwarded: confer's own counter (/metrics); Janus has none, so there it
 # is what the subscribers received (the report says `forwardedFrom`).
@@ -25,7 +30,7 @@ cd "$(dirname "$0")/.."
 if [ "${JANUS_FANOUT_INSIDE:-}" != 1 ]; then
   command -v janus >/dev/null || { echo "installing janus" >&2; apt-get install -y janus >/dev/null; }
   export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/confer-target}"
-  cargo build --release -q
+  [ -n "${CONFER_BIN:-}" ] || cargo build --release -q
   exec unshare -n env JANUS_FANOUT_INSIDE=1 CARGO_TARGET_DIR="$CARGO_TARGET_DIR" bash "$0" "$@"
 fi
 
@@ -41,7 +46,8 @@ sizes=(10 50 100)
 . benches/fanout_lib.sh
 parse_sizes_and_secs "$@"
 runs=${RUNS:-1}
-bin="$CARGO_TARGET_DIR/release/confer"
+read -r -a extra <<< "${LOADTEST_ARGS:-}"
+bin="${CONFER_BIN:-$CARGO_TARGET_DIR/release/confer}"
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 
@@ -81,7 +87,7 @@ run_confer() {
   local pid=$!
   for _ in $(seq 100); do grep -q listening "$work/confer.out" 2>/dev/null && break; sleep 0.1; done
   "$bin" loadtest --url http://$IP:7880 --data "$data" --subscribers "$n" --seconds "$secs" \
-    --server-pid $pid 2>> "$work/loadtest.log"
+    --server-pid $pid "${extra[@]}" 2>> "$work/loadtest.log"
   kill $pid; wait $pid 2>/dev/null || true
 }
 
@@ -92,7 +98,7 @@ run_janus() {
   for _ in $(seq 100); do curl -s -o /dev/null http://$IP:8088/janus/info && break; sleep 0.1; done
   # --url/--data are unused for Janus but still parsed (signing keys).
   "$bin" loadtest --janus http://$IP:8088/janus --url http://$IP:8088 --data "$work/janus-data" \
-    --subscribers "$n" --seconds "$secs" --server-pid $pid 2>> "$work/loadtest.log"
+    --subscribers "$n" --seconds "$secs" --server-pid $pid "${extra[@]}" 2>> "$work/loadtest.log"
   kill $pid; wait $pid 2>/dev/null || true
 }
 
@@ -101,7 +107,7 @@ summary() {
 import json, sys
 r = json.loads(sys.argv[1])
 print(json.dumps({k: r[k] for k in ("target", "subscribersPerRoom", "forwardedPerSecond", "loss", "latencyMs",
-      "serverCpuUsPerForwardedPacket", "serverRssMiB", "forwardedFrom")}))' "$1"
+      "serverCpuUsPerForwardedPacket", "serverRssMiB", "forwardedFrom", "videoByCeiling", "switch") if k in r}))' "$1"
 }
 
 results="${KEEP:-$work/results}"

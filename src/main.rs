@@ -118,6 +118,7 @@ fn loadtest(args: confer::app::cli::LoadtestArgs) -> anyhow::Result<()> {
         sim_group: args.sim_group,
         ceilings: args.ceilings.clone(),
         cap_kbps: args.cap_kbps.map(|k| k.max(50)),
+        switch: args.switch,
     };
     let rt = tokio::runtime::Runtime::new()?;
     let report = rt.block_on(confer::loadtest::run(opts, &keys))?;

@@ -138,6 +138,12 @@ pub struct LoadtestArgs {
     /// (time to a lower layer, loss while capped, time to climb back).
     #[arg(long, value_name = "KBPS")]
     pub cap_kbps: Option<u32>,
+    /// With --simulcast: every subscriber asks for the low layer a third of
+    /// the way into the run and for the high one two thirds in (confer:
+    /// track-subscribe; Janus: configure substream), and the report gives
+    /// the time from each request to the first packet of that layer.
+    #[arg(long, requires = "simulcast", conflicts_with_all = ["ceilings", "cap_kbps"])]
+    pub switch: bool,
 }
 
 #[derive(Args, Debug, Clone)]

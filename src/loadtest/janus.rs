@@ -114,14 +114,20 @@ impl Janus {
     }
 
     /// Join `room` as a publisher with `p`, whose offer `offer` is; returns the
-    /// publisher's feed id once Janus says its PeerConnection is up.
-    pub async fn publish(&self, room: u64, p: &RtcPeer, offer: String) -> anyhow::Result<u64> {
+    /// publisher's feed id once Janus says its PeerConnection is up. A
+    /// simulcast offer lists its rids lowest first, which Janus must be told
+    /// (it assumes highest first): substream 0 is then `q`.
+    pub async fn publish(&self, room: u64, p: &RtcPeer, offer: String, simulcast: bool) -> anyhow::Result<u64> {
         let mut h = self.attach().await?;
         self.message(&h, json!({"request": "join", "ptype": "publisher", "room": room}), None).await?;
         let joined = h.event("joined", |e| e["plugindata"]["data"]["videoroom"] == "joined").await?;
         let feed =
             joined["plugindata"]["data"]["id"].as_u64().ok_or_else(|| anyhow::anyhow!("no feed id: {joined}"))?;
-        self.message(&h, json!({"request": "publish"}), Some(json!({"type": "offer", "sdp": offer}))).await?;
+        let mut jsep = json!({"type": "offer", "sdp": offer});
+        if simulcast {
+            jsep["rid_order"] = json!("lmh");
+        }
+        self.message(&h, json!({"request": "publish"}), Some(jsep)).await?;
         let answered = h.event("the publish answer", |e| e.get("jsep").is_some()).await?;
         let sdp = answered["jsep"]["sdp"].as_str().unwrap_or_default().to_owned();
         p.ctl
@@ -134,13 +140,16 @@ impl Janus {
         Ok(feed)
     }
 
-    /// Subscribe `p` to `feed` in `room`: Janus offers, `p` answers.
-    pub async fn subscribe(&self, room: u64, feed: u64, p: &RtcPeer) -> anyhow::Result<()> {
+    /// Subscribe `p` to `feed` in `room`: Janus offers, `p` answers. Returns
+    /// the handle and the mid of the video in Janus's offer (what
+    /// [`Janus::configure_substream`] names).
+    pub async fn subscribe(&self, room: u64, feed: u64, p: &RtcPeer) -> anyhow::Result<(Handle, String)> {
         let mut h = self.attach().await?;
         let body = json!({"request": "join", "ptype": "subscriber", "room": room, "streams": [{"feed": feed}]});
         self.message(&h, body, None).await?;
         let offered = h.event("the subscriber offer", |e| e.get("jsep").is_some()).await?;
         let sdp = offered["jsep"]["sdp"].as_str().unwrap_or_default().to_owned();
+        let video_mid = video_mid(&sdp).unwrap_or_default();
         let answer = p
             .ctl
             .try_with(move |pc, now| -> anyhow::Result<String> {
@@ -153,6 +162,15 @@ impl Janus {
             .ok_or_else(|| anyhow::anyhow!("subscriber peer stopped"))??;
         self.message(&h, json!({"request": "start"}), Some(json!({"type": "answer", "sdp": answer}))).await?;
         self.post(&format!("/{}", h.id), json!({"janus": "trickle", "candidate": {"completed": true}})).await?;
+        Ok((h, video_mid))
+    }
+
+    /// Ask Janus to send subscriber handle `h` simulcast layer `substream`
+    /// (0 lowest) of its stream `mid`; Janus switches at that layer's next
+    /// keyframe, asking the publisher for one.
+    pub async fn configure_substream(&self, h: &Handle, mid: &str, substream: u8) -> anyhow::Result<()> {
+        let body = json!({"request": "configure", "streams": [{"mid": mid, "substream": substream}]});
+        self.message(h, body, None).await?;
         Ok(())
     }
 }
@@ -171,5 +189,22 @@ impl Handle {
                 _ => anyhow::bail!("janus: timed out waiting for {what}"),
             }
         }
+    }
+}
+
+/// The mid of the first video m-line of `sdp`.
+fn video_mid(sdp: &str) -> Option<String> {
+    let video = &sdp[sdp.find("m=video")?..];
+    let video = video[1..].find("\nm=").map_or(video, |end| &video[..end + 1]);
+    video.lines().find_map(|l| l.strip_prefix("a=mid:")).map(|m| m.trim().to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_video_mid_is_read_from_its_own_section() {
+        let sdp = "v=0\r\nm=audio 9 UDP 111\r\na=mid:0\r\nm=video 9 UDP 96\r\na=sendonly\r\na=mid:1\r\nm=application 9 x\r\na=mid:2\r\n";
+        assert_eq!(super::video_mid(sdp).as_deref(), Some("1"));
+        assert_eq!(super::video_mid("v=0\r\nm=audio 9 UDP 111\r\na=mid:0\r\n"), None);
     }
 }

@@ -16,12 +16,14 @@
 pub mod janus;
 pub mod peer;
 mod publish;
+mod receive;
 mod scrape;
 
 use crate::auth::{Claims, TokenKeys};
 use futures_util::{SinkExt, StreamExt};
 use peer::{RtcPeer, Seen};
 use publish::publisher;
+use receive::*;
 use rtc::peer_connection::sdp::RTCSessionDescription;
 use scrape::{bucket_quantile, measure, nodes_delay_buckets, server_analytics};
 use serde_json::{json, Value};
@@ -67,6 +69,9 @@ pub struct LoadOpts {
     /// The first subscriber of each room receives through a link capped at
     /// this many kbit/s ([`peer::Cap`]) for the middle third of the window.
     pub cap_kbps: Option<u32>,
+    /// Every subscriber asks for `low` at the start of the window's middle
+    /// third and for `high` at its end (see [`receive::SwitchRun`]).
+    pub switch: bool,
 }
 
 /// What each simulcast layer sends, as a share of `--video-kbps` (roughly
@@ -124,9 +129,12 @@ struct Counters {
     /// The capped subscribers' links, and what each of them saw.
     caps: std::sync::Mutex<Vec<Arc<peer::Cap>>>,
     capped: std::sync::Mutex<Vec<CappedRun>>,
-    /// The cap's phase, µs since the epoch by send time (set before the window opens).
-    cap_from: AtomicU64,
-    cap_until: AtomicU64,
+    /// The window's middle third, µs since the epoch by send time (set
+    /// before the window opens): the cap, or the low layer of `--switch`.
+    middle_from: AtomicU64,
+    middle_until: AtomicU64,
+    /// What each subscriber of `--switch` asked for and received.
+    switches: std::sync::Mutex<Vec<SwitchRun>>,
     tracks_received: AtomicU64,
     /// The server's media ports publishers were answered with (one per
     /// worker their rooms landed on).
@@ -145,8 +153,9 @@ impl Default for Counters {
             by_ceiling: Default::default(),
             caps: Default::default(),
             capped: Default::default(),
-            cap_from: AtomicU64::new(u64::MAX),
-            cap_until: AtomicU64::new(u64::MAX),
+            middle_from: AtomicU64::new(u64::MAX),
+            middle_until: AtomicU64::new(u64::MAX),
+            switches: Default::default(),
             tracks_received: AtomicU64::default(),
             media_ports: Default::default(),
         }
@@ -224,286 +233,6 @@ async fn local_ip_towards(url: &str) -> anyhow::Result<std::net::IpAddr> {
     Ok(probe.local_addr()?.ip())
 }
 
-/// One subscriber: join, answer every subscribe-offer, count what arrives.
-#[allow(clippy::too_many_arguments)]
-async fn subscriber(
-    opts: LoadOpts,
-    token: String,
-    room: String,
-    c: Arc<Counters>,
-    epoch: Instant,
-    stop: Instant,
-    janus: Option<(Arc<janus::Janus>, tokio::sync::watch::Receiver<Option<u64>>)>,
-    role: Role,
-) -> anyhow::Result<Latencies> {
-    match janus {
-        Some((j, mut feed)) => {
-            let p = RtcPeer::start_with(false, local_ip_towards(opts.target()).await?).await?;
-            let feed = feed.wait_for(Option::is_some).await?.expect("waited for Some");
-            j.subscribe(room.parse()?, feed, &p).await?;
-            Ok(count(p, c, epoch, stop, Role::default()).await)
-        }
-        None => {
-            let (ws, p, joined) = join(&opts, &token, &room, role.cap.clone()).await?;
-            Ok(receive(ws, p, c, epoch, stop, role, joined).await)
-        }
-    }
-}
-
-/// Per packet received inside the window: µs from its send to its arrival,
-/// and to its read.
-type Latencies = Vec<(u32, u32)>;
-
-/// How one subscriber takes part: the ceiling it asks for on every video
-/// track, and the cap on its link.
-#[derive(Clone, Default)]
-struct Role {
-    ceiling: Option<String>,
-    cap: Option<Arc<peer::Cap>>,
-}
-
-/// What a group of subscribers received of the window's video, from the
-/// one stream the SFU sends each of them per track: packets per layer (by
-/// the layer byte the publisher wrote), and the sequence numbers received
-/// against the span they cover (the SFU keeps them contiguous across layer
-/// switches, so a gap is a loss).
-#[derive(Debug, Default, Clone)]
-struct Reception {
-    subscribers: u64,
-    layers: [u64; 3],
-    unique: u64,
-    span: u64,
-}
-
-impl Reception {
-    fn add(&mut self, o: &Reception) {
-        self.subscribers += o.subscribers;
-        for (a, b) in self.layers.iter_mut().zip(o.layers) {
-            *a += b;
-        }
-        self.unique += o.unique;
-        self.span += o.span;
-    }
-
-    fn loss(&self) -> Option<f64> {
-        (self.span > 0).then(|| (1.0 - self.unique as f64 / self.span as f64).max(0.0))
-    }
-
-    fn json(&self) -> Value {
-        json!({
-            "subscribers": self.subscribers,
-            "packetsByLayer": {"q": self.layers[0], "h": self.layers[1], "f": self.layers[2]},
-            "loss": self.loss().map(|l| (l * 1e5).round() / 1e5),
-        })
-    }
-}
-
-/// The sequence numbers of one stream a subscriber received (extended past
-/// wraps), for [`Reception`].
-#[derive(Default)]
-struct SeqSpan {
-    seen: std::collections::HashSet<u64>,
-    last: Option<u64>,
-    range: Option<(u64, u64)>,
-}
-
-impl SeqSpan {
-    fn add(&mut self, seq: u16) {
-        let ext = match self.last {
-            None => (1u64 << 16) + u64::from(seq),
-            Some(last) => {
-                let delta = seq.wrapping_sub(last as u16) as i16;
-                last.saturating_add_signed(i64::from(delta))
-            }
-        };
-        if self.last.is_none_or(|l| ext > l) {
-            self.last = Some(ext);
-        }
-        self.seen.insert(ext);
-        self.range = Some(self.range.map_or((ext, ext), |(a, b)| (a.min(ext), b.max(ext))));
-    }
-
-    fn unique_and_span(&self) -> (u64, u64) {
-        self.range.map_or((0, 0), |(a, b)| (self.seen.len() as u64, b - a + 1))
-    }
-}
-
-/// A capped subscriber's run: the layer changes it was told of
-/// (`subscription-update`, µs since the epoch), its video loss while capped,
-/// and the longest its audio stopped while capped.
-#[derive(Debug, Default, Clone)]
-struct CappedRun {
-    updates: Vec<(u64, Option<String>)>,
-    capped: Reception,
-    audio_gap_us: u64,
-}
-
-/// Answer every subscribe-offer on `ws` with `p`, ask for `role`'s ceiling
-/// on every video track (those in `joined`, and each one published later),
-/// and count what arrives until the run is done (see [`count`]).
-async fn receive(
-    mut ws: Ws,
-    p: RtcPeer,
-    c: Arc<Counters>,
-    epoch: Instant,
-    stop: Instant,
-    role: Role,
-    joined: Value,
-) -> Latencies {
-    let ctl = p.ctl.clone();
-    let updates = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let (ceiling, seen_updates) = (role.ceiling.clone(), updates.clone());
-    let signaling = tokio::spawn(async move {
-        let subscribe = |room: &Value, track: &Value| {
-            let q = ceiling.as_ref().filter(|_| track["kind"] == "video")?;
-            let m = json!({"type": "track-subscribe", "roomId": room, "trackId": track["id"], "subscribe": true, "quality": q});
-            Some(Message::Text(m.to_string().into()))
-        };
-        let room = joined["roomId"].clone();
-        let existing = joined["room"]["participants"].as_array().into_iter().flatten();
-        for t in existing.flat_map(|p| p["tracks"].as_array().into_iter().flatten()) {
-            if let Some(m) = subscribe(&room, t) {
-                let _ = ws.send(m).await;
-            }
-        }
-        while let Some(Ok(msg)) = ws.next().await {
-            let Message::Text(t) = msg else { continue };
-            let Ok(v) = serde_json::from_str::<Value>(&t) else { continue };
-            if v["type"] == "track-published" {
-                if let Some(m) = subscribe(&v["roomId"], &v["track"]) {
-                    let _ = ws.send(m).await;
-                }
-                continue;
-            }
-            if v["type"] == "subscription-update" {
-                let layer = v["layer"].as_str().map(str::to_owned);
-                seen_updates.lock().unwrap_or_else(|e| e.into_inner()).push((now_us(epoch), layer));
-                continue;
-            }
-            if v["type"] != "subscribe-offer" {
-                continue;
-            }
-            let (sdp, room) = (v["sdp"].as_str().unwrap_or_default().to_owned(), v["roomId"].clone());
-            let answer = ctl
-                .try_with(move |pc, now| -> Option<String> {
-                    let offer = RTCSessionDescription::offer(sdp).ok()?;
-                    pc.set_remote_description(now, offer).ok()?;
-                    let answer = pc.create_answer(None).ok()?;
-                    pc.set_local_description(now, answer.clone()).ok()?;
-                    Some(answer.sdp)
-                })
-                .await
-                .flatten();
-            if let Some(sdp) = answer {
-                let _ = ws
-                    .send(Message::Text(
-                        json!({"type": "subscribe-answer", "roomId": room, "sdp": sdp}).to_string().into(),
-                    ))
-                    .await;
-            }
-        }
-    });
-    let capped = role.cap.is_some();
-    let (latencies, run) = count_as(p, c.clone(), epoch, stop, role).await;
-    signaling.abort();
-    if let Some(mut run) = run.filter(|_| capped) {
-        run.updates = std::mem::take(&mut *updates.lock().unwrap_or_else(|e| e.into_inner()));
-        c.capped.lock().unwrap_or_else(|e| e.into_inner()).push(run);
-    }
-    latencies
-}
-
-/// Count what arrives at `p` until the run is done: every packet sent inside
-/// the window that arrives is received, timed from its send time. Every
-/// track seen counts once towards `tracks_received`.
-async fn count(p: RtcPeer, c: Arc<Counters>, epoch: Instant, stop: Instant, role: Role) -> Latencies {
-    count_as(p, c, epoch, stop, role).await.0
-}
-
-/// [`count`], also adding what `role`'s subscriber received to its ceiling's
-/// [`Reception`], and for a capped one returning its [`CappedRun`].
-async fn count_as(
-    mut p: RtcPeer,
-    c: Arc<Counters>,
-    epoch: Instant,
-    stop: Instant,
-    role: Role,
-) -> (Latencies, Option<CappedRun>) {
-    let mut latencies = Vec::new();
-    let mut tracks = std::collections::HashSet::new();
-    let until = tokio::time::Instant::from_std(stop);
-    let mut done = c.done.subscribe();
-    // Per video track: the SSRC of its first packet (the stream the SFU
-    // keeps; retransmissions come on another) and its sequence numbers,
-    // over the window and over the cap.
-    let mut video: std::collections::HashMap<String, (u32, SeqSpan, SeqSpan)> = Default::default();
-    let mut mine = Reception { subscribers: 1, ..Default::default() };
-    let (mut last_audio, mut audio_gap) = (None::<u64>, 0u64);
-    loop {
-        let s = tokio::select! {
-            s = tokio::time::timeout_at(until, p.seen.recv()) => match s {
-                Ok(Some(s)) => s,
-                _ => break,
-            },
-            _ = done.wait_for(|d| *d) => break,
-        };
-        if let Seen::Rtp { track, ssrc, seq, payload, at, read, .. } = s {
-            let Some(tail) = payload.len().checked_sub(9).map(|at| &payload[at..]) else { continue };
-            let layer = tail[0];
-            let sent = u64::from_be_bytes(tail[1..].try_into().expect("8 bytes"));
-            if c.in_window(sent) {
-                c.received.fetch_add(1, Relaxed);
-                // From the publisher's send to the packet's arrival at the
-                // subscriber (and to its read there): what the subscriber's
-                // own pipeline and this task take afterwards is not the
-                // server's.
-                let since = |t: Instant| {
-                    let us = t.saturating_duration_since(epoch).as_micros() as u64;
-                    us.saturating_sub(sent).min(u64::from(u32::MAX)) as u32
-                };
-                latencies.push((since(at), since(read)));
-                let cap = c.cap_from.load(Relaxed)..c.cap_until.load(Relaxed);
-                if layer == AUDIO_LAYER {
-                    if cap.contains(&sent) {
-                        let t = at.saturating_duration_since(epoch).as_micros() as u64;
-                        audio_gap = audio_gap.max(t - last_audio.unwrap_or(t).min(t));
-                        last_audio = Some(t);
-                    }
-                } else {
-                    let v =
-                        video.entry(track.clone()).or_insert_with(|| (ssrc, SeqSpan::default(), SeqSpan::default()));
-                    if v.0 == ssrc {
-                        v.1.add(seq);
-                        if cap.contains(&sent) {
-                            v.2.add(seq);
-                        }
-                        if let Some(n) = mine.layers.get_mut(usize::from(layer)) {
-                            *n += 1;
-                        }
-                    }
-                }
-            }
-            if tracks.insert(track) {
-                c.tracks_received.fetch_add(1, Relaxed);
-            }
-        }
-    }
-    let mut capped = Reception { subscribers: 1, ..Default::default() };
-    for (_, all, during_cap) in video.values() {
-        let (u, s) = all.unique_and_span();
-        (mine.unique, mine.span) = (mine.unique + u, mine.span + s);
-        let (u, s) = during_cap.unique_and_span();
-        (capped.unique, capped.span) = (capped.unique + u, capped.span + s);
-    }
-    // A capped subscriber is its own group, so the report shows what the
-    // uncapped ones at the same ceiling kept.
-    let ceiling = role.ceiling.clone().unwrap_or_else(|| "none".into());
-    let group = if role.cap.is_some() { format!("{ceiling} capped") } else { ceiling };
-    c.by_ceiling.lock().unwrap_or_else(|e| e.into_inner()).entry(group).or_default().add(&mine);
-    let run = CappedRun { capped, audio_gap_us: audio_gap, ..Default::default() };
-    (latencies, Some(run))
-}
-
 /// How long after the measured window packets sent inside it may still
 /// arrive and be counted.
 const ARRIVAL_GRACE: Duration = Duration::from_millis(500);
@@ -523,8 +252,11 @@ pub async fn run(opts: LoadOpts, keys: &TokenKeys) -> anyhow::Result<Value> {
     if opts.janus.is_some() && (opts.meeting || opts.publishers != 1) {
         anyhow::bail!("--janus supports one publisher per room and no --meeting");
     }
-    if opts.janus.is_some() && (opts.simulcast || !opts.ceilings.is_empty() || opts.cap_kbps.is_some()) {
-        anyhow::bail!("--janus does not take --simulcast, --ceilings or --cap-kbps yet");
+    if opts.janus.is_some() && (opts.sim_group || !opts.ceilings.is_empty() || opts.cap_kbps.is_some()) {
+        anyhow::bail!("--janus does not take --sim-group, --ceilings or --cap-kbps (Janus has no bandwidth estimate to cap, and its layers are chosen per subscriber: use --switch)");
+    }
+    if opts.switch && (!opts.simulcast || !opts.ceilings.is_empty() || opts.cap_kbps.is_some()) {
+        anyhow::bail!("--switch needs --simulcast, and takes no --ceilings or --cap-kbps");
     }
     if opts.cap_kbps.is_some() && opts.subscribers == 0 {
         anyhow::bail!("--cap-kbps caps the first subscriber of each room: give --subscribers 1 or more");
@@ -550,7 +282,7 @@ pub async fn run(opts: LoadOpts, keys: &TokenKeys) -> anyhow::Result<Value> {
                     epoch,
                     stop,
                     j,
-                    Role::default(),
+                    Role { switch: opts.switch, ..Role::default() },
                 )));
             }
             let (o, c) = (opts.clone(), counters.clone());
@@ -579,7 +311,16 @@ pub async fn run(opts: LoadOpts, keys: &TokenKeys) -> anyhow::Result<Value> {
             let ceiling = (!opts.ceilings.is_empty()).then(|| opts.ceilings[i % opts.ceilings.len()].clone());
             let cap = (i == 0 && opts.cap_kbps.is_some()).then(|| Arc::new(peer::Cap::default()));
             counters.caps.lock().unwrap_or_else(|e| e.into_inner()).extend(cap.clone());
-            subs.push(tokio::spawn(subscriber(o, t, room, c, epoch, stop, None, Role { ceiling, cap })));
+            subs.push(tokio::spawn(subscriber(
+                o,
+                t,
+                room,
+                c,
+                epoch,
+                stop,
+                None,
+                Role { ceiling, cap, switch: opts.switch },
+            )));
         }
         for i in 0..opts.publishers {
             let o = opts.for_client(r * (opts.publishers + opts.subscribers) + i);
@@ -603,8 +344,8 @@ pub async fn run(opts: LoadOpts, keys: &TokenKeys) -> anyhow::Result<Value> {
     let until = from + opts.seconds * 1_000_000;
     // The cap: the middle third of the window.
     let third = (until - from) / 3;
-    counters.cap_from.store(from + third, Relaxed);
-    counters.cap_until.store(from + 2 * third, Relaxed);
+    counters.middle_from.store(from + third, Relaxed);
+    counters.middle_until.store(from + 2 * third, Relaxed);
     counters.window_until.store(until, Relaxed);
     counters.window_from.store(from, Relaxed);
     let caps = counters.caps.lock().unwrap_or_else(|e| e.into_inner()).clone();
@@ -676,9 +417,11 @@ pub async fn run(opts: LoadOpts, keys: &TokenKeys) -> anyhow::Result<Value> {
     };
     let per_layer: Vec<u64> = counters.sent_by_layer.iter().map(|n| n.load(Relaxed)).collect();
     let capped = std::mem::take(&mut *counters.capped.lock().unwrap_or_else(|e| e.into_inner()));
+    let switches = std::mem::take(&mut *counters.switches.lock().unwrap_or_else(|e| e.into_inner()));
+    let switch = opts.switch.then(|| switch_report(&switches));
     let cap = opts
         .cap_kbps
-        .map(|kbps| cap_report(kbps, &capped, counters.cap_from.load(Relaxed), counters.cap_until.load(Relaxed)));
+        .map(|kbps| cap_report(kbps, &capped, counters.middle_from.load(Relaxed), counters.middle_until.load(Relaxed)));
     // Janus counts nothing it forwards: there it is what the subscribers
     // received of what was sent inside the window.
     let forwarded = if opts.janus.is_some() { received as f64 } else { m1.2 - m0.2 };
@@ -709,6 +452,7 @@ pub async fn run(opts: LoadOpts, keys: &TokenKeys) -> anyhow::Result<Value> {
         },
         "videoByCeiling": by_ceiling.iter().map(|(k, v)| (k.clone(), v.json())).collect::<serde_json::Map<_, _>>(),
         "cap": cap,
+        "switch": switch,
         "latencyMs": {"p50": pct(&arrival, 0.50), "p99": pct(&arrival, 0.99)},
         "readLatencyMs": {"p50": pct(&read, 0.50), "p99": pct(&read, 0.99)},
         "serverForwardDelayMs": {"p50": bucket_quantile(&d0, &d1, 0.5), "p99": bucket_quantile(&d0, &d1, 0.99)},
@@ -721,53 +465,6 @@ pub async fn run(opts: LoadOpts, keys: &TokenKeys) -> anyhow::Result<Value> {
         "target": if opts.janus.is_some() { "janus" } else { "confer" },
         "forwardedFrom": if opts.janus.is_some() { "clients" } else { "server" },
     }))
-}
-
-/// What the capped subscribers went through (the medians over them, ms from
-/// the cap or its lift): the first layer change below `f` (`downMs`), the
-/// last change while capped (`settledMs`, the layer then `settledLayer`),
-/// back to at least `h` and to `f` after the lift, their video loss while
-/// capped, and the longest audio gap then.
-fn cap_report(kbps: u32, runs: &[CappedRun], from: u64, until: u64) -> Value {
-    let ms = |us: u64| (us as f64 / 100.0).round() / 10.0;
-    let median = |mut v: Vec<f64>| -> Option<f64> {
-        v.sort_by(f64::total_cmp);
-        v.get(v.len() / 2).copied()
-    };
-    let after = |r: &CappedRun, at: u64, ok: &dyn Fn(Option<&str>) -> bool| {
-        r.updates.iter().find(|(t, l)| *t >= at && ok(l.as_deref())).map(|(t, _)| ms(t - at))
-    };
-    let down: Vec<f64> = runs.iter().filter_map(|r| after(r, from, &|l| l != Some("f"))).collect();
-    let settled: Vec<(f64, Option<String>)> = runs
-        .iter()
-        .filter_map(|r| r.updates.iter().rfind(|(t, _)| (from..until).contains(t)))
-        .map(|(t, l)| (ms(t - from), l.clone()))
-        .collect();
-    // Already at h or above when the cap lifts is back at once.
-    let at_least_h = |l: Option<&str>| matches!(l, Some("h" | "f"));
-    let up_h: Vec<f64> = runs
-        .iter()
-        .filter_map(|r| match r.updates.iter().rfind(|(t, _)| *t < until) {
-            Some((_, l)) if at_least_h(l.as_deref()) => Some(0.0),
-            _ => after(r, until, &at_least_h),
-        })
-        .collect();
-    let up_f: Vec<f64> = runs.iter().filter_map(|r| after(r, until, &|l| l == Some("f"))).collect();
-    let mut during = Reception::default();
-    runs.iter().for_each(|r| during.add(&r.capped));
-    json!({
-        "kbps": kbps,
-        "subscribers": runs.len(),
-        "capSeconds": ms(until - from) / 1000.0,
-        "downMs": median(down),
-        "settledMs": median(settled.iter().map(|s| s.0).collect()),
-        "settledLayers": settled.iter().map(|s| s.1.clone()).collect::<Vec<_>>(),
-        "upToHMs": median(up_h),
-        "upToFMs": median(up_f),
-        "lossWhileCapped": during.loss().map(|l| (l * 1e4).round() / 1e4),
-        "audioGapMaxMs": runs.iter().map(|r| ms(r.audio_gap_us)).fold(None, |m: Option<f64>, g| Some(m.map_or(g, |m| m.max(g)))),
-        "updates": runs.iter().map(|r| r.updates.iter().map(|(t, l)| json!([(*t as f64 - from as f64) / 1000.0, l])).collect::<Vec<_>>()).collect::<Vec<_>>(),
-    })
 }
 
 #[cfg(test)]
@@ -794,17 +491,42 @@ a=simulcast:send q;h;f\r\na=ssrc:9 cname:x\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\
         assert_eq!(crate::media::sdp::simulcast_groups(&out), [("0".to_owned(), vec![1, 2, 3])]);
     }
 
+    /// `--switch`: from each request to the first packet of the layer asked
+    /// for, counting the layers stepped through; a subscriber that never got
+    /// there is not reached.
+    #[test]
+    fn a_switch_is_timed_from_the_request_to_the_first_packet_of_its_layer() {
+        use super::receive::{switch_report, SwitchRun};
+        let direct = SwitchRun {
+            asked: vec![(1_000_000, 0), (5_000_000, 2)],
+            layers: vec![(100, 2), (1_030_000, 0), (5_020_000, 2)],
+        };
+        let stepping = SwitchRun {
+            asked: vec![(1_000_000, 0), (5_000_000, 2)],
+            layers: vec![(100, 2), (1_050_000, 0), (5_040_000, 1), (5_090_000, 2)],
+        };
+        let stuck = SwitchRun { asked: vec![(1_000_000, 0), (5_000_000, 2)], layers: vec![(100, 2), (1_010_000, 0)] };
+        let r = switch_report(&[direct, stepping, stuck]);
+        assert_eq!(r["toLow"]["p50Ms"], 30.0);
+        assert_eq!(r["toLow"]["maxMs"], 50.0);
+        assert_eq!(r["toLow"]["reached"], 3);
+        assert_eq!(r["toHigh"]["reached"], 2, "{r}");
+        assert_eq!(r["toHigh"]["of"], 3);
+        assert_eq!(r["toHigh"]["maxMs"], 90.0);
+        assert_eq!(r["toHigh"]["layerChanges"], 2, "through h");
+    }
+
     /// Loss from sequence numbers: gaps count, duplicates (retransmissions)
     /// and reordering do not, and a wrap is not a gap.
     #[test]
     fn seq_spans_count_gaps_across_a_wrap() {
-        let mut s = super::SeqSpan::default();
+        let mut s = super::receive::SeqSpan::default();
         for seq in [65533u16, 65534, 65535, 1, 0, 2, 2, 5] {
             s.add(seq);
         }
         // 65533 ..= 5 is 9 numbers; 3 and 4 are missing.
         assert_eq!(s.unique_and_span(), (7, 9));
-        assert_eq!(super::SeqSpan::default().unique_and_span(), (0, 0));
+        assert_eq!(super::receive::SeqSpan::default().unique_and_span(), (0, 0));
     }
 
     /// The load tool's link cap: a burst goes through, then a queue of 60 ms

@@ -44,7 +44,7 @@ pub(super) async fn publisher(
             let (offer, _, senders) =
                 p.ctl.try_with(offer_with).await.ok_or_else(|| anyhow::anyhow!("publisher peer stopped"))??;
             let room: u64 = room.parse()?;
-            feed.send_replace(Some(j.publish(room, &p, offer).await?));
+            feed.send_replace(Some(j.publish(room, &p, offer, simulcast).await?));
             (None, p, senders)
         }
         None => {
