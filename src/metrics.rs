@@ -194,7 +194,7 @@ pub struct MediaMetrics {
     layer_switches: [IntCounter; 3],
     /// Subscribed video tracks forwarding nothing for lack of bandwidth.
     pub tracks_paused: IntGauge,
-    /// NACKed packets not sent again: the subscriber's estimate was used up.
+    /// NACKed packets that had to wait: the subscriber's estimate was used up.
     pub retransmit_over_budget: IntCounter,
     /// Bandwidth probes by result: raised (the estimate), not_raised.
     probes: [IntCounter; 2],
@@ -259,7 +259,7 @@ impl MediaMetrics {
         Self {
             retransmit_over_budget: counter(
                 "confer_retransmissions_over_budget_total",
-                "NACKed packets the SFU did not send again because the subscriber's bandwidth estimate was used up",
+                "NACKed packets the SFU could not send again at once because the subscriber's bandwidth estimate was used up (they wait for room, at most 400 ms)",
             ),
             probes: ["raised", "not_raised"].map(|r| probes.with_label_values(&[r])),
             padding_bytes: counter(

@@ -34,6 +34,24 @@ pub struct Consumer {
     pub alloc_id: u32,
     /// NACKed packets waiting for room in the leg's budget.
     pub deferred: Deferred,
+    /// The newest sequence number the subscriber has NACKed: what its NACKs
+    /// name past it is new loss (aiortc names every packet still missing in
+    /// each NACK, libwebrtc a packet again each round trip).
+    pub nacked_up_to: Option<u16>,
+}
+
+/// How many of `seqs` (one NACK's) are past `up_to`, the newest NACKed
+/// before (see [`Consumer::nacked_up_to`]), which moves on to the newest.
+pub fn newly_nacked(up_to: &mut Option<u16>, seqs: impl IntoIterator<Item = u16>) -> u32 {
+    let mut new = 0;
+    for seq in seqs {
+        let newer = up_to.is_none_or(|u| (seq.wrapping_sub(u) as i16) > 0);
+        if newer {
+            *up_to = Some(seq);
+        }
+        new += u32::from(newer);
+    }
+    new
 }
 
 /// The layer to forward under `ceiling` given what arrives: the best one at
@@ -50,6 +68,13 @@ pub const DEFERRED: usize = 32;
 /// A NACKed packet is resent at most this long after the NACK; later the
 /// receiver has given up on it or asked again.
 pub const DEFERRED_FOR: Duration = Duration::from_secs(1);
+/// A NACKed packet that has waited this long for room is resent anyway.
+/// aiortc NACKs a packet once and then waits for it until 512 packets have
+/// passed; after a switch down onto a capped link the media can take all of
+/// the estimate for seconds (the keyframe took the budget far below zero),
+/// and waiting for room froze the picture for 11 s. Each NACKed packet is
+/// resent once this way, so what the leg overshoots by is what it lost.
+pub const DEFERRED_OVERDUE: Duration = Duration::from_millis(400);
 
 /// NACKed packets the subscriber leg's budget had no room for when asked
 /// (SPEC 5.1: retransmissions are paid from the estimate), resent as soon as
@@ -79,13 +104,16 @@ impl Deferred {
     }
 
     /// Offers the waiting packets to `send`, NACKed first first, forgetting
-    /// those older than [`DEFERRED_FOR`]. `send` returns whether it is done
-    /// with the packet (sent, or no longer resendable); at the first `false`
-    /// (no room yet) it and every later one wait for the next call.
-    pub fn retry(&mut self, now: Instant, mut send: impl FnMut(u16) -> bool) {
+    /// those older than [`DEFERRED_FOR`]; `send`'s second argument says the
+    /// packet has waited [`DEFERRED_OVERDUE`] (to be sent without room).
+    /// `send` returns whether it is done with the packet (sent, or no longer
+    /// resendable); at the first `false` (no room yet) it and every later
+    /// one wait for the next call.
+    pub fn retry(&mut self, now: Instant, mut send: impl FnMut(u16, bool) -> bool) {
         while let Some(i) = self.oldest() {
             let (seq, at) = self.slots[i].expect("oldest is a filled slot");
-            if now.saturating_duration_since(at) > DEFERRED_FOR || send(seq) {
+            let waited = now.saturating_duration_since(at);
+            if waited > DEFERRED_FOR || send(seq, waited >= DEFERRED_OVERDUE) {
                 self.slots[i] = None;
             } else {
                 break;
@@ -149,7 +177,8 @@ mod tests {
         // Room for one packet only: 10 goes, 11 waits and 12 behind it.
         let mut sent = vec![];
         let mut room = 1;
-        d.retry(t0 + Duration::from_millis(5), |s| {
+        d.retry(t0 + Duration::from_millis(5), |s, overdue| {
+            assert!(!overdue);
             if room == 0 {
                 return false;
             }
@@ -158,8 +187,15 @@ mod tests {
             true
         });
         assert_eq!(sent, [10]);
+        // Overdue, each is offered to be sent without room.
+        let mut overdue = vec![];
+        d.retry(t0 + DEFERRED_OVERDUE + Duration::from_millis(2), |s, o| {
+            overdue.push((s, o));
+            false
+        });
+        assert_eq!(overdue, [(11, true)], "the first refusal still stops the round");
         // Past DEFERRED_FOR nothing is offered any more.
-        d.retry(t0 + DEFERRED_FOR + Duration::from_millis(10), |s| panic!("{s} offered after expiring"));
+        d.retry(t0 + DEFERRED_FOR + Duration::from_millis(10), |s, _| panic!("{s} offered after expiring"));
         assert!(d.is_empty());
     }
 
@@ -171,7 +207,7 @@ mod tests {
             d.push(i, t0 + Duration::from_millis(u64::from(i)));
         }
         let mut offered = vec![];
-        d.retry(t0 + Duration::from_millis(40), |s| {
+        d.retry(t0 + Duration::from_millis(40), |s, _| {
             offered.push(s);
             true
         });
@@ -197,5 +233,16 @@ mod tests {
         assert_eq!(r.packets_lost, -2, "24-bit two's complement");
         assert!((r.jitter_ms - 10.0).abs() < 1e-9, "{}", r.jitter_ms);
         assert_eq!(r.rtt_ms, None, "no sender report was echoed");
+    }
+
+    /// aiortc names every packet still missing in each NACK: each counts once, across the wrap.
+    #[test]
+    fn a_packet_nacked_again_is_not_new_loss() {
+        let mut up_to = None;
+        assert_eq!(newly_nacked(&mut up_to, [65534, 65535]), 2);
+        assert_eq!(newly_nacked(&mut up_to, [65534, 65535, 0, 1]), 2, "the wrap");
+        assert_eq!(newly_nacked(&mut up_to, [65535, 1]), 0);
+        assert_eq!(newly_nacked(&mut up_to, [5]), 1);
+        assert_eq!(up_to, Some(5));
     }
 }

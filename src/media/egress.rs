@@ -213,6 +213,8 @@ pub struct LegOut {
     /// Payload and padding bytes of the packets stamped with abs-send-time:
     /// what a REMB receiver's estimate is measured against.
     pub stamped_bytes: u64,
+    /// Every packet written to the leg directly.
+    pub sent_packets: u64,
 }
 
 impl LegOut {

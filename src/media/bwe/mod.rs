@@ -20,8 +20,8 @@
 //!   1.5 × acknowledged + 10 kbit/s.
 //! - **loss-based**: per feedback window of at least 1 s, loss > 10 % → × (1 − 0.5·loss),
 //!   loss < 2 % → × 1.05, otherwise hold.
-//! - the estimate is the minimum of both (and of a REMB that says the receiver gets less than it
-//!   is sent, see [`remb`]), clamped to [`Config`].
+//! - the estimate is the minimum of both (and of a REMB, or NACKs, that say the receiver gets
+//!   less than it is sent, see [`remb`]), clamped to [`Config`].
 //! - **probing**: the delay-based estimate never grows above 1.5 × what arrives, so once the
 //!   allocator has moved a subscriber down (or paused its video) the media alone cannot lift it
 //!   back. When the allocator wants more than the estimate and the link looks clean,
@@ -116,6 +116,12 @@ const LOSS_MIN_PACKETS: u32 = 10;
 const LOSS_CUT_GAP_US: f64 = 300_000.0;
 /// While transport-cc came this recently, receiver-report loss is ignored (TWCC counts loss itself).
 const TWCC_FRESH: Duration = Duration::from_secs(5);
+/// NACKed packets are counted against those sent over windows of at least this long ...
+const NACK_WINDOW: Duration = Duration::from_millis(250);
+/// ... in which at least this many were sent ...
+const NACK_MIN_SENT: u64 = 20;
+/// ... and a window that saw no NACK for this long is over.
+const NACK_STALE: Duration = Duration::from_secs(1);
 
 /// After congestion, probes go no higher than 10 % above the rate that got through then, for
 /// this long: a link that congested at a rate is not pushed past it again at once (a policer's
@@ -339,6 +345,7 @@ pub struct Estimator {
     last_loss_update: Option<Instant>,
     last_loss_cut: Option<Instant>,
     remb: remb::RembLimit,
+    nacks: Option<NackWindow>,
     scratch: Vec<(i64, i64, u32)>,
     cluster: Option<Cluster>,
     /// The rate that got through at the last congestion, and when.
@@ -379,6 +386,7 @@ impl Estimator {
             last_loss_update: None,
             last_loss_cut: None,
             remb: remb::RembLimit::default(),
+            nacks: None,
             scratch: Vec::new(),
             cluster: None,
             congested: None,
@@ -487,6 +495,39 @@ impl Estimator {
         self.remb.on_remb(bps, stamped_bytes, self.max, now);
     }
 
+    /// A NACK naming `nacked` packets not NACKed before, with `sent_packets` and `stamped_bytes`
+    /// what the leg has sent so far (all packets; those counted by a REMB receiver, see
+    /// [`Estimator::on_remb`]). Without transport-cc, NACKs are the quickest word of loss: a
+    /// receiver NACKs a gap as soon as it sees it, and reports the loss in a receiver report a
+    /// second later. So over each [`NACK_WINDOW`], more than [`LOSS_HIGH`] of what was sent NACKed
+    /// is congestion at what got through (the sent rate less the loss) for the REMB limit. Only
+    /// for a REMB receiver (its packets stamped with abs-send-time), whose limit remembers
+    /// congestion as [`remb`] says; the loss-based part still acts on receiver reports.
+    pub fn on_nack(&mut self, nacked: u32, sent_packets: u64, stamped_bytes: u64, now: Instant) {
+        if self.last_twcc.is_some_and(|t| now.saturating_duration_since(t) < TWCC_FRESH) {
+            return;
+        }
+        let fresh = NackWindow { from: now, sent_packets, stamped_bytes, nacked: 0, last_nack: now };
+        let w = match &mut self.nacks {
+            Some(w) if now.saturating_duration_since(w.last_nack) < NACK_STALE => w,
+            slot => slot.insert(fresh),
+        };
+        w.nacked += u64::from(nacked);
+        w.last_nack = now;
+        let span = now.saturating_duration_since(w.from);
+        let sent = sent_packets.saturating_sub(w.sent_packets);
+        if span < NACK_WINDOW || sent < NACK_MIN_SENT {
+            return;
+        }
+        let loss = (w.nacked as f64 / sent as f64).min(1.0);
+        let sent_bps = stamped_bytes.saturating_sub(w.stamped_bytes) as f64 * 8.0 / span.as_secs_f64();
+        *w = NackWindow { from: now, sent_packets, stamped_bytes, nacked: 0, last_nack: now };
+        if loss > LOSS_HIGH && sent_bps > 0.0 {
+            let got_through = self.clamp(sent_bps * (1.0 - loss));
+            self.remb.on_nack_loss(got_through, now);
+        }
+    }
+
     /// Loss from an RTCP receiver report (fraction lost, 0..=1; others ignored). It drives the
     /// loss-based part for subscribers without transport-cc, and is ignored while transport-cc
     /// feedback flows.
@@ -511,6 +552,13 @@ impl Estimator {
 
     pub fn usage(&self) -> Usage {
         self.detector.usage
+    }
+
+    /// What each part of the estimate says, in bits per second (for logs): the delay-based
+    /// estimate (with transport-cc), the loss-based limit and the REMB limit, where they limit.
+    pub fn limits(&self) -> [Option<u64>; 3] {
+        let delay = self.last_twcc.map(|_| self.delay_bps);
+        [delay, self.loss_bps, self.remb.limit()].map(|l| l.map(|b| b.round() as u64))
     }
 
     /// The fraction lost in the last loss window (transport-cc) or receiver report.
@@ -644,6 +692,16 @@ impl Estimator {
         };
         self.loss_bps = Some(self.clamp(next));
     }
+}
+
+/// NACKed packets against packets sent, since `from` (see [`Estimator::on_nack`]).
+#[derive(Clone, Copy, Debug)]
+struct NackWindow {
+    from: Instant,
+    sent_packets: u64,
+    stamped_bytes: u64,
+    nacked: u64,
+    last_nack: Instant,
 }
 
 /// What a subscriber leg may still send beyond its media: a token bucket filled at the

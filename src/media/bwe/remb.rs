@@ -30,6 +30,16 @@
 //!   reaches the configured maximum there is no limit. With no congestion
 //!   seen there is no limit at all.
 //!
+//! - **NACKs** are the receiver's quicker word of the same: over a quarter of a
+//!   second, more than 10 % of what it was sent NACKed is congestion at what got
+//!   through ([`RembLimit::on_nack_loss`]), remembered the same way. A step up the
+//!   link cannot take (trying is switching the video up, see below) then costs a
+//!   quarter of a second of loss, not the second or more aiortc's estimate takes
+//!   to fall; and it counts as congestion, where its REMB, still reporting the
+//!   layer before, would have been taken for a ramp and the step tried again as
+//!   soon as the limit had grown back. A lower REMB in the same episode replaces
+//!   the NACKs' figure (they are counted before the last of the loss is known).
+//!
 //! The limit also grows between REMBs ([`RembLimit::tick`], called on receiver
 //! reports), because a receiver whose video is paused stops sending REMB.
 //! Pure, like the rest of the estimator: time comes in as `now`.
@@ -70,6 +80,8 @@ pub struct RembLimit {
     congested: Option<(f64, Instant)>,
     /// How long the limit stays near the last congestion's REMB.
     memory: Duration,
+    /// The last congestion was seen by NACKs (see [`RembLimit::on_nack_loss`]).
+    by_nacks: bool,
 }
 
 impl Default for RembLimit {
@@ -83,6 +95,7 @@ impl Default for RembLimit {
             last_remb: None,
             congested: None,
             memory: super::CONGESTION_MEMORY,
+            by_nacks: false,
         }
     }
 }
@@ -110,26 +123,51 @@ impl RembLimit {
             // Ramping up, or holding under what it is sent: no news, and no growth.
             self.grown_at = Some(now);
         } else if below {
-            // One cut per episode: the REMBs right after a cut still fall (the
-            // receiver's window holds the congested second, and the layer
-            // switch down halves what it receives), and following them would
-            // pause video that the cut alone leaves room for.
-            let episode = self.congested.is_some_and(|(_, at)| now.saturating_duration_since(at) < EPISODE);
-            if !episode {
-                // Congestion again soon after the memory ended: remember longer.
-                let again =
-                    self.congested.is_some_and(|(_, at)| now.saturating_duration_since(at) < self.memory + AGAIN);
-                self.memory = if again { (self.memory * 2).min(MEMORY_MAX) } else { super::CONGESTION_MEMORY };
-                self.congested = Some((remb, now));
-                self.limit = Some(remb);
-            }
-            self.grown_at = Some(now);
+            self.congestion(remb, now, false);
         } else {
             self.tick(max, now);
             if let Some(l) = self.limit {
                 self.limit = Some(l.max(self.ceiling(remb, now)));
             }
         }
+    }
+
+    /// The receiver lost much of what it was sent, by its NACKs (see
+    /// [`super::Estimator::on_nack`]): congestion at `got_through_bps`, as a
+    /// falling REMB is, but seen within a quarter of a second rather than when
+    /// the receiver's estimate has caught up (aiortc's takes a second or
+    /// more). A step up that the link cannot take is then undone while it
+    /// has cost a few packets, and remembered like any congestion: taken for
+    /// a ramp, it would be tried again as soon as the limit grows back.
+    pub fn on_nack_loss(&mut self, got_through_bps: f64, now: Instant) {
+        let remembered = self.limit.map_or(got_through_bps, |l| l.min(got_through_bps));
+        self.congestion(remembered, now, true);
+    }
+
+    /// Congestion at `bps`, seen by the REMB or by NACKs: the limit, and remembered (see the
+    /// module doc).
+    fn congestion(&mut self, bps: f64, now: Instant, by_nacks: bool) {
+        // One cut per episode: the REMBs right after a cut still fall (the
+        // receiver's window holds the congested second, and the layer
+        // switch down halves what it receives), and following them would
+        // pause video that the cut alone leaves room for.
+        let episode = self.congested.is_some_and(|(_, at)| now.saturating_duration_since(at) < EPISODE);
+        // But NACKs are counted before the last of a loss is known, so the receiver's own
+        // estimate, when it comes lower within the episode, takes the NACKs' place.
+        let corrects = episode && self.by_nacks && !by_nacks && self.limit.is_some_and(|l| bps < l);
+        if corrects {
+            self.limit = Some(bps);
+            self.congested = self.congested.map(|(_, at)| (bps, at));
+            self.by_nacks = false;
+        } else if !episode {
+            self.by_nacks = by_nacks;
+            // Congestion again soon after the memory ended: remember longer.
+            let again = self.congested.is_some_and(|(_, at)| now.saturating_duration_since(at) < self.memory + AGAIN);
+            self.memory = if again { (self.memory * 2).min(MEMORY_MAX) } else { super::CONGESTION_MEMORY };
+            self.congested = Some((bps, now));
+            self.limit = Some(bps);
+        }
+        self.grown_at = Some(now);
     }
 
     /// Let the limit grow with time while nothing says congestion.
@@ -241,6 +279,28 @@ mod tests {
         run(&mut r, &mut t, &mut b, 700_000, 900_000, 1);
         let l = run(&mut r, &mut t, &mut b, 800_000, 480_000, 20).unwrap();
         assert!(l <= 1.1 * 700_000.0 + 1.0, "{l}");
+    }
+
+    #[test]
+    fn nacks_set_the_limit_first_and_a_lower_remb_in_the_same_episode_corrects_it() {
+        let (mut r, mut t, mut b) = (RembLimit::default(), Instant::now(), 0);
+        run(&mut r, &mut t, &mut b, 1_600_000, 1_500_000, 2);
+        // The NACKs' count of a policer's loss comes early, and low: 1.5 Mbit/s less 40 %.
+        r.on_nack_loss(900_000.0, t);
+        assert_eq!(r.limit(), Some(900_000.0));
+        // Half a second later the receiver's estimate has caught up: 600 kbit/s.
+        t += Duration::from_millis(500);
+        b += 1_500_000 / 16;
+        r.on_remb(600_000, b, MAX, t);
+        assert_eq!(r.limit(), Some(600_000.0), "the REMB takes the NACKs' place");
+        // Falling REMBs after that are the same episode: no second cut.
+        t += Duration::from_millis(300);
+        b += 450_000 / 16 * 6 / 10;
+        r.on_remb(300_000, b, MAX, t);
+        assert_eq!(r.limit(), Some(600_000.0));
+        // NACKs again within it are no new cut either.
+        r.on_nack_loss(200_000.0, t + Duration::from_millis(100));
+        assert_eq!(r.limit(), Some(600_000.0));
     }
 
     #[test]

@@ -372,6 +372,79 @@ fn remb_and_receiver_reports_without_twcc() {
     assert!(!rr.should_probe(1_000_000));
 }
 
+/// A REMB receiver (aiortc) moved up to a layer its link cannot take: its NACKs say so within
+/// a quarter of a second, long before its REMB falls, and the limit they set is remembered like
+/// a falling REMB's (not tried again before the memory ends, and longer when it comes back).
+#[test]
+fn a_remb_receivers_nacks_are_congestion_at_what_got_through() {
+    let t0 = Instant::now();
+    let ms = |m: u64| t0 + Duration::from_millis(m);
+    let cfg = Config { initial_bps: 3_000_000, min_bps: 100_000, max_bps: 10_000_000 };
+    let mut e = Estimator::new(cfg, t0);
+    // 1.5 Mbit/s sent as 150 packets a second of 1,250 bytes; a few NACKs, now and then, are
+    // the random loss of any link (under 10 %): nothing changes.
+    let (mut pkts, mut bytes) = (0u64, 0u64);
+    let mut send = |until_ms: u64, from_ms: u64| {
+        let n = (until_ms - from_ms) * 150 / 1000;
+        pkts += n;
+        bytes += n * 1250;
+        (pkts, bytes)
+    };
+    // (Windows close at the first NACK 250 ms or more after they opened: here every 300 ms, the
+    // last at 1.6 s.)
+    let mut t = 0;
+    for _ in 0..16 {
+        let (p, b) = send(t + 100, t);
+        t += 100;
+        e.on_nack(1, p, b, ms(t));
+    }
+    assert_eq!(e.estimate_bps(), 3_000_000, "{:?}", e.limits());
+    // Then 40 % of what is sent is NACKed: within 250 ms the limit is what got through.
+    for _ in 0..3 {
+        let (p, b) = send(t + 100, t);
+        t += 100;
+        e.on_nack(6, p, b, ms(t));
+    }
+    let limit = e.estimate_bps() as f64;
+    assert!((850_000.0..=950_000.0).contains(&limit), "1.5 Mbit/s less 40 %: {limit}");
+    // Its memory holds the limit near that rate for 12 s, REMBs of a receiver that keeps up
+    // notwithstanding ...
+    for s in 1..=11 {
+        let (p, b) = send(t + 1000, t);
+        t += 1000;
+        e.on_remb(2_000_000, b, ms(t));
+        e.on_nack(0, p, b, ms(t));
+        assert!((e.estimate_bps() as f64) <= 1.1 * limit + 1.0, "{s} s on: {:?}", e.limits());
+    }
+    // ... after which it grows again; congestion soon after doubles the memory.
+    for _ in 0..5 {
+        let (_, b) = send(t + 1000, t);
+        t += 1000;
+        e.on_remb(2_000_000, b, ms(t));
+    }
+    assert!(e.estimate_bps() as f64 > 1.1 * limit, "{:?}", e.limits());
+    for _ in 0..4 {
+        let (p, b) = send(t + 100, t);
+        t += 100;
+        e.on_nack(6, p, b, ms(t));
+    }
+    let again = e.estimate_bps() as f64;
+    for _ in 0..20 {
+        let (_, b) = send(t + 1000, t);
+        t += 1000;
+        e.on_remb(2_000_000, b, ms(t));
+    }
+    assert!(e.estimate_bps() as f64 <= 1.1 * again + 1.0, "20 s on, within 24 s of memory: {:?}", e.limits());
+
+    // With transport-cc, NACKs are left to its own loss count.
+    let mut twcc = Estimator::new(cfg, t0);
+    twcc.on_sent(SentPacket { transport_seq: 0, size: 1200, at: t0 });
+    twcc.on_feedback(&[Arrival { transport_seq: 0, arrived: Some(Duration::from_millis(5)) }], ms(30));
+    let before = twcc.estimate_bps();
+    (1..10).for_each(|i| twcc.on_nack(50, i * 60, i * 75_000, ms(i * 100)));
+    assert_eq!(twcc.estimate_bps(), before);
+}
+
 #[test]
 fn the_budget_lets_resends_through_only_while_media_leaves_room() {
     let t0 = Instant::now();

@@ -7,7 +7,7 @@ use super::{Router, KEYFRAME_FOLLOWUPS};
 use crate::ids::TrackId;
 use crate::media::allocate::Layer;
 use crate::media::codec;
-use crate::media::consumer::Consumer;
+use crate::media::consumer::{self, Consumer};
 use crate::media::error::MediaError;
 use crate::media::forwarder::{self, Decision};
 use crate::media::ids::{LegId, Ssrc};
@@ -227,10 +227,14 @@ impl Router {
             return;
         };
         let Some(leg) = self.transports.get_mut(&leg_id).filter(|l| l.connected) else { return };
+        let newly = consumer::newly_nacked(&mut c.nacked_up_to, nack.nacks.iter().flat_map(|pair| *pair));
+        if let Side::Subscriber { bwe, .. } = &mut leg.side {
+            bwe.on_nack(newly, leg.out.sent_packets, leg.out.stamped_bytes, now);
+        }
         // A NACK names at most 17 packets per pair; how many pairs fit is up
         // to the sender, so what one NACK may cost is capped.
         for seq in nack.nacks.iter().flat_map(|pair| *pair).take(MAX_RESENT_PER_NACK) {
-            if resend(leg, &p.history, c, seq, now, io) == Resend::NoRoom {
+            if resend(leg, &p.history, c, seq, false, now, io) == Resend::NoRoom {
                 io.metrics.retransmit_over_budget.inc();
                 c.deferred.push(seq, now);
             }
@@ -243,7 +247,7 @@ impl Router {
             for c in p.consumers.iter_mut().filter(|c| !c.deferred.is_empty()) {
                 let Some(leg) = self.transports.get_mut(&c.leg).filter(|l| l.connected) else { continue };
                 let mut deferred = std::mem::take(&mut c.deferred);
-                deferred.retry(now, |seq| resend(leg, &p.history, c, seq, now, io) != Resend::NoRoom);
+                deferred.retry(now, |seq, overdue| resend(leg, &p.history, c, seq, overdue, now, io) != Resend::NoRoom);
                 c.deferred = deferred;
             }
         }
@@ -448,7 +452,7 @@ impl Router {
                     tracing::debug!(%leg, target, estimate, "media: probe");
                 }
             }
-            tracing::trace!(%leg, estimate, acked = bwe.acknowledged_bps(), usage = ?bwe.usage(), loss = bwe.loss(), "media: estimate");
+            tracing::trace!(%leg, estimate, acked = bwe.acknowledged_bps(), usage = ?bwe.usage(), loss = bwe.loss(), limits = ?bwe.limits(), "media: estimate");
             if !changes.is_empty() {
                 tracing::debug!(
                     %leg,
@@ -456,6 +460,7 @@ impl Router {
                     acked = bwe.acknowledged_bps(),
                     usage = ?bwe.usage(),
                     loss = bwe.loss(),
+                    limits = ?bwe.limits(),
                     ?changes,
                     "media: allocation changed"
                 );
@@ -540,7 +545,8 @@ impl Router {
 
     /// Simulcast: keep asking for the keyframe of every layer a consumer
     /// waits to switch to (within the rate limit). Dynacast (SPEC 5.1): the publisher hears which layers anyone
-    /// receives or asks for (its ceiling), kept for 5 s after the last.
+    /// receives or asks for (its ceiling), kept for 5 s after the last, and every layer below
+    /// them ([`allocate::LayerDemand`] says why).
     pub(super) fn choose_layers(&mut self, now: Instant, io: &Io) {
         let mut wanted = Vec::new();
         for p in self.producers.values_mut().filter(|p| p.is_simulcast()) {
@@ -665,19 +671,21 @@ enum Resend {
 }
 
 /// Resend the packet a subscriber knows as `seq` from the producer's
-/// `history`, if the leg's budget has room (with the estimator on).
+/// `history`, if the leg's budget has room (with the estimator on) or it is
+/// `overdue` (see [`consumer::DEFERRED_OVERDUE`]).
 fn resend(
     leg: &mut Transport,
     history: &[crate::media::producer::History; 3],
     c: &mut Consumer,
     seq: u16,
+    overdue: bool,
     now: Instant,
     io: &mut Io,
 ) -> Resend {
     let Some((layer, original)) = c.forwarder.source_of(seq) else { return Resend::Gone };
     let Some(pkt) = history[layer as usize].get(original) else { return Resend::Gone };
     let h = &pkt.header;
-    if io.bandwidth_estimation {
+    if io.bandwidth_estimation && !overdue {
         if let Side::Subscriber { bwe, budget, .. } = &mut leg.side {
             if !budget.fits(pkt.payload.len() + 40, bwe.estimate_bps(), now) {
                 return Resend::NoRoom;
@@ -749,6 +757,7 @@ fn stamps(out: &mut egress::LegOut, rewrite: &crate::media::rewrite::Rewrite, no
 fn sent(leg: &mut Transport, stamps: egress::Stamps, size: usize, counted: usize, now: Instant) {
     let transport_seq = stamps.transport_seq;
     leg.out.sent_bytes += size as u64;
+    leg.out.sent_packets += 1;
     if stamps.send_time.is_some() {
         leg.out.stamped_bytes += counted as u64;
     }
