@@ -72,8 +72,9 @@ pub const DEFERRED_FOR: Duration = Duration::from_secs(1);
 /// aiortc NACKs a packet once and then waits for it until 512 packets have
 /// passed; after a switch down onto a capped link the media can take all of
 /// the estimate for seconds (the keyframe took the budget far below zero),
-/// and waiting for room froze the picture for 11 s. Each NACKed packet is
-/// resent once this way, so what the leg overshoots by is what it lost.
+/// and the waiting packets expired unsent (seen in `remb_cap`'s logs),
+/// leaving holes aiortc then waits 11 s on. Each NACKed packet is resent
+/// once this way, so what the leg overshoots by is what it lost.
 pub const DEFERRED_OVERDUE: Duration = Duration::from_millis(400);
 
 /// NACKed packets the subscriber leg's budget had no room for when asked
