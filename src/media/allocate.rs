@@ -415,18 +415,9 @@ impl Allocator {
 }
 
 /// Dynacast for one published track: which layers its publisher is asked to
-/// send. A layer is wanted while some subscriber receives it or asks for it,
-/// and for [`DEMAND_HOLD`] after the last one stopped; every layer up to the
-/// highest one wanted is advertised (as LiveKit's dynacast turns off only
-/// what is above the highest quality subscribed). SPEC 5.1 says "the layers
-/// at least one subscriber receives", which also turns off `q` and `h` while
-/// everyone takes `f`; but then a subscriber whose link shrinks has no layer
-/// to go down to and is paused until the publisher's encoder brings one
-/// back (4 s in Chromium on the test VM), and Chromium, reconfigured to add
-/// a layer, restarts the others too: the other, uncapped, subscriber lost
-/// `f` for 20 s. The lower layers cost the publisher a fraction of `f`.
-/// Call [`LayerDemand::update`] on every allocation round (or a timer): a
-/// layer expires only when asked.
+/// send. A layer is advertised while some subscriber receives it, and for
+/// [`DEMAND_HOLD`] after the last one stopped. Call [`LayerDemand::update`]
+/// on every allocation round (or a timer): a layer expires only when asked.
 #[derive(Debug, Clone)]
 pub struct LayerDemand {
     last_wanted: [Option<Instant>; 3],
@@ -447,9 +438,7 @@ impl LayerDemand {
         for l in receiving {
             self.last_wanted[l as usize] = Some(now);
         }
-        let held = self.last_wanted.map(|t| t.is_some_and(|t| now.saturating_duration_since(t) < DEMAND_HOLD));
-        let top = held.iter().rposition(|&w| w);
-        let wanted = [0, 1, 2].map(|l| top.is_some_and(|top| l <= top));
+        let wanted = self.last_wanted.map(|t| t.is_some_and(|t| now.saturating_duration_since(t) < DEMAND_HOLD));
         if wanted == self.advertised {
             return None;
         }
@@ -730,17 +719,14 @@ mod tests {
         let t0 = Instant::now();
         let mut d = LayerDemand::new(t0);
         assert_eq!(d.layers(), [Q, H, F]);
-        // Nobody takes h, but f is taken: every layer under it stays on (a subscriber whose
-        // link shrinks can go down at once).
         assert_eq!(d.update([Q, F], ms(t0, 1000)), None);
-        assert_eq!(d.update([F], ms(t0, 5000)), None);
-        // The f subscriber drops to q at 6 s: h and f go 5 s later.
+        assert_eq!(d.update([Q, F], ms(t0, 5000)), Some(vec![Q, F]));
+        // The f subscriber drops to q at 6 s.
         let changes: Vec<_> = (60..=111).filter_map(|k| d.update([Q, Q], ms(t0, 100 * k))).collect();
         assert_eq!(changes, [vec![Q]]);
         assert_eq!(d.update([Q, Q], ms(t0, 10_999)), None);
-        assert_eq!(d.update([F], ms(t0, 11_500)), Some(vec![Q, H, F]));
-        assert_eq!(d.update([H], ms(t0, 17_000)), Some(vec![Q, H]), "f not wanted for 5 s");
-        assert_eq!(d.update([], ms(t0, 23_000)), Some(vec![]));
-        assert_eq!(d.update([], ms(t0, 24_000)), None);
+        assert_eq!(d.update([F], ms(t0, 11_500)), Some(vec![Q, F]));
+        assert_eq!(d.update([], ms(t0, 17_000)), Some(vec![]));
+        assert_eq!(d.update([], ms(t0, 18_000)), None);
     }
 }

@@ -545,8 +545,7 @@ impl Router {
 
     /// Simulcast: keep asking for the keyframe of every layer a consumer
     /// waits to switch to (within the rate limit). Dynacast (SPEC 5.1): the publisher hears which layers anyone
-    /// receives or asks for (its ceiling), kept for 5 s after the last, and every layer below
-    /// them ([`allocate::LayerDemand`] says why).
+    /// receives or asks for (its ceiling), kept for 5 s after the last.
     pub(super) fn choose_layers(&mut self, now: Instant, io: &Io) {
         let mut wanted = Vec::new();
         for p in self.producers.values_mut().filter(|p| p.is_simulcast()) {
