@@ -19,6 +19,7 @@ use crate::signal::Signaling;
 use crate::store::{RedisStore, SledStore, Store};
 use crate::turn::TurnServer;
 use anyhow::Context;
+use redis::aio::ConnectionManager;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -62,7 +63,7 @@ impl Server {
             .with_context(|| format!("cannot read or create {}/{AUTH_SECRET_FILE}", data.display()))?;
         let turn_secret = auth::load_or_create_secret(config.turn.secret.as_deref(), data, TURN_SECRET_FILE)
             .with_context(|| format!("cannot read or create {}/{TURN_SECRET_FILE}", data.display()))?;
-        let store = open_store(&config).await?;
+        let (store, redis) = open_store(&config).await?;
         let metrics = Metrics::new();
 
         // Sockets first, so a busy port fails before anything starts.
@@ -181,9 +182,8 @@ impl Server {
         // Relayed room messages (SPEC 13) arrive from the moment this node is
         // subscribed, before signaling exists: they wait here, in order.
         let (relayed_tx, mut relayed_rx) = tokio::sync::mpsc::unbounded_channel();
-        let cluster = match &config.cluster.redis_url {
-            None => None,
-            Some(url) => {
+        let cluster = match (&config.cluster.redis_url, redis) {
+            (Some(url), Some(redis)) => {
                 let scheme = if tls.is_some() { "https" } else { "http" };
                 let id = node_id(&config)?;
                 crate::cluster::relay::RedisRelay::listen(
@@ -201,12 +201,13 @@ impl Server {
                     http_url: format!("{scheme}://{}:{}/", url_host(http_ips[0]), http_addr.port()),
                     media_addr: media_addr.to_string(),
                 };
-                let c = crate::cluster::Cluster::join(url, me, metrics.cluster_nodes.clone())
+                let c = crate::cluster::Cluster::join_over(redis, me, metrics.cluster_nodes.clone())
                     .await
                     .with_context(|| format!("cannot join the cluster at {}", without_password(url)))?;
                 tracing::info!(node = %c.id(), live_nodes = metrics.cluster_nodes.get(), "cluster: joined");
                 Some(c)
             }
+            _ => None,
         };
 
         let hub = Arc::new(Hub::new());
@@ -473,18 +474,22 @@ fn load_reader(rooms: &Arc<RoomService>, metrics: &Metrics) -> crate::cluster::L
 /// the node, as LiveKit does (it pings Redis once at start and exits): a node
 /// that came up on the wrong or a missing Redis would serve a history of its
 /// own. Outages after the start are ridden out (`/readyz` 503 meanwhile).
-async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+///
+/// With Redis, its connection comes back too: the cluster's heartbeats share
+/// it, so the store's ping keeps it current for both.
+async fn open_store(config: &Config) -> anyhow::Result<(Arc<dyn Store>, Option<ConnectionManager>)> {
     let data = &config.store.path;
     let Some(url) = &config.cluster.redis_url else {
-        return Ok(Arc::new(SledStore::open(data)?));
+        return Ok((Arc::new(SledStore::open(data)?), None));
     };
     let node = node_id(config)?;
     let shown = without_password(url);
-    let store = RedisStore::open(url, node.clone()).await.with_context(|| {
+    let con = crate::store::redis_store::connect(url).await.with_context(|| {
         format!("cannot use the Redis of cluster.redis_url = {shown}; a cluster node does not start without it")
     })?;
+    let store = RedisStore::with_connection(con.clone(), node.clone());
     tracing::info!(%node, region = ?config.cluster.region, redis = %shown, "cluster: calls, history, rooms and analytics in Redis");
-    Ok(Arc::new(store))
+    Ok((Arc::new(store), Some(con)))
 }
 
 /// `cluster.node_id`, else the one generated into the data dir on the first start.

@@ -148,7 +148,15 @@ impl Cluster {
     /// Connect to the cluster's Redis and write this node's first heartbeat,
     /// so it is live (and can take rooms) before it serves anything.
     pub async fn join(url: &str, me: Identity, live_nodes: IntGauge) -> Result<Arc<Cluster>, StoreError> {
-        let con = crate::store::redis_store::connect(url).await?;
+        Self::join_over(crate::store::redis_store::connect(url).await?, me, live_nodes).await
+    }
+
+    /// [`Cluster::join`] over a connection already made (the store's, in `app`).
+    pub async fn join_over(
+        con: ConnectionManager,
+        me: Identity,
+        live_nodes: IntGauge,
+    ) -> Result<Arc<Cluster>, StoreError> {
         for part in ["store", "cluster", "relay"] {
             // Exported at 0 from the start, so a rate over it has a series.
             crate::store::redis_store::REDIS_ERRORS.with_label_values(&[part]);

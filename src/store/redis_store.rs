@@ -128,10 +128,19 @@ impl RedisStore {
     /// is not a Redis URL or Redis does not answer: a node does not start
     /// without its cluster's store (as LiveKit does not).
     pub async fn open(url: &str, node: NodeId) -> Result<Self, StoreError> {
-        let con = connect(url).await?;
+        Ok(Self::with_connection(connect(url).await?, node))
+    }
+
+    /// The store over `con`, a connection [`connect`] made. The cluster's
+    /// heartbeats share it (`app`): the store's once-a-second ping then
+    /// reconnects it for both after an outage, so `/readyz` 200 means what
+    /// the cluster needs answers too (with a connection of its own, the
+    /// cluster's first command after Redis came back failed on the stale
+    /// reconnect while `/readyz` already said 200).
+    pub fn with_connection(con: ConnectionManager, node: NodeId) -> Self {
         let healthy = Arc::new(AtomicBool::new(true));
         let pinger = tokio::spawn(ping_loop(con.clone(), healthy.clone()));
-        Ok(Self { con, node, healthy, pinger })
+        Self { con, node, healthy, pinger }
     }
 
     fn con(&self) -> ConnectionManager {
