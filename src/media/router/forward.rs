@@ -544,16 +544,33 @@ impl Router {
     }
 
     /// Simulcast: keep asking for the keyframe of every layer a consumer
-    /// waits to switch to (within the rate limit). Dynacast (SPEC 5.1): the publisher hears which layers anyone
-    /// receives or asks for (its ceiling), kept for 5 s after the last.
+    /// waits to switch to (within the rate limit). Dynacast (SPEC 5.1): the
+    /// publisher hears which layers anyone receives or asks for (its
+    /// ceiling), kept for 5 s after the last, and the layer the allocator
+    /// would move a subscriber up to if it arrived ([`Allocator::demand`]'s
+    /// second entry). Without that, a subscriber paused for bandwidth while
+    /// everyone else took `f` had only `f` to come back to, for good: q and h
+    /// were off because nobody received them, and SPEC's "resumes when it
+    /// fits again" could never happen.
+    ///
+    /// [`Allocator::demand`]: crate::media::allocate::Allocator::demand
     pub(super) fn choose_layers(&mut self, now: Instant, io: &Io) {
         let mut wanted = Vec::new();
+        let transports = &self.transports;
         for p in self.producers.values_mut().filter(|p| p.is_simulcast()) {
             let receiving = p
                 .consumers
                 .iter()
                 .filter(|c| !c.forwarder.paused())
-                .flat_map(|c| [Some(c.ceiling), c.forwarder.current()])
+                .flat_map(|c| {
+                    let next_up = match transports.get(&c.leg) {
+                        Some(Transport { side: Side::Subscriber { allocator, .. }, .. }) => {
+                            allocator.demand(c.alloc_id)[1]
+                        }
+                        _ => None,
+                    };
+                    [Some(c.ceiling), c.forwarder.current(), next_up]
+                })
                 .flatten();
             if let Some(layers) = p.demand.update(receiving, now) {
                 tracing::debug!(track = %p.id, ?layers, "media: publish-layers");
