@@ -105,6 +105,8 @@ pub struct Forwarder {
     /// forwards from the first packet, as it always did.
     simulcast: bool,
     last_sent: Option<Instant>,
+    /// What went out lately, for NACKs.
+    log: SentLog,
 }
 
 impl Forwarder {
@@ -121,6 +123,7 @@ impl Forwarder {
             target: Some(Layer::Q),
             simulcast: false,
             last_sent: None,
+            log: SentLog::new(),
         }
     }
 
@@ -232,9 +235,8 @@ impl Forwarder {
             self.current = self.target;
             switched = true;
             if self.simulcast {
-                // The new layer's numbers, times and pictures continue ours;
-                // a NACK for what came before its keyframe is not worth
-                // answering.
+                // The new layer's numbers, times and pictures continue ours
+                // (a NACK for what came before is answered from the log).
                 self.seq.switch();
                 self.ts.switch();
                 if let Some(m) = &mut self.vp8 {
@@ -248,36 +250,72 @@ impl Forwarder {
         let since = self.last_sent.map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
         self.last_sent = Some(now);
         let vp8 = self.vp8.as_mut().and_then(|m| m.plan(pkt.payload));
-        Decision::Send(Send {
+        let send = Send {
             ssrc: self.ssrc,
             seq: self.seq.next(pkt.seq),
             ts: self.ts.rewrite(pkt.ts, since),
             pt,
             vp8,
             switched,
-        })
+        };
+        self.log.record(Sent { out: send.seq, layer: pkt.layer, original: pkt.seq, ts: send.ts, vp8 });
+        Decision::Send(send)
     }
 
-    /// Where a packet sent as `out` came from: the forwarded layer and its
-    /// incoming sequence number. `None` if not known any more, or sent before
-    /// the last layer switch (what preceded the new layer's keyframe is of
-    /// no use to the decoder).
+    /// Where a packet sent as `out` came from: its layer and incoming
+    /// sequence number, if it is among the last [`SENT_LOG`] sent. Also from
+    /// before a layer switch: a receiver whose jitter buffer is not
+    /// keyframe-aware (aiortc) waits for every number it missed, and with
+    /// such a packet unanswered it held every frame after a switch down on a
+    /// lossy link until 512 packets had passed (11 s frozen).
     pub fn source_of(&self, out: u16) -> Option<(Layer, u16)> {
-        Some((self.current()?, self.seq.original(out)?))
+        self.log.get(out).map(|p| (p.layer, p.original))
     }
 
-    /// How that packet (`ts`, `pt`, `payload` as the publisher sent it) goes
-    /// out again for a NACK: the same number, time and descriptor.
-    pub fn resend(&mut self, out: u16, ts: u32, pt: u8, payload: &[u8]) -> Option<Send> {
+    /// How the packet sent as `out` (publisher payload type `pt`) goes out
+    /// again for a NACK: the same number, timestamp and VP8 descriptor as
+    /// the first time, whichever layer it came from.
+    pub fn resend(&self, out: u16, pt: u8) -> Option<Send> {
+        let p = self.log.get(out)?;
         let pt = self.leg_payload_type(pt)?;
-        let vp8 = self.vp8.as_mut().and_then(|m| m.plan(payload));
-        Some(Send { ssrc: self.ssrc, seq: out, ts: self.ts.rewrite(ts, Duration::ZERO), pt, vp8, switched: false })
+        Some(Send { ssrc: self.ssrc, seq: out, ts: p.ts, pt, vp8: p.vp8, switched: false })
+    }
+}
+
+/// How many sent packets a consumer remembers for NACKs: the span of the
+/// producer's history of a layer ([`crate::media::producer::VIDEO_HISTORY`]).
+pub const SENT_LOG: usize = 512;
+
+/// What went out under each of the last [`SENT_LOG`] outgoing sequence
+/// numbers (LiveKit's `sequencer.go` keeps the same): a NACK is answered
+/// with exactly what was sent, across pauses and layer switches, without
+/// working numbers and timestamps back through offsets that have moved on.
+/// Written once per forwarded packet into a fixed ring: no allocation.
+#[derive(Debug, Clone)]
+struct SentLog {
+    slots: Box<[Option<Sent>]>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Sent {
+    out: u16,
+    layer: Layer,
+    original: u16,
+    ts: u32,
+    vp8: Option<Vp8Rewrite>,
+}
+
+impl SentLog {
+    fn new() -> Self {
+        SentLog { slots: vec![None; SENT_LOG].into_boxed_slice() }
     }
 
-    /// The incoming sequence number an outgoing one was sent for (to answer
-    /// a NACK from the history), if still known.
-    pub fn original(&self, out: u16) -> Option<u16> {
-        self.seq.original(out)
+    fn record(&mut self, p: Sent) {
+        self.slots[usize::from(p.out) % SENT_LOG] = Some(p);
+    }
+
+    fn get(&self, out: u16) -> Option<&Sent> {
+        self.slots[usize::from(out) % SENT_LOG].as_ref().filter(|p| p.out == out)
     }
 }
 
@@ -289,15 +327,7 @@ pub struct SeqRewriter {
     offset: u16,
     last_out: Option<u16>,
     resync: bool,
-    /// The offsets in use lately, newest last, each with the first outgoing
-    /// number written with it: what maps a NACKed number back to the
-    /// incoming one. Older ones are forgotten.
-    epochs: [(u16, u16); EPOCHS],
-    epoch_count: usize,
 }
-
-/// Offsets remembered for answering NACKs (pauses within the history's span).
-const EPOCHS: usize = 4;
 
 impl SeqRewriter {
     /// Packets were skipped on purpose: the next one follows the last sent.
@@ -306,10 +336,9 @@ impl SeqRewriter {
     }
 
     /// The next packet is of another stream (a layer switch): it follows the
-    /// last sent, and what was sent before can no longer be mapped back.
+    /// last sent.
     pub fn switch(&mut self) {
         self.resync = true;
-        self.epoch_count = 0;
     }
 
     /// The outgoing sequence number for an incoming one.
@@ -318,45 +347,14 @@ impl SeqRewriter {
             self.resync = false;
             if let Some(last) = self.last_out {
                 self.offset = seq.wrapping_sub(last.wrapping_add(1));
-                self.begin_epoch(last.wrapping_add(1));
             }
         }
         let out = seq.wrapping_sub(self.offset);
-        if self.last_out.is_none() {
-            self.begin_epoch(out);
-        }
         // Only move forward; a late (reordered) packet keeps its place.
         if self.last_out.is_none_or(|l| out.wrapping_sub(l) < 0x8000) {
             self.last_out = Some(out);
         }
         out
-    }
-
-    fn begin_epoch(&mut self, since: u16) {
-        if self.epoch_count == EPOCHS {
-            self.epochs.rotate_left(1);
-            self.epoch_count -= 1;
-        }
-        self.epochs[self.epoch_count] = (since, self.offset);
-        self.epoch_count += 1;
-    }
-
-    /// The incoming number an outgoing one was written for (to answer a
-    /// NACK): not ahead of the last one written, and under an offset still
-    /// remembered.
-    pub fn original(&self, out: u16) -> Option<u16> {
-        let last = self.last_out?;
-        let back = last.wrapping_sub(out);
-        if back >= 0x8000 {
-            return None;
-        }
-        // Outgoing numbers are contiguous across offsets: the newest epoch
-        // that began at or before `out` wrote it.
-        self.epochs[..self.epoch_count]
-            .iter()
-            .rev()
-            .find(|(since, _)| back <= last.wrapping_sub(*since))
-            .map(|(_, offset)| out.wrapping_add(*offset))
     }
 }
 
@@ -424,8 +422,9 @@ mod tests {
         let s = sent(f.decide(&pkt(401, 96), true, t0()));
         assert_eq!(s.seq, 103, "follows the last sent");
         assert_eq!(s.ts, 401 * 3000, "timestamps pass through");
-        assert_eq!(f.original(103), Some(401));
-        assert_eq!(f.original(102), Some(102));
+        assert_eq!(f.source_of(103), Some((Layer::Q, 401)));
+        assert_eq!(f.source_of(102), Some((Layer::Q, 102)), "sent before the pause");
+        assert_eq!(f.source_of(104), None, "not sent yet");
     }
 
     #[test]
@@ -550,7 +549,7 @@ mod tests {
     }
 
     #[test]
-    fn a_nack_is_answered_only_within_the_forwarded_layer() {
+    fn a_nack_is_answered_with_what_was_sent_also_from_before_a_switch() {
         let start = Instant::now();
         let mut f = Forwarder::new(Ssrc(9), vec![(96, 100)]).simulcast(90_000, false, Some(Layer::H));
         let mut src = Layers::new(10);
@@ -575,13 +574,35 @@ mod tests {
                 }
             }
         }
-        let (layer, seq, ts, last) = *outs.last().unwrap();
+        let (layer, seq, _, last) = *outs.last().unwrap();
         assert_eq!(layer, Layer::Q);
         assert_eq!(f.source_of(last.seq), Some((Layer::Q, seq)));
-        let again = f.resend(last.seq, ts, 96, b"").expect("the last packet is resent");
-        assert_eq!((again.seq, again.ts, again.pt), (last.seq, last.ts, 100));
-        let before = outs.iter().find(|(l, ..)| *l == Layer::H).unwrap().3;
-        assert_eq!(f.source_of(before.seq), None, "h was sent before the switch");
+        let again = f.resend(last.seq, 96).expect("the last packet is resent");
+        assert_eq!(again, Send { switched: false, ..last });
+        // Every h packet sent before the switch maps back to h, and goes out
+        // again exactly as it went out then.
+        let hs: Vec<_> = outs.iter().filter(|(l, ..)| *l == Layer::H).collect();
+        assert!(hs.len() > 20, "{}", hs.len());
+        for &&(_, seq, _, before) in &hs {
+            assert_eq!(f.source_of(before.seq), Some((Layer::H, seq)));
+            assert_eq!(f.resend(before.seq, 96), Some(Send { switched: false, ..before }));
+        }
+        assert_eq!(f.resend(last.seq.wrapping_add(1), 96), None, "not sent yet");
+        assert_eq!(f.resend(last.seq, 97), None, "a payload type the leg does not have");
+    }
+
+    #[test]
+    fn the_sent_log_keeps_the_last_512_across_the_wrap() {
+        let mut f = forwarder();
+        let first = 65_000u16;
+        for k in 0..2000u16 {
+            sent(f.decide(&pkt(first.wrapping_add(k), 96), true, t0()));
+        }
+        let last = first.wrapping_add(1999);
+        assert_eq!(f.source_of(last), Some((Layer::Q, last)));
+        let oldest = last.wrapping_sub(SENT_LOG as u16 - 1);
+        assert_eq!(f.source_of(oldest), Some((Layer::Q, oldest)));
+        assert_eq!(f.source_of(oldest.wrapping_sub(1)), None, "overwritten");
     }
 
     #[test]
@@ -659,32 +680,5 @@ mod tests {
         w.skip();
         assert_eq!(w.next(10), 65535);
         assert_eq!(w.next(11), 0);
-    }
-
-    #[test]
-    fn outgoing_numbers_map_back_only_under_the_current_offset() {
-        let mut s = SeqRewriter::default();
-        assert_eq!(s.original(5), None, "nothing written yet");
-        for seq in 100..=102 {
-            s.next(seq);
-        }
-        assert_eq!((s.original(100), s.original(102)), (Some(100), Some(102)));
-        assert_eq!((s.original(99), s.original(103)), (None, None), "before the first, after the last");
-        s.skip();
-        assert_eq!(s.next(500), 103);
-        assert_eq!(s.original(103), Some(500));
-        assert_eq!(s.original(102), Some(102), "written under the previous offset");
-        for pause in 1..=4u16 {
-            s.skip();
-            s.next(1000 * pause);
-        }
-        assert_eq!(s.original(102), None, "offsets four pauses back are forgotten");
-        assert_eq!(s.original(104), Some(1000), "the oldest remembered");
-        assert_eq!(s.original(107), Some(4000));
-        // Across the 16-bit wrap.
-        let mut w = SeqRewriter::default();
-        w.next(65535);
-        w.next(0);
-        assert_eq!((w.original(65535), w.original(0)), (Some(65535), Some(0)));
     }
 }

@@ -708,7 +708,7 @@ fn resend(
             }
         }
     }
-    let Some(send) = c.forwarder.resend(seq, h.timestamp, h.payload_type, &pkt.payload) else { return Resend::Gone };
+    let Some(send) = c.forwarder.resend(seq, h.payload_type) else { return Resend::Gone };
     let rtx = c.rewrite.rtx_for(send.pt).map(|(ssrc, pt)| {
         c.rtx_seq = c.rtx_seq.wrapping_add(1);
         (ssrc, pt, c.rtx_seq)
