@@ -546,12 +546,15 @@ impl Router {
     /// Simulcast: keep asking for the keyframe of every layer a consumer
     /// waits to switch to (within the rate limit). Dynacast (SPEC 5.1): the
     /// publisher hears which layers anyone receives or asks for (its
-    /// ceiling), kept for 5 s after the last, and the layer the allocator
-    /// would move a subscriber up to if it arrived ([`Allocator::demand`]'s
-    /// second entry). Without that, a subscriber paused for bandwidth while
-    /// everyone else took `f` had only `f` to come back to, for good: q and h
-    /// were off because nobody received them, and SPEC's "resumes when it
-    /// fits again" could never happen.
+    /// ceiling), kept for 5 s after the last, and for a subscriber paused
+    /// for bandwidth the layer the allocator would resume it at if it
+    /// arrived ([`Allocator::demand`]'s second entry). Without that, a
+    /// subscriber paused while everyone else took `f` had only `f` to come
+    /// back to, for good: q and h were off because nobody received them, and
+    /// SPEC's "resumes when it fits again" could never happen. A subscriber
+    /// that gets some layer already names the top one it wants by its
+    /// ceiling; naming the next step up too only made the publisher turn
+    /// layers on and off again within milliseconds.
     ///
     /// [`Allocator::demand`]: crate::media::allocate::Allocator::demand
     pub(super) fn choose_layers(&mut self, now: Instant, io: &Io) {
@@ -563,13 +566,15 @@ impl Router {
                 .iter()
                 .filter(|c| !c.forwarder.paused())
                 .flat_map(|c| {
-                    let next_up = match transports.get(&c.leg) {
-                        Some(Transport { side: Side::Subscriber { allocator, .. }, .. }) => {
+                    let resume_at = match transports.get(&c.leg) {
+                        Some(Transport { side: Side::Subscriber { allocator, .. }, .. })
+                            if c.forwarder.current().is_none() =>
+                        {
                             allocator.demand(c.alloc_id)[1]
                         }
                         _ => None,
                     };
-                    [Some(c.ceiling), c.forwarder.current(), next_up]
+                    [Some(c.ceiling), c.forwarder.current(), resume_at]
                 })
                 .flatten();
             if let Some(layers) = p.demand.update(receiving, now) {
