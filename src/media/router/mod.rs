@@ -6,8 +6,11 @@
 //!
 //! - [`negotiate`]: legs, SDP offers and answers, senders and consumers.
 //! - [`forward`]: datagrams in, RTP forwarded, RTCP answered, timers.
+//! - [`adapt`]: each subscriber's estimate, its allocation across tracks,
+//!   dynacast, probe padding (SPEC 5.1).
 //! - [`report`]: active speakers and the analytics interval.
 
+mod adapt;
 mod forward;
 mod negotiate;
 mod report;
