@@ -130,8 +130,6 @@ struct Track {
     recovering: bool,
     /// Which layers were arriving when the current layer was settled on.
     settled: [bool; 3],
-    /// A layer not arriving that this subscriber would take: see [`Allocator::demand`].
-    probe: Option<Layer>,
     // Scratch of one `allocate` call.
     seen: bool,
     ceiling_changed: bool,
@@ -154,7 +152,6 @@ impl Track {
             started: false,
             recovering: false,
             settled: t.available.map(|b| b.is_some()),
-            probe: None,
             seen: false,
             ceiling_changed: false,
             alloc: None,
@@ -177,7 +174,6 @@ impl Track {
         for (last, now) in self.last_bps.iter_mut().zip(t.available) {
             *last = now.unwrap_or(*last);
         }
-        self.probe = None;
         self.alloc = None;
         self.done = false;
         self.held = false;
@@ -354,33 +350,11 @@ impl Allocator {
                 t.settled = t.available.map(|b| b.is_some());
             }
         }
-
-        let mut spare = up_limit.saturating_sub(used);
-        for &i in &self.order {
-            let t = &mut self.tracks[i];
-            let next = t.current.map_or(Some(Layer::Q), Layer::up);
-            if let Some(n) = next.filter(|&n| Some(n) <= t.ceiling && !t.arriving(n)) {
-                let cost = t.last_bps[n as usize].saturating_sub(t.bps(t.current));
-                if cost <= spare {
-                    spare -= cost;
-                    t.probe = Some(n);
-                }
-            }
-        }
     }
 
     /// The layer forwarded now; `Some(Q)` for subscribed audio.
     pub fn layer(&self, track: u32) -> Option<Layer> {
         self.find(track).and_then(|t| t.current)
-    }
-
-    /// What to feed [`LayerDemand`] for this subscriber and `track`: the
-    /// forwarded layer, and the next layer up when it is within the ceiling,
-    /// not arriving, and would fit the spare estimate at its last seen bitrate
-    /// (unknown: assumed to fit). Without that second entry a layer dynacast
-    /// turned off could never come back: a paused subscriber asks for q.
-    pub fn demand(&self, track: u32) -> [Option<Layer>; 2] {
-        self.find(track).map_or([None; 2], |t| [t.current, t.probe])
     }
 
     /// What the subscriber needs to get every subscribed track at its ceiling,
@@ -412,6 +386,28 @@ impl Allocator {
     fn find(&self, track: u32) -> Option<&Track> {
         self.tracks.iter().find(|t| t.id == track)
     }
+}
+
+/// The layers one subscriber makes dynacast keep (feed them to
+/// [`LayerDemand::update`]): every layer up to its `ceiling`, and the one it
+/// is forwarded now (above the ceiling only when nothing under it arrives).
+///
+/// SPEC 5.1 says "receives now"; this is wider on purpose, as LiveKit's
+/// dynacast is (every quality up to the highest subscribed one stays on). A
+/// layer under a ceiling is one the allocator may move the subscriber to at
+/// any moment, and one the publisher has turned off takes at least a round
+/// trip, an encoder restart and a keyframe to come back. Asked for only by
+/// what subscribers received, a subscriber moved down to `q` for bandwidth
+/// while the others took `f` found `h` off when its link recovered, and had
+/// only `f` to climb to (the aiortc REMB run, `benches/remb_cap.rs`, stuck at
+/// `q` for the 30 s after the cap); one paused for bandwidth had nothing at
+/// all to resume at. Switching down onto a congested link waited for the
+/// publisher too. Turning a layer back on only when the allocator would take
+/// it instead made Chromium's publisher toggle h within 34 ms and its H.264
+/// encoder then never restarted f. What a ceiling excludes (all subscribers
+/// at `low`: `h` and `f`) still stops.
+pub fn dynacast_layers(ceiling: Layer, current: Option<Layer>) -> impl Iterator<Item = Layer> {
+    Layer::ALL.into_iter().filter(move |&l| l <= ceiling || Some(l) == current)
 }
 
 /// Dynacast for one published track: which layers its publisher is asked to
@@ -655,7 +651,6 @@ mod tests {
         run(&mut a, 5_000_000, &t, t0);
         t[0].available[2] = None;
         assert_eq!(run(&mut a, 5_000_000, &t, ms(t0, 1000)), change(1, Some(H), Reason::Publisher));
-        assert_eq!(a.demand(1), [Some(H), Some(F)]);
         t[0].available = CAM;
         assert!(run(&mut a, 5_000_000, &t, ms(t0, 2000)).is_empty(), "up-switch waits for t0 + 5 s");
         assert_eq!(run(&mut a, 5_000_000, &t, ms(t0, 5000)), change(1, Some(F), Reason::Publisher));
@@ -682,7 +677,6 @@ mod tests {
         assert_eq!(run(&mut a, 600_000, &t, ms(t0, 1500)), change(1, Some(H), Reason::Publisher));
         t[0].available = [None; 3];
         assert_eq!(run(&mut a, 600_000, &t, ms(t0, 2000)), change(1, None, Reason::Publisher));
-        assert_eq!(a.demand(1), [None, Some(Q)], "a paused track asks for q back");
         t[0].available[0] = CAM[0];
         assert_eq!(run(&mut a, 600_000, &t, ms(t0, 2500)), change(1, Some(Q), Reason::Publisher), "no hysteresis");
         assert!(run(&mut a, 600_000, &t, ms(t0, 2600)).is_empty());
@@ -712,6 +706,37 @@ mod tests {
         assert_eq!(a.desired_bps(), sum * 110 / 100);
         assert_eq!(layers(a.desired_bps(), &t), [Some(Q), Some(F), Some(Q), Some(H), None]);
         assert_ne!(layers(sum, &t)[1], Some(F));
+    }
+
+    #[test]
+    fn dynacast_keeps_every_layer_a_subscriber_may_be_moved_to() {
+        let t0 = Instant::now();
+        let mut d = LayerDemand::new(t0);
+        // U takes f; C, moved down to q for bandwidth, and P, paused, both have
+        // the ceiling f: h must stay on for them to climb back to.
+        let subs = [(F, Some(F)), (F, Some(Q)), (F, None)];
+        let round = |d: &mut LayerDemand, subs: &[(Layer, Option<Layer>)], at| {
+            d.update(subs.iter().flat_map(|&(ceiling, current)| dynacast_layers(ceiling, current)), at)
+        };
+        for s in 0..=20 {
+            assert_eq!(round(&mut d, &subs, ms(t0, s * 1000)), None, "{s} s: nothing under a ceiling turns off");
+        }
+        assert_eq!(d.layers(), [Q, H, F]);
+        // All ceilings at q: h and f go 5 s after the last receiver left them,
+        // and the layer one is still forwarded (above a new ceiling until the
+        // switch) keeps its layer.
+        let low = [(Q, Some(F)), (Q, Some(Q)), (Q, None)];
+        assert_eq!(round(&mut d, &low, ms(t0, 21_000)), None, "f still forwarded");
+        let low = [(Q, Some(Q)), (Q, Some(Q)), (Q, None)];
+        assert_eq!(round(&mut d, &low, ms(t0, 21_500)), None);
+        assert_eq!(round(&mut d, &low, ms(t0, 24_900)), None, "h and f held");
+        assert_eq!(round(&mut d, &low, ms(t0, 25_000)), Some(vec![Q, F]), "h last wanted at 20 s");
+        assert_eq!(round(&mut d, &low, ms(t0, 25_900)), None, "f last received at 21 s");
+        assert_eq!(round(&mut d, &low, ms(t0, 26_000)), Some(vec![Q]));
+        assert_eq!(round(&mut d, &low, ms(t0, 26_600)), None);
+        // One ceiling back at f brings h and f back at once.
+        let back = [(F, Some(Q)), (Q, Some(Q)), (Q, None)];
+        assert_eq!(round(&mut d, &back, ms(t0, 27_000)), Some(vec![Q, H, F]));
     }
 
     #[test]

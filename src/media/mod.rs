@@ -198,8 +198,9 @@ pub enum MediaEvent {
         layer: Option<allocate::Layer>,
         reason: allocate::Reason,
     },
-    /// Dynacast: the layers of `peer`'s simulcast `track` someone receives
-    /// now, lowest first (on change).
+    /// Dynacast: the layers of `peer`'s simulcast `track` some subscriber
+    /// receives or may be moved to ([`allocate::dynacast_layers`]), lowest
+    /// first (on change).
     PublishLayers {
         peer: PeerId,
         track: TrackId,

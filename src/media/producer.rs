@@ -101,7 +101,7 @@ pub struct Producer {
     pub frame_size: Option<(u16, u16)>,
     /// What it sent lately, per layer, for subscribers' NACKs.
     pub history: [History; 3],
-    /// Dynacast: which layers some subscriber receives or asks for.
+    /// Dynacast: which layers some subscriber receives or may be moved to.
     pub demand: LayerDemand,
     /// Bytes per layer since the last measurement, and the bitrates measured
     /// (what the allocator weighs layers by).

@@ -421,7 +421,8 @@ pub enum ServerEvent {
         room_id: RoomId,
         speakers: Vec<Speaker>,
     },
-    /// SPEC 5.1 (dynacast): the publisher's layers someone receives.
+    /// SPEC 5.1 (dynacast): the publisher's layers some subscriber receives
+    /// or may be moved to (every layer up to a ceiling).
     PublishLayers {
         room_id: RoomId,
         track_id: TrackId,

@@ -570,7 +570,8 @@ function showLayer(t) {
   }
 }
 
-// Dynacast: the server names the layers of our camera that someone receives;
+// Dynacast: the server names the layers of our camera that some viewer receives
+// or may be moved to (every layer up to a viewer's ceiling);
 // the others need not be encoded, which saves CPU and uplink. One stays on
 // ("q" when none is wanted) so that a new viewer gets video at once.
 function onPublishLayers(m) {

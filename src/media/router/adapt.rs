@@ -182,38 +182,16 @@ impl Router {
 
     /// Simulcast: keep asking for the keyframe of every layer a consumer
     /// waits to switch to (within the rate limit). Dynacast (SPEC 5.1): the
-    /// publisher hears which layers anyone receives or asks for (its
-    /// ceiling), kept for 5 s after the last, and for a subscriber paused
-    /// for bandwidth the layer the allocator would resume it at if it
-    /// arrived ([`Allocator::demand`]'s second entry). Without that, a
-    /// subscriber paused while everyone else took `f` had only `f` to come
-    /// back to, for good: q and h were off because nobody received them, and
-    /// SPEC's "resumes when it fits again" could never happen. A subscriber
-    /// that gets some layer already names the top one it wants by its
-    /// ceiling; naming the next step up too only made the publisher turn
-    /// layers on and off again within milliseconds.
-    ///
-    /// [`Allocator::demand`]: crate::media::allocate::Allocator::demand
+    /// publisher hears which layers any subscriber receives or may be moved
+    /// to, kept for 5 s after the last: see [`allocate::dynacast_layers`].
     pub(super) fn choose_layers(&mut self, now: Instant, io: &Io) {
         let mut wanted = Vec::new();
-        let transports = &self.transports;
         for p in self.producers.values_mut().filter(|p| p.is_simulcast()) {
             let receiving = p
                 .consumers
                 .iter()
                 .filter(|c| !c.forwarder.paused())
-                .flat_map(|c| {
-                    let resume_at = match transports.get(&c.leg) {
-                        Some(Transport { side: Side::Subscriber { allocator, .. }, .. })
-                            if c.forwarder.current().is_none() =>
-                        {
-                            allocator.demand(c.alloc_id)[1]
-                        }
-                        _ => None,
-                    };
-                    [Some(c.ceiling), c.forwarder.current(), resume_at]
-                })
-                .flatten();
+                .flat_map(|c| allocate::dynacast_layers(c.ceiling, c.forwarder.current()));
             if let Some(layers) = p.demand.update(receiving, now) {
                 tracing::debug!(track = %p.id, ?layers, "media: publish-layers");
                 io.event(MediaEvent::PublishLayers { peer: p.peer.clone(), track: p.id.clone(), layers });
