@@ -196,6 +196,8 @@ pub struct MediaMetrics {
     pub tracks_paused: IntGauge,
     /// NACKed packets that had to wait: the subscriber's estimate was used up.
     pub retransmit_over_budget: IntCounter,
+    /// NACKed packets sent a second time to a receiver without transport-cc.
+    pub retransmit_follow_up: IntCounter,
     /// Bandwidth probes by result: raised (the estimate), not_raised.
     probes: [IntCounter; 2],
     pub padding_bytes: IntCounter,
@@ -260,6 +262,10 @@ impl MediaMetrics {
             retransmit_over_budget: counter(
                 "confer_retransmissions_over_budget_total",
                 "NACKed packets the SFU could not send again at once because the subscriber's bandwidth estimate was used up (they wait for room, at most 400 ms)",
+            ),
+            retransmit_follow_up: counter(
+                "confer_retransmissions_follow_up_total",
+                "NACKed packets the SFU sent once more, unasked, to a subscriber without transport-cc once its NACKs stopped (it cannot say which retransmissions arrived)",
             ),
             probes: ["raised", "not_raised"].map(|r| probes.with_label_values(&[r])),
             padding_bytes: counter(

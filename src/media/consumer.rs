@@ -34,6 +34,8 @@ pub struct Consumer {
     pub alloc_id: u32,
     /// NACKed packets waiting for room in the leg's budget.
     pub deferred: Deferred,
+    /// Without transport-cc: the last NACK, to be answered again when they stop.
+    pub follow_up: FollowUp,
     /// The newest sequence number the subscriber has NACKed: what its NACKs
     /// name past it is new loss (aiortc names every packet still missing in
     /// each NACK, libwebrtc a packet again each round trip).
@@ -109,21 +111,94 @@ impl Deferred {
     /// packet has waited [`DEFERRED_OVERDUE`] (to be sent without room).
     /// `send` returns whether it is done with the packet (sent, or no longer
     /// resendable); at the first `false` (no room yet) it and every later
-    /// one wait for the next call.
-    pub fn retry(&mut self, now: Instant, mut send: impl FnMut(u16, bool) -> bool) {
+    /// one wait for the next call. Returns how many it forgot unsent.
+    pub fn retry(&mut self, now: Instant, mut send: impl FnMut(u16, bool) -> bool) -> usize {
+        let mut expired = 0;
         while let Some(i) = self.oldest() {
             let (seq, at) = self.slots[i].expect("oldest is a filled slot");
             let waited = now.saturating_duration_since(at);
-            if waited > DEFERRED_FOR || send(seq, waited >= DEFERRED_OVERDUE) {
+            if waited > DEFERRED_FOR {
+                expired += 1;
+                self.slots[i] = None;
+            } else if send(seq, waited >= DEFERRED_OVERDUE) {
                 self.slots[i] = None;
             } else {
                 break;
             }
         }
+        expired
     }
 
     fn oldest(&self) -> Option<usize> {
         (0..DEFERRED).filter(|&i| self.slots[i].is_some()).min_by_key(|&i| self.slots[i].map(|(_, at)| at))
+    }
+}
+
+/// A receiver without transport-cc's last NACK is answered once more after
+/// this long without another NACK.
+pub const FOLLOW_UP_QUIET: Duration = Duration::from_millis(600);
+/// ... within this long of that NACK, as the leg's budget has room.
+pub const FOLLOW_UP_FOR: Duration = Duration::from_secs(5);
+/// Numbers of one NACK kept for its follow-up.
+pub const FOLLOW_UP: usize = 32;
+
+/// The packets a subscriber without transport-cc last NACKed, to be resent
+/// once more when its NACKs stop. Such a receiver cannot tell the SFU which
+/// retransmissions arrived, and aiortc (the one seen) NACKs again only when
+/// it sees a new gap: a retransmission lost in the congestion that caused
+/// the loss, with no loss after it, is a hole it stops asking for 128
+/// packets later and its jitter buffer waits on until 512 have passed (10 s
+/// at `h`, 25 s at `q`: `benches/remb_cap.rs`, whose summary lists what
+/// aiortc gave up on). Each NACK names every packet still missing, so the
+/// last one before a quiet spell is what the receiver lacked; once nothing
+/// has been NACKed for [`FOLLOW_UP_QUIET`] (the link is clean again, and a
+/// deferred retransmission has gone out, see [`DEFERRED_OVERDUE`]) those are
+/// resent as the budget has room: those that had arrived cost a duplicate,
+/// paid from the estimate. libwebrtc NACKs a packet again every round trip
+/// and reports each arrival in transport-cc, so its legs need none of this.
+#[derive(Debug, Default)]
+pub struct FollowUp {
+    seqs: [u16; FOLLOW_UP],
+    len: usize,
+    /// Resent up to here.
+    next: usize,
+    nacked_at: Option<Instant>,
+}
+
+impl FollowUp {
+    /// A NACK at `now` named `seqs` (the first [`FOLLOW_UP`] are kept): they
+    /// replace what the one before named.
+    pub fn nacked(&mut self, seqs: impl IntoIterator<Item = u16>, now: Instant) {
+        self.len = 0;
+        self.next = 0;
+        for seq in seqs.into_iter().take(FOLLOW_UP) {
+            self.seqs[self.len] = seq;
+            self.len += 1;
+        }
+        self.nacked_at = Some(now);
+    }
+
+    pub fn is_pending(&self) -> bool {
+        self.next < self.len
+    }
+
+    /// Offers the last NACK's packets to `send` once it is [`FOLLOW_UP_QUIET`]
+    /// old, in its order, until `send` returns `false` (no room yet: the
+    /// rest waits for the next call); past [`FOLLOW_UP_FOR`] they are
+    /// dropped.
+    pub fn due(&mut self, now: Instant, mut send: impl FnMut(u16) -> bool) {
+        let Some(at) = self.nacked_at.filter(|_| self.is_pending()) else { return };
+        let waited = now.saturating_duration_since(at);
+        if waited > FOLLOW_UP_FOR {
+            self.next = self.len;
+            return;
+        }
+        if waited < FOLLOW_UP_QUIET {
+            return;
+        }
+        while self.next < self.len && send(self.seqs[self.next]) {
+            self.next += 1;
+        }
     }
 }
 
@@ -196,8 +271,51 @@ mod tests {
         });
         assert_eq!(overdue, [(11, true)], "the first refusal still stops the round");
         // Past DEFERRED_FOR nothing is offered any more.
-        d.retry(t0 + DEFERRED_FOR + Duration::from_millis(10), |s, _| panic!("{s} offered after expiring"));
+        let expired = d.retry(t0 + DEFERRED_FOR + Duration::from_millis(10), |s, _| panic!("{s} offered after expiring"));
+        assert_eq!(expired, 2, "11 and 12 expired unsent");
         assert!(d.is_empty());
+    }
+
+    #[test]
+    fn the_last_nack_is_answered_again_after_a_quiet_spell_as_room_allows() {
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let mut f = FollowUp::default();
+        let mut sent = vec![];
+        f.due(at(5000), |s| panic!("{s} offered with nothing NACKed"));
+        f.nacked([10, 11], t0);
+        // A later NACK names what is still missing: it replaces the first.
+        f.nacked([11, 12, 13], at(100));
+        f.due(at(100) + FOLLOW_UP_QUIET - Duration::from_millis(1), |s| panic!("{s} offered before the quiet spell"));
+        let mut room = 2;
+        f.due(at(100) + FOLLOW_UP_QUIET, |s| {
+            if room == 0 {
+                return false;
+            }
+            room -= 1;
+            sent.push(s);
+            true
+        });
+        assert_eq!(sent, [11, 12]);
+        assert!(f.is_pending());
+        f.due(at(1000), |s| {
+            sent.push(s);
+            true
+        });
+        assert_eq!(sent, [11, 12, 13], "each once, in order");
+        assert!(!f.is_pending());
+        f.due(at(2000), |s| panic!("{s} offered twice"));
+        // Kept no longer than FOLLOW_UP_FOR, and at most FOLLOW_UP of a NACK.
+        f.nacked(0..100, at(3000));
+        f.due(at(3000) + FOLLOW_UP_FOR + Duration::from_millis(1), |s| panic!("{s} offered too late"));
+        assert!(!f.is_pending());
+        f.nacked(0..100, at(10_000));
+        let mut n = 0;
+        f.due(at(11_000), |_| {
+            n += 1;
+            true
+        });
+        assert_eq!(n, FOLLOW_UP);
     }
 
     #[test]

@@ -214,27 +214,59 @@ impl Router {
         };
         let Some(leg) = self.transports.get_mut(&leg_id).filter(|l| l.connected) else { return };
         let newly = consumer::newly_nacked(&mut c.nacked_up_to, nack.nacks.iter().flat_map(|pair| *pair));
+        if c.rewrite.transport_cc.is_none() {
+            c.follow_up.nacked(nack.nacks.iter().flat_map(|pair| *pair), now);
+        }
         if let Side::Subscriber { bwe, .. } = &mut leg.side {
             bwe.on_nack(newly, leg.out.sent_packets, leg.out.stamped_bytes, now);
         }
         // A NACK names at most 17 packets per pair; how many pairs fit is up
         // to the sender, so what one NACK may cost is capped.
+        let (mut sent, mut deferred, mut gone) = (0, 0, None);
         for seq in nack.nacks.iter().flat_map(|pair| *pair).take(MAX_RESENT_PER_NACK) {
-            if resend(leg, &p.history, c, seq, false, now, io) == Resend::NoRoom {
-                io.metrics.retransmit_over_budget.inc();
-                c.deferred.push(seq, now);
+            match resend(leg, &p.history, c, seq, false, now, io) {
+                Resend::Sent => sent += 1,
+                Resend::NoRoom => {
+                    io.metrics.retransmit_over_budget.inc();
+                    c.deferred.push(seq, now);
+                    deferred += 1;
+                }
+                Resend::Gone => gone = Some(gone.map_or((seq, 1), |(first, n): (u16, u32)| (first, n + 1))),
             }
         }
+        tracing::trace!(ssrc = c.forwarder.ssrc().0, sent, deferred, gone = ?gone, "media: a NACK answered (gone: first number, count)");
     }
 
-    /// Resends what NACKs asked for while the budget had no room, as far as it has now.
+    /// Resends what NACKs asked for while the budget had no room, as far as
+    /// it has now, and then the follow-ups of receivers without transport-cc
+    /// (see [`consumer::FollowUp`]).
     fn resend_deferred(&mut self, now: Instant, io: &mut Io) {
         for p in self.producers.values_mut() {
-            for c in p.consumers.iter_mut().filter(|c| !c.deferred.is_empty()) {
+            for c in p.consumers.iter_mut().filter(|c| !c.deferred.is_empty() || c.follow_up.is_pending()) {
                 let Some(leg) = self.transports.get_mut(&c.leg).filter(|l| l.connected) else { continue };
                 let mut deferred = std::mem::take(&mut c.deferred);
-                deferred.retry(now, |seq, overdue| resend(leg, &p.history, c, seq, overdue, now, io) != Resend::NoRoom);
+                let expired =
+                    deferred.retry(now, |seq, overdue| resend(leg, &p.history, c, seq, overdue, now, io) != Resend::NoRoom);
+                if expired > 0 {
+                    tracing::trace!(ssrc = c.forwarder.ssrc().0, expired, "media: NACKed packets expired unsent");
+                }
                 c.deferred = deferred;
+                if c.deferred.is_empty() {
+                    let mut follow_up = std::mem::take(&mut c.follow_up);
+                    let mut sent = 0;
+                    follow_up.due(now, |seq| match resend(leg, &p.history, c, seq, false, now, io) {
+                        Resend::NoRoom => false,
+                        r => {
+                            sent += u32::from(r == Resend::Sent);
+                            true
+                        }
+                    });
+                    if sent > 0 {
+                        io.metrics.retransmit_follow_up.inc_by(u64::from(sent));
+                        tracing::trace!(ssrc = c.forwarder.ssrc().0, sent, "media: a NACK answered again (follow-up)");
+                    }
+                    c.follow_up = follow_up;
+                }
             }
         }
     }

@@ -233,6 +233,7 @@ impl Router {
             switches: 0,
             alloc_id: self.next_alloc_id,
             deferred: Default::default(),
+            follow_up: Default::default(),
             nacked_up_to: None,
         });
         self.next_alloc_id = self.next_alloc_id.wrapping_add(1);
