@@ -28,7 +28,10 @@ import sys
 import time
 
 import httpx
+import aiortc.jitterbuffer
+import aiortc.rtcrtpreceiver
 from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc.utils import uint16_add, uint16_gt
 
 from sfu_room import Client, Upstream, run_main, until
 
@@ -41,6 +44,38 @@ CAPPED = 30
 LIFTED = 30
 QUEUE_S = 0.06
 BURST = 15000
+
+
+class Watch:
+    """What aiortc does with a missing packet, for a human reading the
+    summary: aiortc NACKs a number while it is within 128 of the newest, and
+    its video jitter buffer waits for it until 512 newer packets arrived.
+    `given_up` holds (t, seq) of numbers it stopped asking for unreceived,
+    `overflows` (t, packets skipped) of every wait that ended that way."""
+
+    def __init__(self):
+        self.given_up = []
+        self.overflows = []
+
+    @staticmethod
+    def install():
+        nack_truncate = aiortc.rtcrtpreceiver.NackGenerator.truncate
+        smart_remove = aiortc.jitterbuffer.JitterBuffer.smart_remove
+
+        def truncate(self):
+            if self.max_seq is not None:
+                min_seq = uint16_add(self.max_seq, -aiortc.rtcrtpreceiver.RTP_HISTORY_SIZE)
+                gone = [s for s in self.missing if uint16_gt(min_seq, s)]
+                if gone:
+                    self.__dict__.setdefault("watch", Watch()).given_up += [(time.monotonic(), s) for s in sorted(gone)]
+            nack_truncate(self)
+
+        def smart(self, count):
+            self.__dict__.setdefault("watch", Watch()).overflows.append((time.monotonic(), count))
+            return smart_remove(self, count)
+
+        aiortc.rtcrtpreceiver.NackGenerator.truncate = truncate
+        aiortc.jitterbuffer.JitterBuffer.smart_remove = smart
 
 
 class Sub(Client):
@@ -71,6 +106,20 @@ class Sub(Client):
 
     def width(self):
         return self.widths[-1][1] if self.widths else None
+
+    def watched(self, ms):
+        """The video receiver's Watch record, in ms since the run's start."""
+        for r in self.sub.getReceivers():
+            if r.track and r.track.kind == "video":
+                n = r.__dict__.get("_RTCRtpReceiver__nack_generator")
+                j = r.__dict__.get("_RTCRtpReceiver__jitter_buffer")
+                w = {"givenUp": [], "overflows": []}
+                if n is not None and "watch" in n.__dict__:
+                    w["givenUp"] = [[ms(t), seq] for t, seq in n.watch.given_up]
+                if j is not None and "watch" in j.__dict__:
+                    w["overflows"] = [[ms(t), c] for t, c in j.watch.overflows]
+                return w
+        return None
 
     async def video_counts(self):
         """The camera stream's (received, lost). Not from getStats(): aiortc
@@ -165,6 +214,8 @@ class CappedProxy(asyncio.DatagramProtocol):
 
 
 async def main(addr, room, mode, cap_kbps):
+    if os.environ.get("SIMULCAST_SUMMARY"):
+        Watch.install()
     t0 = time.monotonic()
     ms = lambda t: round((t - t0) * 1000)  # noqa: E731
     loop = asyncio.get_running_loop()
@@ -285,6 +336,12 @@ async def main(addr, room, mode, cap_kbps):
     for n, s in subs.items():
         ts = [t for t, _ in s.widths if start <= t <= end]
         out["stallMs"][n] = max((round((b - a) * 1000) for a, b in zip(ts, ts[1:])), default=None)
+    if os.environ.get("SIMULCAST_SUMMARY"):
+        out["debug"] = {}
+        for n, s in subs.items():
+            ts = [t for t, _ in s.widths]
+            gaps = sorted(((b - a, a) for a, b in zip(ts, ts[1:])), reverse=True)[:5]
+            out["debug"][n] = {"gaps": [[ms(a), round(g * 1000)] for g, a in gaps], "aiortc": s.watched(ms)}
     out["seconds"] = round(time.monotonic() - t0, 1)
     if os.environ.get("SIMULCAST_SUMMARY"):  # for a human debugging a run
         with open(f"{os.environ['SIMULCAST_SUMMARY']}.{mode}.json", "w") as f:
