@@ -71,8 +71,8 @@ pub const DEFERRED: usize = 32;
 /// receiver has given up on it or asked again.
 pub const DEFERRED_FOR: Duration = Duration::from_secs(1);
 /// A NACKed packet that has waited this long for room is resent anyway.
-/// aiortc NACKs a packet once and then waits for it until 512 packets have
-/// passed; after a switch down onto a capped link the media can take all of
+/// aiortc asks for a packet again only when it sees a new gap, and waits
+/// for it until 512 packets have passed; after a switch down onto a capped link the media can take all of
 /// the estimate for seconds (the keyframe took the budget far below zero),
 /// and the waiting packets expired unsent (seen in `remb_cap`'s logs),
 /// leaving holes aiortc then waits 11 s on. Each NACKed packet is resent
@@ -81,8 +81,8 @@ pub const DEFERRED_OVERDUE: Duration = Duration::from_millis(400);
 
 /// NACKed packets the subscriber leg's budget had no room for when asked
 /// (SPEC 5.1: retransmissions are paid from the estimate), resent as soon as
-/// it has. A receiver NACKs a packet about once (aiortc exactly once), so a
-/// refused retransmission would be a hole for good, and right after a switch
+/// it has. A receiver may not NACK a packet again (aiortc does only on a new
+/// gap), so a refused retransmission could be a hole for good, and right after a switch
 /// down the keyframe has just emptied the budget: aiortc's jitter buffer then
 /// holds back every later frame until 512 packets have passed, 11 s at `h`.
 /// Fixed size, so NACK handling allocates nothing; when full, the packet
@@ -271,7 +271,8 @@ mod tests {
         });
         assert_eq!(overdue, [(11, true)], "the first refusal still stops the round");
         // Past DEFERRED_FOR nothing is offered any more.
-        let expired = d.retry(t0 + DEFERRED_FOR + Duration::from_millis(10), |s, _| panic!("{s} offered after expiring"));
+        let expired =
+            d.retry(t0 + DEFERRED_FOR + Duration::from_millis(10), |s, _| panic!("{s} offered after expiring"));
         assert_eq!(expired, 2, "11 and 12 expired unsent");
         assert!(d.is_empty());
     }

@@ -245,8 +245,8 @@ impl Router {
             for c in p.consumers.iter_mut().filter(|c| !c.deferred.is_empty() || c.follow_up.is_pending()) {
                 let Some(leg) = self.transports.get_mut(&c.leg).filter(|l| l.connected) else { continue };
                 let mut deferred = std::mem::take(&mut c.deferred);
-                let expired =
-                    deferred.retry(now, |seq, overdue| resend(leg, &p.history, c, seq, overdue, now, io) != Resend::NoRoom);
+                let expired = deferred
+                    .retry(now, |seq, overdue| resend(leg, &p.history, c, seq, overdue, now, io) != Resend::NoRoom);
                 if expired > 0 {
                     tracing::trace!(ssrc = c.forwarder.ssrc().0, expired, "media: NACKed packets expired unsent");
                 }
