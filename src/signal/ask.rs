@@ -99,10 +99,16 @@ impl Signaling {
                 "the cluster node holding this ({node}) does not answer; try again shortly"
             ))
         };
+        let changed = self.remote.asks_sent(sent.is_ok());
         if let Err(e) = sent {
             self.remote.forget_answer(id);
-            tracing::warn!(%node, error = %e, "cluster: cannot ask another node");
+            if changed {
+                tracing::warn!(%node, error = %e, "cluster: cannot ask another node (REST on rooms and calls held elsewhere answers unavailable; logged again when it works)");
+            }
             return Err(unavailable());
+        }
+        if changed {
+            tracing::info!(%node, "cluster: asking other nodes works again");
         }
         match tokio::time::timeout(ASK_TIMEOUT, answer).await {
             Ok(Ok(result)) => result.map_err(SignalError::from),

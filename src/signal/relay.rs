@@ -127,6 +127,8 @@ pub struct RemoteConns {
     /// Asks of other nodes waiting for their answer, by id.
     asks: Mutex<HashMap<u64, tokio::sync::oneshot::Sender<Answer>>>,
     next_ask: std::sync::atomic::AtomicU64,
+    /// The last ask could not be sent (Redis gone): logged once, not per request.
+    asks_failing: std::sync::atomic::AtomicBool,
 }
 
 type Answer = Result<serde_json::Value, super::ask::Refusal>;
@@ -142,6 +144,11 @@ impl RemoteConns {
 
     pub(super) fn forget_answer(&self, id: u64) {
         self.asks.lock().remove(&id);
+    }
+
+    /// Whether an ask could be sent; true when that changed (to be logged).
+    pub(super) fn asks_sent(&self, sent: bool) -> bool {
+        self.asks_failing.swap(!sent, std::sync::atomic::Ordering::Relaxed) == sent
     }
 }
 
@@ -381,5 +388,15 @@ mod tests {
             let text = serde_json::to_string(&msg).unwrap();
             assert_eq!(serde_json::from_str::<Relayed>(&text).unwrap(), msg, "{text}");
         }
+    }
+
+    #[test]
+    fn a_failing_ask_link_is_reported_on_change_only() {
+        let r = RemoteConns::default();
+        assert!(!r.asks_sent(true), "working from the start: nothing to say");
+        assert!(r.asks_sent(false), "the first failure");
+        assert!(!r.asks_sent(false), "the next ones are quiet");
+        assert!(r.asks_sent(true), "working again");
+        assert!(!r.asks_sent(true));
     }
 }
