@@ -48,6 +48,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 const NODES: &str = "confer:nodes";
 /// Hash, node id → rooms placed on it since its last heartbeat.
 const PLACED: &str = "confer:placed";
+/// How many nodes ever left (removed their heartbeat): a node that came and
+/// went between two of another's heartbeats is never seen, and its calls
+/// are looked for when this changes ([`nodes::Takeovers`]).
+const LEFT: &str = "confer:nodes:left";
 /// How long Redis keeps a heartbeat nobody renews (garbage collection only).
 const HEARTBEAT_TTL_MS: u64 = 30_000;
 /// Placement attempts before giving up on a room whose placement keeps
@@ -185,8 +189,10 @@ impl Cluster {
 
     /// Heartbeats every 2 s from now on, with the load `load` reads; after
     /// each, the live calls of nodes that are gone (dead, or stopped) are
-    /// taken over, and `news` is told them with the live nodes (SPEC 13:
-    /// timers fire once, and a ringing call still goes missed on time).
+    /// taken over when a node was seen to go (and every minute: see
+    /// [`nodes::Takeovers`]), and `news` is told them with the live nodes
+    /// (SPEC 13: timers fire once, and a ringing call still goes missed on
+    /// time).
     pub fn start_heartbeats(self: &Arc<Self>, load: LoadFn, news: BeatFn) {
         *self.load.lock() = Some(load.clone());
         let me = Arc::downgrade(self);
@@ -195,19 +201,28 @@ impl Cluster {
             every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             every.tick().await; // the first heartbeat was written by join
             let mut failing = false;
+            let mut takeovers = nodes::Takeovers::default();
             loop {
                 every.tick().await;
                 let Some(me) = me.upgrade() else { break };
                 let result = async {
                     me.beat(load()).await?;
                     let snapshot = me.refresh_gauge().await?;
-                    let calls = me.take_over(&snapshot).await?;
-                    if !calls.is_empty() {
-                        tracing::info!(node = %me.me.id, calls = calls.len(), "cluster: took over the live calls of nodes that are gone");
-                    }
                     let mut live: Vec<NodeId> = snapshot.live(now_ms()).map(|n| n.id.clone()).collect();
                     if !live.contains(&me.me.id) {
                         live.push(me.me.id.clone());
+                    }
+                    let now = now_ms();
+                    let calls = if takeovers.due(&snapshot, now) {
+                        let calls = me.take_over(&snapshot).await?;
+                        takeovers.looked(&snapshot, now);
+                        calls
+                    } else {
+                        takeovers.skipped();
+                        Vec::new()
+                    };
+                    if !calls.is_empty() {
+                        tracing::info!(node = %me.me.id, calls = calls.len(), "cluster: took over the live calls of nodes that are gone");
                     }
                     news(live, calls);
                     Ok::<(), StoreError>(())
@@ -266,8 +281,10 @@ impl Cluster {
         if ids.is_empty() {
             return Ok(Snapshot::default());
         }
-        let keys: Vec<String> = ids.iter().map(|id| format!("confer:node:{id}")).collect();
-        let values: Vec<Option<String>> = con.mget(&keys).await.map_err(unavailable)?;
+        let mut keys: Vec<String> = ids.iter().map(|id| format!("confer:node:{id}")).collect();
+        keys.push(LEFT.to_owned());
+        let mut values: Vec<Option<String>> = con.mget(&keys).await.map_err(unavailable)?;
+        let left = values.pop().flatten().and_then(|v| v.parse().ok()).unwrap_or(0);
         let mut nodes = Vec::with_capacity(ids.len());
         let mut gone = Vec::new();
         for (id, v) in ids.iter().zip(values) {
@@ -284,7 +301,7 @@ impl Cluster {
         }
         let placed: std::collections::HashMap<String, u32> = con.hgetall(PLACED).await.map_err(unavailable)?;
         let placed_since_beat = placed.into_iter().map(|(k, v)| (NodeId::from(k), v)).collect();
-        Ok(Snapshot { nodes, placed_since_beat })
+        Ok(Snapshot { nodes, placed_since_beat, left })
     }
 
     async fn refresh_gauge(&self) -> Result<Snapshot, StoreError> {
@@ -369,7 +386,7 @@ impl Cluster {
             t.abort();
         }
         let mut p = redis::pipe();
-        p.del(node_key(&self.me.id)).ignore().srem(NODES, self.me.id.as_str()).ignore();
+        p.del(node_key(&self.me.id)).ignore().srem(NODES, self.me.id.as_str()).ignore().incr(LEFT, 1).ignore();
         match p.exec_async(&mut self.con.clone()).await {
             Ok(()) => tracing::info!(node = %self.me.id, "cluster: left"),
             Err(e) => {

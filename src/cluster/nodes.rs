@@ -64,6 +64,8 @@ impl Load {
 pub struct Snapshot {
     pub nodes: Vec<NodeInfo>,
     pub placed_since_beat: std::collections::HashMap<NodeId, u32>,
+    /// Nodes that ever left the cluster (stopped, removing their heartbeat).
+    pub left: u64,
 }
 
 impl Snapshot {
@@ -136,6 +138,47 @@ pub fn decide(current: Option<&NodeId>, snapshot: &Snapshot, asking: &NodeId, no
     }
 }
 
+/// Heartbeats between two looks for gone nodes' live calls when no node was
+/// seen to go (a call a node wrote in the moment it died, a node that went
+/// while this one could not read the heartbeats).
+pub const SWEEP_EVERY_BEATS: u32 = 30;
+
+/// When a heartbeat looks for the live calls of nodes that are gone (the
+/// takeover, an `HGETALL` of every live call in the cluster: too much to run
+/// on every beat of every node): at the first beat, when the snapshot shows
+/// a dead node not looked for yet (a killed node's heartbeat stays readable,
+/// and dead, for most of its 30 s TTL), when a node has left (its heartbeat
+/// removed at once, so it may never have been seen: [`Snapshot::left`]
+/// counts them), and every [`SWEEP_EVERY_BEATS`] beats.
+#[derive(Clone, Debug, Default)]
+pub struct Takeovers {
+    /// The dead nodes and the count of nodes left, at the last look.
+    seen: Option<(Vec<NodeId>, u64)>,
+    beats_since: u32,
+}
+
+impl Takeovers {
+    /// Whether this beat, reading `snapshot` at `now_ms`, should look.
+    pub fn due(&self, snapshot: &Snapshot, now_ms: u64) -> bool {
+        let Some((dead, left)) = &self.seen else { return true };
+        self.beats_since + 1 >= SWEEP_EVERY_BEATS
+            || snapshot.left != *left
+            || snapshot.nodes.iter().any(|n| !is_fresh(n, now_ms) && !dead.contains(&n.id))
+    }
+
+    /// A look at `snapshot` succeeded (it took over what there was).
+    pub fn looked(&mut self, snapshot: &Snapshot, now_ms: u64) {
+        let dead = snapshot.nodes.iter().filter(|n| !is_fresh(n, now_ms)).map(|n| n.id.clone()).collect();
+        self.seen = Some((dead, snapshot.left));
+        self.beats_since = 0;
+    }
+
+    /// A beat that did not look.
+    pub fn skipped(&mut self) {
+        self.beats_since += 1;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -158,6 +201,38 @@ mod tests {
 
     fn id(s: &str) -> NodeId {
         s.into()
+    }
+
+    #[test]
+    fn gone_nodes_calls_are_looked_for_when_a_node_goes_and_now_and_then() {
+        let at = |id: &str, at_ms| node(id, 0, 0, at_ms);
+        let snap = |nodes: Vec<NodeInfo>, left| Snapshot { left, ..snap(nodes) };
+        let now = 100_000;
+        let mut t = Takeovers::default();
+        let two = snap(vec![at("a", now), at("b", now)], 0);
+        assert!(t.due(&two, now), "the first beat looks (a node may have gone before this one came)");
+        t.looked(&two, now);
+        assert!(!t.due(&two, now));
+        t.skipped();
+        let three = snap(vec![at("a", now), at("b", now), at("c", now)], 0);
+        assert!(!t.due(&three, now), "a node coming is nothing to take over");
+        t.skipped();
+        // b killed: its heartbeat stays, dead.
+        let b_dead = snap(vec![at("a", now), at("b", now - DEAD_AFTER_MS), at("c", now)], 0);
+        assert!(!t.due(&b_dead, now - 1), "not dead yet");
+        assert!(t.due(&b_dead, now), "b died");
+        assert!(t.due(&b_dead, now), "a look that failed (Redis) is due again");
+        t.looked(&b_dead, now);
+        assert!(!t.due(&b_dead, now + 2_000), "b looked for once");
+        // c stops: its heartbeat goes at once; the count of nodes left says so.
+        let c_left = snap(vec![at("a", now)], 1);
+        assert!(t.due(&c_left, now + 2_000), "c left");
+        t.looked(&c_left, now + 2_000);
+        for _ in 0..SWEEP_EVERY_BEATS - 1 {
+            assert!(!t.due(&c_left, now + 4_000));
+            t.skipped();
+        }
+        assert!(t.due(&c_left, now + 4_000), "a sweep every {SWEEP_EVERY_BEATS} beats");
     }
 
     #[test]
