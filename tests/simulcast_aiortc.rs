@@ -21,11 +21,9 @@ use common::simulcast_aiortc::*;
 fn aiortc_subscribers_get_the_simulcast_layer_they_ask_for() {
     let (s, _, all) = run("aiortc-ceilings", "ceilings", &[("CONFER_MEDIA_BANDWIDTH_ESTIMATION", "false")]);
     let f = s["widest"].as_i64().unwrap();
-    // B's h comes "publisher": nobody had received h while A was at q and B at
-    // f, so dynacast had the publisher stop it, and B gets q (the best there is
-    // under its new ceiling) until h is back.
+    // Dynacast keeps every layer up to a ceiling on: B's h is there at once.
     for (ph, who, layer, reason) in
-        [("A-low", "A", "q", "requested"), ("A-high", "A", "f", "requested"), ("B-medium", "B", "h", "publisher")]
+        [("A-low", "A", "q", "requested"), ("A-high", "A", "f", "requested"), ("B-medium", "B", "h", "requested")]
     {
         let p = &s["phases"][ph];
         let after = p["afterMs"].as_u64().unwrap_or_else(|| panic!("{ph}: {who} never reached {layer}: {p}\n{all}"));
