@@ -99,16 +99,16 @@ impl Signaling {
                 "the cluster node holding this ({node}) does not answer; try again shortly"
             ))
         };
-        let changed = self.remote.asks_sent(sent.is_ok());
+        let changed = self.remote.reached(node, sent.is_ok());
         if let Err(e) = sent {
             self.remote.forget_answer(id);
             if changed {
-                tracing::warn!(%node, error = %e, "cluster: cannot ask another node (REST on rooms and calls held elsewhere answers unavailable; logged again when it works)");
+                tracing::warn!(%node, error = %e, "cluster: cannot reach another node (what it holds answers unavailable; logged again when it answers)");
             }
             return Err(unavailable());
         }
         if changed {
-            tracing::info!(%node, "cluster: asking other nodes works again");
+            tracing::info!(%node, "cluster: another node is reachable again");
         }
         match tokio::time::timeout(ASK_TIMEOUT, answer).await {
             Ok(Ok(result)) => result.map_err(SignalError::from),

@@ -127,8 +127,10 @@ pub struct RemoteConns {
     /// Asks of other nodes waiting for their answer, by id.
     asks: Mutex<HashMap<u64, tokio::sync::oneshot::Sender<Answer>>>,
     next_ask: std::sync::atomic::AtomicU64,
-    /// The last ask could not be sent (Redis gone): logged once, not per request.
-    asks_failing: std::sync::atomic::AtomicBool,
+    /// Nodes the last message to could not be sent (Redis gone, the node
+    /// dead): logged when a node becomes unreachable and when it answers
+    /// again, not per message.
+    unreachable: Mutex<std::collections::HashSet<NodeId>>,
 }
 
 type Answer = Result<serde_json::Value, super::ask::Refusal>;
@@ -146,9 +148,15 @@ impl RemoteConns {
         self.asks.lock().remove(&id);
     }
 
-    /// Whether an ask could be sent; true when that changed (to be logged).
-    pub(super) fn asks_sent(&self, sent: bool) -> bool {
-        self.asks_failing.swap(!sent, std::sync::atomic::Ordering::Relaxed) == sent
+    /// Whether a message to `node` could be sent; true when that changed
+    /// (to be logged).
+    pub(super) fn reached(&self, node: &NodeId, sent: bool) -> bool {
+        let mut unreachable = self.unreachable.lock();
+        if sent {
+            !unreachable.is_empty() && unreachable.remove(node)
+        } else {
+            unreachable.insert(node.clone())
+        }
     }
 }
 
@@ -391,12 +399,15 @@ mod tests {
     }
 
     #[test]
-    fn a_failing_ask_link_is_reported_on_change_only() {
+    fn an_unreachable_node_is_reported_on_change_only() {
         let r = RemoteConns::default();
-        assert!(!r.asks_sent(true), "working from the start: nothing to say");
-        assert!(r.asks_sent(false), "the first failure");
-        assert!(!r.asks_sent(false), "the next ones are quiet");
-        assert!(r.asks_sent(true), "working again");
-        assert!(!r.asks_sent(true));
+        let (b, c) = (NodeId::from("node-b".to_owned()), NodeId::from("node-c".to_owned()));
+        assert!(!r.reached(&b, true), "working from the start: nothing to say");
+        assert!(r.reached(&b, false), "the first failure");
+        assert!(!r.reached(&b, false), "the next ones are quiet");
+        assert!(r.reached(&c, false), "another node is news");
+        assert!(r.reached(&b, true), "b works again");
+        assert!(!r.reached(&b, true));
+        assert!(!r.reached(&c, false), "c still quiet");
     }
 }

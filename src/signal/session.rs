@@ -278,8 +278,16 @@ impl State {
             text: text.to_owned(),
             sent_at_us: super::relay::unix_micros(),
         };
-        link.send(node, &msg).await.map_err(|e| {
-            tracing::warn!(%node, error = %e, "cluster: cannot relay to a room's node");
+        let sent = link.send(node, &msg).await;
+        if signal.remote.reached(node, sent.is_ok()) {
+            match &sent {
+                Err(e) => {
+                    tracing::warn!(%node, error = %e, "cluster: cannot relay to a room's node (logged again when it answers)")
+                }
+                Ok(()) => tracing::info!(%node, "cluster: another node is reachable again"),
+            }
+        }
+        sent.map_err(|_| {
             SignalError::Unavailable(format!(
                 "the cluster node serving this room ({node}) does not answer; send room-join again to be placed anew"
             ))
