@@ -141,6 +141,13 @@ pub const FOLLOW_UP_QUIET: Duration = Duration::from_millis(600);
 pub const FOLLOW_UP_FOR: Duration = Duration::from_secs(5);
 /// Numbers of one NACK kept for its follow-up.
 pub const FOLLOW_UP: usize = 32;
+/// A follow-up is never sent for a packet this far behind the newest sent.
+/// aiortc's jitter buffer takes a packet 100 or more behind the one it waits
+/// for as a new stream: it drops what it holds and waits for numbers it has
+/// already played, until 512 newer ones pass. The follow-up's duplicates of
+/// packets that did arrive, sent late, did that (`tests/analytics.rs`: an
+/// aiortc subscriber of a lossy publisher decoded nothing for 30 s once).
+pub const FOLLOW_UP_MAX_BEHIND: u16 = 64;
 
 /// The packets a subscriber without transport-cc last NACKed, to be resent
 /// once more when its NACKs stop. Such a receiver cannot tell the SFU which

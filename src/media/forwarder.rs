@@ -268,6 +268,13 @@ impl Forwarder {
     /// keyframe-aware (aiortc) waits for every number it missed, and with
     /// such a packet unanswered it held every frame after a switch down on a
     /// lossy link until 512 packets had passed (11 s frozen).
+    /// How many numbers `out` is behind the newest sent (0: it is the
+    /// newest; `None`: nothing sent yet, or `out` is ahead of it).
+    pub fn behind_newest(&self, out: u16) -> Option<u16> {
+        let newest = self.seq.last_out?;
+        Some(newest.wrapping_sub(out)).filter(|&d| d < 0x8000)
+    }
+
     pub fn source_of(&self, out: u16) -> Option<(Layer, u16)> {
         self.log.get(out).map(|p| (p.layer, p.original))
     }
@@ -396,6 +403,22 @@ mod tests {
         let s = sent(f.decide(&pkt(7, 96), true, t0()));
         assert_eq!(s, Send { ssrc: Ssrc(4242), seq: 7, ts: 21_000, pt: 100, vp8: None, switched: false });
         assert_eq!(sent(f.decide(&pkt(8, 111), true, t0())).pt, 109);
+    }
+
+    #[test]
+    fn how_far_a_number_is_behind_the_newest_sent_across_the_wrap() {
+        let mut f = forwarder();
+        assert_eq!(f.behind_newest(5), None, "nothing sent");
+        for seq in [65_530, 65_535, 0, 3] {
+            sent(f.decide(&pkt(seq, 96), true, t0()));
+        }
+        assert_eq!(f.behind_newest(3), Some(0));
+        assert_eq!(f.behind_newest(65_535), Some(4));
+        assert_eq!(f.behind_newest(65_530), Some(9));
+        assert_eq!(f.behind_newest(4), None, "ahead of the newest");
+        // A reordered (late) packet does not move the newest back.
+        sent(f.decide(&pkt(1, 96), true, t0()));
+        assert_eq!(f.behind_newest(1), Some(2));
     }
 
     #[test]

@@ -254,11 +254,16 @@ impl Router {
                 if c.deferred.is_empty() {
                     let mut follow_up = std::mem::take(&mut c.follow_up);
                     let mut sent = 0;
-                    follow_up.due(now, |seq| match resend(leg, &p.history, c, seq, false, now, io) {
-                        Resend::NoRoom => false,
-                        r => {
-                            sent += u32::from(r == Resend::Sent);
-                            true
+                    follow_up.due(now, |seq| {
+                        if c.forwarder.behind_newest(seq).is_none_or(|d| d > consumer::FOLLOW_UP_MAX_BEHIND) {
+                            return true; // too old to send safely: skipped
+                        }
+                        match resend(leg, &p.history, c, seq, false, now, io) {
+                            Resend::NoRoom => false,
+                            r => {
+                                sent += u32::from(r == Resend::Sent);
+                                true
+                            }
                         }
                     });
                     if sent > 0 {
