@@ -4,14 +4,14 @@
 //! requests for the layers consumers wait for, and padding for the
 //! estimator's probes.
 
-use super::forward::{layer_changed, sent, stamps};
+use super::forward::{layer_changed, write, Outgoing};
 use super::Router;
 use crate::media::allocate::Layer;
 use crate::media::consumer::Consumer;
 use crate::media::ids::LegId;
 use crate::media::transport::{Side, Transport};
 use crate::media::worker::Io;
-use crate::media::{allocate, bwe, egress, MediaEvent};
+use crate::media::{allocate, bwe, MediaEvent};
 use crate::model::TrackKind;
 use rtc::rtcp;
 use std::time::Instant;
@@ -256,24 +256,13 @@ const PAD_AHEAD: std::time::Duration = std::time::Duration::from_millis(10);
 const MAX_PADDING_PER_TICK: usize = 64;
 
 /// One padding-only packet of a bandwidth probe on `c`'s RTX stream (see
-/// [`egress::Writer::padding`]); its size on the wire, or `None` when the
+/// [`crate::media::egress::Writer::padding`]); its size on the wire, or `None` when the
 /// leg cannot take it or `c` has no RTX.
 fn write_padding(leg: &mut Transport, io: &mut Io, c: &mut Consumer, now: Instant) -> Option<usize> {
-    let remote = leg.out.remote?;
+    leg.out.remote?;
+    leg.pc.local_srtp_context()?;
     let (ssrc, pt) = c.rewrite.rtx.as_ref().and_then(|r| r.payload_types.first().map(|&(_, pt)| (r.ssrc, pt)))?;
-    let ctx = leg.pc.local_srtp_context()?;
     c.rtx_seq = c.rtx_seq.wrapping_add(1);
     let ts = c.last_sent.map_or(0, |(ts, _)| ts);
-    let stamps = stamps(&mut leg.out, &c.rewrite, now);
-    let data = match io.writer.padding(ctx, &c.rewrite, (ssrc, pt, c.rtx_seq), ts, stamps, egress::MAX_PADDING) {
-        Ok(d) => d,
-        Err(e) => {
-            tracing::debug!(error = %e, "media: a padding packet was not protected");
-            return None;
-        }
-    };
-    let size = data.len();
-    io.failed += io.out.push(&io.socket, data, remote);
-    sent(leg, stamps, size, egress::MAX_PADDING, now);
-    Some(size)
+    write(leg, io, &c.rewrite, Outgoing::Padding { rtx: (ssrc, pt, c.rtx_seq), ts }, now)
 }

@@ -509,11 +509,9 @@ pub(super) fn layer_changed(io: &Io, c: &mut Consumer, track: &TrackId, layer: O
     io.event(MediaEvent::LayerChanged { peer: c.peer.clone(), track: track.clone(), layer, reason: c.reason });
 }
 
-/// Write one forwarded copy to a subscriber leg as `send` decided (as an
-/// RTX retransmission with `rtx`, see [`egress::Writer::protect`]): number
-/// it on the leg, protect, queue. The size counted (payload plus the fixed
-/// header), or `None` when the leg cannot take it (no address or SRTP
-/// context yet, a protect error).
+/// A forwarded packet, or its retransmission (on the RTX stream when `rtx`
+/// is set), written to `c`'s leg: the payload's size plus its RTP header,
+/// what the API counts as sent.
 fn write_copy(
     leg: &mut Transport,
     io: &mut Io,
@@ -523,25 +521,57 @@ fn write_copy(
     rtx: Option<(u32, u8, u16)>,
     now: Instant,
 ) -> Option<usize> {
+    write(leg, io, &c.rewrite, Outgoing::Copy { pkt, send, rtx }, now)?;
+    Some(pkt.payload.len() + 12)
+}
+
+/// What one write to a subscriber leg carries.
+pub(super) enum Outgoing<'a> {
+    /// A publisher's packet as `send` says, on the RTX stream `(ssrc, pt, seq)` when set.
+    Copy { pkt: &'a rtc::rtp::Packet, send: &'a forwarder::Send, rtx: Option<(u32, u8, u16)> },
+    /// A padding-only packet of a bandwidth probe on the RTX stream `(ssrc, pt, seq)`.
+    Padding { rtx: (u32, u8, u16), ts: u32 },
+}
+
+/// Stamp, protect and queue one packet to a subscriber leg, and account for
+/// it ([`sent`]): the one write path of forwarding, retransmission and
+/// padding. Its size on the wire, or `None` when the leg cannot take it.
+pub(super) fn write(
+    leg: &mut Transport,
+    io: &mut Io,
+    rewrite: &crate::media::rewrite::Rewrite,
+    out: Outgoing,
+    now: Instant,
+) -> Option<usize> {
     let remote = leg.out.remote?;
     let ctx = leg.pc.local_srtp_context()?;
-    let stamps = stamps(&mut leg.out, &c.rewrite, now);
-    let data = match io.writer.protect(ctx, &c.rewrite, pkt, send, stamps, rtx) {
+    let stamps = stamps(&mut leg.out, rewrite, now);
+    // What a REMB receiver counts of it: the payload (with RTX's original
+    // sequence number) or the padding.
+    let (data, counted) = match out {
+        Outgoing::Copy { pkt, send, rtx } => {
+            (io.writer.protect(ctx, rewrite, pkt, send, stamps, rtx), pkt.payload.len() + rtx.map_or(0, |_| 2))
+        }
+        Outgoing::Padding { rtx, ts } => {
+            (io.writer.padding(ctx, rewrite, rtx, ts, stamps, egress::MAX_PADDING), egress::MAX_PADDING)
+        }
+    };
+    let data = match data {
         Ok(d) => d,
         Err(e) => {
-            tracing::debug!(error = %e, "media: a forwarded packet was not protected");
+            tracing::debug!(error = %e, "media: a packet to a subscriber was not protected");
             return None;
         }
     };
     let size = data.len();
     io.failed += io.out.push(&io.socket, data, remote);
-    sent(leg, stamps, size, pkt.payload.len() + rtx.map_or(0, |_| 2), now);
-    Some(pkt.payload.len() + 12)
+    sent(leg, stamps, size, counted, now);
+    Some(size)
 }
 
 /// What the next packet to `rewrite`'s leg is stamped with: its transport-wide
 /// number, or (without transport-cc) its abs-send-time.
-pub(super) fn stamps(
+fn stamps(
     out: &mut egress::LegOut,
     rewrite: &crate::media::rewrite::Rewrite,
     now: Instant,
@@ -556,7 +586,7 @@ pub(super) fn stamps(
 /// leg's byte count (and `counted`, the payload and padding a REMB receiver
 /// counts, when stamped with a send time), its retransmission budget, and its
 /// estimator (with the transport-wide number, when the leg numbers its packets).
-pub(super) fn sent(leg: &mut Transport, stamps: egress::Stamps, size: usize, counted: usize, now: Instant) {
+fn sent(leg: &mut Transport, stamps: egress::Stamps, size: usize, counted: usize, now: Instant) {
     let transport_seq = stamps.transport_seq;
     leg.out.sent_bytes += size as u64;
     leg.out.sent_packets += 1;
