@@ -108,6 +108,18 @@ impl LoadOpts {
     }
 }
 
+/// What each client of the run (a publisher or a subscriber) is given.
+struct Client {
+    /// The run's options, aimed at the client's node.
+    opts: LoadOpts,
+    token: String,
+    room: String,
+    c: Arc<Counters>,
+    /// The run's clock, and when a client stops at the latest.
+    epoch: Instant,
+    stop: Instant,
+}
+
 /// Counters shared by every client of the run.
 struct Counters {
     /// The measured window, µs since the run's epoch, by send time: a packet
@@ -246,6 +258,7 @@ pub async fn run(opts: LoadOpts, keys: &TokenKeys) -> anyhow::Result<Value> {
     let setup = Duration::from_secs(10 + (opts.rooms * (opts.publishers + opts.subscribers)) as u64 / 10);
     // Clients stop when the report is made; this is only the backstop.
     let stop = Instant::now() + setup * 2 + Duration::from_secs(opts.seconds + 10);
+    let client = |opts, token, room: &String| Client { opts, token, room: room.clone(), c: counters.clone(), epoch, stop };
     let mut tasks = Vec::new();
     let mut subs = Vec::new();
     let mut rooms = Vec::new();
@@ -272,21 +285,12 @@ pub async fn run(opts: LoadOpts, keys: &TokenKeys) -> anyhow::Result<Value> {
             let room = j.create_room(opts.publishers, opts.video_kbps).await?.to_string();
             let (feed_tx, feed_rx) = tokio::sync::watch::channel(None);
             for i in 0..opts.subscribers {
-                let (o, room, c) = (opts.clone(), room.clone(), counters.clone());
+                let me = client(opts.clone(), format!("sub-{r}-{i}"), &room);
                 let j = Some((j.clone(), feed_rx.clone()));
-                subs.push(tokio::spawn(subscriber(
-                    o,
-                    format!("sub-{r}-{i}"),
-                    room,
-                    c,
-                    epoch,
-                    stop,
-                    j,
-                    Role { switch: opts.switch, ..Role::default() },
-                )));
+                subs.push(tokio::spawn(subscriber(me, j, Role { switch: opts.switch, ..Role::default() })));
             }
-            let (o, c) = (opts.clone(), counters.clone());
-            tasks.push(tokio::spawn(publisher(o, String::new(), room, c, epoch, stop, Some((j.clone(), feed_tx)))));
+            let me = client(opts.clone(), String::new(), &room);
+            tasks.push(tokio::spawn(publisher(me, Some((j.clone(), feed_tx)))));
             continue;
         }
         let resp = http
@@ -307,25 +311,16 @@ pub async fn run(opts: LoadOpts, keys: &TokenKeys) -> anyhow::Result<Value> {
         rooms.push((room.clone(), owner.clone()));
         for i in 0..opts.subscribers {
             let o = opts.for_client(r * (opts.publishers + opts.subscribers) + opts.publishers + i);
-            let (t, room, c) = (token(&format!("load-sub-{r}-{i}")), room.clone(), counters.clone());
+            let me = client(o, token(&format!("load-sub-{r}-{i}")), &room);
             let ceiling = (!opts.ceilings.is_empty()).then(|| opts.ceilings[i % opts.ceilings.len()].clone());
             let cap = (i == 0 && opts.cap_kbps.is_some()).then(|| Arc::new(peer::Cap::default()));
             counters.caps.lock().unwrap_or_else(|e| e.into_inner()).extend(cap.clone());
-            subs.push(tokio::spawn(subscriber(
-                o,
-                t,
-                room,
-                c,
-                epoch,
-                stop,
-                None,
-                Role { ceiling, cap, switch: opts.switch },
-            )));
+            subs.push(tokio::spawn(subscriber(me, None, Role { ceiling, cap, switch: opts.switch })));
         }
         for i in 0..opts.publishers {
             let o = opts.for_client(r * (opts.publishers + opts.subscribers) + i);
-            let (t, room, c) = (token(&format!("load-pub-{r}-{i}")), room.clone(), counters.clone());
-            tasks.push(tokio::spawn(publisher(o, t, room, c, epoch, stop, None)));
+            let me = client(o, token(&format!("load-pub-{r}-{i}")), &room);
+            tasks.push(tokio::spawn(publisher(me, None)));
         }
     }
     let per_pub = if opts.audio { 2 } else { 1 };

@@ -6,14 +6,10 @@ use super::*;
 
 /// One publisher: join, publish video (and audio), then send until the end.
 pub(super) async fn publisher(
-    opts: LoadOpts,
-    token: String,
-    room: String,
-    c: Arc<Counters>,
-    epoch: Instant,
-    stop: Instant,
+    me: Client,
     janus: Option<(Arc<janus::Janus>, tokio::sync::watch::Sender<Option<u64>>)>,
 ) -> anyhow::Result<Latencies> {
+    let Client { opts, token, room, c, epoch, stop } = me;
     let (video_ssrcs, audio_ssrc) = (rand::random::<[u32; 3]>(), rand::random::<u32>());
     let (audio, simulcast, sim_group) = (opts.audio, opts.simulcast, opts.simulcast && opts.sim_group);
     let offer_with = move |pc: &mut rtc::peer_connection::RTCPeerConnection, now| -> anyhow::Result<_> {

@@ -5,17 +5,12 @@
 use super::*;
 
 /// One subscriber: join, answer every subscribe-offer, count what arrives.
-#[allow(clippy::too_many_arguments)]
 pub(super) async fn subscriber(
-    opts: LoadOpts,
-    token: String,
-    room: String,
-    c: Arc<Counters>,
-    epoch: Instant,
-    stop: Instant,
+    me: Client,
     janus: Option<(Arc<janus::Janus>, tokio::sync::watch::Receiver<Option<u64>>)>,
     role: Role,
 ) -> anyhow::Result<Latencies> {
+    let Client { opts, token, room, c, epoch, stop } = me;
     match janus {
         Some((j, mut feed)) => {
             let p = RtcPeer::start_with(false, local_ip_towards(opts.target()).await?).await?;
