@@ -512,6 +512,8 @@ pub async fn camera_offer(peer: &confer::loadtest::peer::RtcPeer) -> (String, St
 
 /// A benchmark of a pass/fail scenario: run `scenario` `$RUNS` times (1 if
 /// unset), printing per run PASS or the first target it missed, then the tally.
+/// With `$BENCH_DETAILS` (a folder), a missed run's whole message (with the
+/// summary it judged) is also written there as `NAME-runI.txt`.
 pub fn bench_runs(name: &str, scenario: fn()) {
     let runs: usize = std::env::var("RUNS").ok().and_then(|r| r.parse().ok()).unwrap_or(1);
     std::panic::set_hook(Box::new(|_| {}));
@@ -525,7 +527,14 @@ pub fn bench_runs(name: &str, scenario: fn()) {
             Err(e) => {
                 let msg =
                     e.downcast_ref::<String>().cloned().or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()));
-                println!("run {i}: MISSED {}", msg.unwrap_or_default().lines().next().unwrap_or_default());
+                let msg = msg.unwrap_or_default();
+                println!("run {i}: MISSED {}", msg.lines().next().unwrap_or_default());
+                if let Some(dir) = std::env::var_os("BENCH_DETAILS") {
+                    let path = std::path::Path::new(&dir).join(format!("{name}-run{i}.txt"));
+                    if let Err(e) = std::fs::write(&path, &msg) {
+                        println!("run {i}: could not write {}: {e}", path.display());
+                    }
+                }
             }
         }
     }
