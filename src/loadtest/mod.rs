@@ -258,7 +258,8 @@ pub async fn run(opts: LoadOpts, keys: &TokenKeys) -> anyhow::Result<Value> {
     let setup = Duration::from_secs(10 + (opts.rooms * (opts.publishers + opts.subscribers)) as u64 / 10);
     // Clients stop when the report is made; this is only the backstop.
     let stop = Instant::now() + setup * 2 + Duration::from_secs(opts.seconds + 10);
-    let client = |opts, token, room: &String| Client { opts, token, room: room.clone(), c: counters.clone(), epoch, stop };
+    let client =
+        |opts, token, room: &String| Client { opts, token, room: room.clone(), c: counters.clone(), epoch, stop };
     let mut tasks = Vec::new();
     let mut subs = Vec::new();
     let mut rooms = Vec::new();

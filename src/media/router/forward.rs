@@ -571,11 +571,7 @@ pub(super) fn write(
 
 /// What the next packet to `rewrite`'s leg is stamped with: its transport-wide
 /// number, or (without transport-cc) its abs-send-time.
-fn stamps(
-    out: &mut egress::LegOut,
-    rewrite: &crate::media::rewrite::Rewrite,
-    now: Instant,
-) -> egress::Stamps {
+fn stamps(out: &mut egress::LegOut, rewrite: &crate::media::rewrite::Rewrite, now: Instant) -> egress::Stamps {
     egress::Stamps {
         transport_seq: rewrite.transport_cc.map(|_| out.transport_seq()),
         send_time: rewrite.abs_send_time.filter(|_| rewrite.transport_cc.is_none()).map(|_| out.send_time(now)),
