@@ -169,6 +169,19 @@ pub struct Room {
     pub messages: Vec<ChatMessage>,
 }
 
+/// A seat reserved over REST (`POST /rooms/:id/join`) that `room-join` has
+/// not bound yet, as the store keeps it: the node that holds the room next
+/// (after a restart, or in a cluster after the room's node died) honours it
+/// until `expires_at`. Never part of the API.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Reservation {
+    pub room_id: RoomId,
+    pub seat: RoomParticipant,
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: Timestamp,
+}
+
 /// Who sent a chat message: `room-message.from`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]

@@ -176,6 +176,7 @@ async fn a_room_goes_to_the_least_loaded_node_and_is_placed_again_when_its_node_
     let fresh = new_room(&ca, 8).await;
     let (st, body) = join(&ca, &fresh, "bob").await;
     assert_eq!(st, 200, "{body}");
+    let bobs_seat = body["peerId"].as_str().unwrap().to_owned();
     let held: String = con.get(format!("confer:room_node:{fresh}")).await.unwrap();
     assert_eq!(held, "node-b");
     let (st, body) = cb.get(&format!("/rooms/{fresh}"), "bob").await;
@@ -199,12 +200,32 @@ async fn a_room_goes_to_the_least_loaded_node_and_is_placed_again_when_its_node_
     let held: String = con.get(format!("confer:room_node:{fresh}")).await.unwrap();
     assert_eq!(held, "node-a");
     eprintln!("placed again {took:?} after the kill");
+    // bob's seat, reserved on node-b before it died, is node-a's now: in
+    // the room, and bound by his room-join there with the same peerId.
+    let (st, body) = ca.get(&format!("/rooms/{fresh}"), "bob").await;
+    let seats: Vec<&str> =
+        body["room"]["participants"].as_array().unwrap().iter().map(|p| p["peerId"].as_str().unwrap()).collect();
+    assert!(st == 200 && seats.len() == 2 && seats.contains(&bobs_seat.as_str()), "{st} {body}");
+    let reservations = format!("confer:reservations:{fresh}");
+    assert!(con.hexists::<_, _, bool>(&reservations, &bobs_seat).await.unwrap());
+    let mut ws = ca.ws_ready("bob").await;
+    ws.send(json!({"type": "room-join", "roomId": fresh, "peerId": bobs_seat, "reqId": 8})).await;
+    let joined = ws.recv_type("room-joined").await;
+    assert_eq!((joined["reqId"].as_i64(), joined["peerId"].as_str()), (Some(8), Some(bobs_seat.as_str())), "{joined}");
+    assert_eq!(joined["room"]["participants"].as_array().unwrap().len(), 2, "{joined}");
+    let kept: bool = con.hexists(&reservations, &bobs_seat).await.unwrap();
+    assert!(!kept, "a bound reservation leaves the store");
+    drop(ws);
 
     // Deleting a room forgets its placement.
     let (st, body) = ca.call("DELETE", &format!("/rooms/{busy}"), Some("alice"), None).await;
     assert!((200..300).contains(&st), "{st} {body}");
     let gone: Option<String> = con.get(format!("confer:room_node:{busy}")).await.unwrap();
     assert_eq!(gone, None);
+    let (st, body) = ca.call("DELETE", &format!("/rooms/{fresh}"), Some("alice"), None).await;
+    assert!((200..300).contains(&st), "{st} {body}");
+    let left: bool = con.exists(&reservations).await.unwrap();
+    assert!(!left, "carol's reservation goes with its room");
 }
 
 /// The compare-and-set itself, two nodes in this process placing the same

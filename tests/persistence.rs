@@ -55,8 +55,9 @@ async fn history_and_rooms_survive_kill_9() {
     let r1 = ok(&c, "POST", "/rooms", "alice", Some(json!({"name": "standup", "maxParticipants": 8}))).await;
     let r2 = ok(&c, "POST", "/rooms", "alice", Some(json!({"name": "secret", "isPrivate": true}))).await;
     let (r1, r2) = (r1["room"].clone(), r2["room"].clone());
-    // A seat reserved in a room: live state, not expected to survive.
-    ok(&c, "POST", &format!("/rooms/{}/join", r1["id"].as_str().unwrap()), "bob", None).await;
+    // A seat reserved in a room, not yet bound: it survives too.
+    let seat = ok(&c, "POST", &format!("/rooms/{}/join", r1["id"].as_str().unwrap()), "bob", None).await;
+    let seat = seat["peerId"].as_str().unwrap().to_owned();
     let rooms_before = ok(&c, "GET", "/rooms", "alice", None).await;
 
     let before = history(&c, "alice").await;
@@ -101,7 +102,7 @@ async fn history_and_rooms_survive_kill_9() {
     let (st, b) = c.get(&format!("/calls/{ringing}"), "frank").await;
     assert_eq!((st, &b["callSession"]["status"]), (200, &json!("ended")), "{b}");
 
-    // Rooms are still there, empty.
+    // Rooms are still there, empty but for bob's reservation.
     let rooms_after = ok(&c, "GET", "/rooms", "alice", None).await;
     assert_eq!(rooms_after["total"], rooms_before["total"], "{rooms_after}");
     for r in [&r1, &r2] {
@@ -111,10 +112,17 @@ async fn history_and_rooms_survive_kill_9() {
         for k in ["name", "maxParticipants", "isPrivate", "createdBy", "createdAt"] {
             assert_eq!(listed[k], r[k], "{k} of room {id}");
         }
-        assert_eq!(listed["participants"], json!([]), "{listed}");
         let got = ok(&c, "GET", &format!("/rooms/{id}"), "alice", None).await;
-        assert_eq!(got["room"]["participants"], json!([]), "{got}");
+        let seats: Vec<&Value> = got["room"]["participants"].as_array().unwrap().iter().collect();
+        let want: &[&str] = if r == &r1 { &[seat.as_str()] } else { &[] };
+        assert_eq!(seats.iter().map(|p| p["peerId"].as_str().unwrap()).collect::<Vec<_>>(), want, "{got}");
+        assert_eq!(listed["participants"], got["room"]["participants"], "{listed}");
     }
+    // ... and bob's room-join binds it, as before the restart.
+    let mut ws = c.ws_ready("bob").await;
+    ws.send(json!({"type": "room-join", "roomId": r1["id"], "peerId": seat})).await;
+    let joined = ws.recv_type("room-joined").await;
+    assert_eq!(joined["peerId"].as_str(), Some(seat.as_str()), "{joined}");
     // The private room is still private: bob does not see it.
     let bobs = ok(&c, "GET", "/rooms", "bob", None).await;
     assert!(!bobs["rooms"].as_array().unwrap().iter().any(|x| x["id"] == r2["id"]), "{bobs}");

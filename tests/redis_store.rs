@@ -13,7 +13,7 @@ mod common;
 use common::redis::RedisServer;
 use common::{child_client, ChildServer, TestServer};
 use confer::ids::NodeId;
-use confer::model::{CallMode, CallSession, CallStatus, CallType, Room};
+use confer::model::{CallMode, CallSession, CallStatus, CallType, Reservation, Room};
 use confer::store::{HistoryQuery, RedisStore, SledStore, Store};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
@@ -111,9 +111,35 @@ async fn store_behaviour(s: &dyn Store) {
     let mut names: Vec<String> = s.rooms().await.unwrap().into_iter().map(|r| r.name).collect();
     names.sort();
     assert_eq!(names, ["retro", "standup"]);
+
+    // Reservations, by room (room_ab's are not room_a's), until deleted or
+    // their room is.
+    let soon = time::OffsetDateTime::now_utc() + Duration::from_secs(60);
+    let reserved = |room: &str, peer: &str| Reservation {
+        room_id: room.into(),
+        seat: confer::model::RoomParticipant { peer_id: peer.into(), ..r.participants[0].clone() },
+        expires_at: soon,
+    };
+    for (room, peer) in [("room_a", "peer_1"), ("room_a", "peer_2"), ("room_ab", "peer_3"), ("room_b", "peer_4")] {
+        s.put_reservation(&reserved(room, peer)).await.unwrap();
+    }
+    let peers = async |room: &str| {
+        let mut p: Vec<String> =
+            s.reservations(&room.into()).await.unwrap().into_iter().map(|r| r.seat.peer_id.to_string()).collect();
+        p.sort();
+        p
+    };
+    assert_eq!(peers("room_a").await, ["peer_1", "peer_2"]);
+    assert_eq!(s.reservations(&"room_b".into()).await.unwrap(), [reserved("room_b", "peer_4")], "read back as written");
+    s.delete_reservation(&"room_a".into(), &"peer_1".into()).await.unwrap();
+    assert_eq!(peers("room_a").await, ["peer_2"]);
+    assert!(peers("room_none").await.is_empty());
+
     s.delete_room(&"room_a".into()).await.unwrap();
     assert_eq!(s.get_room(&"room_a".into()).await.unwrap(), None);
     assert_eq!(s.rooms().await.unwrap().len(), 1);
+    assert!(peers("room_a").await.is_empty(), "a deleted room's reservations go with it");
+    assert_eq!(peers("room_ab").await, ["peer_3"]);
 
     let summary = json!({"roomId": "room_b", "quality": {"score": 4.2, "rating": "good"}, "samples": [1, 2]});
     s.put_analytics("room:room_b", &summary).await.unwrap();

@@ -67,8 +67,8 @@ pub enum SignalError {
     #[error("{0}")]
     NotImplemented(String),
     /// In a cluster, the room's media is on another node. A `room-join` is
-    /// relayed there ([`relay`]); a REST seat reservation is not yet, and
-    /// is told where to go.
+    /// relayed there ([`relay`]), a REST seat reservation asked of it
+    /// ([`ask`]); it reaches a client (`unavailable`) only where neither can be.
     #[error("room is served by cluster node {node} at {url}: reserve the seat there, or send room-join over /rtc to any node")]
     OnOtherNode { node: crate::ids::NodeId, url: String },
     /// Something this needs in the cluster does not answer (SPEC 13).

@@ -4,6 +4,11 @@
 //! A REST join reserves a seat (it counts toward `maxParticipants`) for
 //! `rooms.reservation_ttl`; the WebSocket `room-join` of the SFU binds it.
 //! Either way a seat is one [`Participant`] record, `Reserved` or `Live`.
+//! A reservation is also in the store until it is bound or expires, so it
+//! outlives the node that made it: the node holding the room next (this one
+//! after a restart; in a cluster, the one the room is placed on after its
+//! node died) takes it in ([`RoomService::take_reservations`]) and its
+//! expiry timer with it, so the expiry fires once, there (SPEC 13).
 //! What happens once a participant is joined over `/rtc` lives in
 //! [`super::rooms_live`].
 
@@ -17,7 +22,7 @@ use super::{Actor, SignalError};
 use crate::clock;
 use crate::ids::{PeerId, RoomId};
 use crate::metrics::Metrics;
-use crate::model::{Room, RoomParticipant};
+use crate::model::{Reservation, Room, RoomParticipant};
 use crate::store::Store;
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -84,13 +89,25 @@ pub(super) struct RoomState {
     /// `room.messages` has changed since the store last got the room
     /// ([`super::chat`]).
     pub(super) chat_unsaved: bool,
+    /// This node has taken in the room's stored reservations
+    /// ([`RoomService::take_reservations`]); cleared when the room is found
+    /// placed on another node, so a takeover takes them in again.
+    pub(super) reservations_taken: bool,
 }
 
 impl RoomState {
     pub(super) fn new(mut room: Room) -> Self {
         // A persisted room is stored empty; seats live in memory only.
         room.participants.clear();
-        Self { room, participants: Vec::new(), call_parties: None, call: None, analytics: None, chat_unsaved: false }
+        Self {
+            room,
+            participants: Vec::new(),
+            call_parties: None,
+            call: None,
+            analytics: None,
+            chat_unsaved: false,
+            reservations_taken: false,
+        }
     }
 
     /// The room as the API shows it, with its seats and without its chat
@@ -176,7 +193,8 @@ impl RoomService {
         let rooms: HashMap<RoomId, RoomState> =
             store.rooms().await?.into_iter().map(|r| (r.id.clone(), RoomState::new(r))).collect();
         metrics.rooms_active.set(rooms.len() as i64);
-        Ok(Arc::new(Self {
+        let ids: Vec<RoomId> = rooms.keys().cloned().collect();
+        let service = Arc::new(Self {
             store,
             hub,
             metrics,
@@ -189,7 +207,16 @@ impl RoomService {
             grace: opts.grace,
             timers: opts.timers,
             placement: opts.placement,
-        }))
+        });
+        // A store of one's own: every room is this node's, so its
+        // reservations from before a restart are back at once (in a
+        // cluster, when the room is placed here: [`Self::claim`]).
+        if !service.store.is_shared() {
+            for id in &ids {
+                service.take_reservations(id).await?;
+            }
+        }
+        Ok(service)
     }
 
     pub async fn create(&self, actor: &Actor, req: NewRoom) -> Result<Room, SignalError> {
@@ -285,13 +312,64 @@ impl RoomService {
     /// relays to that node ([`super::relay`], [`super::ask`]).
     pub async fn claim(&self, id: &RoomId) -> Result<(), SignalError> {
         self.load(id).await?;
-        let Some(placement) = &self.placement else { return Ok(()) };
         if !self.rooms.lock().contains_key(id) {
             return Ok(()); // not-found comes from the caller, as without a cluster
         }
-        match placement.place(id).await? {
-            Placed::Here => Ok(()),
-            Placed::Elsewhere { node, url } => Err(SignalError::OnOtherNode { node, url }),
+        if let Some(placement) = &self.placement {
+            if let Placed::Elsewhere { node, url } = placement.place(id).await? {
+                if let Some(s) = self.rooms.lock().get_mut(id) {
+                    s.reservations_taken = false;
+                }
+                return Err(SignalError::OnOtherNode { node, url });
+            }
+        }
+        self.take_reservations(id).await
+    }
+
+    /// Once per holding of a room: its stored reservations become seats
+    /// here until they expire, with their expiry timers (those that expired
+    /// meanwhile, or no longer fit in the room, are dropped from the store).
+    /// One store read the first time a room is claimed, none after.
+    pub(super) async fn take_reservations(&self, id: &RoomId) -> Result<(), SignalError> {
+        if self.rooms.lock().get(id).is_none_or(|s| s.reservations_taken) {
+            return Ok(());
+        }
+        let stored = self.store.reservations(id).await?;
+        let (wall, now) = (clock::now(), Instant::now());
+        let mut stale = Vec::new();
+        {
+            let mut rooms = self.rooms.lock();
+            let Some(s) = rooms.get_mut(id) else { return Ok(()) };
+            if std::mem::replace(&mut s.reservations_taken, true) {
+                return Ok(()); // taken in meanwhile
+            }
+            for r in stored {
+                let peer = r.seat.peer_id.clone();
+                if s.seat(&peer).is_some() {
+                    continue; // made here, and already a seat
+                }
+                match Duration::try_from(r.expires_at - wall) {
+                    Ok(left) if !left.is_zero() && !s.is_full() => {
+                        let presence = Presence::Reserved { until: now + left };
+                        s.participants.push(Participant { seat: r.seat, presence });
+                        self.timers.start(TimerKey::ReservationExpiry(id.clone(), peer), left);
+                    }
+                    _ => stale.push(peer),
+                }
+            }
+        }
+        for peer in &stale {
+            self.forget_reservation(id, peer).await;
+        }
+        Ok(())
+    }
+
+    /// A reservation bound, expired or given up: out of the store. A failure
+    /// leaves a record that expires by itself (Redis) or is dropped at the
+    /// next [`Self::take_reservations`] (sled), so it is only logged.
+    pub(super) async fn forget_reservation(&self, room: &RoomId, peer: &PeerId) {
+        if let Err(e) = self.store.delete_reservation(room, peer).await {
+            tracing::warn!(%room, %peer, error = %e, "could not remove a seat reservation from the store");
         }
     }
 
@@ -314,6 +392,22 @@ impl RoomService {
     /// Reserve a seat: `POST /rooms/:id/join`.
     pub async fn reserve(&self, actor: &Actor, id: &RoomId) -> Result<(Room, PeerId), SignalError> {
         self.claim(id).await?;
+        let (view, kept) = self.reserve_now(actor, id)?;
+        let peer_id = kept.seat.peer_id.clone();
+        // Answered once the store has it, so a node that takes the room
+        // over honours it; not held under the lock.
+        if let Err(e) = self.store.put_reservation(&kept).await {
+            self.timers.cancel(TimerKey::ReservationExpiry(id.clone(), peer_id.clone()));
+            if let Some(s) = self.rooms.lock().get_mut(id) {
+                s.participants.retain(|p| p.peer() != &peer_id || p.live().is_some());
+            }
+            return Err(e.into());
+        }
+        Ok((view, peer_id))
+    }
+
+    /// [`Self::reserve`] under the lock: the seat taken, and its record.
+    fn reserve_now(&self, actor: &Actor, id: &RoomId) -> Result<(Room, Reservation), SignalError> {
         let now = Instant::now();
         let mut rooms = self.rooms.lock();
         let s = find(&mut rooms, id)?;
@@ -323,22 +417,23 @@ impl RoomService {
             return Err(SignalError::RoomFull);
         }
         let peer_id = PeerId::random();
-        s.participants.push(Participant {
-            seat: super::rooms_live::seat(actor, &peer_id),
-            presence: Presence::Reserved { until: now + self.reservation_ttl },
-        });
-        self.timers.start(TimerKey::ReservationExpiry(id.clone(), peer_id.clone()), self.reservation_ttl);
-        Ok((s.view(), peer_id))
+        let seat = super::rooms_live::seat(actor, &peer_id);
+        let expires_at = seat.joined_at + self.reservation_ttl;
+        let kept = Reservation { room_id: id.clone(), seat: seat.clone(), expires_at };
+        s.participants.push(Participant { seat, presence: Presence::Reserved { until: now + self.reservation_ttl } });
+        self.timers.start(TimerKey::ReservationExpiry(id.clone(), peer_id), self.reservation_ttl);
+        Ok((s.view(), kept))
     }
 
     /// One of the room timers fired (the others are not ours).
     pub async fn on_timer(&self, key: &TimerKey) {
         match key {
             TimerKey::ReservationExpiry(room, peer) => {
-                let mut rooms = self.rooms.lock();
-                let Some(s) = rooms.get_mut(room) else { return };
-                // Bound, given up or expired meanwhile: nothing left to do.
-                s.participants.retain(|p| p.peer() != peer || p.live().is_some());
+                if let Some(s) = self.rooms.lock().get_mut(room) {
+                    // Bound meanwhile: the seat is live and stays.
+                    s.participants.retain(|p| p.peer() != peer || p.live().is_some());
+                }
+                self.forget_reservation(room, peer).await;
             }
             TimerKey::SeatGrace(room, peer) => self.on_seat_grace(room, peer).await,
             TimerKey::ChatPersist(room) => self.on_chat_persist(room).await,

@@ -61,13 +61,29 @@ impl RoomService {
     }
 
     /// `room-join`: bind a reservation (`peerId`), rebind one's own seat after
-    /// a reconnect, or take a new seat.
-    pub fn join_ws(
+    /// a reconnect, or take a new seat. A reservation bound leaves the store
+    /// after the seat is live (not under the lock).
+    pub async fn join_ws(
         &self,
         actor: &Actor,
         room_id: &RoomId,
         peer_id: Option<PeerId>,
     ) -> Result<ServerEvent, SignalError> {
+        let (joined, bound) = self.join_seat(actor, room_id, peer_id)?;
+        if let Some(peer) = bound {
+            self.forget_reservation(room_id, &peer).await;
+        }
+        Ok(joined)
+    }
+
+    /// [`Self::join_ws`] under the lock: the answer, and the reservation it
+    /// bound.
+    fn join_seat(
+        &self,
+        actor: &Actor,
+        room_id: &RoomId,
+        peer_id: Option<PeerId>,
+    ) -> Result<(ServerEvent, Option<PeerId>), SignalError> {
         let media = self.media()?.clone();
         let Some(conn) = actor.conn.clone() else {
             return Err(SignalError::BadRequest("room-join needs a WebSocket".into()));
@@ -77,6 +93,7 @@ impl RoomService {
         check_access(actor, s)?;
         expire(s, Instant::now());
         let live = Live { conn, dropped: false, mids: HashMap::new(), chat: self.chat_bucket() };
+        let mut bound = None;
         let peer = match peer_id {
             Some(p) => {
                 let Some(reserved) = s.seat(&p) else {
@@ -98,6 +115,7 @@ impl RoomService {
                 } else {
                     s.seat_mut(&p).expect("found above").presence = Presence::Live(live);
                     self.timers.cancel(TimerKey::ReservationExpiry(room_id.clone(), p.clone()));
+                    bound = Some(p.clone());
                 }
                 p
             }
@@ -117,13 +135,14 @@ impl RoomService {
         media.send(Command::Join { room: room_id.clone(), peer: peer.clone(), subscribe });
         let me = s.seat(&peer).map(|p| p.seat.clone()).expect("seated above");
         self.tell_room(s, Some(&peer), &ServerEvent::ParticipantJoined { room_id: room_id.clone(), participant: me });
-        Ok(ServerEvent::RoomJoined {
+        let joined = ServerEvent::RoomJoined {
             req_id: None,
             room_id: room_id.clone(),
             peer_id: peer,
             room: s.view(),
             ice_servers: (self.ice_servers)(actor.user()),
-        })
+        };
+        Ok((joined, bound))
     }
 
     /// The actor's joined seat in a room, found by its connection.

@@ -381,7 +381,7 @@ impl State {
                 if let Some((call, name, parties)) = calls.sfu_room(a, &room_id) {
                     signal.rooms.ensure_call_room(&room_id, &call, name.as_deref(), parties);
                 }
-                match signal.rooms.join_ws(a, &room_id, peer_id)? {
+                match signal.rooms.join_ws(a, &room_id, peer_id).await? {
                     ServerEvent::RoomJoined { room_id, peer_id, room, ice_servers, .. } => {
                         Some(ServerEvent::RoomJoined { req_id, room_id, peer_id, room, ice_servers })
                     }

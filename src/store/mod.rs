@@ -1,5 +1,5 @@
-//! Persistence behind the [`Store`] trait: calls, rooms and analytics
-//! summaries. [`SledStore`] keeps them in sled in the data dir (one node, the
+//! Persistence behind the [`Store`] trait: calls, rooms, seat reservations
+//! and analytics summaries. [`SledStore`] keeps them in sled in the data dir (one node, the
 //! default); [`RedisStore`] in Redis, shared by the nodes of a cluster
 //! (`cluster.redis_url`). Depends only on `model` and `ids`.
 //!
@@ -19,8 +19,8 @@ mod sled_store;
 pub use redis_store::RedisStore;
 pub use sled_store::SledStore;
 
-use crate::ids::{CallId, RoomId, UserId};
-use crate::model::{CallSession, CallStatus, CallType, Room};
+use crate::ids::{CallId, PeerId, RoomId, UserId};
+use crate::model::{CallSession, CallStatus, CallType, Reservation, Room};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -82,6 +82,14 @@ pub trait Store: Send + Sync + 'static {
     fn get_room<'a>(&'a self, id: &'a RoomId) -> StoreFuture<'a, Option<Room>>;
     fn delete_room<'a>(&'a self, id: &'a RoomId) -> StoreFuture<'a, ()>;
     fn rooms(&self) -> StoreFuture<'_, Vec<Room>>;
+
+    /// Seat reservations outlive the node that made them (SPEC 4, 13): kept
+    /// until bound, expired or their room deleted ([`Store::delete_room`]
+    /// drops a room's).
+    fn put_reservation<'a>(&'a self, r: &'a Reservation) -> StoreFuture<'a, ()>;
+    fn delete_reservation<'a>(&'a self, room: &'a RoomId, peer: &'a PeerId) -> StoreFuture<'a, ()>;
+    /// A room's reservations, expired ones included (the caller has the clock).
+    fn reservations<'a>(&'a self, room: &'a RoomId) -> StoreFuture<'a, Vec<Reservation>>;
 
     /// An analytics summary (JSON) kept with a call or room.
     fn put_analytics<'a>(&'a self, key: &'a str, summary: &'a serde_json::Value) -> StoreFuture<'a, ()>;

@@ -6,6 +6,8 @@
 //! - `confer:calls:live`: hash, call id → id of the node that wrote it last,
 //!   for calls not in a final state (each node settles its own on restart)
 //! - `confer:rooms`: hash, room id → JSON room (stored empty, as in sled)
+//! - `confer:reservations:{room}`: hash, peer id → JSON [`Reservation`], a seat
+//!   reserved and not yet bound; the key expires with its last reservation
 //! - `confer:analytics:{key}`: JSON summary
 //!
 //! The history indexes give the same pages as sled's: scored by the call's
@@ -27,8 +29,8 @@
 //! the pings are also what reconnects an idle node after an outage.
 
 use super::{HistoryPage, HistoryQuery, Store, StoreError, StoreFuture};
-use crate::ids::{CallId, NodeId, RoomId, UserId};
-use crate::model::{CallSession, Room};
+use crate::ids::{CallId, NodeId, PeerId, RoomId, UserId};
+use crate::model::{CallSession, Reservation, Room};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, RedisError};
 use std::collections::HashMap;
@@ -57,6 +59,10 @@ fn call_key(id: &CallId) -> String {
 
 fn user_calls_key(user: &UserId) -> String {
     format!("confer:user_calls:{user}")
+}
+
+fn reservations_key(room: &RoomId) -> String {
+    format!("confer:reservations:{room}")
 }
 
 fn analytics_key(key: &str) -> String {
@@ -285,13 +291,41 @@ impl Store for RedisStore {
     }
 
     fn delete_room<'a>(&'a self, id: &'a RoomId) -> StoreFuture<'a, ()> {
-        Box::pin(async move { self.con().hdel(ROOMS, id.as_str()).await.map_err(redis_error) })
+        Box::pin(async move {
+            let mut p = redis::pipe();
+            p.atomic().hdel(ROOMS, id.as_str()).ignore().del(reservations_key(id)).ignore();
+            p.exec_async(&mut self.con()).await.map_err(redis_error)
+        })
     }
 
     fn rooms(&self) -> StoreFuture<'_, Vec<Room>> {
         Box::pin(async move {
             let values: Vec<Vec<u8>> = self.con().hvals(ROOMS).await.map_err(redis_error)?;
             values.iter().map(|v| decode(ROOMS, v)).collect()
+        })
+    }
+
+    fn put_reservation<'a>(&'a self, r: &'a Reservation) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            let key = reservations_key(&r.room_id);
+            // Every reservation lasts `rooms.reservation_ttl`, so the newest
+            // expires last: the key goes a second after it.
+            let gone_ms = (r.expires_at.unix_timestamp_nanos() / 1_000_000) as i64 + 1000;
+            let mut p = redis::pipe();
+            p.atomic().hset(&key, r.seat.peer_id.as_str(), encode(r)?).ignore().pexpire_at(&key, gone_ms).ignore();
+            p.exec_async(&mut self.con()).await.map_err(redis_error)
+        })
+    }
+
+    fn delete_reservation<'a>(&'a self, room: &'a RoomId, peer: &'a PeerId) -> StoreFuture<'a, ()> {
+        Box::pin(async move { self.con().hdel(reservations_key(room), peer.as_str()).await.map_err(redis_error) })
+    }
+
+    fn reservations<'a>(&'a self, room: &'a RoomId) -> StoreFuture<'a, Vec<Reservation>> {
+        Box::pin(async move {
+            let key = reservations_key(room);
+            let values: Vec<Vec<u8>> = self.con().hvals(&key).await.map_err(redis_error)?;
+            values.iter().map(|v| decode(&key, v)).collect()
         })
     }
 

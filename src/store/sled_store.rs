@@ -3,6 +3,8 @@
 //! - `calls_by_time`: created-at (ns, big-endian) ++ call id → () (all calls, newest last)
 //! - `user_calls`: user id ++ 0x00 ++ created-at ++ call id → () (a user's calls)
 //! - `rooms`: room id → JSON room (participants are not persisted: rooms restart empty)
+//! - `reservations`: room id ++ 0x00 ++ peer id → JSON [`Reservation`] (a seat
+//!   reserved over REST and not yet bound, honoured again after a restart)
 //! - `analytics`: key → JSON summary
 //!
 //! A call and its index entries are written in one transaction. sled flushes
@@ -10,8 +12,8 @@
 //! at most one second).
 
 use super::{HistoryPage, HistoryQuery, Store, StoreError, StoreFuture};
-use crate::ids::{CallId, RoomId, UserId};
-use crate::model::{CallSession, Room};
+use crate::ids::{CallId, PeerId, RoomId, UserId};
+use crate::model::{CallSession, Reservation, Room};
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional;
 use std::path::Path;
@@ -22,6 +24,7 @@ pub struct SledStore {
     calls_by_time: sled::Tree,
     user_calls: sled::Tree,
     rooms: sled::Tree,
+    reservations: sled::Tree,
     analytics: sled::Tree,
 }
 
@@ -41,6 +44,7 @@ impl SledStore {
             calls_by_time: db.open_tree("calls_by_time").map_err(backend)?,
             user_calls: db.open_tree("user_calls").map_err(backend)?,
             rooms: db.open_tree("rooms").map_err(backend)?,
+            reservations: db.open_tree("reservations").map_err(backend)?,
             analytics: db.open_tree("analytics").map_err(backend)?,
             db,
         })
@@ -67,6 +71,19 @@ fn user_key(user: &UserId, call: &CallSession) -> Vec<u8> {
 fn by_time_key(call: &CallSession) -> Vec<u8> {
     let mut k = time_key(call).to_vec();
     k.extend_from_slice(call.id.as_str().as_bytes());
+    k
+}
+
+/// A room's keys in `reservations`: its id and a 0x00 (ids never hold one).
+fn room_prefix(room: &RoomId) -> Vec<u8> {
+    let mut k = room.as_str().as_bytes().to_vec();
+    k.push(0);
+    k
+}
+
+fn reservation_key(room: &RoomId, peer: &PeerId) -> Vec<u8> {
+    let mut k = room_prefix(room);
+    k.extend_from_slice(peer.as_str().as_bytes());
     k
 }
 
@@ -166,6 +183,31 @@ impl SledStore {
             .collect()
     }
 
+    fn delete_room_now(&self, id: &RoomId) -> Result<(), StoreError> {
+        self.rooms.remove(id.as_str()).map_err(backend)?;
+        let mut batch = sled::Batch::default();
+        for k in self.reservations.scan_prefix(room_prefix(id)).keys() {
+            batch.remove(k.map_err(backend)?);
+        }
+        self.reservations.apply_batch(batch).map_err(backend)
+    }
+
+    fn put_reservation_now(&self, r: &Reservation) -> Result<(), StoreError> {
+        let v = serde_json::to_vec(r).map_err(backend)?;
+        self.reservations.insert(reservation_key(&r.room_id, &r.seat.peer_id), v).map_err(backend)?;
+        Ok(())
+    }
+
+    fn reservations_now(&self, room: &RoomId) -> Result<Vec<Reservation>, StoreError> {
+        self.reservations
+            .scan_prefix(room_prefix(room))
+            .map(|r| {
+                let (k, v) = r.map_err(backend)?;
+                decode(&k, &v)
+            })
+            .collect()
+    }
+
     fn put_analytics_now(&self, key: &str, summary: &serde_json::Value) -> Result<(), StoreError> {
         let v = serde_json::to_vec(summary).map_err(backend)?;
         self.analytics.insert(key, v).map_err(backend)?;
@@ -211,11 +253,23 @@ impl Store for SledStore {
     }
 
     fn delete_room<'a>(&'a self, id: &'a RoomId) -> StoreFuture<'a, ()> {
-        Box::pin(async move { self.rooms.remove(id.as_str()).map(|_| ()).map_err(backend) })
+        Box::pin(async move { self.delete_room_now(id) })
     }
 
     fn rooms(&self) -> StoreFuture<'_, Vec<Room>> {
         Box::pin(async move { self.rooms_now() })
+    }
+
+    fn put_reservation<'a>(&'a self, r: &'a Reservation) -> StoreFuture<'a, ()> {
+        Box::pin(async move { self.put_reservation_now(r) })
+    }
+
+    fn delete_reservation<'a>(&'a self, room: &'a RoomId, peer: &'a PeerId) -> StoreFuture<'a, ()> {
+        Box::pin(async move { self.reservations.remove(reservation_key(room, peer)).map(|_| ()).map_err(backend) })
+    }
+
+    fn reservations<'a>(&'a self, room: &'a RoomId) -> StoreFuture<'a, Vec<Reservation>> {
+        Box::pin(async move { self.reservations_now(room) })
     }
 
     fn put_analytics<'a>(&'a self, key: &'a str, summary: &'a serde_json::Value) -> StoreFuture<'a, ()> {
