@@ -198,6 +198,8 @@ pub struct MediaMetrics {
     pub retransmit_over_budget: IntCounter,
     /// NACKed packets sent a second time to a receiver without transport-cc.
     pub retransmit_follow_up: IntCounter,
+    /// NACKs from before a layer switch answered by a filler.
+    pub retransmit_filled: IntCounter,
     /// Bandwidth probes by result: raised (the estimate), not_raised.
     probes: [IntCounter; 2],
     pub padding_bytes: IntCounter,
@@ -266,6 +268,10 @@ impl MediaMetrics {
             retransmit_follow_up: counter(
                 "confer_retransmissions_follow_up_total",
                 "NACKed packets the SFU sent once more, unasked, to a subscriber without transport-cc once its NACKs stopped (it cannot say which retransmissions arrived)",
+            ),
+            retransmit_filled: counter(
+                "confer_retransmissions_filled_total",
+                "NACKed packets from before a layer switch that the SFU answered with a padding packet under the same number, not the packet, to a subscriber without transport-cc (what came before the new layer's keyframe is of no use to it, but aiortc's jitter buffer waits for every number it missed)",
             ),
             probes: ["raised", "not_raised"].map(|r| probes.with_label_values(&[r])),
             padding_bytes: counter(

@@ -107,6 +107,9 @@ pub struct Forwarder {
     last_sent: Option<Instant>,
     /// What went out lately, for NACKs.
     log: SentLog,
+    /// The number the last layer switch's keyframe went out under: what was
+    /// sent before it is superseded ([`Self::filler`]).
+    switched_at: Option<u16>,
 }
 
 impl Forwarder {
@@ -124,6 +127,7 @@ impl Forwarder {
             simulcast: false,
             last_sent: None,
             log: SentLog::new(),
+            switched_at: None,
         }
     }
 
@@ -258,7 +262,10 @@ impl Forwarder {
             vp8,
             switched,
         };
-        self.log.record(Sent { out: send.seq, layer: pkt.layer, original: pkt.seq, ts: send.ts, vp8 });
+        if switched && self.simulcast {
+            self.switched_at = Some(send.seq);
+        }
+        self.log.record(Sent { out: send.seq, layer: pkt.layer, original: pkt.seq, ts: send.ts, pt, vp8 });
         Decision::Send(send)
     }
 
@@ -287,6 +294,27 @@ impl Forwarder {
         let pt = self.leg_payload_type(pt)?;
         Some(Send { ssrc: self.ssrc, seq: out, ts: p.ts, pt, vp8: p.vp8, switched: false })
     }
+
+    /// For a NACK of `out` sent before the last layer switch: the header of a
+    /// padding-only packet under that number (the same timestamp and payload
+    /// type), which answers it in place of the packet. What came before the
+    /// new layer's keyframe cannot help the receiver decode anything after
+    /// it, but a jitter buffer that is not keyframe-aware (aiortc's) holds
+    /// every later frame until each number it missed has arrived or 512
+    /// more have: resending the old layer's packets into the congestion
+    /// that caused the switch (down) lost them again and froze such a
+    /// receiver for 10-15 s, where a padding packet of a few bytes fills
+    /// the hole. `None` for the keyframe and what followed it, and for a
+    /// number not in the log.
+    pub fn filler(&self, out: u16) -> Option<Send> {
+        let switched_at = self.switched_at?;
+        let behind = switched_at.wrapping_sub(out);
+        if behind == 0 || behind >= 0x8000 {
+            return None;
+        }
+        let p = self.log.get(out)?;
+        Some(Send { ssrc: self.ssrc, seq: out, ts: p.ts, pt: p.pt, vp8: None, switched: false })
+    }
 }
 
 /// How many sent packets a consumer remembers for NACKs: the span of the
@@ -309,6 +337,8 @@ struct Sent {
     layer: Layer,
     original: u16,
     ts: u32,
+    /// The leg's payload type it went out with.
+    pt: u8,
     vp8: Option<Vp8Rewrite>,
 }
 
@@ -615,6 +645,15 @@ mod tests {
     }
 
     #[test]
+    fn a_single_layer_track_has_no_fillers() {
+        let mut f = forwarder();
+        let first = sent(f.decide(&pkt(10, 96), true, t0()));
+        f.skip();
+        sent(f.decide(&pkt(20, 96), true, t0()));
+        assert_eq!(f.filler(first.seq), None, "a resume after a pause is not a layer switch");
+    }
+
+    #[test]
     fn the_sent_log_keeps_the_last_512_across_the_wrap() {
         let mut f = forwarder();
         let first = 65_000u16;
@@ -683,6 +722,21 @@ mod tests {
         }
         let (_, _, first_h) = sent.iter().find(|(_, l, _)| *l == Layer::H).unwrap();
         assert!(first_h.switched);
+        // A NACK of an f packet is answered by a filler under its number (its
+        // timestamp, the leg's payload type, no payload rewrite); the keyframe
+        // and what came after it by the packets themselves.
+        for (_, l, s) in &sent {
+            let filler = f.filler(s.seq);
+            if *l == Layer::F {
+                assert_eq!(
+                    filler,
+                    Some(Send { ssrc: Ssrc(9), seq: s.seq, ts: s.ts, pt: 100, vp8: None, switched: false })
+                );
+            } else {
+                assert_eq!(filler, None, "{s:?} is h, after the switch");
+            }
+        }
+        assert_eq!(f.filler(sent[0].2.seq.wrapping_sub(1)), None, "not in the log");
         // Already at the target: nothing to cut.
         assert!(!f.set_target_now(Some(Layer::H)));
         assert_eq!(f.current(), Some(Layer::H));

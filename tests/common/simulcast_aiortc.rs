@@ -63,8 +63,13 @@ pub fn run(room: &str, mode: &str, env: &[(&str, &str)]) -> (Value, Value, Strin
         "sfu_simulcast.py {mode} failed:\n{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let s: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let mut s: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
     let p = publisher.join().expect("the publisher thread");
+    // Fillers (padding under a missed number from before a layer switch)
+    // count as received in aiortc's statistics: the caller counts them lost.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let filled = rt.block_on(super::child_client(server.addr).metric("confer_retransmissions_filled_total"));
+    s["server"] = serde_json::json!({ "filled": filled });
     drop(server);
     assert!(p["crash"].is_null() && p["errors"] == serde_json::json!([]), "publisher: {p}");
     // Under CPU load libwebrtc would otherwise shrink the layers, and the

@@ -264,5 +264,11 @@ fn write_padding(leg: &mut Transport, io: &mut Io, c: &mut Consumer, now: Instan
     let (ssrc, pt) = c.rewrite.rtx.as_ref().and_then(|r| r.payload_types.first().map(|&(_, pt)| (r.ssrc, pt)))?;
     c.rtx_seq = c.rtx_seq.wrapping_add(1);
     let ts = c.last_sent.map_or(0, |(ts, _)| ts);
-    write(leg, io, &c.rewrite, Outgoing::Padding { rtx: (ssrc, pt, c.rtx_seq), ts }, now)
+    write(
+        leg,
+        io,
+        &c.rewrite,
+        Outgoing::Padding { stream: (ssrc, pt, c.rtx_seq), ts, bytes: crate::media::egress::MAX_PADDING },
+        now,
+    )
 }

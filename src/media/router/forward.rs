@@ -470,7 +470,10 @@ enum Resend {
 
 /// Resend the packet a subscriber knows as `seq` from the producer's
 /// `history`, if the leg's budget has room (with the estimator on) or it is
-/// `overdue` (see [`consumer::DEFERRED_OVERDUE`]).
+/// `overdue` (see [`consumer::DEFERRED_OVERDUE`]). To a leg without
+/// transport-cc, one sent before the last layer switch goes as a filler
+/// instead ([`crate::media::forwarder::Forwarder::filler`]): a few dozen
+/// bytes, so not held to the budget.
 fn resend(
     leg: &mut Transport,
     history: &[crate::media::producer::History; 3],
@@ -480,6 +483,16 @@ fn resend(
     now: Instant,
     io: &mut Io,
 ) -> Resend {
+    if c.rewrite.transport_cc.is_none() {
+        if let Some(fill) = c.forwarder.filler(seq) {
+            let filler = Outgoing::Padding { stream: (fill.ssrc.0, fill.pt, fill.seq), ts: fill.ts, bytes: 1 };
+            if write(leg, io, &c.rewrite, filler, now).is_none() {
+                return Resend::Gone;
+            }
+            io.metrics.retransmit_filled.inc();
+            return Resend::Sent;
+        }
+    }
     let Some((layer, original)) = c.forwarder.source_of(seq) else { return Resend::Gone };
     let Some(pkt) = history[layer as usize].get(original) else { return Resend::Gone };
     let h = &pkt.header;
@@ -529,8 +542,10 @@ fn write_copy(
 pub(super) enum Outgoing<'a> {
     /// A publisher's packet as `send` says, on the RTX stream `(ssrc, pt, seq)` when set.
     Copy { pkt: &'a rtc::rtp::Packet, send: &'a forwarder::Send, rtx: Option<(u32, u8, u16)> },
-    /// A padding-only packet of a bandwidth probe on the RTX stream `(ssrc, pt, seq)`.
-    Padding { rtx: (u32, u8, u16), ts: u32 },
+    /// A padding-only packet of `bytes` padding on the stream `(ssrc, pt,
+    /// seq)`: a bandwidth probe's on the RTX stream, or a filler on the media
+    /// stream ([`crate::media::forwarder::Forwarder::filler`]).
+    Padding { stream: (u32, u8, u16), ts: u32, bytes: usize },
 }
 
 /// Stamp, protect and queue one packet to a subscriber leg, and account for
@@ -552,9 +567,7 @@ pub(super) fn write(
         Outgoing::Copy { pkt, send, rtx } => {
             (io.writer.protect(ctx, rewrite, pkt, send, stamps, rtx), pkt.payload.len() + rtx.map_or(0, |_| 2))
         }
-        Outgoing::Padding { rtx, ts } => {
-            (io.writer.padding(ctx, rewrite, rtx, ts, stamps, egress::MAX_PADDING), egress::MAX_PADDING)
-        }
+        Outgoing::Padding { stream, ts, bytes } => (io.writer.padding(ctx, rewrite, stream, ts, stamps, bytes), bytes),
     };
     let data = match data {
         Ok(d) => d,
