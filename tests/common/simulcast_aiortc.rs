@@ -65,8 +65,8 @@ pub fn run(room: &str, mode: &str, env: &[(&str, &str)]) -> (Value, Value, Strin
     );
     let mut s: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
     let p = publisher.join().expect("the publisher thread");
-    // Fillers (padding under a missed number from before a layer switch)
-    // count as received in aiortc's statistics: the caller counts them lost.
+    // Fillers (padding under a missed number from before a layer switch),
+    // for the caller to report.
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let filled = rt.block_on(super::child_client(server.addr).metric("confer_retransmissions_filled_total"));
     s["server"] = serde_json::json!({ "filled": filled });

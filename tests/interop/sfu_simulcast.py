@@ -78,6 +78,21 @@ class Watch:
         aiortc.jitterbuffer.JitterBuffer.smart_remove = smart
 
 
+def count_fillers():
+    """Count, per stream, the padding-only packets aiortc takes on a media
+    SSRC: the SFU's fillers (a missed number from before a layer switch
+    answered by padding, `Forwarder::filler`). aiortc counts each as a
+    received packet, so a filler would hide the loss it stands for."""
+    add = aiortc.rtcrtpreceiver.StreamStatistics.add
+
+    def counting(self, packet):
+        if not packet.payload:
+            self.__dict__["fillers"] = self.__dict__.get("fillers", 0) + 1
+        add(self, packet)
+
+    aiortc.rtcrtpreceiver.StreamStatistics.add = counting
+
+
 class Sub(Client):
     """A subscriber that records each decoded frame's width and its audio."""
 
@@ -129,7 +144,8 @@ class Sub(Client):
         of the one that carries the camera: of the SSRCs it does not know as
         RTX, the one with the most packets (an RTX SSRC it has not yet learnt
         as such holds a few, and summing it in made the counts go down once it
-        was learnt)."""
+        was learnt). Fillers ([`count_fillers`]) are not received packets:
+        each counts as the loss it stands for."""
         streams = []
         for r in self.sub.getReceivers():
             if r.track and r.track.kind == "video":
@@ -138,7 +154,8 @@ class Sub(Client):
         if not streams:
             return 0, 0
         camera = max(streams, key=lambda s: s.packets_received)
-        return camera.packets_received, max(camera.packets_lost, 0)
+        fillers = camera.__dict__.get("fillers", 0)
+        return camera.packets_received - fillers, max(camera.packets_lost + fillers, 0)
 
 
 class CappedProxy(asyncio.DatagramProtocol):
@@ -214,6 +231,7 @@ class CappedProxy(asyncio.DatagramProtocol):
 
 
 async def main(addr, room, mode, cap_kbps):
+    count_fillers()
     if os.environ.get("SIMULCAST_SUMMARY"):
         Watch.install()
     t0 = time.monotonic()
