@@ -107,8 +107,10 @@ pub struct Forwarder {
     last_sent: Option<Instant>,
     /// What went out lately, for NACKs.
     log: SentLog,
-    /// The number the last layer switch's keyframe went out under: what was
-    /// sent before it is superseded ([`Self::filler`]).
+    /// The number the last layer switch's keyframe went out under, while it
+    /// is within the log: what was sent before it is superseded
+    /// ([`Self::filler`]). Forgotten once [`SENT_LOG`] newer have gone, so
+    /// it is never compared across the wrap of the numbers.
     switched_at: Option<u16>,
 }
 
@@ -264,6 +266,8 @@ impl Forwarder {
         };
         if switched && self.simulcast {
             self.switched_at = Some(send.seq);
+        } else if self.switched_at.is_some_and(|k| usize::from(send.seq.wrapping_sub(k)) >= SENT_LOG) {
+            self.switched_at = None;
         }
         self.log.record(Sent { out: send.seq, layer: pkt.layer, original: pkt.seq, ts: send.ts, pt, vp8 });
         Decision::Send(send)
@@ -737,6 +741,31 @@ mod tests {
             }
         }
         assert_eq!(f.filler(sent[0].2.seq.wrapping_sub(1)), None, "not in the log");
+        // Once the switch is out of the log, nothing is before it: not even
+        // 32768 and more packets later, when the numbers have wrapped.
+        let mut checked = 0;
+        for n in 70..40_070u32 {
+            let now = start + Duration::from_millis(33 * u64::from(n));
+            for (layer, seq, ts, key, i) in src.frame() {
+                let p = Packet {
+                    ssrc: Ssrc(layer as u32),
+                    seq,
+                    ts,
+                    pt: 96,
+                    marker: false,
+                    payload: &src.payloads[i],
+                    layer,
+                    keyframe: key,
+                };
+                if let Decision::Send(s) = f.decide(&p, true, now) {
+                    checked += 1;
+                    if checked > SENT_LOG {
+                        assert_eq!(f.filler(s.seq.wrapping_sub(1)), None, "sent as {} ({checked} since)", s.seq);
+                    }
+                }
+            }
+        }
+        assert!(checked > 65_536, "{checked}: the numbers wrapped");
         // Already at the target: nothing to cut.
         assert!(!f.set_target_now(Some(Layer::H)));
         assert_eq!(f.current(), Some(Layer::H));
