@@ -23,7 +23,7 @@ use crate::clock;
 use crate::ids::{PeerId, RoomId};
 use crate::metrics::Metrics;
 use crate::model::{Reservation, Room, RoomParticipant};
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -334,7 +334,15 @@ impl RoomService {
         if self.rooms.lock().get(id).is_none_or(|s| s.reservations_taken) {
             return Ok(());
         }
-        let stored = self.store.reservations(id).await?;
+        let stored = match self.store.reservations(id).await {
+            Ok(stored) => stored,
+            // An unreadable record costs its seat, not the room.
+            Err(e @ StoreError::Corrupt { .. }) => {
+                tracing::warn!(room = %id, error = %e, "seat reservations not taken in");
+                Vec::new()
+            }
+            Err(e) => return Err(e.into()),
+        };
         let (wall, now) = (clock::now(), Instant::now());
         let mut stale = Vec::new();
         {
