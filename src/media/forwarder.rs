@@ -544,6 +544,12 @@ mod tests {
             }
             out
         }
+
+        /// The packet of one entry of [`Self::frame`] (VP8, payload type 96).
+        fn packet(&self, (layer, seq, ts, keyframe, i): (Layer, u16, u32, bool, usize)) -> Packet<'_> {
+            let payload = &self.payloads[i];
+            Packet { ssrc: Ssrc(layer as u32), seq, ts, pt: 96, marker: false, payload, layer, keyframe }
+        }
     }
 
     #[test]
@@ -562,12 +568,10 @@ mod tests {
             if n == 100 {
                 assert!(f.set_target(Some(Layer::F)));
             }
-            for (layer, seq, ts, key, i) in src.frame() {
-                let payload = &src.payloads[i];
-                let p =
-                    Packet { ssrc: Ssrc(layer as u32), seq, ts, pt: 96, marker: false, payload, layer, keyframe: key };
+            for entry in src.frame() {
+                let p = src.packet(entry);
                 match f.decide(&p, true, now) {
-                    Decision::Send(s) => sent.push((layer, s)),
+                    Decision::Send(s) => sent.push((p.layer, s)),
                     Decision::Drop(r) => {
                         assert_eq!(r, DropReason::Layer);
                         drops += 1;
@@ -700,19 +704,10 @@ mod tests {
                 assert_eq!((f.current(), f.wants_keyframe()), (None, Some(Layer::H)));
             }
             let now = start + Duration::from_millis(33 * u64::from(n));
-            for (layer, seq, ts, key, i) in src.frame() {
-                let p = Packet {
-                    ssrc: Ssrc(layer as u32),
-                    seq,
-                    ts,
-                    pt: 96,
-                    marker: false,
-                    payload: &src.payloads[i],
-                    layer,
-                    keyframe: key,
-                };
+            for entry in src.frame() {
+                let p = src.packet(entry);
                 if let Decision::Send(s) = f.decide(&p, true, now) {
-                    sent.push((n, layer, s));
+                    sent.push((n, p.layer, s));
                 }
             }
         }
@@ -746,17 +741,8 @@ mod tests {
         let mut checked = 0;
         for n in 70..40_070u32 {
             let now = start + Duration::from_millis(33 * u64::from(n));
-            for (layer, seq, ts, key, i) in src.frame() {
-                let p = Packet {
-                    ssrc: Ssrc(layer as u32),
-                    seq,
-                    ts,
-                    pt: 96,
-                    marker: false,
-                    payload: &src.payloads[i],
-                    layer,
-                    keyframe: key,
-                };
+            for entry in src.frame() {
+                let p = src.packet(entry);
                 if let Decision::Send(s) = f.decide(&p, true, now) {
                     checked += 1;
                     if checked > SENT_LOG {
