@@ -228,6 +228,54 @@ async fn a_room_goes_to_the_least_loaded_node_and_is_placed_again_when_its_node_
     assert!(!left, "carol's reservation goes with its room");
 }
 
+#[tokio::test]
+async fn a_reservation_taken_over_with_its_room_expires_when_it_was_due_on_the_node_that_took_it() {
+    let redis = RedisServer::start();
+    let ttl = Duration::from_secs(20);
+    let env = [("CONFER_ROOMS_RESERVATION_TTL", "20s")];
+    let (a, _da) = node_with(&redis, "node-a", &env);
+    let (mut b, _db) = node_with(&redis, "node-b", &env);
+    let (ca, cb) = (child_client(a.addr), child_client(b.addr));
+    both_live(&ca, &cb).await;
+    let mut con = redis_con(&redis).await;
+
+    // dave reserves a seat through node-b, which places the room on itself (both idle), and
+    // never binds it; node-b dies.
+    let room = new_room(&cb, 8).await;
+    let (st, body) = join(&cb, &room, "dave").await;
+    let reserved_at = Instant::now();
+    assert_eq!(st, 200, "{body}");
+    let daves_seat = body["peerId"].as_str().unwrap().to_owned();
+    let held: String = con.get(format!("confer:room_node:{room}")).await.unwrap();
+    assert_eq!(held, "node-b");
+    b.kill9();
+
+    // erin's join on node-a places the room there once node-b is dead; dave's seat comes with it.
+    within("the room placed again", Duration::from_secs(12), async || join(&ca, &room, "erin").await.0 == 200).await;
+    let seats = async || -> Vec<String> {
+        let (st, body) = ca.get(&format!("/rooms/{room}"), "erin").await;
+        assert_eq!(st, 200, "{body}");
+        let all = body["room"]["participants"].as_array().unwrap();
+        all.iter().map(|p| p["peerId"].as_str().unwrap().to_owned()).collect()
+    };
+    let taken = seats().await;
+    assert!(taken.contains(&daves_seat) && taken.len() == 2, "{taken:?}");
+    let reservations = format!("confer:reservations:{room}");
+
+    // It goes when it was due, by the expiry node-b gave it: not at the takeover, and not a
+    // whole TTL after it. erin's, made later on node-a, stays.
+    let gone = within("dave's reservation expired on node-a", ttl + Duration::from_secs(5), async || {
+        !seats().await.contains(&daves_seat)
+    })
+    .await;
+    let after = reserved_at.elapsed();
+    eprintln!("dave's seat went {after:?} after it was reserved ({gone:?} after the takeover)");
+    assert!(after >= ttl - Duration::from_millis(500) && after < ttl + Duration::from_secs(3), "{after:?}");
+    assert_eq!(seats().await.len(), 1, "erin's seat stays");
+    let kept: bool = con.hexists(&reservations, &daves_seat).await.unwrap();
+    assert!(!kept, "an expired reservation leaves the store");
+}
+
 /// The compare-and-set itself, two nodes in this process placing the same
 /// rooms at once: each would take every room (both idle, each prefers
 /// itself), so every room where both reached the script is a real race.
