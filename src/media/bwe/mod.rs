@@ -524,7 +524,7 @@ impl Estimator {
         *w = NackWindow { from: now, sent_packets, stamped_bytes, nacked: 0, last_nack: now };
         if loss > LOSS_HIGH && sent_bps > 0.0 {
             let got_through = self.clamp(sent_bps * (1.0 - loss));
-            self.remb.on_nack_loss(got_through, now);
+            self.remb.on_nack_loss(got_through, sent_bps, now);
         }
     }
 

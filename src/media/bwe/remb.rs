@@ -39,6 +39,16 @@
 //!   layer before, would have been taken for a ramp and the step tried again as
 //!   soon as the limit had grown back. A lower REMB in the same episode replaces
 //!   the NACKs' figure (they are counted before the last of the loss is known).
+//!   What got through over a quarter of a second overstates a policed link: a
+//!   token bucket lets its burst through on top of its rate (a 600 kbit/s link
+//!   with a 15 kB bucket passes about 1.1 Mbit/s for those 250 ms). So NACKs
+//!   always cut the limit, to 90 % of it at most, and within
+//!   the memory the limit also stays under 90 % of the limit that let the
+//!   failed step up happen, or of the rate sent when the NACKs came if that
+//!   is lower ([`FAILED_MARGIN`]): the layer that failed is not tried again
+//!   until the memory is over (a step up needs 10 % of headroom, see
+//!   `allocate::HEADROOM_PCT`). Without that bound the limit could be back
+//!   over `f` within the memory after a failed step up from `h`.
 //!
 //! The limit also grows between REMBs ([`RembLimit::tick`], called on receiver
 //! reports), because a receiver whose video is paused stops sending REMB.
@@ -64,6 +74,9 @@ const GROWTH: f64 = 1.05;
 /// Within [`super::CONGESTION_MEMORY`] of congestion, the limit stays under this times the REMB
 /// then.
 const MEMORY_CEILING: f64 = 1.1;
+/// ... and, for congestion seen by NACKs, under this times the limit (or the rate sent, if lower)
+/// then (the module doc says why).
+const FAILED_MARGIN: f64 = 0.9;
 
 #[derive(Clone, Copy, Debug)]
 pub struct RembLimit {
@@ -78,6 +91,9 @@ pub struct RembLimit {
     last_remb: Option<f64>,
     /// The REMB at the last congestion, and when.
     congested: Option<(f64, Instant)>,
+    /// The limit, or the rate sent if lower, when NACKs saw the last congestion: the memory keeps
+    /// the limit under it.
+    failed_bps: Option<f64>,
     /// How long the limit stays near the last congestion's REMB.
     memory: Duration,
     /// The last congestion was seen by NACKs (see [`RembLimit::on_nack_loss`]).
@@ -94,6 +110,7 @@ impl Default for RembLimit {
             last_span: None,
             last_remb: None,
             congested: None,
+            failed_bps: None,
             memory: super::CONGESTION_MEMORY,
             by_nacks: false,
         }
@@ -132,21 +149,26 @@ impl RembLimit {
         }
     }
 
-    /// The receiver lost much of what it was sent, by its NACKs (see
-    /// [`super::Estimator::on_nack`]): congestion at `got_through_bps`, as a
-    /// falling REMB is, but seen within a quarter of a second rather than when
-    /// the receiver's estimate has caught up (aiortc's takes a second or
+    /// The receiver lost much of what it was sent at `sent_bps`, by its NACKs
+    /// (see [`super::Estimator::on_nack`]): congestion at `got_through_bps`, as
+    /// a falling REMB is, but seen within a quarter of a second rather than
+    /// when the receiver's estimate has caught up (aiortc's takes a second or
     /// more). A step up that the link cannot take is then undone while it
-    /// has cost a few packets, and remembered like any congestion: taken for
-    /// a ramp, it would be tried again as soon as the limit grows back.
-    pub fn on_nack_loss(&mut self, got_through_bps: f64, now: Instant) {
-        let remembered = self.limit.map_or(got_through_bps, |l| l.min(got_through_bps));
-        self.congestion(remembered, now, true);
+    /// has cost a few packets, and remembered like any congestion (taken for
+    /// a ramp, it would be tried again as soon as the limit grows back), with
+    /// the limit kept under the rate that failed for the memory.
+    pub fn on_nack_loss(&mut self, got_through_bps: f64, sent_bps: f64, now: Instant) {
+        // A cut, even when a burst let more through than the limit.
+        let remembered = self.limit.map_or(got_through_bps, |l| (FAILED_MARGIN * l).min(got_through_bps));
+        let failed = self.limit.map_or(sent_bps, |l| l.min(sent_bps));
+        if self.congestion(remembered, now, true) {
+            self.failed_bps = Some(failed);
+        }
     }
 
     /// Congestion at `bps`, seen by the REMB or by NACKs: the limit, and remembered (see the
-    /// module doc).
-    fn congestion(&mut self, bps: f64, now: Instant, by_nacks: bool) {
+    /// module doc). True if it starts a new episode.
+    fn congestion(&mut self, bps: f64, now: Instant, by_nacks: bool) -> bool {
         // One cut per episode: the REMBs right after a cut still fall (the
         // receiver's window holds the congested second, and the layer
         // switch down halves what it receives), and following them would
@@ -165,9 +187,11 @@ impl RembLimit {
             let again = self.congested.is_some_and(|(_, at)| now.saturating_duration_since(at) < self.memory + AGAIN);
             self.memory = if again { (self.memory * 2).min(MEMORY_MAX) } else { super::CONGESTION_MEMORY };
             self.congested = Some((bps, now));
+            self.failed_bps = None;
             self.limit = Some(bps);
         }
         self.grown_at = Some(now);
+        !episode
     }
 
     /// Let the limit grow with time while nothing says congestion.
@@ -181,7 +205,10 @@ impl RembLimit {
 
     fn ceiling(&self, bps: f64, now: Instant) -> f64 {
         match self.congested {
-            Some((at_rate, at)) if now.saturating_duration_since(at) < self.memory => bps.min(MEMORY_CEILING * at_rate),
+            Some((at_rate, at)) if now.saturating_duration_since(at) < self.memory => {
+                let failed = self.failed_bps.map_or(f64::INFINITY, |f| FAILED_MARGIN * f);
+                bps.min(MEMORY_CEILING * at_rate).min(failed)
+            }
             _ => bps,
         }
     }
@@ -286,7 +313,7 @@ mod tests {
         let (mut r, mut t, mut b) = (RembLimit::default(), Instant::now(), 0);
         run(&mut r, &mut t, &mut b, 1_600_000, 1_500_000, 2);
         // The NACKs' count of a policer's loss comes early, and low: 1.5 Mbit/s less 40 %.
-        r.on_nack_loss(900_000.0, t);
+        r.on_nack_loss(900_000.0, 1_500_000.0, t);
         assert_eq!(r.limit(), Some(900_000.0));
         // Half a second later the receiver's estimate has caught up: 600 kbit/s.
         t += Duration::from_millis(500);
@@ -299,8 +326,32 @@ mod tests {
         r.on_remb(300_000, b, MAX, t);
         assert_eq!(r.limit(), Some(600_000.0));
         // NACKs again within it are no new cut either.
-        r.on_nack_loss(200_000.0, t + Duration::from_millis(100));
+        r.on_nack_loss(200_000.0, 450_000.0, t + Duration::from_millis(100));
         assert_eq!(r.limit(), Some(600_000.0));
+    }
+
+    #[test]
+    fn a_rate_nacks_failed_at_is_not_reached_again_within_the_memory() {
+        let (mut r, mut t, mut b) = (RembLimit::default(), Instant::now(), 0);
+        run(&mut r, &mut t, &mut b, 1_200_000, 900_000, 2);
+        // Sent 900 kbit/s into a policed link: 15 % NACKed over a quarter second, but its burst
+        // let 800 kbit/s through in that window, more than the link's rate.
+        r.on_nack_loss(800_000.0, 900_000.0, t);
+        assert_eq!(r.limit(), Some(800_000.0));
+        // Moved down, the receiver keeps up: the limit grows, but within the memory stays under
+        // 90 % of the 900 kbit/s that failed (1.1 × 800 k alone would let it back to 880 k).
+        let l = run(&mut r, &mut t, &mut b, 600_000, 400_000, 10).unwrap();
+        assert!(l > 800_000.0 && l <= 810_000.0 + 1.0, "{l}");
+        // Once the memory is over it grows past it.
+        let l = run(&mut r, &mut t, &mut b, 600_000, 400_000, 5).unwrap();
+        assert!(l > 900_000.0, "{l}");
+        // A step up at that limit fails the same way, its keyframe sent at 1.3 Mbit/s, with more
+        // let through than the limit: the limit that allowed it is what is cut, and what the
+        // memory stays under.
+        r.on_nack_loss(1.1 * l, 1_300_000.0, t);
+        assert_eq!(r.limit(), Some(0.9 * l));
+        let after = run(&mut r, &mut t, &mut b, 1_200_000, 400_000, 10).unwrap();
+        assert!(after <= 0.9 * l + 1.0, "{l} -> {after}");
     }
 
     #[test]
