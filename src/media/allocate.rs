@@ -11,6 +11,14 @@ use std::time::{Duration, Instant};
 
 /// At most one switch up per track within this, unless its ceiling changes.
 pub const UP_HOLD: Duration = Duration::from_secs(5);
+/// A switch up for bandwidth undone for bandwidth within this failed: the hold
+/// before the track's next one doubles, up to [`UP_HOLD_MAX`], until a switch
+/// up lasts this long or the ceiling changes. With REMB there are no probes:
+/// trying a layer is sending it, and a try the link cannot take costs its
+/// loss each time the hold is over (a 600 kbit/s subscriber tried f every 5 s).
+pub const UP_FAILED: Duration = Duration::from_secs(3);
+/// The longest hold failed switches up make.
+pub const UP_HOLD_MAX: Duration = Duration::from_secs(40);
 /// A layer stays advertised to its publisher this long after its last receiver.
 pub const DEMAND_HOLD: Duration = Duration::from_secs(5);
 /// A switch up is taken only if the estimate exceeds everything the resulting
@@ -123,6 +131,10 @@ struct Track {
     rank: Option<u32>,
     current: Option<Layer>,
     last_up: Option<Instant>,
+    /// The last switch up was for bandwidth and has not lasted [`UP_FAILED`] yet.
+    trying: bool,
+    /// Switches up that failed in a row ([`UP_FAILED`]).
+    failed_ups: u32,
     /// A layer was ever forwarded.
     started: bool,
     /// Moved down for bandwidth and not back at its ceiling since: climbs
@@ -149,6 +161,8 @@ impl Track {
             rank: None,
             current: None,
             last_up: None,
+            trying: false,
+            failed_ups: 0,
             started: false,
             recovering: false,
             settled: t.available.map(|b| b.is_some()),
@@ -166,6 +180,7 @@ impl Track {
         if self.ceiling_changed {
             self.last_up = None;
             self.recovering = false;
+            self.failed_ups = 0;
         }
         self.kind = t.kind;
         self.ceiling = t.ceiling;
@@ -177,6 +192,14 @@ impl Track {
         self.alloc = None;
         self.done = false;
         self.held = false;
+    }
+
+    /// A switch up for bandwidth that has lasted [`UP_FAILED`] worked.
+    fn settle_try(&mut self, now: Instant) {
+        if self.trying && self.last_up.is_some_and(|t| now.saturating_duration_since(t) >= UP_FAILED) {
+            self.trying = false;
+            self.failed_ups = 0;
+        }
     }
 
     fn video(&self) -> bool {
@@ -194,7 +217,12 @@ impl Track {
     /// Hysteresis is about the estimate: a track whose layer stopped arriving,
     /// or that was paused because nothing it may take arrived, moves at once.
     fn may_go_up(&self, now: Instant) -> bool {
-        self.forced() || self.last_up.is_none_or(|t| now.saturating_duration_since(t) >= UP_HOLD)
+        self.forced() || self.last_up.is_none_or(|t| now.saturating_duration_since(t) >= self.hold())
+    }
+
+    /// [`UP_HOLD`], doubled per failed switch up ([`UP_FAILED`]).
+    fn hold(&self) -> Duration {
+        (UP_HOLD * 2u32.pow(self.failed_ups.min(4))).min(UP_HOLD_MAX)
     }
 
     /// The publisher forces a move: the current layer stopped arriving, or
@@ -254,7 +282,8 @@ impl Allocator {
     /// layer if the total fits: within the estimate to keep or go back to a
     /// layer at or below its current one, within the estimate less the
     /// headroom ([`HEADROOM_PCT`]) and at most once per [`UP_HOLD`] to go above
-    /// it (a ceiling change restarts that clock; a move the publisher forces,
+    /// it, a hold that doubles per switch up undone within [`UP_FAILED`] (a
+    /// ceiling change restarts that clock; a move the publisher forces,
     /// its layer gone or nothing it may take arriving, ignores it); a track
     /// moved down for bandwidth climbs back one layer per such step, a paused
     /// one from q. A track that misses a layer is skipped for the rest of the call; a
@@ -273,6 +302,7 @@ impl Allocator {
                 }),
             };
             self.tracks[at].sync(input);
+            self.tracks[at].settle_try(now);
         }
         self.tracks.retain(|t| t.seen);
 
@@ -324,7 +354,11 @@ impl Allocator {
                     let reason = t.reason(old, new);
                     if new < old && reason == Reason::Bandwidth {
                         t.recovering = true;
+                        if std::mem::take(&mut t.trying) {
+                            t.failed_ups += 1;
+                        }
                     }
+                    t.trying = new > old && reason == Reason::Bandwidth;
                     out.push(Change { track: t.id, layer: new, reason });
                 }
                 if new.is_some() && new == t.ceiling {
@@ -634,14 +668,48 @@ mod tests {
                 assert_eq!(a.layer(1), Some(H), "down at once at {k}");
             }
         }
-        assert_eq!(ups.len(), 4);
-        assert!(ups.windows(2).all(|w| w[1] - w[0] >= UP_HOLD));
+        // Each switch up for bandwidth is undone half a second later, so the hold doubles: up at
+        // 0 (subscribed), 5 s (a hold after it), then 10 s after that; the next is due at 35 s.
+        let gaps: Vec<u64> = ups.windows(2).map(|w| (w[1] - w[0]).as_millis() as u64).collect();
+        assert_eq!(gaps, [5000, 10_000], "{ups:?}");
         // 1.25 Mbit/s holds f (1.2 M) but is not 10 % above it: no way up from h.
         run(&mut a, 1_100_000, &t, ms(t0, 30_000));
         assert_eq!(a.layer(1), Some(H));
         assert!(run(&mut a, 1_250_000, &t, ms(t0, 40_000)).is_empty());
         assert_eq!(run(&mut a, 1_320_000, &t, ms(t0, 40_500)), change(1, Some(F), Reason::Bandwidth));
         assert!(run(&mut a, 1_250_000, &t, ms(t0, 41_000)).is_empty());
+    }
+
+    #[test]
+    fn a_switch_up_that_fails_doubles_the_hold_until_one_lasts() {
+        let (mut a, t0) = (Allocator::new(), Instant::now());
+        let t = [cam(1, 0)];
+        // h fits, f does not; each try at f is undone within a second.
+        let (room, tight) = (1_500_000, 1_000_000);
+        assert_eq!(run(&mut a, tight, &t, t0), change(1, Some(H), Reason::Requested));
+        let mut at = 0;
+        for hold in [5_000, 10_000, 20_000, 40_000, 40_000] {
+            assert!(run(&mut a, room, &t, ms(t0, at + hold - 250)).is_empty(), "held {hold} ms after {at}");
+            at += hold;
+            assert_eq!(run(&mut a, room, &t, ms(t0, at)), change(1, Some(F), Reason::Bandwidth), "at {at}");
+            assert_eq!(run(&mut a, tight, &t, ms(t0, at + 500)), change(1, Some(H), Reason::Bandwidth));
+        }
+        // A try that lasts 3 s worked: the next one waits the plain 5 s again.
+        at += 40_000;
+        assert_eq!(run(&mut a, room, &t, ms(t0, at)), change(1, Some(F), Reason::Bandwidth));
+        assert!(run(&mut a, room, &t, ms(t0, at + 3000)).is_empty());
+        assert_eq!(run(&mut a, tight, &t, ms(t0, at + 4000)), change(1, Some(H), Reason::Bandwidth));
+        assert_eq!(run(&mut a, room, &t, ms(t0, at + 5000)), change(1, Some(F), Reason::Bandwidth));
+        // So does a ceiling change.
+        assert_eq!(run(&mut a, tight, &t, ms(t0, at + 5500)), change(1, Some(H), Reason::Bandwidth));
+        let mut t = t;
+        t[0].ceiling = Some(H);
+        assert!(run(&mut a, room, &t, ms(t0, at + 6000)).is_empty());
+        t[0].ceiling = Some(F);
+        assert_eq!(run(&mut a, room, &t, ms(t0, at + 6500)), change(1, Some(F), Reason::Requested));
+        assert_eq!(run(&mut a, tight, &t, ms(t0, at + 7000)), change(1, Some(H), Reason::Bandwidth));
+        assert!(run(&mut a, room, &t, ms(t0, at + 11_000)).is_empty());
+        assert_eq!(run(&mut a, room, &t, ms(t0, at + 11_500)), change(1, Some(F), Reason::Bandwidth));
     }
 
     #[test]
