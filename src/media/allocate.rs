@@ -12,10 +12,12 @@ use std::time::{Duration, Instant};
 /// At most one switch up per track within this, unless its ceiling changes.
 pub const UP_HOLD: Duration = Duration::from_secs(5);
 /// A switch up for bandwidth undone for bandwidth within this failed: the hold
-/// before the track's next one doubles, up to [`UP_HOLD_MAX`], until a switch
-/// up lasts this long or the ceiling changes. With REMB there are no probes:
-/// trying a layer is sending it, and a try the link cannot take costs its
-/// loss each time the hold is over (a 600 kbit/s subscriber tried f every 5 s).
+/// before the track's next one grows fourfold, up to [`UP_HOLD_MAX`] (5, 20,
+/// 40 s), until a switch up lasts this long or the ceiling changes. With REMB
+/// there are no probes: trying a layer is sending it, and a try the link
+/// cannot take costs its loss each time the hold is over (a 600 kbit/s
+/// subscriber tried f every 5 s; with a hold that doubled, it still tried
+/// twice in a 30 s cap and lost 5.5 % of its video).
 pub const UP_FAILED: Duration = Duration::from_secs(3);
 /// The longest hold failed switches up make.
 pub const UP_HOLD_MAX: Duration = Duration::from_secs(40);
@@ -220,9 +222,9 @@ impl Track {
         self.forced() || self.last_up.is_none_or(|t| now.saturating_duration_since(t) >= self.hold())
     }
 
-    /// [`UP_HOLD`], doubled per failed switch up ([`UP_FAILED`]).
+    /// [`UP_HOLD`], four times as long per failed switch up ([`UP_FAILED`]).
     fn hold(&self) -> Duration {
-        (UP_HOLD * 2u32.pow(self.failed_ups.min(4))).min(UP_HOLD_MAX)
+        (UP_HOLD * 4u32.pow(self.failed_ups.min(3))).min(UP_HOLD_MAX)
     }
 
     /// The publisher forces a move: the current layer stopped arriving, or
@@ -282,7 +284,7 @@ impl Allocator {
     /// layer if the total fits: within the estimate to keep or go back to a
     /// layer at or below its current one, within the estimate less the
     /// headroom ([`HEADROOM_PCT`]) and at most once per [`UP_HOLD`] to go above
-    /// it, a hold that doubles per switch up undone within [`UP_FAILED`] (a
+    /// it, a hold that grows fourfold per switch up undone within [`UP_FAILED`] (a
     /// ceiling change restarts that clock; a move the publisher forces,
     /// its layer gone or nothing it may take arriving, ignores it); a track
     /// moved down for bandwidth climbs back one layer per such step, a paused
@@ -668,10 +670,10 @@ mod tests {
                 assert_eq!(a.layer(1), Some(H), "down at once at {k}");
             }
         }
-        // Each switch up for bandwidth is undone half a second later, so the hold doubles: up at
-        // 0 (subscribed), 5 s (a hold after it), then 10 s after that; the next is due at 35 s.
+        // Each switch up for bandwidth is undone half a second later, so the hold grows: up at
+        // 0 (subscribed) and 5 s (a hold after it); the next is due 20 s after that, past the end.
         let gaps: Vec<u64> = ups.windows(2).map(|w| (w[1] - w[0]).as_millis() as u64).collect();
-        assert_eq!(gaps, [5000, 10_000], "{ups:?}");
+        assert_eq!(gaps, [5000], "{ups:?}");
         // 1.25 Mbit/s holds f (1.2 M) but is not 10 % above it: no way up from h.
         run(&mut a, 1_100_000, &t, ms(t0, 30_000));
         assert_eq!(a.layer(1), Some(H));
@@ -681,14 +683,14 @@ mod tests {
     }
 
     #[test]
-    fn a_switch_up_that_fails_doubles_the_hold_until_one_lasts() {
+    fn a_switch_up_that_fails_lengthens_the_hold_until_one_lasts() {
         let (mut a, t0) = (Allocator::new(), Instant::now());
         let t = [cam(1, 0)];
         // h fits, f does not; each try at f is undone within a second.
         let (room, tight) = (1_500_000, 1_000_000);
         assert_eq!(run(&mut a, tight, &t, t0), change(1, Some(H), Reason::Requested));
         let mut at = 0;
-        for hold in [5_000, 10_000, 20_000, 40_000, 40_000] {
+        for hold in [5_000, 20_000, 40_000, 40_000] {
             assert!(run(&mut a, room, &t, ms(t0, at + hold - 250)).is_empty(), "held {hold} ms after {at}");
             at += hold;
             assert_eq!(run(&mut a, room, &t, ms(t0, at)), change(1, Some(F), Reason::Bandwidth), "at {at}");

@@ -234,7 +234,7 @@ impl Router {
                 Resend::Gone => gone = Some(gone.map_or((seq, 1), |(first, n): (u16, u32)| (first, n + 1))),
             }
         }
-        tracing::trace!(ssrc = c.forwarder.ssrc().0, sent, deferred, gone = ?gone, "media: a NACK answered (gone: first number, count)");
+        tracing::trace!(ssrc = c.forwarder.ssrc().0, sent, deferred, gone = ?gone, nacks = ?nack.nacks, "media: a NACK answered (gone: first number, count)");
     }
 
     /// Resends what NACKs asked for while the budget had no room, as far as
@@ -256,6 +256,7 @@ impl Router {
                     let mut sent = 0;
                     follow_up.due(now, |seq| {
                         if c.forwarder.behind_newest(seq).is_none_or(|d| d > consumer::FOLLOW_UP_MAX_BEHIND) {
+                            tracing::trace!(ssrc = c.forwarder.ssrc().0, seq, "media: follow-up skipped (too old)");
                             return true; // too old to send safely: skipped
                         }
                         match resend(leg, &p.history, c, seq, false, now, io) {
@@ -489,6 +490,7 @@ fn resend(
             if write(leg, io, &c.rewrite, filler, now).is_none() {
                 return Resend::Gone;
             }
+            tracing::trace!(ssrc = c.forwarder.ssrc().0, seq, "media: resent as a filler");
             io.metrics.retransmit_filled.inc();
             return Resend::Sent;
         }
@@ -511,6 +513,7 @@ fn resend(
     if write_copy(leg, io, c, pkt, &send, rtx, now).is_none() {
         return Resend::Gone;
     }
+    tracing::trace!(ssrc = c.forwarder.ssrc().0, seq, overdue, "media: resent");
     io.metrics.retransmitted.inc();
     Resend::Sent
 }
