@@ -143,11 +143,23 @@ pub const FOLLOW_UP_FOR: Duration = Duration::from_secs(5);
 pub const FOLLOW_UP: usize = 32;
 /// A follow-up is never sent for a packet this far behind the newest sent.
 /// aiortc's jitter buffer takes a packet 100 or more behind the one it waits
-/// for as a new stream: it drops what it holds and waits for numbers it has
-/// already played, until 512 newer ones pass. The follow-up's duplicates of
-/// packets that did arrive, sent late, did that (`tests/analytics.rs`: an
-/// aiortc subscriber of a lossy publisher decoded nothing for 30 s once).
-pub const FOLLOW_UP_MAX_BEHIND: u16 = 64;
+/// for (its origin, `MAX_MISORDER` in its `jitterbuffer.py`) as a new stream:
+/// it drops what it holds and waits for numbers it has already played,
+/// until 512 newer ones pass. The follow-up's duplicates of packets that did
+/// arrive, sent late, did that (`tests/analytics.rs`: an aiortc subscriber of
+/// a lossy publisher decoded nothing for 30 s once). Its origin is never past
+/// the newest packet it received, so never past the newest sent: a packet
+/// under 100 behind that is under 100 behind the origin (it was 64).
+pub const FOLLOW_UP_MAX_BEHIND: u16 = 96;
+/// A follow-up packet this far behind the newest sent goes even without room
+/// in the estimate: it would soon be too old to go at all. Right after a
+/// switch down the new layer takes the whole estimate, and one packet of the
+/// list waiting for room held the rest (fillers too) until each was too old:
+/// `remb_cap`'s traces showed every follow-up after a switch down skipped,
+/// at 97-99 behind, and both 10.7 s freezes in nine runs began at such a
+/// switch, on a packet the receiver had stopped NACKing. What the leg
+/// overshoots by is a few packets, once.
+pub const FOLLOW_UP_OVERDUE_BEHIND: u16 = 64;
 
 /// The packets a subscriber without transport-cc last NACKed, to be resent
 /// once more when its NACKs stop. Such a receiver cannot tell the SFU which

@@ -255,11 +255,18 @@ impl Router {
                     let mut follow_up = std::mem::take(&mut c.follow_up);
                     let mut sent = 0;
                     follow_up.due(now, |seq| {
-                        if c.forwarder.behind_newest(seq).is_none_or(|d| d > consumer::FOLLOW_UP_MAX_BEHIND) {
-                            tracing::trace!(ssrc = c.forwarder.ssrc().0, seq, "media: follow-up skipped (too old)");
+                        let behind = c.forwarder.behind_newest(seq);
+                        if behind.is_none_or(|d| d > consumer::FOLLOW_UP_MAX_BEHIND) {
+                            tracing::trace!(
+                                ssrc = c.forwarder.ssrc().0,
+                                seq,
+                                ?behind,
+                                "media: follow-up skipped (too old)"
+                            );
                             return true; // too old to send safely: skipped
                         }
-                        match resend(leg, &p.history, c, seq, false, now, io) {
+                        let overdue = behind.is_some_and(|d| d >= consumer::FOLLOW_UP_OVERDUE_BEHIND);
+                        match resend(leg, &p.history, c, seq, overdue, now, io) {
                             Resend::NoRoom => false,
                             r => {
                                 sent += u32::from(r == Resend::Sent);
