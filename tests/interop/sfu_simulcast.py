@@ -22,6 +22,7 @@ observes: it prints one JSON summary line; tests/simulcast_aiortc.rs judges.
 """
 import asyncio
 import json
+import logging
 import os
 import re
 import sys
@@ -51,7 +52,8 @@ class Watch:
     summary: aiortc NACKs a number while it is within 128 of the newest, and
     its video jitter buffer waits for it until 512 newer packets arrived.
     `given_up` holds (t, seq) of numbers it stopped asking for unreceived,
-    `overflows` (t, packets skipped) of every wait that ended that way."""
+    `overflows` (t, packets skipped) of every wait that ended that way;
+    the receiver's `plis` holds t of each PLI it sent."""
 
     def __init__(self):
         self.given_up = []
@@ -74,8 +76,24 @@ class Watch:
             self.__dict__.setdefault("watch", Watch()).overflows.append((time.monotonic(), count))
             return smart_remove(self, count)
 
+        send_pli = aiortc.rtcrtpreceiver.RTCRtpReceiver._send_rtcp_pli
+
+        async def pli(self, media_ssrc):
+            # A decoder error or an overflow: each asks the SFU for a keyframe.
+            self.__dict__.setdefault("plis", []).append(time.monotonic())
+            await send_pli(self, media_ssrc)
+
         aiortc.rtcrtpreceiver.NackGenerator.truncate = truncate
         aiortc.jitterbuffer.JitterBuffer.smart_remove = smart
+        aiortc.rtcrtpreceiver.RTCRtpReceiver._send_rtcp_pli = pli
+        Watch.warnings = []
+
+        class Keep(logging.Handler):
+            def emit(self, record):
+                if len(Watch.warnings) < 20:
+                    Watch.warnings.append([time.monotonic(), record.getMessage()])
+
+        logging.getLogger("aiortc.rtcrtpreceiver").addHandler(Keep(logging.WARNING))
 
 
 def count_fillers():
@@ -133,6 +151,7 @@ class Sub(Client):
                     w["givenUp"] = [[ms(t), seq] for t, seq in n.watch.given_up]
                 if j is not None and "watch" in j.__dict__:
                     w["overflows"] = [[ms(t), c] for t, c in j.watch.overflows]
+                w["plis"] = [ms(t) for t in r.__dict__.get("plis", [])]
                 return w
         return None
 
@@ -360,6 +379,7 @@ async def main(addr, room, mode, cap_kbps):
             ts = [t for t, _ in s.widths]
             gaps = sorted(((b - a, a) for a, b in zip(ts, ts[1:])), reverse=True)[:5]
             out["debug"][n] = {"gaps": [[ms(a), round(g * 1000)] for g, a in gaps], "aiortc": s.watched(ms)}
+        out["debug"]["warnings"] = [[ms(t), m] for t, m in Watch.warnings]
     out["seconds"] = round(time.monotonic() - t0, 1)
     if os.environ.get("SIMULCAST_SUMMARY"):  # for a human debugging a run
         with open(f"{os.environ['SIMULCAST_SUMMARY']}.{mode}.json", "w") as f:

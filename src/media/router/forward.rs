@@ -375,7 +375,7 @@ impl Router {
             }
         }
         if wants_keyframe {
-            self.keyframe(&track, now);
+            self.keyframe_where(&track, now, |c| c.leg == leg);
         }
     }
 
@@ -383,12 +383,22 @@ impl Router {
     /// or waits for (the one layer of a single-layer track), within the
     /// rate limit.
     pub(super) fn keyframe(&mut self, track: &TrackId, now: Instant) {
+        self.keyframe_where(track, now, |_| true);
+    }
+
+    /// [`Router::keyframe`] for the layers of the consumers `of` picks. A
+    /// subscriber's PLI asks for its own layers only: asking for every
+    /// consumer's made a subscriber whose decoder kept failing (aiortc sends
+    /// a PLI on each failed frame) bring a keyframe of every other
+    /// subscriber's layer every 300 ms as well (`remb_cap`'s traces: `f`'s,
+    /// for the uncapped subscriber, for 40 s after a failed step up).
+    fn keyframe_where(&mut self, track: &TrackId, now: Instant, of: impl Fn(&Consumer) -> bool) {
         let Some(p) = self.producers.get(track) else { return };
         if p.kind != TrackKind::Video {
             return;
         }
         let mut wanted = [!p.is_simulcast(), false, false];
-        for c in &p.consumers {
+        for c in p.consumers.iter().filter(|c| of(c)) {
             for l in [c.forwarder.current(), c.forwarder.wants_keyframe()].into_iter().flatten() {
                 wanted[l as usize] = true;
             }
