@@ -300,8 +300,8 @@ impl Forwarder {
     }
 
     /// For a NACK of `out` sent before the last layer switch: the header of a
-    /// padding-only packet under that number (the same timestamp and payload
-    /// type), which answers it in place of the packet. What came before the
+    /// padding-only packet under that number (the payload type it went out
+    /// with), which answers it in place of the packet. What came before the
     /// new layer's keyframe cannot help the receiver decode anything after
     /// it, but a jitter buffer that is not keyframe-aware (aiortc's) holds
     /// every later frame until each number it missed has arrived or 512
@@ -310,14 +310,26 @@ impl Forwarder {
     /// receiver for 10-15 s, where a padding packet of a few bytes fills
     /// the hole. `None` for the keyframe and what followed it, and for a
     /// number not in the log.
-    pub fn filler(&self, out: u16) -> Option<Send> {
+    ///
+    /// Its timestamp is the one the receiver holds for the number before
+    /// (that packet's, or its filler's), so that a filler always joins the
+    /// frame before it. With the packet's own, a frame whose packets were
+    /// all lost came back as fillers alone, a frame of no data, and aiortc
+    /// hands that to its VP8 decoder as an empty packet, which FFmpeg takes
+    /// for the end of the stream: every frame after it failed to decode, for
+    /// the rest of the call, keyframes included (`remb_cap`: C's video
+    /// stopped after a failed step up to `f` in 3 runs of 6, each frame
+    /// answered by a PLI). The log keeps the timestamp a filler went with.
+    pub fn filler(&mut self, out: u16) -> Option<Send> {
         let switched_at = self.switched_at?;
         let behind = switched_at.wrapping_sub(out);
         if behind == 0 || behind >= 0x8000 {
             return None;
         }
-        let p = self.log.get(out)?;
-        Some(Send { ssrc: self.ssrc, seq: out, ts: p.ts, pt: p.pt, vp8: None, switched: false })
+        let p = *self.log.get(out)?;
+        let ts = self.log.get(out.wrapping_sub(1)).map_or(p.ts, |before| before.ts);
+        self.log.record(Sent { ts, ..p });
+        Some(Send { ssrc: self.ssrc, seq: out, ts, pt: p.pt, vp8: None, switched: false })
     }
 }
 
@@ -693,6 +705,41 @@ mod tests {
     }
 
     #[test]
+    fn a_frame_lost_whole_before_a_switch_is_filled_into_the_frame_before_it() {
+        let mut f = Forwarder::new(Ssrc(9), vec![(96, 100)]).simulcast(90_000, true, Some(Layer::F));
+        let mut src = Layers::new(30);
+        let mut sent: Vec<(Layer, Send)> = Vec::new();
+        let start = Instant::now();
+        for n in 0..70u32 {
+            if n == 40 {
+                f.set_target_now(Some(Layer::H));
+            }
+            let now = start + Duration::from_millis(33 * u64::from(n));
+            for entry in src.frame() {
+                let p = src.packet(entry);
+                if let Decision::Send(s) = f.decide(&p, true, now) {
+                    sent.push((p.layer, s));
+                }
+            }
+        }
+        // Every packet of the last f frame before the cut lost, and NACKed.
+        let old: Vec<Send> = sent.iter().filter(|(l, _)| *l == Layer::F).map(|(_, s)| *s).collect();
+        let last_ts = old.last().unwrap().ts;
+        let frame: Vec<Send> = old.iter().filter(|s| s.ts == last_ts).copied().collect();
+        let before = old[old.len() - frame.len() - 1];
+        assert!(frame.len() > 1 && before.ts != last_ts, "{frame:?}");
+        // Fillers of the frame's own timestamp would make a frame of no data.
+        for round in ["NACKed", "NACKed again"] {
+            for s in &frame {
+                let filler = f.filler(s.seq).unwrap_or_else(|| panic!("{s:?} is before the switch"));
+                assert_eq!((filler.seq, filler.ts), (s.seq, before.ts), "{round}: joins the frame before");
+            }
+        }
+        // The packet before the frame arrived: it is not filled.
+        assert_eq!(f.filler(before.seq).map(|x| x.ts), Some(before.ts));
+    }
+
+    #[test]
     fn a_switch_down_now_stops_the_old_layer_at_once_and_resumes_at_the_new_keyframe() {
         let mut f = Forwarder::new(Ssrc(9), vec![(96, 100)]).simulcast(90_000, true, Some(Layer::F));
         let mut src = Layers::new(30);
@@ -721,15 +768,17 @@ mod tests {
         }
         let (_, _, first_h) = sent.iter().find(|(_, l, _)| *l == Layer::H).unwrap();
         assert!(first_h.switched);
-        // A NACK of an f packet is answered by a filler under its number (its
-        // timestamp, the leg's payload type, no payload rewrite); the keyframe
-        // and what came after it by the packets themselves.
+        // A NACK of an f packet is answered by a filler under its number (the
+        // leg's payload type, no payload rewrite, the timestamp the receiver
+        // holds for the number before: filled in order from the first, whose
+        // number before is not in the log, the first one's); the keyframe and
+        // what came after it by the packets themselves.
         for (_, l, s) in &sent {
             let filler = f.filler(s.seq);
             if *l == Layer::F {
                 assert_eq!(
                     filler,
-                    Some(Send { ssrc: Ssrc(9), seq: s.seq, ts: s.ts, pt: 100, vp8: None, switched: false })
+                    Some(Send { ssrc: Ssrc(9), seq: s.seq, ts: sent[0].2.ts, pt: 100, vp8: None, switched: false })
                 );
             } else {
                 assert_eq!(filler, None, "{s:?} is h, after the switch");
