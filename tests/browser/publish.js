@@ -43,7 +43,8 @@ async function finish(crash) {
 process.on('SIGTERM', () => finish(null));
 
 (async () => {
-  browser = await chromium.launch({ executablePath: '/usr/bin/chromium', args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--use-fake-device-for-media-stream', '--use-fake-ui-for-media-stream', '--allow-loopback-in-peer-connection'] });
+  // SIGTERM is ours (finish), not Playwright's: it would close the browser first.
+  browser = await chromium.launch({ executablePath: '/usr/bin/chromium', handleSIGTERM: false, args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--use-fake-device-for-media-stream', '--use-fake-ui-for-media-stream', '--allow-loopback-in-peer-connection'] });
   const ctx = await browser.newContext();
   page = await ctx.newPage();
   page.on('console', (m) => { if (m.type() === 'error') summary.errors.push(`console: ${m.text()}`); });

@@ -440,6 +440,18 @@ pub fn run_node_summary(script: &str, base: &str, limit: std::time::Duration) ->
 
 /// [`run_node_summary`] with `args` after the script (the base URL first).
 pub fn run_node_summary_with(script: &str, args: &[&str], limit: std::time::Duration) -> Value {
+    run_node_summary_until(script, args, limit, None)
+}
+
+/// [`run_node_summary_with`], and the script is sent SIGTERM (it then
+/// finishes and prints its summary) once `stop` has a message or its sender
+/// is gone.
+pub fn run_node_summary_until(
+    script: &str,
+    args: &[&str],
+    limit: std::time::Duration,
+    stop: Option<std::sync::mpsc::Receiver<()>>,
+) -> Value {
     use std::io::Read;
     use std::os::unix::process::CommandExt;
     use std::process::{Command, Stdio};
@@ -466,9 +478,14 @@ pub fn run_node_summary_with(script: &str, args: &[&str], limit: std::time::Dura
         s
     });
     let deadline = Instant::now() + limit;
+    let mut stop = stop;
     let status = loop {
         if let Some(st) = child.try_wait().expect("try_wait") {
             break Some(st);
+        }
+        if stop.as_ref().is_some_and(|s| !matches!(s.try_recv(), Err(std::sync::mpsc::TryRecvError::Empty))) {
+            stop = None;
+            let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
         }
         if Instant::now() >= deadline {
             let _ = Command::new("kill").arg("-KILL").arg(format!("-{}", child.id())).status();

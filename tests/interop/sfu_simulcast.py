@@ -86,14 +86,32 @@ class Watch:
         aiortc.rtcrtpreceiver.NackGenerator.truncate = truncate
         aiortc.jitterbuffer.JitterBuffer.smart_remove = smart
         aiortc.rtcrtpreceiver.RTCRtpReceiver._send_rtcp_pli = pli
-        Watch.warnings = []
 
-        class Keep(logging.Handler):
-            def emit(self, record):
-                if len(Watch.warnings) < 20:
-                    Watch.warnings.append([time.monotonic(), record.getMessage()])
 
-        logging.getLogger("aiortc.rtcrtpreceiver").addHandler(Keep(logging.WARNING))
+class DecoderWatch(logging.Handler):
+    """aiortc's receivers' warnings: the first few for a human, and when a
+    VP8 decoder first failed with "End of file". FFmpeg takes an empty packet
+    for the end of the stream, and aiortc passes a frame of no data (padding
+    packets alone) to the decoder as one: from then on every frame fails to
+    decode, keyframes included, and the subscriber's video has stopped."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.first = []
+        self.stopped = None
+
+    def emit(self, record):
+        msg = record.getMessage()
+        if len(self.first) < 10:
+            self.first.append((time.monotonic(), msg))
+        if self.stopped is None and "failed to decode" in msg and "End of file" in msg:
+            self.stopped = time.monotonic()
+
+    @staticmethod
+    def install():
+        w = DecoderWatch()
+        logging.getLogger("aiortc.rtcrtpreceiver").addHandler(w)
+        return w
 
 
 def count_fillers():
@@ -251,6 +269,7 @@ class CappedProxy(asyncio.DatagramProtocol):
 
 async def main(addr, room, mode, cap_kbps):
     count_fillers()
+    decoders = DecoderWatch.install()
     if os.environ.get("SIMULCAST_SUMMARY"):
         Watch.install()
     t0 = time.monotonic()
@@ -369,6 +388,8 @@ async def main(addr, room, mode, cap_kbps):
     # first frame at the widest layer to the end (of the ceiling phases).
     start = t0 + (out["phases"].get("default", {}).get("reachedMs") or 0) / 1000
     end = t0 + out["phases"].get("end", {}).get("startMs", ms(time.monotonic())) / 1000
+    # ms when a subscriber's VP8 decoder stopped for good (see DecoderWatch).
+    out["decoderStoppedMs"] = None if decoders.stopped is None else ms(decoders.stopped)
     out["stallMs"] = {}
     for n, s in subs.items():
         ts = [t for t, _ in s.widths if start <= t <= end]
@@ -379,7 +400,7 @@ async def main(addr, room, mode, cap_kbps):
             ts = [t for t, _ in s.widths]
             gaps = sorted(((b - a, a) for a, b in zip(ts, ts[1:])), reverse=True)[:5]
             out["debug"][n] = {"gaps": [[ms(a), round(g * 1000)] for g, a in gaps], "aiortc": s.watched(ms)}
-        out["debug"]["warnings"] = [[ms(t), m] for t, m in Watch.warnings]
+        out["debug"]["warnings"] = [[ms(t), m] for t, m in decoders.first]
     out["seconds"] = round(time.monotonic() - t0, 1)
     if os.environ.get("SIMULCAST_SUMMARY"):  # for a human debugging a run
         with open(f"{os.environ['SIMULCAST_SUMMARY']}.{mode}.json", "w") as f:
