@@ -40,6 +40,37 @@ pub struct Consumer {
     /// name past it is new loss (aiortc names every packet still missing in
     /// each NACK, libwebrtc a packet again each round trip).
     pub nacked_up_to: Option<u16>,
+    /// The last receiver report's extended highest number and cumulative
+    /// loss, and [`Forwarder::unsent`] then: see [`Consumer::link_loss`].
+    pub rr_mark: Option<(u32, u32, u64)>,
+}
+
+impl Consumer {
+    /// The fraction of what was sent to the receiver that it lost since its
+    /// last report, from a report block about this consumer's stream (see
+    /// [`link_loss`]). `None` for the first report.
+    pub fn link_loss(&mut self, highest: u32, total_lost: u32) -> Option<f64> {
+        link_loss(&mut self.rr_mark, (highest, total_lost, self.forwarder.unsent()))
+    }
+}
+
+/// Loss on the SFU's link to a receiver between two of its reports: `now` is
+/// the report's extended highest number and cumulative loss (24 bits), and
+/// how many numbers the SFU had skipped without a packet by then. A report's
+/// own fraction counts those numbers (lost on the way in, passed on as gaps
+/// so the receiver can NACK them) as lost too; they are not this link's loss,
+/// and a subscriber of a publisher with 10 % upstream loss had its video
+/// paused for "congestion" (`tests/analytics.rs`).
+pub fn link_loss(mark: &mut Option<(u32, u32, u64)>, now: (u32, u32, u64)) -> Option<f64> {
+    let (h0, l0, u0) = mark.replace(now)?;
+    let expected = now.0.wrapping_sub(h0);
+    if expected == 0 || expected >= 0x8000_0000 {
+        return Some(0.0);
+    }
+    // Cumulative loss is 24 bits, signed: its change, in those 24 bits.
+    let lost = ((now.1.wrapping_sub(l0) & 0x00FF_FFFF) ^ 0x0080_0000) as i64 - 0x0080_0000;
+    let lost_here = lost - now.2.saturating_sub(u0) as i64;
+    Some((lost_here.max(0) as f64 / f64::from(expected)).min(1.0))
 }
 
 /// How many of `seqs` (one NACK's) are past `up_to`, the newest NACKed
@@ -258,6 +289,22 @@ impl LegReport {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn link_loss_leaves_out_what_was_never_sent() {
+        let mut mark = None;
+        assert_eq!(link_loss(&mut mark, (1000, 5, 3)), None, "the first report only marks");
+        // 100 numbers, 12 lost by the report, 10 of them never sent.
+        assert_eq!(link_loss(&mut mark, (1100, 17, 13)), Some(0.02));
+        // All of the loss upstream: none here.
+        assert_eq!(link_loss(&mut mark, (1200, 27, 23)), Some(0.0));
+        // Across the 24-bit wrap of the cumulative loss, then down (duplicates).
+        let mut mark = Some((0, 0x00FF_FFFF, 0));
+        assert_eq!(link_loss(&mut mark, (50, 4, 0)), Some(0.1), "5 lost, in 24 bits");
+        assert_eq!(link_loss(&mut mark, (100, 2, 0)), Some(0.0));
+        // Nothing new: no news.
+        assert_eq!(link_loss(&mut mark, (100, 2, 0)), Some(0.0));
+    }
     use rtc::rtcp::reception_report::ReceptionReport;
 
     #[test]

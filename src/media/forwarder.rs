@@ -145,6 +145,12 @@ impl Forwarder {
     }
 
     /// The SSRC the subscriber knows this track by.
+    /// How many outgoing numbers were skipped without a packet (lost before
+    /// the SFU): the receiver counts them as lost, but not on its link.
+    pub fn unsent(&self) -> u64 {
+        self.seq.unsent
+    }
+
     pub fn ssrc(&self) -> Ssrc {
         self.ssrc
     }
@@ -380,6 +386,9 @@ pub struct SeqRewriter {
     offset: u16,
     last_out: Option<u16>,
     resync: bool,
+    /// Numbers skipped so far without a packet: what was lost on the way in
+    /// (a gap is passed on, so that the receiver can NACK it).
+    unsent: u64,
 }
 
 impl SeqRewriter {
@@ -405,6 +414,9 @@ impl SeqRewriter {
         let out = seq.wrapping_sub(self.offset);
         // Only move forward; a late (reordered) packet keeps its place.
         if self.last_out.is_none_or(|l| out.wrapping_sub(l) < 0x8000) {
+            if let Some(l) = self.last_out {
+                self.unsent += u64::from(out.wrapping_sub(l).saturating_sub(1));
+            }
             self.last_out = Some(out);
         }
         out
@@ -702,6 +714,16 @@ mod tests {
             d => panic!("{d:?}"),
         };
         assert_eq!(s.seq, 2, "follows the last sent");
+    }
+
+    #[test]
+    fn numbers_lost_on_the_way_in_are_passed_on_as_gaps_and_counted() {
+        let mut f = forwarder();
+        for seq in [1, 2, 5, 6, 4, 9] {
+            f.decide(&pkt(seq, 96), true, t0());
+        }
+        // 3 and 4 skipped after 2, 7 and 8 after 6; 4 came late, behind.
+        assert_eq!(f.unsent(), 4);
     }
 
     #[test]

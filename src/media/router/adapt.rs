@@ -53,8 +53,24 @@ impl Router {
             } else if let Some(remb) = any.downcast_ref::<ReceiverEstimatedMaximumBitrate>() {
                 bwe.on_remb(remb.bitrate as u64, out.stamped_bytes, now);
             } else if let Some(rr) = any.downcast_ref::<rtcp::receiver_report::ReceiverReport>() {
-                if let Some(worst) = rr.reports.iter().map(|r| r.fraction_lost).max() {
-                    bwe.on_receiver_report(f64::from(worst) / 256.0, now);
+                // Of what was sent on this link (`Consumer::link_loss`).
+                let mut worst: Option<f64> = None;
+                for r in &rr.reports {
+                    let c = self
+                        .producers
+                        .values_mut()
+                        .flat_map(|p| p.consumers.iter_mut())
+                        .find(|c| c.leg == leg && c.forwarder.ssrc().0 == r.ssrc);
+                    let loss = match c {
+                        Some(c) => c.link_loss(r.last_sequence_number, r.total_lost),
+                        None => Some(f64::from(r.fraction_lost) / 256.0),
+                    };
+                    if let Some(l) = loss {
+                        worst = Some(worst.map_or(l, |w| w.max(l)));
+                    }
+                }
+                if let Some(worst) = worst {
+                    bwe.on_receiver_report(worst, now);
                 }
             }
         }

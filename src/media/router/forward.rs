@@ -213,7 +213,10 @@ impl Router {
             return;
         };
         let Some(leg) = self.transports.get_mut(&leg_id).filter(|l| l.connected) else { return };
-        let newly = consumer::newly_nacked(&mut c.nacked_up_to, nack.nacks.iter().flat_map(|pair| *pair));
+        // A number never sent (lost on the way in, passed on as a gap) is NACKed
+        // too, and says nothing about this link.
+        let sent_here = nack.nacks.iter().flat_map(|pair| *pair).filter(|&s| c.forwarder.source_of(s).is_some());
+        let newly = consumer::newly_nacked(&mut c.nacked_up_to, sent_here);
         if c.rewrite.transport_cc.is_none() {
             c.follow_up.nacked(nack.nacks.iter().flat_map(|pair| *pair), now);
         }

@@ -235,6 +235,7 @@ impl Router {
             deferred: Default::default(),
             follow_up: Default::default(),
             nacked_up_to: None,
+            rr_mark: None,
         });
         self.next_alloc_id = self.next_alloc_id.wrapping_add(1);
         if let Some((subscribe, ceiling)) = self.early.remove(&(peer_id.clone(), track.clone())) {
