@@ -178,7 +178,9 @@ pub const FOLLOW_UP: usize = 32;
 /// it drops what it holds and waits for numbers it has already played,
 /// until 512 newer ones pass. The follow-up's duplicates of packets that did
 /// arrive, sent late, did that (`tests/analytics.rs`: an aiortc subscriber of
-/// a lossy publisher decoded nothing for 30 s once). Its origin is never past
+/// a lossy publisher decoded nothing for 30 s once; that test's later
+/// failures were the pause [`link_loss`] ended, which may have been this
+/// one too). Its origin is never past
 /// the newest packet it received, so never past the newest sent: a packet
 /// under 100 behind that is under 100 behind the origin (it was 64).
 pub const FOLLOW_UP_MAX_BEHIND: u16 = 96;
@@ -289,6 +291,7 @@ impl LegReport {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rtc::rtcp::reception_report::ReceptionReport;
 
     #[test]
     fn link_loss_leaves_out_what_was_never_sent() {
@@ -305,7 +308,6 @@ mod tests {
         // Nothing new: no news.
         assert_eq!(link_loss(&mut mark, (100, 2, 0)), Some(0.0));
     }
-    use rtc::rtcp::reception_report::ReceptionReport;
 
     #[test]
     fn deferred_retransmissions_go_oldest_first_until_one_does_not_fit_and_expire() {

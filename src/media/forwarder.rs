@@ -144,13 +144,13 @@ impl Forwarder {
         self
     }
 
-    /// The SSRC the subscriber knows this track by.
     /// How many outgoing numbers were skipped without a packet (lost before
     /// the SFU): the receiver counts them as lost, but not on its link.
     pub fn unsent(&self) -> u64 {
         self.seq.unsent
     }
 
+    /// The SSRC the subscriber knows this track by.
     pub fn ssrc(&self) -> Ssrc {
         self.ssrc
     }
